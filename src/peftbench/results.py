@@ -1,0 +1,110 @@
+"""Results: the stable on-disk form of a run (metrics.json, predictions.jsonl, summary.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int  # 0 is the base model before any training
+    train_loss: float | None
+    val_loss: float
+    rouge1: float
+    rouge2: float
+    rougeL: float
+    bleu: float
+
+
+@dataclass
+class TestMetrics:
+    loss: float
+    rouge1: float
+    rouge2: float
+    rougeL: float
+    bleu: float
+
+
+@dataclass
+class MethodResult:
+    method: str
+    model: str
+    dataset: str
+    trainable_params: int
+    total_params: int
+    config: dict[str, Any]
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    test: TestMetrics | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MethodResult:
+        data = dict(data)
+        data["epochs"] = [EpochMetrics(**e) for e in data.get("epochs", [])]
+        data["test"] = TestMetrics(**data["test"]) if data.get("test") else None
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(temp, path)
+
+
+def write_metrics(directory: Path, result: MethodResult) -> Path:
+    path = directory / "metrics.json"
+    write_atomic(path, json.dumps(result.to_dict(), indent=2) + "\n")
+    return path
+
+
+def read_metrics(directory: Path) -> MethodResult:
+    return MethodResult.from_dict(json.loads((directory / "metrics.json").read_text()))
+
+
+def write_predictions(directory: Path, rows: list[dict[str, str]]) -> Path:
+    """One JSON object per test example: id, source, reference, prediction."""
+    path = directory / "predictions.jsonl"
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return path
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def summary_table(results: list[MethodResult]) -> str:
+    """A Markdown table of all methods: trainable params, final validation loss, test ROUGE and BLEU."""
+    lines = [
+        "| method | trainable params | trainable % | final val loss | test loss | test ROUGE-1 | test ROUGE-2 | test ROUGE-L | test BLEU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        last, test = r.epochs[-1], r.test
+        lines.append(
+            f"| {r.method} | {_count(r.trainable_params)} | {100 * r.trainable_params / r.total_params:.3f} | "
+            f"{last.val_loss:.4f} | {test.loss:.4f} | {test.rouge1:.4f} | {test.rouge2:.4f} | {test.rougeL:.4f} | {test.bleu:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(output: Path, results: list[MethodResult], header: str) -> Path:
+    path = output / "summary.md"
+    write_atomic(path, f"# peftbench summary\n\n{header}\n\n{summary_table(results)}")
+    return path
