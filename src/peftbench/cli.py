@@ -45,8 +45,10 @@ HELP = {
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys as these flags; flags override it")
-    for name, spec in FIELDS.items():
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML file with the same keys as these flags; flags override it"
+    )
+    for name in FIELDS:
         flag = "--" + name.replace("_", "-")
         default = getattr(DEFAULTS, name)
         if isinstance(default, bool):
@@ -54,7 +56,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             continue
         shown = ",".join(default) if isinstance(default, list) else default
         suffix = f" (default: {shown})" if default is not None and name not in ("lr", "model", "dataset") else ""
-        parser.add_argument(flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=HELP[name] + suffix)
+        parser.add_argument(
+            flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=HELP[name] + suffix
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare full fine-tuning and PEFT methods (LoRA, IA3) on the same model, data and budget.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="fine-tune with each method, evaluate, and write a comparison",
-                              description="Fine-tune one model with each method on the same data; write metrics, "
-                                          "predictions, adapters, curves and summary.md under --output.")
+    run = commands.add_parser(
+        "run",
+        help="fine-tune with each method, evaluate, and write a comparison",
+        description="Fine-tune one model with each method on the same data; write metrics, "
+        "predictions, adapters, curves and summary.md under --output.",
+    )
     _add_run_flags(run)
     return parser
 

@@ -59,14 +59,28 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first value out of range."""
-        positive = ["epochs", "batch_size", "grad_accum", "train_size", "eval_size", "test_size",
-                    "max_source_tokens", "max_target_tokens", "max_new_tokens", "num_beams",
-                    "eval_batch_size", "lora_r", "lora_alpha"]
+        positive = [
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "train_size",
+            "eval_size",
+            "test_size",
+            "max_source_tokens",
+            "max_target_tokens",
+            "max_new_tokens",
+            "num_beams",
+            "eval_batch_size",
+            "lora_r",
+            "lora_alpha",
+        ]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.max_target_tokens < 2:
-            raise ConfigError(f"--max-target-tokens must be at least 2 (one token and EOS), got {self.max_target_tokens}")
+            raise ConfigError(
+                f"--max-target-tokens must be at least 2 (one token and EOS), got {self.max_target_tokens}"
+            )
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         for name in ("warmup_ratio", "lora_dropout"):

@@ -120,7 +120,9 @@ def _to_examples(rows: list[dict], source: str, target: str, id_prefix: str) -> 
         text, summary = row.get(source), row.get(target)
         if not isinstance(text, str) or not isinstance(summary, str) or not text.strip() or not summary.strip():
             continue  # empty or missing fields carry no training signal
-        examples.append(Example(id=str(row.get("id", f"{id_prefix}{index}")), source=text.strip(), target=summary.strip()))
+        examples.append(
+            Example(id=str(row.get("id", f"{id_prefix}{index}")), source=text.strip(), target=summary.strip())
+        )
     return examples
 
 
@@ -171,7 +173,9 @@ def load_splits(config: RunConfig) -> Splits:
         rows = _read_local(embedded_data_path())
         examples = _to_examples(rows, "document", "right_summary", "halueval-")
         split_map = _split_by_hash(examples)
-        description = "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles, re-split 80/10/10)"
+        description = (
+            "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles, re-split 80/10/10)"
+        )
     elif config.dataset.endswith(LOCAL_SUFFIXES) or Path(config.dataset).exists():
         path = Path(config.dataset)
         if path.suffix not in LOCAL_SUFFIXES:
@@ -204,7 +208,9 @@ class Encoded:
     target: list[int]
 
 
-def encode(examples: list[Example], tokenizer, config: RunConfig, is_seq2seq: bool, prefix: str, separator: str) -> list[Encoded]:
+def encode(
+    examples: list[Example], tokenizer, config: RunConfig, is_seq2seq: bool, prefix: str, separator: str
+) -> list[Encoded]:
     """Tokenise examples. The source is truncated to fit; the target keeps its EOS, capped at max_target_tokens."""
     sources = tokenizer([prefix + ex.source for ex in examples], add_special_tokens=False).input_ids
     # A causal target follows the separator mid-text, so it is tokenised as a new word (leading space).
@@ -213,13 +219,17 @@ def encode(examples: list[Example], tokenizer, config: RunConfig, is_seq2seq: bo
     eos = tokenizer.eos_token_id
     encoded = []
     if is_seq2seq:
-        for src, tgt in zip(sources, targets):
-            encoded.append(Encoded(src[: config.max_source_tokens - 1] + [eos], tgt[: config.max_target_tokens - 1] + [eos]))
+        for src, tgt in zip(sources, targets, strict=True):
+            encoded.append(
+                Encoded(src[: config.max_source_tokens - 1] + [eos], tgt[: config.max_target_tokens - 1] + [eos])
+            )
         return encoded
     leading = tokenizer("", add_special_tokens=True).input_ids  # BOS for tokenizers that add one
     sep = tokenizer(separator, add_special_tokens=False).input_ids
-    for src, tgt in zip(sources, targets):
-        encoded.append(Encoded(leading + src[: config.max_source_tokens] + sep, tgt[: config.max_target_tokens - 1] + [eos]))
+    for src, tgt in zip(sources, targets, strict=True):
+        encoded.append(
+            Encoded(leading + src[: config.max_source_tokens] + sep, tgt[: config.max_target_tokens - 1] + [eos])
+        )
     return encoded
 
 

@@ -32,7 +32,7 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict[str, flo
         raise ValueError(f"need equally many predictions and references, got {len(predictions)} and {len(references)}")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references):
+    for prediction, reference in zip(predictions, references, strict=True):
         scores = scorer.score(reference, prediction)
         for kind in ROUGE_TYPES:
             totals[kind] += scores[kind].fmeasure
@@ -61,24 +61,55 @@ def mean_loss(model, items: list[Encoded], pad_id: int, is_seq2seq: bool, batch_
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, items: list[Encoded], is_seq2seq: bool, batch_size: int, max_new_tokens: int,
-             num_beams: int, device, progress: bool = False, desc: str = "generate") -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    items: list[Encoded],
+    is_seq2seq: bool,
+    batch_size: int,
+    max_new_tokens: int,
+    num_beams: int,
+    device,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[str]:
     """Batched generation (KV cache on, left padding for causal models); predictions in the items' order."""
     model.eval()
     predictions: list[str] = [""] * len(items)
     batches = _batches_by_length(items, batch_size, lambda it: len(it.prompt))
     for indices in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
         batch = collate([items[i] for i in indices], tokenizer.pad_token_id, is_seq2seq, with_targets=False)
-        new = generate_ids(model, {k: v.to(device) for k, v in batch.items()}, tokenizer, is_seq2seq, max_new_tokens, num_beams)
-        for index, ids in zip(indices, new):
+        new = generate_ids(
+            model, {k: v.to(device) for k, v in batch.items()}, tokenizer, is_seq2seq, max_new_tokens, num_beams
+        )
+        for index, ids in zip(indices, new, strict=True):
             predictions[index] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return predictions
 
 
-def evaluate(model, tokenizer, items: list[Encoded], references: list[str], is_seq2seq: bool, config, device,
-             progress: bool = False, desc: str = "evaluate") -> tuple[Scores, list[str]]:
+def evaluate(
+    model,
+    tokenizer,
+    items: list[Encoded],
+    references: list[str],
+    is_seq2seq: bool,
+    config,
+    device,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> tuple[Scores, list[str]]:
     """Loss, generation and text metrics on one split; returns the scores and the predictions."""
     loss = mean_loss(model, items, tokenizer.pad_token_id, is_seq2seq, config.eval_batch_size, device)
-    predictions = generate(model, tokenizer, items, is_seq2seq, config.eval_batch_size, config.max_new_tokens,
-                           config.num_beams, device, progress, desc)
+    predictions = generate(
+        model,
+        tokenizer,
+        items,
+        is_seq2seq,
+        config.eval_batch_size,
+        config.max_new_tokens,
+        config.num_beams,
+        device,
+        progress,
+        desc,
+    )
     return Scores(loss=loss, **text_metrics(predictions, references)), predictions

@@ -127,9 +127,8 @@ def check_targets(model: nn.Module, targets: list[str], flag: str) -> None:
     paths = [path for path, module in model.named_modules() if type(module).__name__ in ADAPTABLE]
     missing = [t for t in targets if not any(_matches(path, t) for path in paths)]
     if missing:
-        raise ConfigError(
-            f"{flag} {', '.join(missing)} match no layer of this model; candidates: {', '.join(candidate_targets(model))}"
-        )
+        candidates = ", ".join(candidate_targets(model))
+        raise ConfigError(f"{flag} {', '.join(missing)} match no layer of this model; candidates: {candidates}")
 
 
 def apply_method(method: Method, loaded: LoadedModel, config: RunConfig) -> nn.Module:

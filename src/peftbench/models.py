@@ -34,8 +34,15 @@ CACHE_ENV = "PEFTBENCH_CACHE"
 CAUSAL_SEPARATOR = "\nTL;DR:"
 FAMILIES = {
     "gpt2": "gpt2",
-    "t5": "t5", "mt5": "t5", "umt5": "t5",
-    "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama", "gemma2": "llama",
+    "t5": "t5",
+    "mt5": "t5",
+    "umt5": "t5",
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "gemma": "llama",
+    "gemma2": "llama",
 }
 TASK_PREFIX = {"t5": "summarize: "}
 
@@ -78,7 +85,10 @@ def embedded_model_dir() -> Path:
     package_dir = Path(next(iter(spec.submodule_search_locations)))
     if not (package_dir / EMBEDDED_MODEL_FILE).is_file():
         raise ConfigError(f"{package_dir / EMBEDDED_MODEL_FILE} is missing; reinstall {EMBEDDED_MODEL_PACKAGE}")
-    print(f"Converting the embedded {EMBEDDED_MODEL_NAME} from GGUF to safetensors in {target} (once, ~30 s)...", flush=True)
+    print(
+        f"Converting the embedded {EMBEDDED_MODEL_NAME} from GGUF to safetensors in {target} (once, ~30 s)...",
+        flush=True,
+    )
     model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=EMBEDDED_MODEL_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=EMBEDDED_MODEL_FILE)
     clear_quantizer_flag(model)
@@ -152,7 +162,9 @@ def token_loss(model, batch: dict[str, torch.Tensor], is_seq2seq: bool) -> tuple
     return loss, n_tokens
 
 
-def generate_ids(model, batch: dict[str, torch.Tensor], tokenizer, is_seq2seq: bool, max_new_tokens: int, num_beams: int) -> list[list[int]]:
+def generate_ids(
+    model, batch: dict[str, torch.Tensor], tokenizer, is_seq2seq: bool, max_new_tokens: int, num_beams: int
+) -> list[list[int]]:
     """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row."""
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,

@@ -89,18 +89,26 @@ def _count(n: int) -> str:
     return str(n)
 
 
+SUMMARY_COLUMNS = [
+    ("method", lambda r: r.method),
+    ("trainable params", lambda r: _count(r.trainable_params)),
+    ("trainable %", lambda r: f"{100 * r.trainable_params / r.total_params:.3f}"),
+    ("final val loss", lambda r: f"{r.epochs[-1].val_loss:.4f}"),
+    ("test loss", lambda r: f"{r.test.loss:.4f}"),
+    ("test ROUGE-1", lambda r: f"{r.test.rouge1:.4f}"),
+    ("test ROUGE-2", lambda r: f"{r.test.rouge2:.4f}"),
+    ("test ROUGE-L", lambda r: f"{r.test.rougeL:.4f}"),
+    ("test BLEU", lambda r: f"{r.test.bleu:.2f}"),
+]
+
+
 def summary_table(results: list[MethodResult]) -> str:
     """A Markdown table of all methods: trainable params, final validation loss, test ROUGE and BLEU."""
     lines = [
-        "| method | trainable params | trainable % | final val loss | test loss | test ROUGE-1 | test ROUGE-2 | test ROUGE-L | test BLEU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(name for name, _ in SUMMARY_COLUMNS) + " |",
+        "|---|" + "---:|" * (len(SUMMARY_COLUMNS) - 1),
     ]
-    for r in results:
-        last, test = r.epochs[-1], r.test
-        lines.append(
-            f"| {r.method} | {_count(r.trainable_params)} | {100 * r.trainable_params / r.total_params:.3f} | "
-            f"{last.val_loss:.4f} | {test.loss:.4f} | {test.rouge1:.4f} | {test.rouge2:.4f} | {test.rougeL:.4f} | {test.bleu:.2f} |"
-        )
+    lines += ["| " + " | ".join(cell(r) for _, cell in SUMMARY_COLUMNS) + " |" for r in results]
     return "\n".join(lines) + "\n"
 
 

@@ -34,12 +34,16 @@ class Trainer:
         self.config, self.is_seq2seq = config, is_seq2seq
         self.accelerator = make_accelerator(config)
         sampler = LengthGroupedBatches([batch_length(it) for it in items], config.batch_size, config.seed)
-        loader = DataLoader(items, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id, is_seq2seq=is_seq2seq))
+        loader = DataLoader(
+            items, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id, is_seq2seq=is_seq2seq)
+        )
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
         total_steps = math.ceil(len(sampler) / config.grad_accum) * config.epochs
         scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
-        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(model, optimizer, loader, scheduler)
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, loader, scheduler
+        )
         self.epoch = 0
 
     @property
@@ -51,8 +55,13 @@ class Trainer:
         self.epoch += 1
         self.model.train()
         loss_sum, token_count = 0.0, 0
-        bar = tqdm(self.loader, desc=f"train epoch {self.epoch}/{self.config.epochs}", unit="batch",
-                   disable=not show_progress(self.config), leave=False)
+        bar = tqdm(
+            self.loader,
+            desc=f"train epoch {self.epoch}/{self.config.epochs}",
+            unit="batch",
+            disable=not show_progress(self.config),
+            leave=False,
+        )
         for batch in bar:
             with self.accelerator.accumulate(self.model):
                 summed, n_tokens = token_loss(self.model, batch, self.is_seq2seq)

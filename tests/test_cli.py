@@ -1,0 +1,114 @@
+"""End to end through the CLI on tiny GPT-2 and T5: every method, every output file and its schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+from peftbench.cli import main
+from tests.conftest import tiny_run_args
+
+EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "bleu"}
+TEST_KEYS = {"loss", "rouge1", "rouge2", "rougeL", "bleu"}
+
+
+def _check_scores(scores: dict) -> None:
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert 0.0 <= scores[key] <= 1.0, (key, scores[key])
+    assert 0.0 <= scores["bleu"] <= 100.0
+    assert scores.get("loss", scores.get("val_loss")) > 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_run_all_methods_writes_documented_outputs(arch, tiny_models, articles, tmp_path):
+    output = tmp_path / "out"
+    assert main(tiny_run_args(tiny_models[arch], articles, output)) == 0
+
+    summary = (output / "summary.md").read_text()
+    for method in ("full", "lora", "ia3"):
+        directory = output / method
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert metrics["method"] == method
+        assert metrics["model"] == str(tiny_models[arch])
+        assert metrics["config"]["epochs"] == 2 and metrics["config"]["methods"] == [method]
+        assert metrics["config"]["model_kind"] == ("seq2seq" if arch == "t5" else "causal")
+        assert 0 < metrics["trainable_params"] <= metrics["total_params"]
+        assert [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2]
+        assert metrics["epochs"][0]["train_loss"] is None
+        for epoch in metrics["epochs"]:
+            assert set(epoch) == EPOCH_KEYS
+            _check_scores(epoch)
+        assert all(e["train_loss"] > 0 for e in metrics["epochs"][1:])
+        assert set(metrics["test"]) == TEST_KEYS
+        _check_scores(metrics["test"])
+
+        rows = [json.loads(line) for line in (directory / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 4
+        assert all(set(row) == {"id", "source", "reference", "prediction"} for row in rows)
+        assert len({row["id"] for row in rows}) == 4
+
+        assert (directory / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"| {method} |" in summary
+
+    auto = AutoModelForSeq2SeqLM if arch == "t5" else AutoModelForCausalLM
+    full = auto.from_pretrained(output / "full" / "adapter", use_safetensors=True)
+    assert (
+        sum(p.numel() for p in full.parameters())
+        == json.loads((output / "full" / "metrics.json").read_text())["total_params"]
+    )
+    for method in ("lora", "ia3"):
+        adapter = output / method / "adapter"
+        assert (adapter / "adapter_config.json").is_file()
+        weights = load_file(adapter / "adapter_model.safetensors")
+        metrics = json.loads((output / method / "metrics.json").read_text())
+        assert sum(t.numel() for t in weights.values()) == metrics["trainable_params"]
+        peft_model = PeftModel.from_pretrained(auto.from_pretrained(tiny_models[arch]), adapter)
+        assert peft_model.peft_config["default"].peft_type.value.lower() == method
+
+
+def test_lora_and_ia3_use_family_default_targets(tiny_models, articles, tmp_path):
+    output = tmp_path / "out"
+    assert main(tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora,ia3", "--epochs", "1")) == 0
+    lora = json.loads((output / "lora" / "metrics.json").read_text())["config"]
+    ia3 = json.loads((output / "ia3" / "metrics.json").read_text())["config"]
+    assert lora["lora_targets"] == ["c_attn", "c_proj"]
+    assert ia3["ia3_targets"] == ["c_attn", "mlp.c_proj"] and ia3["ia3_feedforward"] == ["mlp.c_proj"]
+
+
+def test_same_command_twice_gives_same_metrics(tiny_models, articles, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        output = tmp_path / name
+        assert main(tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora,full", "--seed", "3")) == 0
+        runs.append({m: json.loads((output / m / "metrics.json").read_text()) for m in ("lora", "full")})
+    for method in ("lora", "full"):
+        assert runs[0][method]["epochs"] == runs[1][method]["epochs"]
+        assert runs[0][method]["test"] == runs[1][method]["test"]
+    # Training actually changed something, so equality above is not vacuous.
+    assert runs[0]["full"]["epochs"][0]["val_loss"] != runs[0]["full"]["epochs"][2]["val_loss"]
+
+
+def test_yaml_config_with_flag_override(tiny_models, articles, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_models['t5']}\nmethods: [lora]\nlora-r: 2\nepochs: 5\n")
+    output = tmp_path / "out"
+    args = tiny_run_args(tiny_models["t5"], articles, output, "--config", str(config), "--epochs", "1")
+    assert main(args) == 0
+    metrics = json.loads((output / "lora" / "metrics.json").read_text())
+    assert metrics["config"]["lora_r"] == 2  # from the file
+    assert metrics["config"]["epochs"] == 1  # the flag wins
+    assert [e["epoch"] for e in metrics["epochs"]] == [0, 1]
+    assert not (output / "full").exists()
+
+
+def test_console_script_help():
+    for args in (["--help"], ["run", "--help"]):
+        done = subprocess.run([sys.executable, "-m", "peftbench", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0
+    assert "--lora-targets" in done.stdout and "--max-new-tokens" in done.stdout

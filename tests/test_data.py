@@ -1,0 +1,90 @@
+"""Data preparation: label masking, truncation, per-batch padding, splits and the length-grouped sampler."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from peftbench.config import RunConfig
+from peftbench.data import IGNORE_INDEX, Example, LengthGroupedBatches, collate, encode, load_splits
+
+EXAMPLES = [
+    Example("a", "The mayor opened a new bridge over the river on Monday.", "Mayor opens bridge."),
+    Example("b", "Heavy rain flooded streets in the old town, and shops closed early.", "Rain floods town."),
+]
+
+
+def test_causal_labels_cover_only_target_and_eos(tokenizer):
+    config = RunConfig(max_source_tokens=64, max_target_tokens=16)
+    items = encode(EXAMPLES, tokenizer, config, is_seq2seq=False, prefix="", separator="\nTL;DR:")
+    batch = collate(items, tokenizer.pad_token_id, is_seq2seq=False)
+    width = batch["input_ids"].shape[1]
+    assert width == max(len(it.prompt) + len(it.target) for it in items)  # padded to the batch, not a maximum
+    for row, item in enumerate(items):
+        labels, mask = batch["labels"][row], batch["attention_mask"][row]
+        n_pad = width - len(item.prompt) - len(item.target)
+        assert mask[:n_pad].sum() == 0 and mask[n_pad:].all()  # left padding
+        assert (labels[: n_pad + len(item.prompt)] == IGNORE_INDEX).all()  # padding and prompt masked
+        assert labels[n_pad + len(item.prompt) :].tolist() == item.target
+        assert item.target[-1] == tokenizer.eos_token_id
+        assert batch["input_ids"][row, n_pad:].tolist() == item.prompt + item.target
+        assert batch["position_ids"][row, n_pad:].tolist() == list(range(len(item.prompt) + len(item.target)))
+    decoded = tokenizer.decode(items[0].prompt)
+    assert decoded.startswith("The mayor") and decoded.endswith("\nTL;DR:")
+    assert tokenizer.decode(items[0].target[:-1]) == " Mayor opens bridge."
+
+
+def test_truncation_cuts_source_never_target_eos(tokenizer):
+    long = Example("c", "word " * 500, "one two three four five six seven eight nine ten")
+    config = RunConfig(max_source_tokens=20, max_target_tokens=6)
+    (item,) = encode([long], tokenizer, config, is_seq2seq=False, prefix="", separator=" TL;DR:")
+    separator = tokenizer(" TL;DR:", add_special_tokens=False).input_ids
+    assert len(item.prompt) == 20 + len(separator) and item.prompt[-len(separator) :] == separator
+    assert len(item.target) == 6 and item.target[-1] == tokenizer.eos_token_id
+    (short,) = encode([EXAMPLES[0]], tokenizer, config, is_seq2seq=False, prefix="", separator=" TL;DR:")
+    assert tokenizer.decode(short.target) == " Mayor opens bridge.<|endoftext|>"  # fits: untouched
+
+
+def test_seq2seq_prefix_and_label_padding(tokenizer):
+    config = RunConfig(max_source_tokens=64, max_target_tokens=16)
+    items = encode(EXAMPLES, tokenizer, config, is_seq2seq=True, prefix="summarize: ", separator="")
+    assert tokenizer.decode(items[0].prompt).startswith("summarize: The mayor")
+    batch = collate(items, tokenizer.pad_token_id, is_seq2seq=True)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    short = min(range(2), key=lambda i: len(items[i].target))
+    n = len(items[short].target)
+    assert batch["labels"][short, :n].tolist() == items[short].target
+    assert (batch["labels"][short, n:] == IGNORE_INDEX).all()
+    assert batch["labels"].shape[1] == max(len(it.target) for it in items)
+    prompt_only = collate(items, tokenizer.pad_token_id, is_seq2seq=True, with_targets=False)
+    assert "labels" not in prompt_only
+
+
+def test_length_grouped_batches_cover_every_index_once_per_epoch():
+    lengths = [(i * 37) % 101 + 1 for i in range(203)]
+    sampler = LengthGroupedBatches(lengths, batch_size=4, seed=1, window=5)
+    epochs = [list(sampler) for _ in range(2)]
+    for batches in epochs:
+        assert len(batches) == len(sampler) == 51
+        assert Counter(i for batch in batches for i in batch) == Counter(range(203))
+    assert epochs[0] != epochs[1]  # reshuffled each epoch
+    # Grouping: padding inside batches is far below that of random batches of the same data.
+    waste = lambda batches: sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)  # noqa: E731
+    generator = torch.Generator().manual_seed(0)
+    random_order = torch.randperm(203, generator=generator).tolist()
+    random_batches = [random_order[i : i + 4] for i in range(0, 203, 4)]
+    assert waste(epochs[0]) < 0.5 * waste(random_batches)
+    assert LengthGroupedBatches(lengths, 4, seed=1, window=5).batches(0) == epochs[0]  # seeded
+
+
+def test_embedded_dataset_splits_are_disjoint_and_clean():
+    splits = load_splits(RunConfig(train_size=2000, eval_size=300, test_size=300))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (2000, 300, 300)
+    sources = [{ex.source for ex in split} for split in (splits.train, splits.validation, splits.test)]
+    assert not (sources[0] & sources[1]) and not (sources[0] & sources[2]) and not (sources[1] & sources[2])
+    for ex in splits.train[:50]:
+        assert ex.source == ex.source.strip() and ex.target == ex.target.strip() and ex.target
+    again = load_splits(RunConfig(train_size=10, eval_size=1, test_size=1))
+    assert [ex.id for ex in again.train] == [ex.id for ex in splits.train[:10]]  # deterministic
+    assert "CNN/DailyMail" in splits.description
