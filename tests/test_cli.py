@@ -25,6 +25,34 @@ def _check_scores(scores: dict) -> None:
     assert scores.get("loss", scores.get("val_loss")) > 0
 
 
+def _check_efficiency(metrics: dict, directory) -> None:
+    eff = metrics["efficiency"]
+    assert eff["trainable_params"] == metrics["trainable_params"]
+    assert eff["trainable_pct"] == pytest.approx(100 * metrics["trainable_params"] / metrics["total_params"])
+    assert isinstance(eff["peak_train_memory_bytes"], int) and 50 * 2**20 < eff["peak_train_memory_bytes"] < 16 * 2**30
+    assert eff["memory_measure"] == "peak_rss"
+    assert eff["train_seconds"] > 0
+    # 2 epochs of 8 examples: tokens/s and samples/s describe the same seconds.
+    assert eff["train_samples_per_s"] * eff["train_seconds"] == pytest.approx(16)
+    assert eff["train_tokens_per_s"] > eff["train_samples_per_s"]
+    assert eff["eval_generate_tokens_per_s"] > 0
+    latency = eff["latency_ms"]
+    assert set(latency) == {"base", "unmerged", "merged"}
+    assert latency["base"] > 0 and latency["unmerged"] > 0
+    files = [f for f in (directory / "adapter").rglob("*") if f.is_file()]
+    if metrics["method"] == "full":
+        assert latency["merged"] is None and eff["merge_check"] is None
+        weights = [
+            f for f in files if f.suffix == ".safetensors" or f.name in ("config.json", "generation_config.json")
+        ]
+        assert eff["adapter_size_bytes"] == sum(f.stat().st_size for f in weights)
+    else:
+        assert latency["merged"] > 0
+        assert eff["merge_check"]["tokens_equal"] is True
+        assert 0 <= eff["merge_check"]["max_logit_diff"] < 1e-3
+        assert eff["adapter_size_bytes"] == sum(f.stat().st_size for f in files)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_run_all_methods_writes_documented_outputs(arch, tiny_models, articles, tmp_path):
     output = tmp_path / "out"
@@ -55,6 +83,7 @@ def test_run_all_methods_writes_documented_outputs(arch, tiny_models, articles, 
 
         assert (directory / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"| {method} |" in summary
+        _check_efficiency(metrics, directory)
 
     auto = AutoModelForSeq2SeqLM if arch == "t5" else AutoModelForCausalLM
     full = auto.from_pretrained(output / "full" / "adapter", use_safetensors=True)
@@ -74,7 +103,14 @@ def test_run_all_methods_writes_documented_outputs(arch, tiny_models, articles, 
 
 def test_lora_and_ia3_use_family_default_targets(tiny_models, articles, tmp_path):
     output = tmp_path / "out"
-    assert main(tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora,ia3", "--epochs", "1")) == 0
+    assert (
+        main(
+            tiny_run_args(
+                tiny_models["gpt2"], articles, output, "--methods", "lora,ia3", "--epochs", "1", "--in-process"
+            )
+        )
+        == 0
+    )
     lora = json.loads((output / "lora" / "metrics.json").read_text())["config"]
     ia3 = json.loads((output / "ia3" / "metrics.json").read_text())["config"]
     assert lora["lora_targets"] == ["c_attn", "c_proj"]
@@ -85,7 +121,14 @@ def test_same_command_twice_gives_same_metrics(tiny_models, articles, tmp_path):
     runs = []
     for name in ("a", "b"):
         output = tmp_path / name
-        assert main(tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora,full", "--seed", "3")) == 0
+        assert (
+            main(
+                tiny_run_args(
+                    tiny_models["gpt2"], articles, output, "--methods", "lora,full", "--seed", "3", "--in-process"
+                )
+            )
+            == 0
+        )
         runs.append({m: json.loads((output / m / "metrics.json").read_text()) for m in ("lora", "full")})
     for method in ("lora", "full"):
         assert runs[0][method]["epochs"] == runs[1][method]["epochs"]
@@ -98,7 +141,7 @@ def test_yaml_config_with_flag_override(tiny_models, articles, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_models['t5']}\nmethods: [lora]\nlora-r: 2\nepochs: 5\n")
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_models["t5"], articles, output, "--config", str(config), "--epochs", "1")
+    args = tiny_run_args(tiny_models["t5"], articles, output, "--config", str(config), "--epochs", "1", "--in-process")
     assert main(args) == 0
     metrics = json.loads((output / "lora" / "metrics.json").read_text())
     assert metrics["config"]["lora_r"] == 2  # from the file
@@ -112,3 +155,15 @@ def test_console_script_help():
         done = subprocess.run([sys.executable, "-m", "peftbench", *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0
     assert "--lora-targets" in done.stdout and "--max-new-tokens" in done.stdout
+
+
+def test_eval_every_generation_subset_and_checkpointing(tiny_models, articles, tmp_path):
+    output = tmp_path / "out"
+    extra = ("--methods", "lora", "--epochs", "3", "--eval-every", "2", "--eval-generate-size", "2",
+             "--gradient-checkpointing", "--in-process")  # fmt: skip
+    assert main(tiny_run_args(tiny_models["gpt2"], articles, output, *extra)) == 0
+    metrics = json.loads((output / "lora" / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [0, 2, 3]  # every 2nd epoch, and always the last
+    assert metrics["config"]["gradient_checkpointing"] is True
+    lines = (output / "lora" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # the test split is always generated in full

@@ -72,3 +72,8 @@ def test_unknown_yaml_key_suggests_the_nearest(capsys, tiny_models, articles, tm
     config.write_text("lora_rank: 4\n")
     err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--config", str(config)))
     assert "lora_rank" in err and "lora_r" in err
+
+
+def test_mixed_precision_on_cpu_is_refused_before_loading(capsys, articles, tmp_path):
+    err = _fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, tmp_path / "o", "--precision", "bf16"))
+    assert "--precision bf16" in err and "GPU" in err

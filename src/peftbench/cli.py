@@ -32,6 +32,12 @@ HELP = {
     "max_new_tokens": "tokens generated per summary at evaluation",
     "num_beams": "beams for generation (1 = greedy)",
     "eval_batch_size": "examples per evaluation/generation batch",
+    "eval_every": "validate every N epochs (always after the last one)",
+    "eval_generate_size": "validation examples to generate for ROUGE/BLEU each epoch (default: all); loss uses all",
+    "latency_prompts": "test prompts timed one at a time (batch size 1) for latency_ms",
+    "latency_new_tokens": "tokens generated per prompt when timing latency (fixed length)",
+    "gradient_checkpointing": "recompute activations in the backward pass: less memory, more compute",
+    "precision": "auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16; mixed precision is GPU-only",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha (scale = alpha / r)",
     "lora_dropout": "dropout on LoRA's input",
@@ -41,6 +47,8 @@ HELP = {
     "trust_remote_code": "allow a hub model's own Python code to run (off unless given)",
     "output": "output directory (default: runs/<timestamp>)",
     "quiet": "print nothing but errors",
+    "in_process": "run all methods in this process (debugging); by default each method gets its own process so "
+    "that peak memory is measured per method",
 }
 
 
@@ -77,23 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Keep the console for peftbench's own progress: no library progress bars or deprecation chatter."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
+            from peftbench.pipeline import quiet_libraries, run  # heavy imports only when running
+
             quiet_libraries()
-            from peftbench.pipeline import run  # heavy imports only when running
 
             flags = {name: getattr(args, name) for name in FIELDS}
             run(build_config(load_yaml(args.config) if args.config else {}, flags))

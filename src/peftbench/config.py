@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 EMBEDDED = "embedded"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,13 @@ class RunConfig:
     max_new_tokens: int = 64
     num_beams: int = 1
     eval_batch_size: int = 16
+    eval_every: int = 1  # validate every N epochs (and always after the last)
+    eval_generate_size: int | None = None  # validation examples generated per epoch; None: all of them
+    latency_prompts: int = 4  # test prompts timed one by one for latency_ms
+    latency_new_tokens: int = 32
+
+    gradient_checkpointing: bool = False
+    precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp32
 
     lora_r: int = 8
     lora_alpha: int = 16
@@ -56,25 +64,11 @@ class RunConfig:
     trust_remote_code: bool = False
     output: str | None = None  # None: runs/<timestamp>
     quiet: bool = False
+    in_process: bool = False  # run methods in this process (debugging; memory peaks then share one process)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first value out of range."""
-        positive = [
-            "epochs",
-            "batch_size",
-            "grad_accum",
-            "train_size",
-            "eval_size",
-            "test_size",
-            "max_source_tokens",
-            "max_target_tokens",
-            "max_new_tokens",
-            "num_beams",
-            "eval_batch_size",
-            "lora_r",
-            "lora_alpha",
-        ]
-        for name in positive:
+        for name in POSITIVE:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.max_target_tokens < 2:
@@ -88,6 +82,10 @@ class RunConfig:
                 raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be non-negative, got {self.seed}")
+        if self.eval_generate_size is not None and self.eval_generate_size < 1:
+            raise ConfigError(f"--eval-generate-size must be at least 1, got {self.eval_generate_size}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.methods:
             raise ConfigError("--methods is empty; give a comma list such as full,lora,ia3")
 
@@ -95,6 +93,11 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+POSITIVE = (
+    "epochs", "batch_size", "grad_accum", "train_size", "eval_size", "test_size", "max_source_tokens",
+    "max_target_tokens", "max_new_tokens", "num_beams", "eval_batch_size", "eval_every", "latency_prompts",
+    "latency_new_tokens", "lora_r", "lora_alpha",
+)  # fmt: skip
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 LIST_FIELDS = {"methods", "lora_targets", "ia3_targets", "ia3_feedforward"}
 
@@ -116,6 +119,8 @@ def _coerce(name: str, value: Any) -> Any:
     kind = type(default) if default is not None and default is not dataclasses.MISSING else None
     if name == "lr":
         kind = float
+    elif name == "eval_generate_size":
+        kind = int
     elif kind is None:
         kind = str
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import sacrebleu
@@ -9,7 +10,7 @@ import torch
 from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
-from peftbench.data import Encoded, collate
+from peftbench.data import Encoded, batch_length, collate
 from peftbench.models import generate_ids, token_loss
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -47,69 +48,72 @@ def _batches_by_length(items: list[Encoded], size: int, key) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-@torch.inference_mode()
-def mean_loss(model, items: list[Encoded], pad_id: int, is_seq2seq: bool, batch_size: int, device) -> float:
-    """Mean cross-entropy per target token over a whole split."""
-    model.eval()
-    total, count = 0.0, 0
-    for indices in _batches_by_length(items, batch_size, lambda it: len(it.prompt) + len(it.target)):
-        batch = collate([items[i] for i in indices], pad_id, is_seq2seq)
-        summed, n_tokens = token_loss(model, {k: v.to(device) for k, v in batch.items()}, is_seq2seq)
-        total += summed.item()
-        count += n_tokens
-    return total / max(count, 1)
+def count_new_tokens(ids: list[int], eos_id: int) -> int:
+    """Generated tokens up to and including the first EOS; what follows is padding."""
+    return ids.index(eos_id) + 1 if eos_id in ids else len(ids)
 
 
-@torch.inference_mode()
-def generate(
-    model,
-    tokenizer,
-    items: list[Encoded],
-    is_seq2seq: bool,
-    batch_size: int,
-    max_new_tokens: int,
-    num_beams: int,
-    device,
-    progress: bool = False,
-    desc: str = "generate",
-) -> list[str]:
-    """Batched generation (KV cache on, left padding for causal models); predictions in the items' order."""
-    model.eval()
-    predictions: list[str] = [""] * len(items)
-    batches = _batches_by_length(items, batch_size, lambda it: len(it.prompt))
-    for indices in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        batch = collate([items[i] for i in indices], tokenizer.pad_token_id, is_seq2seq, with_targets=False)
-        new = generate_ids(
-            model, {k: v.to(device) for k, v in batch.items()}, tokenizer, is_seq2seq, max_new_tokens, num_beams
-        )
-        for index, ids in zip(indices, new, strict=True):
-            predictions[index] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    return predictions
+@dataclass
+class Generation:
+    predictions: list[str]
+    new_tokens: int
+    seconds: float
 
 
-def evaluate(
-    model,
-    tokenizer,
-    items: list[Encoded],
-    references: list[str],
-    is_seq2seq: bool,
-    config,
-    device,
-    progress: bool = False,
-    desc: str = "evaluate",
-) -> tuple[Scores, list[str]]:
-    """Loss, generation and text metrics on one split; returns the scores and the predictions."""
-    loss = mean_loss(model, items, tokenizer.pad_token_id, is_seq2seq, config.eval_batch_size, device)
-    predictions = generate(
-        model,
-        tokenizer,
-        items,
-        is_seq2seq,
-        config.eval_batch_size,
-        config.max_new_tokens,
-        config.num_beams,
-        device,
-        progress,
-        desc,
-    )
-    return Scores(loss=loss, **text_metrics(predictions, references)), predictions
+class Evaluator:
+    """Evaluates models on encoded splits with one tokenizer, model kind and config; tallies generation speed."""
+
+    def __init__(self, tokenizer, is_seq2seq: bool, config, device, progress: bool = False):
+        self.tokenizer, self.is_seq2seq, self.config, self.device, self.progress = (
+            tokenizer, is_seq2seq, config, device, progress
+        )  # fmt: skip
+        self.generated_tokens, self.generation_seconds = 0, 0.0
+
+    @property
+    def generate_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0
+
+    def _on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    @torch.inference_mode()
+    def loss(self, model, items: list[Encoded]) -> float:
+        """Mean cross-entropy per target token over a whole split."""
+        model.eval()
+        total, count = 0.0, 0
+        for indices in _batches_by_length(items, self.config.eval_batch_size, batch_length):
+            batch = collate([items[i] for i in indices], self.tokenizer.pad_token_id, self.is_seq2seq)
+            summed, n_tokens = token_loss(model, self._on_device(batch), self.is_seq2seq)
+            total += summed.item()
+            count += n_tokens
+        return total / max(count, 1)
+
+    @torch.inference_mode()
+    def generate(self, model, items: list[Encoded], desc: str = "generate") -> Generation:
+        """Batched generation (KV cache on, left padding for causal models); predictions in the items' order."""
+        model.eval()
+        predictions: list[str] = [""] * len(items)
+        new_tokens, started = 0, time.perf_counter()
+        batches = _batches_by_length(items, self.config.eval_batch_size, lambda it: len(it.prompt))
+        for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
+            batch = collate([items[i] for i in indices], self.tokenizer.pad_token_id, self.is_seq2seq, False)
+            new = generate_ids(model, self._on_device(batch), self.tokenizer, self.is_seq2seq,
+                               self.config.max_new_tokens, self.config.num_beams)  # fmt: skip
+            for index, ids in zip(indices, new, strict=True):
+                predictions[index] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                new_tokens += count_new_tokens(ids, self.tokenizer.eos_token_id)
+        seconds = time.perf_counter() - started
+        self.generated_tokens += new_tokens
+        self.generation_seconds += seconds
+        return Generation(predictions, new_tokens, seconds)
+
+    def evaluate(self, model, items: list[Encoded], references: list[str], generation_model=None,
+                 generate_count: int | None = None, desc: str = "evaluate") -> tuple[Scores, Generation]:  # fmt: skip
+        """Loss over all items; generation and text metrics over the first generate_count items (default all).
+
+        generation_model, when given, generates instead of model (e.g. a copy with the adapter merged in).
+        """
+        loss = self.loss(model, items)
+        count = len(items) if generate_count is None else min(generate_count, len(items))
+        generation = self.generate(generation_model or model, items[:count], desc)
+        return Scores(loss=loss, **text_metrics(generation.predictions, references[:count])), generation

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from peftbench.data import IGNORE_INDEX, Encoded, collate
+from peftbench.models import generate_ids
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -67,3 +71,40 @@ def directory_size(path: Path) -> int:
 def merged_copy(model):
     """A copy of a PEFT model with its adapter merged into the weights (merge_and_unload); the original is kept."""
     return copy.deepcopy(model).merge_and_unload()
+
+
+def _prompt_batch(items: list[Encoded], tokenizer, is_seq2seq: bool, device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id, is_seq2seq, False).items()}
+
+
+@torch.inference_mode()
+def latency_ms(model, items: list[Encoded], tokenizer, is_seq2seq: bool, new_tokens: int, device) -> float:
+    """Median milliseconds to generate exactly new_tokens tokens for one prompt at batch size 1 (after a warm-up)."""
+    model.eval()
+    generate_ids(model, _prompt_batch(items[:1], tokenizer, is_seq2seq, device), tokenizer, is_seq2seq, 2)
+    times = []
+    for item in items:
+        batch = _prompt_batch([item], tokenizer, is_seq2seq, device)
+        _sync()
+        start = time.perf_counter()
+        generate_ids(model, batch, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
+        _sync()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+@torch.inference_mode()
+def merge_agreement(unmerged, merged, items: list[Encoded], tokenizer, is_seq2seq: bool, new_tokens: int, device):
+    """Whether merged and unmerged adapters give the same greedy tokens, and their largest logit difference."""
+    unmerged.eval()
+    merged.eval()
+    prompts = _prompt_batch(items, tokenizer, is_seq2seq, device)
+    same_tokens = generate_ids(unmerged, prompts, tokenizer, is_seq2seq, new_tokens) == generate_ids(
+        merged, prompts, tokenizer, is_seq2seq, new_tokens
+    )
+    full = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id, is_seq2seq).items()}
+    if not is_seq2seq:
+        full.pop("labels")  # a causal model needs no labels for logits; seq2seq builds its decoder input from them
+    diff = (unmerged(**full).logits.float() - merged(**full).logits.float()).abs()
+    mask = full["attention_mask"].bool() if not is_seq2seq else full["labels"] != IGNORE_INDEX
+    return {"tokens_equal": same_tokens, "max_logit_diff": float(diff[mask].max())}

@@ -163,11 +163,21 @@ def token_loss(model, batch: dict[str, torch.Tensor], is_seq2seq: bool) -> tuple
 
 
 def generate_ids(
-    model, batch: dict[str, torch.Tensor], tokenizer, is_seq2seq: bool, max_new_tokens: int, num_beams: int
+    model,
+    batch: dict[str, torch.Tensor],
+    tokenizer,
+    is_seq2seq: bool,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    fixed_length: bool = False,
 ) -> list[list[int]]:
-    """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row."""
+    """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row.
+
+    fixed_length ignores EOS and always makes max_new_tokens tokens, so timings compare like with like.
+    """
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens if fixed_length else 0,
         num_beams=num_beams,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,20 +1,27 @@
-"""The comparison: for each method, the same model, data and budget -> train, evaluate, write results."""
+"""The comparison: for each method, the same model, data and budget -> train, evaluate, measure, write results."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from peftbench.config import ConfigError, RunConfig
 from peftbench.data import Splits, encode, load_splits
-from peftbench.evaluate import evaluate
+from peftbench.evaluate import Evaluator
+from peftbench.measure import directory_size, latency_ms, merge_agreement, merged_copy
 from peftbench.methods import METHODS, Method, apply_method, check_method_names, count_parameters
 from peftbench.models import LoadedModel, load_model
 from peftbench.report import plot_curves
 from peftbench.results import (
+    Efficiency,
     EpochMetrics,
     MethodResult,
     TestMetrics,
@@ -23,7 +30,16 @@ from peftbench.results import (
     write_predictions,
     write_summary,
 )
-from peftbench.train import Trainer, show_progress
+from peftbench.train import Trainer, mixed_precision, show_progress
+
+
+def quiet_libraries() -> None:
+    """Keep the console for peftbench's own progress: no library progress bars or deprecation chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def resolve_output(config: RunConfig) -> Path:
@@ -52,89 +68,116 @@ def resolved_config(config: RunConfig, method: Method, loaded: LoadedModel, lr: 
     return resolved
 
 
-def run_method(method: Method, splits: Splits, config: RunConfig, output: Path) -> MethodResult:
-    """Fine-tune one method from a freshly loaded base model and write its results under output/<method>."""
+def run_method(name: str, splits: Splits, config: RunConfig, output: Path) -> MethodResult:
+    """Fine-tune one method from a freshly loaded base model; write its results under output/<method>."""
+    quiet_libraries()
+    method = METHODS[name]
     set_seed(config.seed)
     loaded = load_model(config.model, config.trust_remote_code)
-    model = apply_method(method, loaded, config)
-    trainable, total = count_parameters(model)
-    lr = config.lr if config.lr is not None else method.default_lr
     tokenizer, seq2seq = loaded.tokenizer, loaded.is_seq2seq
     train_items, val_items, test_items = (
         encode(split, tokenizer, config, seq2seq, loaded.prefix, loaded.separator)
         for split in (splits.train, splits.validation, splits.test)
     )
+    device = PartialState().device
+    latency_items = test_items[: config.latency_prompts]
+
+    def latency(model) -> float:
+        return latency_ms(model, latency_items, tokenizer, seq2seq, config.latency_new_tokens, device)
+
+    base_latency = latency(loaded.model.to(device))  # the pure pretrained model, before any adapter exists
+    model = apply_method(method, loaded, config)
+    trainable, total = count_parameters(model)
+    lr = config.lr if config.lr is not None else method.default_lr
     trainer = Trainer(model, train_items, tokenizer.pad_token_id, seq2seq, config, lr)
-    device, progress = trainer.accelerator.device, show_progress(config)
-    references = [ex.target for ex in splits.validation]
+    evaluator = Evaluator(tokenizer, seq2seq, config, device, show_progress(config))
     result = MethodResult(
         method.name, loaded.name, splits.description, trainable, total, resolved_config(config, method, loaded, lr)
     )
     say = (lambda *_: None) if config.quiet else print
-    say(f"[{method.name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
+    say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
+    mergeable = method.mergeable and method.peft_config is not None
+
+    def evaluate(items, references, generate_count, desc):
+        # Generation runs on a merged copy where possible: no adapter detour in every layer at every new token.
+        unmerged = trainer.unwrapped
+        generation_model = merged_copy(unmerged) if mergeable else None
+        scores, generation = evaluator.evaluate(unmerged, items, references, generation_model, generate_count, desc)
+        del generation_model
+        return scores, generation
 
     def validate(epoch: int, train_loss: float | None) -> None:
-        scores, _ = evaluate(
-            trainer.unwrapped,
-            tokenizer,
-            val_items,
-            references,
-            seq2seq,
-            config,
-            device,
-            progress,
-            desc=f"validate epoch {epoch}",
-        )
-        result.epochs.append(
-            EpochMetrics(epoch, train_loss, scores.loss, scores.rouge1, scores.rouge2, scores.rougeL, scores.bleu)
-        )
+        references = [ex.target for ex in splits.validation]
+        s, _ = evaluate(val_items, references, config.eval_generate_size, f"validate epoch {epoch}")
+        result.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu))
         shown = "-" if train_loss is None else f"{train_loss:.4f}"
-        say(
-            f"[{method.name}] epoch {epoch}: train loss {shown}, val loss {scores.loss:.4f}, "
-            f"ROUGE-L {scores.rougeL:.4f}, BLEU {scores.bleu:.2f}"
-        )
+        scores = f"val loss {s.loss:.4f}, ROUGE-L {s.rougeL:.4f}, BLEU {s.bleu:.2f}"
+        say(f"[{name}] epoch {epoch}: train loss {shown}, {scores}")
 
     started = time.perf_counter()
     validate(0, None)
     for epoch in range(1, config.epochs + 1):
-        validate(epoch, trainer.train_epoch())
-    test_scores, predictions = evaluate(
-        trainer.unwrapped,
-        tokenizer,
-        test_items,
-        [ex.target for ex in splits.test],
-        seq2seq,
-        config,
-        device,
-        progress,
-        desc="test",
-    )
+        train_loss = trainer.train_epoch()
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            validate(epoch, train_loss)
+    test_scores, test_generation = evaluate(test_items, [ex.target for ex in splits.test], None, "test")
     result.test = TestMetrics(**vars(test_scores))
+
+    trained = trainer.unwrapped
+    merged = merged_copy(trained) if mergeable else None
+    latencies = {"base": base_latency, "unmerged": latency(trained), "merged": latency(merged) if merged else None}
+    merge_check = None
+    if merged is not None:
+        merge_check = merge_agreement(trained, merged, latency_items, tokenizer, seq2seq, 16, device)
+        del merged
 
     directory = output / method.name
     directory.mkdir(parents=True, exist_ok=True)
-    trainer.unwrapped.save_pretrained(directory / "adapter", safe_serialization=True)
+    trained.save_pretrained(directory / "adapter", safe_serialization=True)
+    adapter_size = directory_size(directory / "adapter")
     if method.peft_config is None:
         tokenizer.save_pretrained(directory / "adapter")  # a full model directory is loadable on its own
-    write_predictions(
-        directory,
-        [
-            {"id": ex.id, "source": ex.source, "reference": ex.target, "prediction": pred}
-            for ex, pred in zip(splits.test, predictions, strict=True)
-        ],
+    result.efficiency = Efficiency(
+        trainable_params=trainable,
+        trainable_pct=100 * trainable / total,
+        peak_train_memory_bytes=trainer.peak_memory,
+        memory_measure="cuda_max_memory_allocated" if torch.cuda.is_available() else "peak_rss",
+        train_seconds=trainer.seconds,
+        train_tokens_per_s=trainer.tokens / trainer.seconds,
+        train_samples_per_s=trainer.samples / trainer.seconds,
+        eval_generate_tokens_per_s=evaluator.generate_tokens_per_s,
+        latency_ms=latencies,
+        latency_new_tokens=config.latency_new_tokens,
+        merge_check=merge_check,
+        adapter_size_bytes=adapter_size,
     )
+    rows = [
+        {"id": ex.id, "source": ex.source, "reference": ex.target, "prediction": prediction}
+        for ex, prediction in zip(splits.test, test_generation.predictions, strict=True)
+    ]
+    write_predictions(directory, rows)
     write_metrics(directory, result)
     plot_curves(result, directory / "curves.png")
     say(
-        f"[{method.name}] test: loss {test_scores.loss:.4f}, ROUGE-L {test_scores.rougeL:.4f}, "
-        f"BLEU {test_scores.bleu:.2f} ({time.perf_counter() - started:.0f} s)"
+        f"[{name}] test: loss {test_scores.loss:.4f}, ROUGE-L {test_scores.rougeL:.4f}, BLEU {test_scores.bleu:.2f}; "
+        f"train {result.efficiency.train_tokens_per_s:.1f} tok/s, peak {trainer.peak_memory / 2**20:,.0f} MiB "
+        f"({time.perf_counter() - started:.0f} s)"
     )
     return result
+
+
+def run_method_isolated(name: str, splits: Splits, config: RunConfig, output: Path) -> MethodResult:
+    """run_method in a fresh process, so that one method's memory peak cannot leak into another's figures."""
+    if config.in_process:
+        return run_method(name, splits, config, output)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_method, name, splits, config, output).result()
 
 
 def run(config: RunConfig) -> Path:
     """Run every configured method and write OUTPUT/<method>/ and OUTPUT/summary.md; returns OUTPUT."""
     check_method_names(config.methods)
+    mixed_precision(config)  # an impossible --precision fails now, not after loading a model
     output = resolve_output(config)
     splits = load_splits(config)  # bad data fails here, before a model is loaded
     if not config.quiet:
@@ -142,7 +185,7 @@ def run(config: RunConfig) -> Path:
             f"peftbench: {', '.join(config.methods)} on {config.model}; data: {splits.description}; "
             f"{len(splits.train)}/{len(splits.validation)}/{len(splits.test)} train/val/test examples; output {output}"
         )
-    results = [run_method(METHODS[name], splits, config, output) for name in config.methods]
+    results = [run_method_isolated(name, splits, config, output) for name in config.methods]
     header = (
         f"Model: {results[0].model}. Data: {splits.description}, {len(splits.train)} train / "
         f"{len(splits.validation)} validation / {len(splits.test)} test examples. "

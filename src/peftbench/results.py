@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -33,6 +33,29 @@ class TestMetrics:
 
 
 @dataclass
+class Efficiency:
+    """What a method costs. Memory: CUDA max_memory_allocated over training on a GPU, else the peak resident
+    memory (RSS) of the process that trained this method alone, over its training epochs."""
+
+    trainable_params: int
+    trainable_pct: float
+    peak_train_memory_bytes: int
+    memory_measure: str  # "cuda_max_memory_allocated" or "peak_rss"
+    train_seconds: float
+    train_tokens_per_s: float  # real (non-padding) tokens
+    train_samples_per_s: float
+    eval_generate_tokens_per_s: float  # new tokens per second in batched evaluation generation
+    # Median ms per example at batch size 1, fixed new-token count: "base" is the pretrained model without adapter,
+    # "unmerged" the trained model as it trains (for full: the fine-tuned model), "merged" after merge_and_unload
+    # (None where the method cannot merge or has nothing to merge).
+    latency_ms: dict[str, float | None]
+    latency_new_tokens: int
+    # Merged vs unmerged on the latency prompts: same greedy tokens, and the largest absolute logit difference.
+    merge_check: dict[str, float | bool] | None
+    adapter_size_bytes: int  # saved adapter on disk; for full, the saved model
+
+
+@dataclass
 class MethodResult:
     method: str
     model: str
@@ -42,6 +65,7 @@ class MethodResult:
     config: dict[str, Any]
     epochs: list[EpochMetrics] = field(default_factory=list)
     test: TestMetrics | None = None
+    efficiency: Efficiency | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,6 +76,7 @@ class MethodResult:
         data = dict(data)
         data["epochs"] = [EpochMetrics(**e) for e in data.get("epochs", [])]
         data["test"] = TestMetrics(**data["test"]) if data.get("test") else None
+        data["efficiency"] = Efficiency(**data["efficiency"]) if data.get("efficiency") else None
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -89,10 +114,28 @@ def _count(n: int) -> str:
     return str(n)
 
 
+LATENCY_KINDS = ("base", "unmerged", "merged")
+
+
+def _mb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f}"
+
+
+def _ms(n: float | None) -> str:
+    return "-" if n is None else f"{n:,.0f}"
+
+
 SUMMARY_COLUMNS = [
     ("method", lambda r: r.method),
     ("trainable params", lambda r: _count(r.trainable_params)),
     ("trainable %", lambda r: f"{100 * r.trainable_params / r.total_params:.3f}"),
+    ("peak train mem (MiB)", lambda r: _mb(r.efficiency.peak_train_memory_bytes)),
+    ("train tok/s", lambda r: f"{r.efficiency.train_tokens_per_s:,.1f}"),
+    (
+        "latency base / unmerged / merged (ms)",
+        lambda r: " / ".join(_ms(r.efficiency.latency_ms[k]) for k in LATENCY_KINDS),
+    ),
+    ("adapter size (MiB)", lambda r: f"{r.efficiency.adapter_size_bytes / 2**20:,.2f}"),
     ("final val loss", lambda r: f"{r.epochs[-1].val_loss:.4f}"),
     ("test loss", lambda r: f"{r.test.loss:.4f}"),
     ("test ROUGE-1", lambda r: f"{r.test.rouge1:.4f}"),

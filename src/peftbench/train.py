@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import time
 
 import torch
 from accelerate import Accelerator
@@ -12,31 +13,56 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from peftbench.config import RunConfig
-from peftbench.data import Encoded, LengthGroupedBatches, batch_length, collate
+from peftbench.config import ConfigError, RunConfig
+from peftbench.data import IGNORE_INDEX, Encoded, LengthGroupedBatches, batch_length, collate
+from peftbench.measure import peak_memory_bytes, reset_peak_memory
 from peftbench.models import token_loss
 
 
-def make_accelerator(config: RunConfig) -> Accelerator:
-    """bf16 autocast on GPUs that support it; fp32 on CPU, where bf16 runs far slower without native instructions."""
-    precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=precision)
+def mixed_precision(config: RunConfig) -> str:
+    """accelerate's mixed_precision for the configured --precision on this hardware.
+
+    CPUs here lack bf16 instructions, where bf16/fp16 run tens of times slower than fp32: mixed precision is GPU-only.
+    """
+    cuda = torch.cuda.is_available()
+    if config.precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if config.precision == "fp32":
+        return "no"
+    if not cuda:
+        raise ConfigError(
+            f"--precision {config.precision} needs a GPU; on CPU mixed precision runs far slower than fp32. "
+            "Use --precision fp32 or auto"
+        )
+    return config.precision
 
 
 def show_progress(config: RunConfig) -> bool:
     return not config.quiet and sys.stderr.isatty()
 
 
+def real_tokens(batch: dict[str, torch.Tensor], is_seq2seq: bool) -> int:
+    """Non-padding tokens the model processed: the whole sequence (causal), or encoder input + labels (seq2seq)."""
+    tokens = int(batch["attention_mask"].sum())
+    return tokens + int((batch["labels"] != IGNORE_INDEX).sum()) if is_seq2seq else tokens
+
+
 class Trainer:
-    """AdamW over trainable parameters, linear warmup and decay, clipping and accumulation; one epoch per call."""
+    """AdamW over trainable parameters, linear warmup and decay, clipping and accumulation; one epoch per call.
+
+    Keeps the training-only figures: seconds, real tokens, samples and peak memory (evaluation excluded).
+    """
 
     def __init__(self, model, items: list[Encoded], pad_id: int, is_seq2seq: bool, config: RunConfig, lr: float):
         self.config, self.is_seq2seq = config, is_seq2seq
-        self.accelerator = make_accelerator(config)
-        sampler = LengthGroupedBatches([batch_length(it) for it in items], config.batch_size, config.seed)
-        loader = DataLoader(
-            items, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id, is_seq2seq=is_seq2seq)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed_precision(config)
         )
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        sampler = LengthGroupedBatches([batch_length(it) for it in items], config.batch_size, config.seed)
+        collate_fn = functools.partial(collate, pad_id=pad_id, is_seq2seq=is_seq2seq)
+        loader = DataLoader(items, batch_sampler=sampler, collate_fn=collate_fn)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
         total_steps = math.ceil(len(sampler) / config.grad_accum) * config.epochs
@@ -45,6 +71,7 @@ class Trainer:
             model, optimizer, loader, scheduler
         )
         self.epoch = 0
+        self.seconds, self.tokens, self.samples, self.peak_memory = 0.0, 0, 0, 0
 
     @property
     def unwrapped(self):
@@ -55,13 +82,10 @@ class Trainer:
         self.epoch += 1
         self.model.train()
         loss_sum, token_count = 0.0, 0
-        bar = tqdm(
-            self.loader,
-            desc=f"train epoch {self.epoch}/{self.config.epochs}",
-            unit="batch",
-            disable=not show_progress(self.config),
-            leave=False,
-        )
+        bar = tqdm(self.loader, desc=f"train epoch {self.epoch}/{self.config.epochs}", unit="batch",
+                   disable=not show_progress(self.config), leave=False)  # fmt: skip
+        reset_peak_memory()
+        started = time.perf_counter()
         for batch in bar:
             with self.accelerator.accumulate(self.model):
                 summed, n_tokens = token_loss(self.model, batch, self.is_seq2seq)
@@ -73,5 +97,9 @@ class Trainer:
                 self.optimizer.zero_grad()
             loss_sum += summed.item()
             token_count += n_tokens
+            self.tokens += real_tokens(batch, self.is_seq2seq)
+            self.samples += len(batch["input_ids"])
             bar.set_postfix(loss=f"{summed.item() / max(n_tokens, 1):.3f}")
+        self.seconds += time.perf_counter() - started
+        self.peak_memory = max(self.peak_memory, peak_memory_bytes())
         return loss_sum / max(token_count, 1)
