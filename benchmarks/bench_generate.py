@@ -1,0 +1,114 @@
+"""Generation speed, side by side in one process: per-example vs batched, and base vs unmerged vs merged adapter.
+
+    python benchmarks/bench_generate.py [--model M] [--method lora|ia3] [--batch-size 16] [--new-tokens 32]
+
+Every variant generates exactly --new-tokens tokens (EOS ignored) for the same test prompts of the embedded
+CNN/DailyMail sample. Rounds alternate the variants and figures are medians over rounds, so that a noisy machine
+shifts all variants alike. Goals: merged latency within 5% of the base model's; batched throughput at least 5x
+per-example throughput at batch 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from peftbench.config import EMBEDDED, RunConfig
+from peftbench.data import collate, encode, load_splits
+from peftbench.measure import latency_ms, merged_copy
+from peftbench.methods import METHODS, apply_method
+from peftbench.models import generate_ids, load_model
+from peftbench.pipeline import quiet_libraries
+
+MERGEABLE = [name for name, method in METHODS.items() if method.mergeable and method.peft_config is not None]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=EMBEDDED, help="hub id, local directory, or the embedded model")
+    parser.add_argument("--method", default="lora", choices=MERGEABLE)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts in the batched run")
+    parser.add_argument("--latency-prompts", type=int, default=6, help="prompts timed one by one per round")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--max-source-tokens", type=int, default=192)
+    parser.add_argument("--rounds", type=int, default=3)
+    return parser.parse_args()
+
+
+def perturb_adapter(model) -> None:
+    """Move the freshly initialised adapter away from identity (LoRA's B starts at zero), as training would."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.02 * torch.randn(param.shape, generator=generator).to(param.device))
+    model.requires_grad_(False)
+
+
+@torch.inference_mode()
+def batched_tokens_per_s(model, items, tokenizer, is_seq2seq: bool, new_tokens: int, device) -> float:
+    """New tokens per second generating all items as one left-padded batch."""
+    batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id, is_seq2seq, False).items()}
+    start = time.perf_counter()
+    generate_ids(model, batch, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return len(items) * new_tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    args = parse_args()
+    quiet_libraries()
+    test_size = max(args.batch_size, args.latency_prompts)
+    config = RunConfig(model=args.model, train_size=1, eval_size=1, test_size=test_size)
+    config.max_source_tokens = args.max_source_tokens
+    splits = load_splits(config)
+    loaded = load_model(args.model)
+    tokenizer, seq2seq = loaded.tokenizer, loaded.is_seq2seq
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    items = encode(splits.test, tokenizer, config, seq2seq, loaded.prefix, loaded.separator)
+
+    base = copy.deepcopy(loaded.model.to(device)).eval()  # a pure pretrained model, no adapter wrappers
+    peft_model = apply_method(METHODS[args.method], loaded, config)
+    perturb_adapter(peft_model)
+    variants = {"base": base, "unmerged": peft_model.eval(), "merged": merged_copy(peft_model).eval()}
+
+    latency: dict[str, list[float]] = {name: [] for name in variants}
+    batched: dict[str, list[float]] = {name: [] for name in variants}
+    prompts, batch = items[: args.latency_prompts], items[: args.batch_size]
+    for _ in range(args.rounds):
+        for name, model in variants.items():
+            latency[name].append(latency_ms(model, prompts, tokenizer, seq2seq, args.new_tokens, device))
+            batched[name].append(batched_tokens_per_s(model, batch, tokenizer, seq2seq, args.new_tokens, device))
+
+    longest = max(len(it.prompt) for it in items)
+    print(
+        f"model {loaded.name}, method {args.method}, device {device}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}; {args.new_tokens} new tokens per prompt, prompts up to {longest} "
+        f"tokens; medians of {args.rounds} rounds"
+    )
+    columns = ("latency ms (bs 1)", "per-example tok/s", f"batched tok/s (bs {args.batch_size})", "batched/per-ex")
+    print(f"{'variant':<10}" + "".join(f"{c:>24}" for c in columns))
+    medians = {name: (statistics.median(latency[name]), statistics.median(batched[name])) for name in variants}
+    for name, (ms, many) in medians.items():
+        single = args.new_tokens / (ms / 1000)
+        print(f"{name:<10}{ms:>24.1f}{single:>24.1f}{many:>24.1f}{many / single:>23.2f}x")
+
+    base_ms, unmerged_ms, merged_ms = (medians[k][0] for k in ("base", "unmerged", "merged"))
+    speedup = medians["merged"][1] / (args.new_tokens / (merged_ms / 1000))
+    print(f"unmerged / base latency: {unmerged_ms / base_ms:.3f}")
+    print(f"merged / base latency:   {merged_ms / base_ms:.3f}   goal <= 1.05: {_verdict(merged_ms <= 1.05 * base_ms)}")
+    print(f"batched / per-example throughput (merged, bs {args.batch_size}): {speedup:.2f}x   goal >= 5: "
+          f"{_verdict(speedup >= 5)}")  # fmt: skip
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+if __name__ == "__main__":
+    main()
