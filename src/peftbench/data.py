@@ -273,7 +273,7 @@ class LengthGroupedBatches:
     """Batch sampler: shuffle, then group similar lengths inside windows of 50 batches, then shuffle batch order.
 
     Per-batch padding then wastes almost nothing, while each epoch still sees a new, seeded order.
-    Every index appears exactly once per epoch.
+    Every index appears exactly once per epoch. Iterating has no side effects: the trainer sets the epoch.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
@@ -296,9 +296,7 @@ class LengthGroupedBatches:
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.batches(self.epoch)
-        self.epoch += 1
-        return iter(batches)
+        return iter(self.batches(self.epoch))
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)

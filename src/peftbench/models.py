@@ -152,7 +152,9 @@ def token_loss(model, batch: dict[str, torch.Tensor], is_seq2seq: bool) -> tuple
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if is_seq2seq:
-        logits = model(**inputs, labels=labels).logits
+        # Decoder inputs from the labels ourselves: passing labels would make the model compute a loss we discard.
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = model(**inputs, decoder_input_ids=decoder_input_ids).logits
     else:
         width = int((labels != IGNORE_INDEX).sum(-1).max())
         logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]

@@ -60,12 +60,12 @@ class Trainer:
         )
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        sampler = LengthGroupedBatches([batch_length(it) for it in items], config.batch_size, config.seed)
+        self.sampler = LengthGroupedBatches([batch_length(it) for it in items], config.batch_size, config.seed)
         collate_fn = functools.partial(collate, pad_id=pad_id, is_seq2seq=is_seq2seq)
-        loader = DataLoader(items, batch_sampler=sampler, collate_fn=collate_fn)
+        loader = DataLoader(items, batch_sampler=self.sampler, collate_fn=collate_fn)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
-        total_steps = math.ceil(len(sampler) / config.grad_accum) * config.epochs
+        total_steps = math.ceil(len(self.sampler) / config.grad_accum) * config.epochs
         scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             model, optimizer, loader, scheduler
@@ -79,6 +79,7 @@ class Trainer:
 
     def train_epoch(self) -> float:
         """Train one epoch; return the mean loss per target token."""
+        self.sampler.set_epoch(self.epoch)
         self.epoch += 1
         self.model.train()
         loss_sum, token_count = 0.0, 0
@@ -95,11 +96,12 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad()
-            loss_sum += summed.item()
+            step_loss = summed.item()  # the one host sync per step
+            loss_sum += step_loss
             token_count += n_tokens
             self.tokens += real_tokens(batch, self.is_seq2seq)
             self.samples += len(batch["input_ids"])
-            bar.set_postfix(loss=f"{summed.item() / max(n_tokens, 1):.3f}")
+            bar.set_postfix(loss=f"{step_loss / max(n_tokens, 1):.3f}")
         self.seconds += time.perf_counter() - started
         self.peak_memory = max(self.peak_memory, peak_memory_bytes())
         return loss_sum / max(token_count, 1)
