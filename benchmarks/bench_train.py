@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from peftbench.config import EMBEDDED, ConfigError, RunConfig
-from peftbench.data import IGNORE_INDEX, Encoded, encode, load_splits
+from peftbench.data import IGNORE_INDEX, Encoded, collate, encode, load_splits
 from peftbench.measure import matmul_flops_per_s, peak_memory_bytes, reset_peak_memory
 from peftbench.methods import METHODS, apply_method, check_method_names, count_parameters
 from peftbench.models import LoadedModel, load_model
@@ -148,10 +148,13 @@ class CountingCollator:
 
 def build_peftbench(model, loaded: LoadedModel, items: list[Encoded], config: RunConfig, lr: float):
     """Variant a. Returns (train callable, counter, loop timer or None)."""
-    trainer = Trainer(model, items, loaded.tokenizer.pad_token_id, loaded.is_seq2seq, config, lr)
-    # Count exactly the batches the training loop consumes, through the loader's own collate function.
-    counter = CountingCollator(trainer.loader.collate_fn, loaded.is_seq2seq)
-    trainer.loader.collate_fn = counter
+    pad_id = loaded.tokenizer.pad_token_id
+    trainer = Trainer(model, items, pad_id, loaded.is_seq2seq, config, lr)
+    # The sampler's first-epoch batches are exactly those the loop will consume; collating them here (outside the
+    # timed call) counts the same positions and real tokens the model will see.
+    counter = CountingCollator(collate, loaded.is_seq2seq)
+    for indices in trainer.sampler.batches(0):
+        counter([items[i] for i in indices], pad_id, loaded.is_seq2seq)
     return trainer.train_epoch, counter, None
 
 

@@ -1,9 +1,11 @@
-"""Command line: `peftbench run` with flags, or the same keys in a YAML file given with --config."""
+"""Command line: `peftbench run` with flags (or the same keys in a YAML file given with --config), and
+`peftbench report` to (re)build the comparison report from output directories."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from peftbench.config import FIELDS, ConfigError, RunConfig, build_config, load_yaml
 from peftbench.methods import METHODS
@@ -24,6 +26,8 @@ HELP = {
     "weight_decay": "AdamW weight decay",
     "max_grad_norm": "gradient clipping norm",
     "seed": "random seed (initialisation, dropout, data order)",
+    "seeds": "comma list of seeds, e.g. 0,1,2: one complete run per seed under OUTPUT/seed-<s>, and a report with "
+    "means and 95%% confidence intervals; overrides --seed",
     "train_size": "training examples to use",
     "eval_size": "validation examples to use",
     "test_size": "test examples to use",
@@ -79,10 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="fine-tune with each method, evaluate, and write a comparison",
         description="Fine-tune one model with each method on the same data; write metrics, "
-        "predictions, adapters, curves and summary.md under --output.",
+        "predictions, adapters, curves, summary.md and the report (report.md, report.html) under --output.",
     )
     _add_run_flags(run)
+    report = commands.add_parser(
+        "report",
+        help="write report.md and report.html comparing the methods of one or more runs",
+        description="Build the comparison report (tables, per-epoch and Pareto plots, examples) from the output "
+        "directories of peftbench run; several directories (e.g. two models) give one report with a section each.",
+    )
+    report.add_argument("outputs", nargs="+", metavar="OUTPUT", help="output directory of peftbench run")
+    report.add_argument("--output", metavar="DIR", help="where to write the report (default: the first OUTPUT)")
     return parser
+
+
+def _report(args: argparse.Namespace) -> None:
+    from peftbench.report import write_report  # matplotlib only when reporting
+
+    for path in write_report([Path(p) for p in args.outputs], Path(args.output) if args.output else None):
+        print(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
             flags = {name: getattr(args, name) for name in FIELDS}
             run(build_config(load_yaml(args.config) if args.config else {}, flags))
+        elif args.command == "report":
+            _report(args)
     except ConfigError as exc:
         print(f"peftbench: error: {exc}", file=sys.stderr)
         return 2

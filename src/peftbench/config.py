@@ -37,6 +37,7 @@ class RunConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    seeds: list[int] | None = None  # several seeds: one complete run per seed under OUTPUT/seed-<s>; overrides seed
 
     train_size: int = 64
     eval_size: int = 16
@@ -82,12 +83,22 @@ class RunConfig:
                 raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be non-negative, got {self.seed}")
+        if self.seeds is not None:
+            self._validate_seeds()
         if self.eval_generate_size is not None and self.eval_generate_size < 1:
             raise ConfigError(f"--eval-generate-size must be at least 1, got {self.eval_generate_size}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.methods:
             raise ConfigError("--methods is empty; give a comma list such as full,lora,ia3")
+
+    def _validate_seeds(self) -> None:
+        if not self.seeds:
+            raise ConfigError("--seeds is empty; give a comma list such as 0,1,2")
+        if any(seed < 0 for seed in self.seeds):
+            raise ConfigError(f"--seeds must be non-negative, got {','.join(map(str, self.seeds))}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds lists a seed twice: {','.join(map(str, self.seeds))}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,7 +110,8 @@ POSITIVE = (
     "latency_new_tokens", "lora_r", "lora_alpha",
 )  # fmt: skip
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-LIST_FIELDS = {"methods", "lora_targets", "ia3_targets", "ia3_feedforward"}
+LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward"}
+INT_LIST_FIELDS = {"seeds"}
 
 
 def _flag(name: str) -> str:
@@ -114,7 +126,8 @@ def _coerce(name: str, value: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
             raise ConfigError(f"{name} must be a comma list or a YAML list, got {value!r}")
-        return [str(item).strip() for item in items if str(item).strip()]
+        items = [str(item).strip() for item in items if str(item).strip()]
+        return _integers(name, items) if name in INT_LIST_FIELDS else items
     default = FIELDS[name].default
     kind = type(default) if default is not None and default is not dataclasses.MISSING else None
     if name == "lr":
@@ -137,6 +150,13 @@ def _coerce(name: str, value: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
+
+
+def _integers(name: str, items: list[str]) -> list[int]:
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"{name} must be a comma list of integers, got {','.join(items)!r}") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+import os
+import platform
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -19,13 +24,15 @@ from peftbench.evaluate import Evaluator
 from peftbench.measure import directory_size, latency_ms, merge_agreement, merged_copy
 from peftbench.methods import METHODS, Method, apply_method, check_method_names, count_parameters
 from peftbench.models import LoadedModel, load_model
-from peftbench.report import plot_curves
+from peftbench.report import plot_curves, write_report, write_seeds_summary
 from peftbench.results import (
+    FAILED_FILE,
     Efficiency,
     EpochMetrics,
     MethodResult,
     TestMetrics,
     summary_table,
+    write_failure,
     write_metrics,
     write_predictions,
     write_summary,
@@ -66,6 +73,19 @@ def resolved_config(config: RunConfig, method: Method, loaded: LoadedModel, lr: 
     resolved["model_kind"] = "seq2seq" if loaded.is_seq2seq else "causal"
     resolved["model_family"] = loaded.family
     return resolved
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what a method ran, for the report's header."""
+    libraries = {name: version(name) for name in ("torch", "transformers", "peft", "accelerate")}
+    return {
+        "python": platform.python_version(),
+        **libraries,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def run_method(name: str, splits: Splits, config: RunConfig, output: Path) -> MethodResult:
@@ -151,6 +171,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, output: Path) -> Me
         merge_check=merge_check,
         adapter_size_bytes=adapter_size,
     )
+    result.environment = environment()
     rows = [
         {"id": ex.id, "source": ex.source, "reference": ex.target, "prediction": prediction}
         for ex, prediction in zip(splits.test, test_generation.predictions, strict=True)
@@ -174,18 +195,21 @@ def run_method_isolated(name: str, splits: Splits, config: RunConfig, output: Pa
         return pool.submit(run_method, name, splits, config, output).result()
 
 
-def run(config: RunConfig) -> Path:
-    """Run every configured method and write OUTPUT/<method>/ and OUTPUT/summary.md; returns OUTPUT."""
-    check_method_names(config.methods)
-    mixed_precision(config)  # an impossible --precision fails now, not after loading a model
-    output = resolve_output(config)
-    splits = load_splits(config)  # bad data fails here, before a model is loaded
-    if not config.quiet:
-        print(
-            f"peftbench: {', '.join(config.methods)} on {config.model}; data: {splits.description}; "
-            f"{len(splits.train)}/{len(splits.validation)}/{len(splits.test)} train/val/test examples; output {output}"
-        )
-    results = [run_method_isolated(name, splits, config, output) for name in config.methods]
+def run_method_recorded(name: str, splits: Splits, config: RunConfig, output: Path) -> MethodResult:
+    """run_method_isolated; a failure leaves output/<method>/failed.json (then propagates) for the report."""
+    directory = output / name
+    try:
+        result = run_method_isolated(name, splits, config, output)
+    except Exception as exc:
+        write_failure(directory, name, config.model, config.seed, f"{type(exc).__name__}: {exc}")
+        raise
+    (directory / FAILED_FILE).unlink(missing_ok=True)  # a success replaces an earlier failure in the same place
+    return result
+
+
+def run_seed(config: RunConfig, splits: Splits, output: Path) -> list[MethodResult]:
+    """One complete comparison with config.seed: every method under output/<method>/, then output/summary.md."""
+    results = [run_method_recorded(name, splits, config, output) for name in config.methods]
     header = (
         f"Model: {results[0].model}. Data: {splits.description}, {len(splits.train)} train / "
         f"{len(splits.validation)} validation / {len(splits.test)} test examples. "
@@ -194,4 +218,32 @@ def run(config: RunConfig) -> Path:
     write_summary(output, results, header)
     if not config.quiet:
         print("\n" + summary_table(results) + f"\nResults in {output}/")
+    return results
+
+
+def run(config: RunConfig) -> Path:
+    """Run every configured method and write OUTPUT/<method>/, OUTPUT/summary.md and the report; returns OUTPUT.
+
+    With several --seeds, each seed is a complete run in OUTPUT/seed-<s>/, and OUTPUT/summary.md and the report
+    give each figure's mean and confidence interval over the seeds. The data split is the same for every seed.
+    """
+    check_method_names(config.methods)
+    mixed_precision(config)  # an impossible --precision fails now, not after loading a model
+    output = resolve_output(config)
+    splits = load_splits(config)  # bad data fails here, before a model is loaded
+    seeds = config.seeds or [config.seed]
+    if not config.quiet:
+        print(
+            f"peftbench: {', '.join(config.methods)} on {config.model}; data: {splits.description}; "
+            f"{len(splits.train)}/{len(splits.validation)}/{len(splits.test)} train/val/test examples; "
+            f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}; output {output}"
+        )
+    for seed in seeds:
+        directory = output if len(seeds) == 1 else output / f"seed-{seed}"
+        run_seed(dataclasses.replace(config, seed=seed, output=str(directory)), splits, directory)
+    if len(seeds) > 1:
+        write_seeds_summary(output)
+    markdown, page = write_report([output])
+    if not config.quiet:
+        print(f"Report: {markdown} and {page}")
     return output

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 2
+FAILED_FILE = "failed.json"
 
 
 @dataclass
@@ -66,6 +67,8 @@ class MethodResult:
     epochs: list[EpochMetrics] = field(default_factory=list)
     test: TestMetrics | None = None
     efficiency: Efficiency | None = None
+    # Where and with what it ran: library versions, platform, CPU count, CUDA device, date (None in older files).
+    environment: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +90,7 @@ def write_atomic(path: Path, text: str) -> None:
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         stream.write(text)
+    os.chmod(temp, 0o644)  # mkstemp makes owner-only files; results are meant to be read and served
     os.replace(temp, path)
 
 
@@ -98,6 +102,13 @@ def write_metrics(directory: Path, result: MethodResult) -> Path:
 
 def read_metrics(directory: Path) -> MethodResult:
     return MethodResult.from_dict(json.loads((directory / "metrics.json").read_text()))
+
+
+def write_failure(directory: Path, method: str, model: str, seed: int, error: str) -> Path:
+    """Leave failed.json in a method's directory, so that a report names the failure instead of skipping it."""
+    path = directory / FAILED_FILE
+    write_atomic(path, json.dumps({"method": method, "model": model, "seed": seed, "error": error}, indent=2) + "\n")
+    return path
 
 
 def write_predictions(directory: Path, rows: list[dict[str, str]]) -> Path:

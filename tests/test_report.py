@@ -1,0 +1,322 @@
+"""The comparison report, built from real tiny-model runs through the CLI: files, embedded images, numbers that
+match metrics.json, confidence intervals, several seeds, several models, and failed or missing methods."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import struct
+import zlib
+from html.parser import HTMLParser
+
+import pytest
+
+from peftbench.cli import main
+from peftbench.report import NO_DIFFERENCE, pick_best
+from peftbench.stats import Estimate, estimate, overlaps, t_cdf, t_quantile
+from tests.conftest import tiny_run_args
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FAST = ("--epochs", "1", "--in-process", "--latency-prompts", "1", "--latency-new-tokens", "4")
+
+
+@pytest.fixture(scope="module")
+def gpt2_run(tmp_path_factory, tiny_models, articles):
+    """One seed, every method, on tiny GPT-2 (the report is written at the end of the run)."""
+    output = tmp_path_factory.mktemp("report") / "gpt2"
+    assert main(tiny_run_args(tiny_models["gpt2"], articles, output, *FAST)) == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def seeds_run(tmp_path_factory, tiny_models, articles):
+    """Two seeds, LoRA and IA3, on tiny GPT-2."""
+    output = tmp_path_factory.mktemp("report") / "seeds"
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--seeds", "0,1", "--methods", "lora,ia3", *FAST)
+    assert main(args) == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def t5_run(tmp_path_factory, tiny_models, articles):
+    output = tmp_path_factory.mktemp("report") / "t5"
+    assert main(tiny_run_args(tiny_models["t5"], articles, output, "--methods", "lora,ia3", *FAST)) == 0
+    return output
+
+
+def _metrics(directory) -> dict:
+    return json.loads((directory / "metrics.json").read_text())
+
+
+def _tables(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table: rows (header first, separator dropped) of stripped cells, bold markers removed."""
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+                current.append([cell.strip().strip("*") for cell in cells])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _rows(table: list[list[str]]) -> dict[str, dict[str, str]]:
+    """A results table as {method: {column: cell}} (the 'best' row under 'best')."""
+    header = table[0]
+    return {row[header.index("method")]: dict(zip(header, row, strict=True)) for row in table[1:]}
+
+
+def _number(cell: str) -> float:
+    return float(cell.split("±")[0].replace(",", ""))
+
+
+def _shown(value: float, cell: str) -> bool:
+    """Whether cell shows value rounded to the cell's own number of decimals."""
+    text = cell.split("±")[0].strip().replace(",", "")
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return _number(cell) == pytest.approx(round(value, decimals), abs=10**-decimals / 2 + 1e-12)
+
+
+# Column of the report -> how to read it from metrics.json.
+FIGURES = {
+    "trainable params": lambda m: m["trainable_params"],
+    "trainable %": lambda m: 100 * m["trainable_params"] / m["total_params"],
+    "peak train memory (MiB)": lambda m: m["efficiency"]["peak_train_memory_bytes"] / 2**20,
+    "train tokens/s": lambda m: m["efficiency"]["train_tokens_per_s"],
+    "latency base (ms)": lambda m: m["efficiency"]["latency_ms"]["base"],
+    "latency unmerged (ms)": lambda m: m["efficiency"]["latency_ms"]["unmerged"],
+    "adapter size (MiB)": lambda m: m["efficiency"]["adapter_size_bytes"] / 2**20,
+    "final val loss": lambda m: m["epochs"][-1]["val_loss"],
+    "test loss": lambda m: m["test"]["loss"],
+    "test ROUGE-1": lambda m: m["test"]["rouge1"],
+    "test ROUGE-2": lambda m: m["test"]["rouge2"],
+    "test ROUGE-L": lambda m: m["test"]["rougeL"],
+    "test BLEU": lambda m: m["test"]["bleu"],
+}
+
+
+def _embedded_pngs(page: str) -> list[bytes]:
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    assert all(src.startswith("data:image/png;base64,") for src in sources), "only embedded PNGs"
+    return [base64.b64decode(src.split(",", 1)[1], validate=True) for src in sources]
+
+
+def _check_png(data: bytes) -> None:
+    """A PNG signature, then a well-formed IHDR chunk (length 13, matching CRC) with a non-empty image size."""
+    assert data[:8] == PNG_SIGNATURE
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 0 and height > 0
+    assert struct.unpack(">I", data[29:33])[0] == zlib.crc32(data[12:29])
+    assert data.rstrip(b"\0")[-8:-4] == b"IEND"
+
+
+class _Balance(HTMLParser):
+    """Checks that every opened element is closed in order (void elements aside) and collects external links."""
+
+    VOID = {"meta", "img", "br", "hr", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.external = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.external += [v for k, v in attrs if k in ("src", "href") and v and not v.startswith("data:")]
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack.pop() == tag, f"unbalanced </{tag}>"
+
+
+def test_report_files_images_and_numbers(gpt2_run):
+    report, page = (gpt2_run / "report.md").read_text(), (gpt2_run / "report.html").read_text()
+    assert (gpt2_run / "summary.md").is_file()  # the one-seed layout is unchanged
+    for method in ("full", "lora", "ia3"):
+        assert (gpt2_run / method / "curves.png").is_file()
+
+    pngs = _embedded_pngs(page)
+    assert len(pngs) == 2 + 3  # per-epoch overlay, Pareto plots, one curves.png per method
+    for png in pngs:
+        _check_png(png)
+    for name in re.findall(r"\]\((report_files/[^)]+)\)", report):
+        _check_png((gpt2_run / name).read_bytes())
+    parser = _Balance()
+    parser.feed(page)
+    assert parser.stack == [] and parser.external == []
+    assert "<script" not in page and "://" not in page  # ':' is not in the base64 alphabet
+
+    rows = _rows(_tables(report)[0])
+    for method in ("full", "lora", "ia3"):
+        metrics = _metrics(gpt2_run / method)
+        for column, read in FIGURES.items():
+            assert _shown(read(metrics), rows[method][column]), (method, column, rows[method][column])
+        merged, cell = metrics["efficiency"]["latency_ms"]["merged"], rows[method]["latency merged (ms)"]
+        assert cell == "-" if merged is None else _shown(merged, cell)
+
+    # The best of each column is bold in Markdown, has class "best" in HTML and is named in the 'best' row.
+    fewest = min(("full", "lora", "ia3"), key=lambda m: _metrics(gpt2_run / m)["trainable_params"])
+    assert rows["best"]["trainable params"] == fewest
+    assert f"| **{_metrics(gpt2_run / fewest)['trainable_params']:,}** |" in report
+    assert '<td class="best">' in page
+    for header in ("Model:", "Data:", "train /", "Hyperparameters:", "Hardware:", "Libraries:", "torch", "Run date:"):
+        assert header in report
+    assert "Pareto-optimal" in report and "source (excerpt)" in report
+
+
+def test_environment_recorded(gpt2_run):
+    env = _metrics(gpt2_run / "lora")["environment"]
+    assert {"python", "torch", "transformers", "peft", "accelerate", "platform", "cpu_count", "date"} <= set(env)
+    assert env["cuda_device"] is None and env["cpu_count"] >= 1
+
+
+def test_t_quantiles_and_confidence_interval_by_hand():
+    for df, expected in ((1, 12.706205), (2, 4.302653), (4, 2.776445), (9, 2.262157), (30, 2.042272)):
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
+    assert t_cdf(0, 5) == 0.5 and t_cdf(-2.015048, 5) == pytest.approx(0.05, abs=1e-7)
+
+    result = estimate([1, 2, 3])  # mean 2, sd 1, standard error 1/sqrt(3)
+    assert result.mean == 2 and result.n == 3
+    assert result.half_width == pytest.approx(4.302653 / math.sqrt(3), abs=1e-6)
+    assert result.half_width == pytest.approx(2.484138, abs=1e-6)
+    pair = estimate([0.5, 0.7])  # sd 0.141421, t(0.975, 1) = 12.706205
+    assert pair.half_width == pytest.approx(12.706205 * 0.141421356 / math.sqrt(2), abs=1e-6)
+    assert estimate([4.0]) == Estimate(4.0, None, 1)
+    assert overlaps(Estimate(1, 0.5, 3), Estimate(1.4, 0.1, 3)) and not overlaps(
+        Estimate(1, 0.1, 3), Estimate(2, 0.5, 3)
+    )
+
+
+def test_best_is_marked_only_without_overlap():
+    apart, near, far = Estimate(0.5, 0.01, 3), Estimate(0.45, 0.02, 3), Estimate(0.1, 0.5, 3)
+    assert pick_best([near, apart, None], "high", True) == (1, "")
+    assert pick_best([near, apart], "low", True) == (0, "")
+    # The runner-up (near) is clear of the best, but a wide third interval reaches it: no winner.
+    assert pick_best([apart, near, far], "high", True) == (None, NO_DIFFERENCE)
+    # With several seeds, one run has no interval; where every method ran once, values compare as they are.
+    single = Estimate(0.9, None, 1)
+    assert pick_best([apart, single], "high", True) == (None, NO_DIFFERENCE)
+    assert pick_best([Estimate(0.5, None, 1), single], "high", False) == (1, "")
+    assert pick_best([single, None], "high", False) == (None, "")
+
+
+def test_several_seeds_layout_and_intervals(seeds_run):
+    for seed in (0, 1):
+        for method in ("lora", "ia3"):
+            assert _metrics(seeds_run / f"seed-{seed}" / method)["config"]["seed"] == seed
+        assert (seeds_run / f"seed-{seed}" / "summary.md").is_file()
+    assert not (seeds_run / "lora").exists()
+    runs = {m: [_metrics(seeds_run / f"seed-{s}" / m) for s in (0, 1)] for m in ("lora", "ia3")}
+    assert runs["lora"][0]["epochs"][1]["train_loss"] != runs["lora"][1]["epochs"][1]["train_loss"]  # seeds differ
+
+    for name in ("report.md", "summary.md"):
+        rows = _rows(_tables((seeds_run / name).read_text())[0])
+        for method, metrics in runs.items():
+            assert rows[method]["seeds"] == "2 of 2"
+            for column in ("test ROUGE-L", "final val loss", "train tokens/s", "latency unmerged (ms)"):
+                values = [FIGURES[column](m) for m in metrics]
+                cell = rows[method][column]
+                assert _shown(sum(values) / 2, cell), (column, cell, values)
+                if values[0] != values[1]:  # hand-computed: t(0.975, 1) * |a - b| / 2
+                    half = float(cell.split("±")[1].replace(",", ""))
+                    expected = 12.706205 * abs(values[0] - values[1]) / 2
+                    assert half == pytest.approx(expected, rel=0.01, abs=1e-4), (column, cell)
+        # Two seeds give wide intervals: a best is named only where they do not overlap.
+        for column in ("test ROUGE-L", "final val loss"):
+            assert rows["best"][column] in ("lora", "ia3", "no significant difference")
+        assert rows["best"]["trainable params"] in ("lora", "ia3")  # identical over seeds: no interval at all
+    page = (seeds_run / "report.html").read_text()
+    assert "95% confidence interval" in page
+    for png in _embedded_pngs(page):
+        _check_png(png)
+
+
+def test_overlapping_intervals_declare_no_winner(seeds_run, tmp_path):
+    output = tmp_path / "seeds"
+    shutil.copytree(seeds_run, output)
+    for seed, rouge in ((0, 0.30), (1, 0.10)):  # lora 0.20 ± 1.27, ia3 0.21 ± 1.27: no winner
+        for method, shift in (("lora", 0.0), ("ia3", 0.01)):
+            path = output / f"seed-{seed}" / method / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics["test"]["rougeL"] = rouge + shift
+            path.write_text(json.dumps(metrics))
+    assert main(["report", str(output)]) == 0
+    rows = _rows(_tables((output / "report.md").read_text())[0])
+    assert rows["best"]["test ROUGE-L"] == "no significant difference"
+    assert _number(rows["ia3"]["test ROUGE-L"]) == pytest.approx(0.21)
+
+
+def test_failed_and_missing_methods_are_reported(gpt2_run, seeds_run, tmp_path, capsys):
+    output = tmp_path / "partial"
+    shutil.copytree(gpt2_run, output)
+    (output / "ia3" / "metrics.json").unlink()
+    (output / "lora" / "metrics.json").unlink()
+    (output / "lora" / "failed.json").write_text(json.dumps({"method": "lora", "error": "RuntimeError: boom"}))
+    assert main(["report", str(output)]) == 0
+    report = (output / "report.md").read_text()
+    rows = _rows(_tables(report)[0])
+    assert rows["ia3"]["trainable params"] == "failed/missing" and rows["lora"]["trainable params"] == "failed/missing"
+    assert _shown(_metrics(output / "full")["test"]["rougeL"], rows["full"]["test ROUGE-L"])
+    assert "lora, seed 0: failed: RuntimeError: boom" in report and "ia3, seed 0: failed:" in report
+
+    seeds = tmp_path / "seeds"
+    shutil.copytree(seeds_run, seeds)
+    shutil.rmtree(seeds / "seed-1" / "ia3")  # a method that never ran for one seed
+    assert main(["report", str(seeds)]) == 0
+    report = (seeds / "report.md").read_text()
+    rows = _rows(_tables(report)[0])
+    assert rows["ia3"]["seeds"] == "1 of 2" and rows["lora"]["seeds"] == "2 of 2"
+    assert _shown(_metrics(seeds / "seed-0" / "ia3")["test"]["rougeL"], rows["ia3"]["test ROUGE-L"])
+    assert "ia3, seed 1: missing" in report
+
+
+def test_a_failing_method_leaves_failed_json_for_the_report(tiny_models, articles, tmp_path, capsys):
+    output = tmp_path / "out"
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--lora-targets", "q_proj", *FAST)
+    assert main(args) == 2
+    failure = json.loads((output / "lora" / "failed.json").read_text())
+    assert failure["method"] == "lora" and failure["seed"] == 0 and "q_proj" in failure["error"]
+    assert main(["report", str(output)]) == 0
+    report = (output / "report.md").read_text()
+    assert _rows(_tables(report)[0])["lora"]["trainable params"] == "failed/missing"
+    assert "lora, seed 0: failed: ConfigError:" in report and "No method finished" in report
+
+
+def test_two_models_one_report(gpt2_run, t5_run, tmp_path, tiny_models, capsys):
+    destination = tmp_path / "both"
+    assert main(["report", str(gpt2_run), str(t5_run), "--output", str(destination)]) == 0
+    assert str(destination / "report.html") in capsys.readouterr().out
+    report = (destination / "report.md").read_text()
+    assert f"## Model: {tiny_models['gpt2']}" in report and f"## Model: {tiny_models['t5']}" in report
+    combined = _tables(report)[0]
+    assert combined[0][:2] == ["model", "method"]
+    labels = {(row[0], row[1]) for row in combined[1:-1]}
+    gpt2, t5 = tiny_models["gpt2"].name, tiny_models["t5"].name
+    assert labels == {(gpt2, "full"), (gpt2, "lora"), (gpt2, "ia3"), (t5, "lora"), (t5, "ia3")}
+    for row in combined[1:-1]:
+        metrics = _metrics((gpt2_run if row[0] == gpt2 else t5_run) / row[1])
+        assert _shown(metrics["test"]["rougeL"], row[combined[0].index("test ROUGE-L")])
+    page = (destination / "report.html").read_text()
+    assert len(_embedded_pngs(page)) == (2 + 3) + (2 + 2)
+    assert str(tiny_models["t5"]) not in (gpt2_run / "report.md").read_text()  # written to --output only
+
+
+def test_report_of_empty_or_missing_directory_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("peftbench: error: no results in") and "metrics.json" in err and "Traceback" not in err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_bad_seeds_are_config_errors(tiny_models, articles, tmp_path, capsys):
+    for seeds, message in (("0,x", "integers"), ("1,1", "twice"), ("-1", "non-negative")):
+        assert main(tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--seeds", seeds)) == 2
+        assert message in capsys.readouterr().err
