@@ -1,6 +1,6 @@
 """Generation speed, side by side in one process: per-example vs batched, and base vs unmerged vs merged adapter.
 
-    python benchmarks/bench_generate.py [--model M] [--method lora|ia3] [--batch-size 16] [--new-tokens 32]
+    python benchmarks/bench_generate.py [--model M] [--method lora|ia3] [--batch-size 16] [--new-tokens 64]
 
 Every variant generates exactly --new-tokens tokens (EOS ignored) for the same test prompts of the embedded
 CNN/DailyMail sample. Rounds alternate the variants and figures are medians over rounds, so that a noisy machine
@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--method", default="lora", choices=MERGEABLE)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts in the batched run")
     parser.add_argument("--latency-prompts", type=int, default=6, help="prompts timed one by one per round")
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens per prompt")
     parser.add_argument("--max-source-tokens", type=int, default=192)
     parser.add_argument("--rounds", type=int, default=3)
     return parser.parse_args()

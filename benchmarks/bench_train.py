@@ -12,7 +12,10 @@ across runs and no run competes with another for the CPU. Real tokens (non-paddi
 variants, so real tokens/s compares them directly.
 
     python benchmarks/bench_train.py [--model M] [--methods full,lora,ia3] [--steps 6] [--batch-size 4]
-        [--max-source-tokens 384] [--max-target-tokens 64] [--variants a,b,c] [--json PATH]
+        [--max-source-tokens 384] [--max-target-tokens 64] [--variants a,b,c] [--truncate] [--json PATH]
+
+Examples are whole articles that fit --max-source-tokens (lengths vary as in real data); --truncate uses the
+first articles cut to that length instead, where nearly every row is equally long and padding barely exists.
 
 The goals (a/b >= 1.5 for every method, MFU(a) >= 50%) are reported as PASS/MISS; nothing adapts to meet them.
 """
@@ -20,6 +23,7 @@ The goals (a/b >= 1.5 for every method, MFU(a) >= 50%) are reported as PASS/MISS
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -60,6 +64,7 @@ class Settings:
     batch_size: int
     max_source_tokens: int
     max_target_tokens: int
+    whole_articles: bool = True
     seed: int = 0
 
     def run_config(self) -> RunConfig:
@@ -83,15 +88,44 @@ class Settings:
 # ---------------------------------------------------------------------------------------------- child side
 
 
-def load_and_encode(config: RunConfig) -> tuple[LoadedModel, list[Encoded]]:
-    """The model and peftbench's own encoding of the training examples (the data every variant trains on)."""
+def load_and_encode(settings: Settings) -> tuple[LoadedModel, list[Encoded]]:
+    """The model and peftbench's own encoding of the training examples (the data every variant trains on).
+
+    With whole_articles, the examples are the first training articles that fit --max-source-tokens untruncated,
+    so lengths vary as real data does; truncating long articles to the cap would make nearly every row equally
+    long, and padding (what a/b and a/c measure) would barely exist.
+    """
     from transformers import set_seed
 
+    config = settings.run_config()
     set_seed(config.seed)  # same LoRA/IA3 initialisation in every child
-    splits = load_splits(config)
     loaded = load_model(config.model)
-    items = encode(splits.train, loaded.tokenizer, config, loaded.is_seq2seq, loaded.prefix, loaded.separator)
+    wanted = config.train_size
+    tokenizer, seq2seq, prefix, separator = loaded.tokenizer, loaded.is_seq2seq, loaded.prefix, loaded.separator
+    if not settings.whole_articles:
+        return loaded, encode(load_splits(config).train, tokenizer, config, seq2seq, prefix, separator)
+    pool = _article_pool(config)
+    untruncated = dataclasses.replace(config, max_source_tokens=10**9)
+    cut = encode(pool, tokenizer, config, seq2seq, prefix, separator)
+    whole = encode(pool, tokenizer, untruncated, seq2seq, prefix, separator)
+    items = [c for c, w in zip(cut, whole, strict=True) if c.prompt == w.prompt][:wanted]
+    if len(items) < wanted:
+        raise ConfigError(
+            f"only {len(items)} of {len(pool)} training articles fit --max-source-tokens {config.max_source_tokens} "
+            f"untruncated; need {wanted} (--steps x --batch-size): lower those, raise --max-source-tokens, "
+            "or pass --truncate"
+        )
     return loaded, items
+
+
+def _article_pool(config: RunConfig):
+    """As many training examples as the data has, up to 4,000, to pick fitting articles from."""
+    for size in (4000, 1000, 250, config.train_size):
+        try:
+            return load_splits(dataclasses.replace(config, train_size=size)).train
+        except ConfigError:
+            continue
+    return load_splits(config).train
 
 
 def real_tokens(items: list[Encoded]) -> int:
@@ -111,7 +145,7 @@ def inspect_run(settings: Settings) -> dict:
     For the embedded model this is also where the one-time GGUF conversion happens, outside every timed child.
     """
     quiet_libraries()
-    loaded, items = load_and_encode(settings.run_config())
+    loaded, items = load_and_encode(settings)
     return {
         "model": loaded.name,
         "family": loaded.family,
@@ -259,7 +293,7 @@ def measure_run(settings: Settings, method_name: str, variant: str) -> dict:
     """Child: load, apply the method, build the variant's trainer, then time one training call and its peak memory."""
     quiet_libraries()
     config = settings.run_config()
-    loaded, items = load_and_encode(config)
+    loaded, items = load_and_encode(settings)
     method = METHODS[method_name]
     model = apply_method(method, loaded, config)
     trainable = count_parameters(model)[0]
@@ -308,6 +342,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-source-tokens", type=int, default=384, help="article tokens kept (default: 384)")
     parser.add_argument("--max-target-tokens", type=int, default=64, help="summary tokens kept (default: 64)")
     parser.add_argument("--variants", default="a,b,c", help="comma list of a, b, c (default: a,b,c)")
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="use the first training articles truncated to --max-source-tokens (nearly uniform lengths) instead of "
+        "whole articles that fit (variable lengths, the default)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -334,7 +374,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    return Settings(args.model, args.steps, args.batch_size, args.max_source_tokens, args.max_target_tokens)
+    return Settings(
+        args.model, args.steps, args.batch_size, args.max_source_tokens, args.max_target_tokens, not args.truncate
+    )
 
 
 def device_name() -> str:
@@ -350,7 +392,8 @@ def header_lines(args: argparse.Namespace, info: dict, flops: float, load: float
         f"model: {info['model']} ({info['family']}, {info['kind']}, {info['base_params']:,} parameters)",
         f"steps: {args.steps}, batch size: {args.batch_size}, {info['examples']} examples, "
         f"{info['real_tokens']:,} real tokens",
-        f"lengths: source <= {args.max_source_tokens}, target <= {args.max_target_tokens} tokens; mean prompt "
+        f"{'articles truncated to' if args.truncate else 'whole articles of at most'} {args.max_source_tokens} tokens, "
+        f"targets <= {args.max_target_tokens} tokens; mean prompt "
         f"{info['mean_prompt']:.0f}, mean target {info['mean_target']:.0f}, longest row {info['longest_row']}",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device_name()}, "
         f"fp32 matmul rate {flops / 1e9:.1f} GFLOP/s",
