@@ -91,6 +91,11 @@ def articles(tmp_path_factory) -> Path:
     return path
 
 
+# Latency timing generates latency_prompts x latency_new_tokens tokens up to three times per method: tests that do not
+# look at latencies keep it to one short prompt.
+QUICK_LATENCY = ("--latency-prompts", "1", "--latency-new-tokens", "2")
+
+
 def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
     """CLI arguments for a fast run on a tiny model: a few examples, short sequences."""
     return [

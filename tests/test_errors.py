@@ -7,7 +7,7 @@ import json
 import pytest
 
 from peftbench.cli import main
-from tests.conftest import tiny_run_args
+from tests.conftest import QUICK_LATENCY, tiny_run_args
 
 
 def _fails(capsys, args: list[str]) -> str:
@@ -77,3 +77,78 @@ def test_unknown_yaml_key_suggests_the_nearest(capsys, tiny_models, articles, tm
 def test_mixed_precision_on_cpu_is_refused_before_loading(capsys, articles, tmp_path):
     err = _fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, tmp_path / "o", "--precision", "bf16"))
     assert "--precision bf16" in err and "GPU" in err
+
+
+# ------------------------------------------------------------------------------------- against finished results
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_models, articles):
+    """An OUTPUT holding one finished method, and a snapshot of every file in it."""
+    output = tmp_path_factory.mktemp("finished") / "out"
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process",
+                         *QUICK_LATENCY)  # fmt: skip
+    assert main(args) == 0
+    return output, _snapshot(output)
+
+
+def _snapshot(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _write(name: str, content: bytes):
+    def make(directory):
+        path = directory / name
+        path.write_bytes(content)
+        return path
+
+    return make
+
+
+BAD_INPUT = {
+    "unknown flag": ([], ["--lora-rank", "4"], ["unknown flag --lora-rank", "did you mean --lora-r?"]),
+    "unknown method": ([], ["--methods", "lora,../evil"], ["unknown method", "../evil", "full"]),
+    "too long for the model": ([], ["--max-source-tokens", "600"], ["--max-source-tokens 600", "512 positions"]),
+    "prefix leaves no room": (["t5"], ["--max-source-tokens", "3"], ["--max-source-tokens 3", "'summarize: '"]),
+    "empty jsonl": ([_write("empty.jsonl", b"")], [], ["empty.jsonl", "holds no rows"]),
+    "header-only csv": ([_write("head.csv", b"article,highlights\n")], [], ["head.csv", "holds no rows"]),
+    "unreadable file": ([_write("binary.jsonl", b"\xff\xfe\x00\x9c")], [], ["cannot read dataset file", "binary"]),
+    "misspelt tracker": ([], ["--report-to", "tensorbord"], ["--report-to 'tensorbord'", "'tensorboard'"]),
+    "negative seed list": ([], ["--seeds", "0,-1"], ["--seeds must be non-negative"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_keeps_finished_results(case, capsys, finished, tiny_models, articles, tmp_path):
+    output, before = finished
+    setup, flags, expected = BAD_INPUT[case]
+    model, data = tiny_models["gpt2"], articles
+    for item in setup:
+        if item == "t5":
+            model = tiny_models["t5"]
+        else:
+            data = item(tmp_path)
+    args = tiny_run_args(model, data, output, "--methods", "lora", "--epochs", "1", *QUICK_LATENCY, *flags)
+    err = _fails(capsys, args)
+    for text in expected:
+        assert text in err, (text, err)
+    assert _snapshot(output) == before
+
+
+def test_uninstalled_tracker_names_the_extra(capsys, finished, tiny_models, articles):
+    from peftbench.tracking import AVAILABLE
+
+    missing = next((name for name, available in AVAILABLE.items() if not available()), None)
+    if missing is None:
+        pytest.skip("every tracker is installed here")
+    output, before = finished
+    err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, output, "--report-to", missing))
+    assert f"--report-to {missing}" in err and f"pip install 'peftbench[{missing}]'" in err
+    assert _snapshot(output) == before
+
+
+def test_unwritable_output_is_refused_before_loading(capsys, articles, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = _fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, blocker / "out"))
+    assert "not writable" in err and str(blocker / "out") in err

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
 from peftbench.config import FIELDS, ConfigError, RunConfig, build_config, load_yaml
-from peftbench.methods import METHODS
+from peftbench.methods import METHODS, describe_methods
 
 DEFAULTS = RunConfig()
 HELP = {
@@ -48,11 +49,23 @@ HELP = {
     "lora_targets": "comma list of module names for LoRA; default per model family",
     "ia3_targets": "comma list of module names for IA3; default per model family",
     "ia3_feedforward": "comma list of IA3 targets that are feed-forward layers (scale inputs, not outputs)",
+    "loraplus_lr_ratio": "LoRA+: learning rate of the B matrices over that of the A matrices",
+    "num_virtual_tokens": "virtual tokens of prefix and prompt tuning",
+    "quantize": "4bit (NF4, double quantization) or 8bit: load the base model with bitsandbytes and train a "
+    "LoRA-family method on it; needs a CUDA GPU and pip install 'peftbench[qlora]'",
     "trust_remote_code": "allow a hub model's own Python code to run (off unless given)",
     "output": "output directory (default: runs/<timestamp>)",
     "quiet": "print nothing but errors",
     "in_process": "run all methods in this process (debugging); by default each method gets its own process so "
     "that peak memory is measured per method",
+    "force": "rerun methods already finished in --output, and run there even if it holds another configuration's "
+    "results (by default the same command resumes: finished methods are skipped, interrupted ones resume)",
+    "dry_run": "check everything, print the resolved config, trainable parameters per method, token counts and an "
+    "estimated run time, then exit without training",
+    "allow_pickle": "load models whose weights exist only as pickle files (pytorch_model.bin); loading a pickle "
+    "can run code, so only for files you trust",
+    "report_to": "comma list of experiment trackers: tensorboard, mlflow, wandb (optional extras); default: none, "
+    "results only in --output",
 }
 
 
@@ -94,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("outputs", nargs="+", metavar="OUTPUT", help="output directory of peftbench run")
     report.add_argument("--output", metavar="DIR", help="where to write the report (default: the first OUTPUT)")
+    methods = commands.add_parser(
+        "methods",
+        help="list the fine-tuning methods; with --model, each one's trainable parameters on that model",
+        description="List every method: whether it merges into the weights, its default learning rate and what "
+        "it does. With --model, also the trainable parameters each would have on that model, or why it cannot apply.",
+    )
+    methods.add_argument("--model", metavar="MODEL", help=HELP["model"].split(";")[0])
+    methods.add_argument("--trust-remote-code", action="store_true", help=HELP["trust_remote_code"])
     return parser
 
 
@@ -104,9 +125,33 @@ def _report(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _methods(args: argparse.Namespace) -> None:
+    loaded = None
+    if args.model:
+        from peftbench.models import load_model
+        from peftbench.pipeline import quiet_libraries
+
+        quiet_libraries()
+        loaded = load_model(args.model, args.trust_remote_code)
+    print(describe_methods(loaded))
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse flags; an unknown flag is a ConfigError naming the nearest valid one (argparse 3.11 suggests none)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        flags = [f for action in commands.choices[args.command]._actions for f in action.option_strings]
+        word = next((u.split("=")[0] for u in unknown if u.startswith("-")), unknown[0])
+        close = difflib.get_close_matches(word, flags, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; see peftbench {args.command} --help"
+        raise ConfigError(f"unknown flag {word}{hint}" if word.startswith("-") else f"unexpected argument {word!r}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = _parse(build_parser(), argv)
         if args.command == "run":
             from peftbench.pipeline import quiet_libraries, run  # heavy imports only when running
 
@@ -116,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             run(build_config(load_yaml(args.config) if args.config else {}, flags))
         elif args.command == "report":
             _report(args)
+        elif args.command == "methods":
+            _methods(args)
     except ConfigError as exc:
         print(f"peftbench: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # pipeline.MethodsFailed: 1 when a method failed for a bug
     except KeyboardInterrupt:
         print("peftbench: interrupted; finished methods' results are kept in the output directory", file=sys.stderr)
         return 130

@@ -12,6 +12,8 @@ import yaml
 
 EMBEDDED = "embedded"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+QUANTIZE = ("4bit", "8bit")
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # --report-to; each is an optional extra (see tracking.py)
 
 
 class ConfigError(ValueError):
@@ -61,11 +63,18 @@ class RunConfig:
     lora_targets: list[str] | None = None  # None: the architecture family's default
     ia3_targets: list[str] | None = None
     ia3_feedforward: list[str] | None = None
+    loraplus_lr_ratio: float = 16.0  # LoRA+: the B matrices' learning rate over the A matrices'
+    num_virtual_tokens: int = 20  # prefix and prompt tuning
+    quantize: str | None = None  # "4bit" (NF4) or "8bit": a bitsandbytes base on CUDA, for LoRA-family methods
 
     trust_remote_code: bool = False
     output: str | None = None  # None: runs/<timestamp>
     quiet: bool = False
     in_process: bool = False  # run methods in this process (debugging; memory peaks then share one process)
+    force: bool = False  # rerun finished methods, and accept an OUTPUT holding another configuration's results
+    dry_run: bool = False  # print the plan (config, trainable parameters, tokens, time estimate) and exit
+    allow_pickle: bool = False  # load pickle-only weights (.bin): unpickling a file from elsewhere can run code
+    report_to: list[str] | None = None  # trackers (TRACKERS); None: log only to the output directory
 
     def validate(self) -> None:
         """Raise ConfigError naming the first value out of range."""
@@ -89,8 +98,17 @@ class RunConfig:
             raise ConfigError(f"--eval-generate-size must be at least 1, got {self.eval_generate_size}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
+        if not self.loraplus_lr_ratio > 0:
+            raise ConfigError(f"--loraplus-lr-ratio must be a positive number, got {self.loraplus_lr_ratio}")
         if not self.methods:
             raise ConfigError("--methods is empty; give a comma list such as full,lora,ia3")
+        for tracker in self.report_to or []:
+            if tracker not in TRACKERS:
+                close = difflib.get_close_matches(tracker, TRACKERS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"--report-to {tracker!r} is not a tracker: choose from {', '.join(TRACKERS)}{hint}")
 
     def _validate_seeds(self) -> None:
         if not self.seeds:
@@ -107,10 +125,10 @@ class RunConfig:
 POSITIVE = (
     "epochs", "batch_size", "grad_accum", "train_size", "eval_size", "test_size", "max_source_tokens",
     "max_target_tokens", "max_new_tokens", "num_beams", "eval_batch_size", "eval_every", "latency_prompts",
-    "latency_new_tokens", "lora_r", "lora_alpha",
+    "latency_new_tokens", "lora_r", "lora_alpha", "num_virtual_tokens",
 )  # fmt: skip
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward"}
+LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to"}
 INT_LIST_FIELDS = {"seeds"}
 
 

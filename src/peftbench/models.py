@@ -122,21 +122,82 @@ def family_of(model_type: str) -> str:
     return FAMILIES.get(model_type, model_type)
 
 
-def load_model(name: str, trust_remote_code: bool = False) -> LoadedModel:
-    """Load a hub id, a local directory or the embedded model, in fp32, from safetensors only."""
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+CONVERT_HINT = (
+    "loading a pickle can run code. If you trust it, convert it once (AutoModelForCausalLM or "
+    "AutoModelForSeq2SeqLM .from_pretrained(it).save_pretrained(NEW_DIR) writes model.safetensors; save the "
+    "tokenizer there too), or pass --allow-pickle"
+)
+
+
+def check_safetensors(path: str, allow_pickle: bool) -> None:
+    """Refuse a local model directory whose weights exist only as pickle files, unless allowed."""
+    directory = Path(path)
+    if allow_pickle or not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        listed = ", ".join(pickles)
+        raise ConfigError(f"model {path!r} keeps its weights only in pickle files ({listed}); {CONVERT_HINT}")
+
+
+def quantization_config(quantize: str | None):
+    """bitsandbytes settings for --quantize: NF4 with double quantization (4bit) or LLM.int8 (8bit); None for None."""
+    if quantize is None:
+        return None
+    missing = [] if torch.cuda.is_available() else ["CUDA GPU"]
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes")
+    if missing:
+        raise ConfigError(
+            f"--quantize needs a CUDA GPU and bitsandbytes; this machine has no {' and no '.join(missing)}. "
+            "On a CUDA machine: pip install 'peftbench[qlora]'; here, drop --quantize"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute, bnb_4bit_use_double_quant=True
+    )
+
+
+def load_model(
+    name: str, trust_remote_code: bool = False, allow_pickle: bool = False, quantize: str | None = None
+) -> LoadedModel:
+    """Load a hub id, a local directory or the embedded model, in fp32, from safetensors only (unless allow_pickle).
+
+    With quantize ("4bit" or "8bit"), the linear layers load in bitsandbytes on the GPU (QLoRA), frozen.
+    """
+    quantization = quantization_config(quantize)  # no GPU or no bitsandbytes fails here, before any loading
+    on_gpu = {"quantization_config": quantization, "device_map": "cuda"} if quantization else {}
     path = str(embedded_model_dir()) if name == EMBEDDED else name
+    check_safetensors(path, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         model = auto.from_pretrained(
-            path, config=config, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+            path,
+            config=config,
+            dtype=torch.float32,
+            use_safetensors=None if allow_pickle else True,
+            trust_remote_code=trust_remote_code,
+            **on_gpu,
         )
     except (OSError, ValueError) as exc:
+        if "safetensors" in str(exc) and not allow_pickle:  # a hub model with pickle weights only
+            raise ConfigError(f"cannot load model {name!r} from safetensors: {exc}\n{CONVERT_HINT}") from None
         raise ConfigError(
             f"cannot load model {name!r}: {exc}\n(give a hub id such as gpt2 or t5-small, a local directory "
             "with config.json and *.safetensors, or omit --model for the embedded SmolLM2)"
         ) from None
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base and keeps norms in fp32; checkpointing stays with --gradient-checkpointing (the trainer).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     shown = f"{EMBEDDED_MODEL_NAME} (embedded)" if name == EMBEDDED else name

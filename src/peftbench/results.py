@@ -156,17 +156,22 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def summary_table(results: list[MethodResult]) -> str:
-    """A Markdown table of all methods: trainable params, final validation loss, test ROUGE and BLEU."""
+def summary_table(results: list[MethodResult], failed: dict[str, str] | None = None) -> str:
+    """A Markdown table of all methods: trainable params, final validation loss, test ROUGE and BLEU; a failed
+    method is a row saying so."""
     lines = [
         "| " + " | ".join(name for name, _ in SUMMARY_COLUMNS) + " |",
         "|---|" + "---:|" * (len(SUMMARY_COLUMNS) - 1),
     ]
     lines += ["| " + " | ".join(cell(r) for _, cell in SUMMARY_COLUMNS) + " |" for r in results]
+    lines += [f"| {name} | **failed** |" + " - |" * (len(SUMMARY_COLUMNS) - 2) for name in failed or {}]
     return "\n".join(lines) + "\n"
 
 
-def write_summary(output: Path, results: list[MethodResult], header: str) -> Path:
+def write_summary(output: Path, results: list[MethodResult], header: str, failed: dict[str, str] | None = None) -> Path:
+    """summary.md: the header, the table, and why each failed method failed."""
+    reasons = "".join(f"- {name}: {error}\n" for name, error in (failed or {}).items())
+    text = f"# peftbench summary\n\n{header}\n\n{summary_table(results, failed)}"
     path = output / "summary.md"
-    write_atomic(path, f"# peftbench summary\n\n{header}\n\n{summary_table(results)}")
+    write_atomic(path, text + (f"\nFailed methods (see <method>/failed.json):\n\n{reasons}" if reasons else ""))
     return path

@@ -16,6 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 from peftbench.config import ConfigError, RunConfig
 from peftbench.data import IGNORE_INDEX, Encoded, LengthGroupedBatches, batch_length, collate
 from peftbench.measure import peak_memory_bytes, reset_peak_memory
+from peftbench.methods import build_optimizer
 from peftbench.models import token_loss
 
 
@@ -35,6 +36,10 @@ def mixed_precision(config: RunConfig) -> str:
             "Use --precision fp32 or auto"
         )
     return config.precision
+
+
+class NonFiniteLoss(ConfigError):
+    """The training loss became NaN or infinite: this method stops (the others go on); usually the learning rate."""
 
 
 def show_progress(config: RunConfig) -> bool:
@@ -63,8 +68,7 @@ class Trainer:
         self.sampler = LengthGroupedBatches([batch_length(it) for it in items], config.batch_size, config.seed)
         collate_fn = functools.partial(collate, pad_id=pad_id, is_seq2seq=is_seq2seq)
         loader = DataLoader(items, batch_sampler=self.sampler, collate_fn=collate_fn)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
+        optimizer = build_optimizer(model, lr, config)  # AdamW over the trainable parameters, or the method's own
         total_steps = math.ceil(len(self.sampler) / config.grad_accum) * config.epochs
         scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
@@ -79,7 +83,9 @@ class Trainer:
 
     def train_epoch(self) -> float:
         """Train one epoch; return the mean loss per target token."""
-        self.sampler.set_epoch(self.epoch)
+        # Through accelerate's loader: it sets its sampler's epoch from its own count of iterations, which a
+        # resumed run (trainer.epoch restored) must carry on from, not restart at 0.
+        self.loader.set_epoch(self.epoch)
         self.epoch += 1
         self.model.train()
         loss_sum, token_count = 0.0, 0
@@ -87,7 +93,7 @@ class Trainer:
                    disable=not show_progress(self.config), leave=False)  # fmt: skip
         reset_peak_memory()
         started = time.perf_counter()
-        for batch in bar:
+        for step, batch in enumerate(bar, start=(self.epoch - 1) * len(self.loader) + 1):
             with self.accelerator.accumulate(self.model):
                 summed, n_tokens = token_loss(self.model, batch, self.is_seq2seq)
                 self.accelerator.backward(summed / max(n_tokens, 1))
@@ -97,6 +103,15 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
             step_loss = summed.item()  # the one host sync per step
+            if not math.isfinite(step_loss):
+                lr = self.optimizer.param_groups[0]["initial_lr"]
+                raise NonFiniteLoss(
+                    f"training loss is {step_loss} at batch {step} (epoch {self.epoch}): training diverged; "
+                    f"lower --lr (now {lr:g}), or check the data"
+                )
+            if self.accelerator.trackers:  # --report-to (none by default)
+                now = {"train/loss": step_loss / max(n_tokens, 1), "train/lr": self.scheduler.get_last_lr()[0]}
+                self.accelerator.log(now, step=step)
             loss_sum += step_loss
             token_count += n_tokens
             self.tokens += real_tokens(batch, self.is_seq2seq)

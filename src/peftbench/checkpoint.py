@@ -1,0 +1,199 @@
+"""Resume: per-epoch checkpoints, and fingerprints that tell a finished method of this config from another config's.
+
+A method's directory OUTPUT/<method>/ holds fingerprint.json from the moment the method starts (a hash of the
+settings that decide its results), checkpoint/epoch-<k>/ while it trains, and metrics.json once it has finished.
+Re-running the same command skips finished methods and resumes the others from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from peftbench.config import ConfigError, RunConfig
+from peftbench.results import write_atomic
+
+FINGERPRINT_FILE = "fingerprint.json"
+CHECKPOINT_DIR = "checkpoint"
+WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters only: the adapter, or every weight for `full`
+STATE_FILE = "state.pt"  # optimizer, scheduler and RNG states: tensors, numbers and lists (loaded weights_only)
+PROGRESS_FILE = "progress.json"  # what was measured so far: epochs' metrics, base latency, counters
+# Settings that change where and how a run reports, never its results; `methods` and `seeds` because each method
+# directory is one method at one seed (its seed is in the fingerprint).
+NOT_FINGERPRINTED = (
+    "output", "quiet", "in_process", "force", "dry_run", "report_to", "allow_pickle", "methods", "seeds",
+)  # fmt: skip
+
+
+def fingerprinted(config: RunConfig) -> dict[str, Any]:
+    """The settings that decide a method's results: the config without NOT_FINGERPRINTED.
+
+    Every method's options stay in: methods share some (LoRA's variants train on --lora-r and --lora-targets), so
+    leaving out "the others' options" could skip a method whose settings did change.
+    """
+    return {k: v for k, v in config.to_dict().items() if k not in NOT_FINGERPRINTED}
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_fingerprint(directory: Path, config: RunConfig) -> None:
+    settings = fingerprinted(config)
+    text = json.dumps({"fingerprint": fingerprint(settings), "settings": settings}, indent=2, sort_keys=True)
+    write_atomic(directory / FINGERPRINT_FILE, text + "\n")
+
+
+def _stored_settings(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / FINGERPRINT_FILE).read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def holds_results(directory: Path) -> bool:
+    """Whether a method directory holds something a rerun could lose: finished results or a checkpoint."""
+    return (directory / "metrics.json").is_file() or (directory / CHECKPOINT_DIR).is_dir()
+
+
+def _method_dirs(output: Path) -> list[tuple[Path, int | None]]:
+    """Method directories under OUTPUT (single seed) and OUTPUT/seed-<s>/ (several), each with its seed if known."""
+    found = []
+    for parent in [output, *sorted(output.glob("seed-*"))]:
+        seed = int(parent.name[5:]) if parent != output and parent.name[5:].isdigit() else None
+        if parent.is_dir():
+            found += [(path, seed) for path in sorted(parent.iterdir()) if path.is_dir() and holds_results(path)]
+    return found
+
+
+def check_output(output: Path, config: RunConfig) -> None:
+    """Refuse an OUTPUT holding results or checkpoints of another configuration (unless --force), naming what differs.
+
+    Results of the same configuration are fine: finished methods are skipped, interrupted ones resumed.
+    """
+    if config.force or not output.is_dir():
+        return
+    single = config.seeds[0] if config.seeds else config.seed  # the seed of directories directly under OUTPUT
+    for directory, seed in _method_dirs(output):
+        this = replace(config, seed=single if seed is None else seed)
+        expected = json.loads(json.dumps(fingerprinted(this)))  # as stored: lists, not tuples
+        stored = _stored_settings(directory)
+        if stored == expected:
+            continue
+        if stored is None:
+            what = "no readable fingerprint.json (an older peftbench, or not a peftbench run)"
+        else:
+            keys = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
+            what = "; ".join(f"{k}: {stored.get(k)!r} there, {expected.get(k)!r} now" for k in keys[:5])
+        raise ConfigError(
+            f"{str(output)!r} holds results of a different configuration ({directory.relative_to(output)}: {what}). "
+            "Use another --output, or --force to run this configuration there (rerunning every requested method)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- RNG states
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as tensors, numbers and lists, so that weights_only can load them."""
+    version, python_state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": [version, list(python_state), gauss],
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    version, python_state, gauss = states["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _epoch_dirs(directory: Path) -> list[Path]:
+    root = directory / CHECKPOINT_DIR
+    found = [path for path in root.glob("epoch-*") if path.name[6:].isdigit()] if root.is_dir() else []
+    return sorted(found, key=lambda path: int(path.name[6:]))
+
+
+def latest(directory: Path) -> Path | None:
+    """The newest complete checkpoint of a method (complete: only finished ones are renamed into place)."""
+    found = _epoch_dirs(directory)
+    return found[-1] if found else None
+
+
+def save(directory: Path, trainer, progress: dict[str, Any]) -> Path:
+    """Write checkpoint/epoch-<k>/ after the trainer's epoch k: into a temporary directory, then one rename, so a
+    crash at any moment leaves the previous checkpoint or this one, never half of one. Older epochs are removed."""
+    root = directory / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"epoch-{trainer.epoch}"
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        weights = {name: p.detach().cpu().contiguous() for name, p in trainer.unwrapped.named_parameters()
+                   if p.requires_grad}  # fmt: skip
+        save_file(weights, str(staging / WEIGHTS_FILE))
+        state = {"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+                 "rng": rng_states()}  # fmt: skip
+        torch.save(state, staging / STATE_FILE)
+        counters = {"epoch": trainer.epoch, "seconds": trainer.seconds, "tokens": trainer.tokens,
+                    "samples": trainer.samples, "peak_memory": trainer.peak_memory}  # fmt: skip
+        (staging / PROGRESS_FILE).write_text(json.dumps({"trainer": counters, **progress}, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for path in [*_epoch_dirs(directory), *root.glob(".tmp-*")]:
+        if path != target:
+            shutil.rmtree(path, ignore_errors=True)
+    return target
+
+
+def restore(path: Path, trainer) -> dict[str, Any]:
+    """Load a checkpoint into a freshly built trainer (weights, optimizer, scheduler, RNG, counters, epoch) and
+    return the rest of its progress (what pipeline.run_method measured so far)."""
+    try:
+        weights = load_file(str(path / WEIGHTS_FILE))
+        state = torch.load(path / STATE_FILE, weights_only=True)
+        progress = json.loads((path / PROGRESS_FILE).read_text())
+        model = trainer.unwrapped
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        if set(weights) != trainable:
+            raise ValueError(f"it holds {len(weights)} tensors for {len(trainable)} trainable parameters")
+        model.load_state_dict(weights, strict=False)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigError(f"cannot resume from {path}: {exc}; remove it, or rerun with --force") from None
+    counters = progress.pop("trainer")
+    trainer.epoch = counters["epoch"]
+    trainer.seconds, trainer.tokens = counters["seconds"], counters["tokens"]
+    trainer.samples, trainer.peak_memory = counters["samples"], counters["peak_memory"]
+    set_rng_states(state["rng"])  # last: building the model and trainer drew random numbers
+    return progress
+
+
+def remove(directory: Path) -> None:
+    """Drop a method's checkpoints once its results are written."""
+    shutil.rmtree(directory / CHECKPOINT_DIR, ignore_errors=True)

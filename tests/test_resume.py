@@ -1,0 +1,112 @@
+"""Resume: a run killed with SIGKILL ends, when rerun, with the metrics of an uninterrupted run; finished methods are
+skipped; --force reruns them; an OUTPUT of another configuration is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from peftbench import checkpoint
+from peftbench.cli import main
+from peftbench.config import RunConfig
+from tests.conftest import QUICK_LATENCY, tiny_run_args
+
+# The child saves its first checkpoint, then waits to be killed: the kill lands after epoch 1 every time, however
+# fast or slow this machine is (a real crash anywhere in epoch 2 resumes from the same checkpoint).
+KILLABLE = """
+import sys, time
+from peftbench import checkpoint
+save = checkpoint.save
+def save_then_wait(*args, **kwargs):
+    path = save(*args, **kwargs)
+    time.sleep(600)
+    return path
+checkpoint.save = save_then_wait
+from peftbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _metrics(output, method: str) -> dict:
+    return json.loads((output / method / "metrics.json").read_text())
+
+
+def test_killed_run_resumes_to_the_uninterrupted_metrics(tiny_models, articles, tmp_path):
+    def args(output):
+        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
+                             "--seed", "5", "--in-process", *QUICK_LATENCY)  # fmt: skip
+
+    assert main(args(tmp_path / "reference")) == 0
+    output = tmp_path / "interrupted"
+    child = subprocess.Popen([sys.executable, "-c", KILLABLE, *args(output)], stderr=subprocess.PIPE, text=True)
+    first = output / "lora" / "checkpoint" / "epoch-1"
+    deadline = time.monotonic() + 300
+    while not first.is_dir():
+        assert child.poll() is None, child.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint after epoch 1"
+        time.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    assert not (output / "lora" / "metrics.json").exists()
+    assert sorted(p.name for p in (output / "lora" / "checkpoint").iterdir()) == ["epoch-1"]
+
+    assert main(args(output)) == 0
+    reference, resumed = _metrics(tmp_path / "reference", "lora"), _metrics(output, "lora")
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3]
+    assert resumed["epochs"] == reference["epochs"]  # epochs 0-1 from the checkpoint, 2-3 trained after resuming
+    assert resumed["test"] == reference["test"]
+    efficiency = resumed["efficiency"]
+    assert efficiency["train_samples_per_s"] * efficiency["train_seconds"] == pytest.approx(24)  # 3 epochs x 8
+    assert resumed["efficiency"]["latency_ms"]["base"] > 0
+    assert not (output / "lora" / "checkpoint").exists()  # removed once the method finished
+
+
+def test_finished_methods_are_skipped_forced_or_guarded(tiny_models, articles, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # a relative --output: nothing may be written beside it
+    args = tiny_run_args(tiny_models["gpt2"], articles, "out", "--methods", "lora", "--epochs", "1", "--in-process",
+                         *QUICK_LATENCY)  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no trackers, no runs/, no mlruns by default
+    metrics = tmp_path / "out" / "lora" / "metrics.json"
+    first = (metrics.read_bytes(), metrics.stat().st_mtime_ns)
+    assert not (tmp_path / "out" / "trackers").exists()
+
+    assert main([*args, "--methods", "lora,ia3"]) == 0  # same configuration, one more method: lora is skipped
+    assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == first
+    assert (tmp_path / "out" / "ia3" / "metrics.json").is_file()
+    assert "| lora |" in (tmp_path / "out" / "summary.md").read_text()
+
+    assert main([*args, "--force"]) == 0  # rerun: a new file with the same (seeded) metrics
+    assert metrics.stat().st_mtime_ns != first[1]
+    assert json.loads(metrics.read_bytes())["epochs"] == json.loads(first[0])["epochs"]
+
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2"]) == 2  # another configuration: refused, nothing touched
+    err = capsys.readouterr().err
+    assert "different configuration" in err and "epochs: 1 there, 2 now" in err and "--force" in err
+    assert "Traceback" not in err
+    assert json.loads(metrics.read_bytes())["epochs"] == json.loads(first[0])["epochs"]
+
+
+def test_fingerprint_ignores_what_does_not_change_results():
+    base = checkpoint.fingerprinted(RunConfig())
+    same = RunConfig(output="elsewhere", quiet=True, in_process=True, force=True, dry_run=True, methods=["lora"],
+                     seeds=[0, 1], report_to=["tensorboard"], allow_pickle=True)  # fmt: skip
+    assert checkpoint.fingerprinted(same) == base
+    for changed in (RunConfig(epochs=3), RunConfig(lora_r=4), RunConfig(seed=1), RunConfig(lr=1e-3)):
+        assert checkpoint.fingerprint(checkpoint.fingerprinted(changed)) != checkpoint.fingerprint(base)
+
+
+def test_latest_checkpoint_ignores_unfinished_writes(tmp_path):
+    root = tmp_path / checkpoint.CHECKPOINT_DIR
+    for name in ("epoch-2", "epoch-10", ".tmp-abc", "epoch-x"):
+        (root / name).mkdir(parents=True)
+    assert checkpoint.latest(tmp_path) == root / "epoch-10"  # numeric order; a half-written .tmp-* never counts
+    assert checkpoint.latest(tmp_path / "nothing") is None
