@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, T5Config, T5ForConditionalGeneration
 
 from peftbench.data import embedded_data_path
@@ -46,6 +47,7 @@ def tiny_gpt2(tmp_path_factory, tokenizer) -> Path:
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    torch.manual_seed(0)  # fixed random weights: the same tiny model in every test session
     return _save(GPT2LMHeadModel(config), tokenizer, tmp_path_factory.mktemp("tiny-gpt2"))
 
 
@@ -63,6 +65,7 @@ def tiny_t5(tmp_path_factory, tokenizer) -> Path:
         eos_token_id=eos,
         decoder_start_token_id=eos,
     )
+    torch.manual_seed(0)
     return _save(T5ForConditionalGeneration(config), tokenizer, tmp_path_factory.mktemp("tiny-t5"))
 
 
