@@ -81,7 +81,9 @@ def _prompt_batch(items: list[Encoded], tokenizer, is_seq2seq: bool, device) -> 
 def latency_ms(model, items: list[Encoded], tokenizer, is_seq2seq: bool, new_tokens: int, device) -> float:
     """Median milliseconds to generate exactly new_tokens tokens for one prompt at batch size 1 (after a warm-up)."""
     model.eval()
-    generate_ids(model, _prompt_batch(items[:1], tokenizer, is_seq2seq, device), tokenizer, is_seq2seq, 2)
+    # A full-length warm-up: a short one left the first timed prompt paying for cold caches and allocations.
+    warm_up = _prompt_batch(items[:1], tokenizer, is_seq2seq, device)
+    generate_ids(model, warm_up, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
     times = []
     for item in items:
         batch = _prompt_batch([item], tokenizer, is_seq2seq, device)

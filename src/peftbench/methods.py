@@ -214,7 +214,9 @@ def _prompt(loaded: LoadedModel, config: RunConfig, options: Options) -> PeftCon
 
 def _adamw(model: nn.Module, lr: float, config: RunConfig) -> torch.optim.Optimizer:
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
+    # The fused kernel (CPU and CUDA) updates all parameters in one pass: for full fine-tuning the per-tensor loop
+    # took several times longer per step here. It is also what HF Trainer uses by default.
+    return torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay, fused=True)
 
 
 def _loraplus_optimizer(model: nn.Module, lr: float, config: RunConfig) -> torch.optim.Optimizer:
