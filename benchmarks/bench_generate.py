@@ -19,7 +19,7 @@ import torch
 
 from peftbench.config import EMBEDDED, RunConfig
 from peftbench.data import collate, encode, load_splits
-from peftbench.measure import latency_ms, merged_copy
+from peftbench.measure import latency_ms, merged_copy, sync_device
 from peftbench.methods import METHODS, apply_method
 from peftbench.models import generate_ids, load_model
 from peftbench.pipeline import quiet_libraries
@@ -55,8 +55,7 @@ def batched_tokens_per_s(model, items, tokenizer, is_seq2seq: bool, new_tokens: 
     batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id, is_seq2seq, False).items()}
     start = time.perf_counter()
     generate_ids(model, batch, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync_device()
     return len(items) * new_tokens / (time.perf_counter() - start)
 
 

@@ -38,7 +38,7 @@ import torch
 
 from peftbench.config import EMBEDDED, ConfigError, RunConfig
 from peftbench.data import IGNORE_INDEX, Encoded, collate, encode, load_splits
-from peftbench.measure import matmul_flops_per_s, peak_memory_bytes, reset_peak_memory
+from peftbench.measure import matmul_flops_per_s, peak_memory_bytes, reset_peak_memory, sync_device
 from peftbench.methods import METHODS, apply_method, check_method_names, count_parameters
 from peftbench.models import LoadedModel, load_model
 from peftbench.pipeline import quiet_libraries
@@ -284,11 +284,6 @@ def build_hf(
     return trainer.train, counter, timer
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def measure_run(settings: Settings, method_name: str, variant: str) -> dict:
     """Child: load, apply the method, build the variant's trainer, then time one training call and its peak memory."""
     quiet_libraries()
@@ -306,7 +301,7 @@ def measure_run(settings: Settings, method_name: str, variant: str) -> dict:
         reset_peak_memory()
         start = time.perf_counter()
         train()
-        _sync()
+        sync_device()
         seconds = time.perf_counter() - start
         peak = peak_memory_bytes()
     return {

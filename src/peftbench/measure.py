@@ -50,15 +50,16 @@ def matmul_flops_per_s(size: int = 2048, repeats: int = 10) -> float:
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(3):
         a @ b
-    _sync()
+    sync_device()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _sync()
+    sync_device()
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def _sync() -> None:
+def sync_device() -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it; nothing to wait for on CPU."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -87,10 +88,10 @@ def latency_ms(model, items: list[Encoded], tokenizer, is_seq2seq: bool, new_tok
     times = []
     for item in items:
         batch = _prompt_batch([item], tokenizer, is_seq2seq, device)
-        _sync()
+        sync_device()
         start = time.perf_counter()
         generate_ids(model, batch, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
-        _sync()
+        sync_device()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
