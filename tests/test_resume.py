@@ -110,3 +110,32 @@ def test_latest_checkpoint_ignores_unfinished_writes(tmp_path):
         (root / name).mkdir(parents=True)
     assert checkpoint.latest(tmp_path) == root / "epoch-10"  # numeric order; a half-written .tmp-* never counts
     assert checkpoint.latest(tmp_path / "nothing") is None
+
+
+class Crash(Exception):
+    """Stands for a process dying right after a checkpoint (the SIGKILL test above does it for real, for LoRA)."""
+
+
+# Resume restores each family's own state: AdaLoRA's rank allocation (importance scores and rank pattern), IA3's
+# scaling vectors, prefix tuning's virtual tokens, and every weight with full fine-tuning.
+@pytest.mark.parametrize("method", ["adalora", "ia3", "prefix", "full"])
+def test_each_family_resumes_exactly(tiny_models, articles, tmp_path, monkeypatch, method):
+    def args(output):
+        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", method, "--epochs", "3",
+                             "--seed", "5", "--in-process", "--lr", "1e-2", *QUICK_LATENCY)  # fmt: skip
+
+    assert main(args(tmp_path / "reference")) == 0
+    save = checkpoint.save
+
+    def save_then_crash(*args, **kwargs):
+        save(*args, **kwargs)
+        raise Crash
+
+    monkeypatch.setattr(checkpoint, "save", save_then_crash)
+    assert main(args(tmp_path / "interrupted")) == 1  # the method failed (not a user error), after epoch 1
+    monkeypatch.setattr(checkpoint, "save", save)
+    assert main(args(tmp_path / "interrupted")) == 0
+    reference, resumed = _metrics(tmp_path / "reference", method), _metrics(tmp_path / "interrupted", method)
+    assert reference["epochs"][1]["val_loss"] != reference["epochs"][3]["val_loss"]  # it trained after epoch 1
+    assert resumed["epochs"] == reference["epochs"]
+    assert resumed["test"] == reference["test"]

@@ -10,10 +10,9 @@ import shutil
 
 import pytest
 import torch
-from accelerate.tracking import GeneralTracker
+import yaml
 
 import peftbench.train
-from peftbench import tracking
 from peftbench.cli import main
 from peftbench.config import RunConfig
 from peftbench.methods import METHODS, apply_method, count_parameters
@@ -137,46 +136,28 @@ def test_dry_run_prints_the_plan_and_writes_nothing(capsys, tiny_models, article
 # ---------------------------------------------------------------------------------------------- trackers
 
 
-class Recorder(GeneralTracker):
-    """Stands in for TensorBoard (not installed here): keeps what accelerate hands a tracker."""
+def test_report_to_tensorboard_logs_steps_epochs_and_efficiency(tiny_models, articles, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    name, requires_logging_directory, main_process_only = "recorder", False, False
-    runs: list[Recorder] = []
-
-    def __init__(self, run_name: str, directory):
-        super().__init__()
-        self.run_name, self.directory, self.config, self.logged, self.finished = run_name, directory, None, [], False
-        Recorder.runs.append(self)
-
-    @property
-    def tracker(self):
-        return self
-
-    def store_init_configuration(self, values: dict) -> None:
-        self.config = values
-
-    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        self.logged.append((step, values))
-
-    def finish(self) -> None:
-        self.finished = True
-
-
-def test_report_to_logs_steps_epochs_and_efficiency(tiny_models, articles, tmp_path, monkeypatch):
-    monkeypatch.setitem(tracking.AVAILABLE, "tensorboard", lambda: True)
-    monkeypatch.setitem(tracking.BUILDERS, "tensorboard", Recorder)
     output = tmp_path / "out"
     args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "2",
                          "--report-to", "tensorboard", "--in-process", *QUICK_LATENCY)  # fmt: skip
     assert main(args) == 0
-    (run,) = Recorder.runs
-    assert run.run_name == "lora-seed0" and run.directory == (output / "trackers").resolve() and run.finished
-    assert run.config["lora_r"] == 8 and run.config["methods"] == "lora"
-    steps = [(step, values) for step, values in run.logged if "train/loss" in values]
-    assert [step for step, _ in steps] == [1, 2, 3, 4]  # 2 batches per epoch, numbered across epochs
-    assert all(values["train/loss"] > 0 and values["train/lr"] >= 0 for _, values in steps)
-    validations = [(step, values) for step, values in run.logged if "val/loss" in values]
-    assert [step for step, _ in validations] == [0, 2, 4] and "val/rougeL" in validations[0][1]
-    final = run.logged[-1][1]
-    assert "test/rougeL" in final and final["efficiency/train_tokens_per_s"] > 0
-    assert "efficiency/latency_ms_merged" in final
+    (run,) = (output / "trackers").iterdir()
+    assert run.name == "lora-seed0"
+    events = EventAccumulator(str(run))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4]  # 2 batches per epoch, across epochs
+    assert all(loss > 0 for _, loss in scalars["train/loss"]) and len(scalars["train/lr"]) == 4
+    metrics = json.loads((output / "lora" / "metrics.json").read_text())
+    logged = [(step, pytest.approx(loss)) for step, loss in scalars["val/loss"]]
+    assert logged == [(2 * e["epoch"], e["val_loss"]) for e in metrics["epochs"]]  # epochs 0, 1, 2 at their steps
+    assert scalars["test/rougeL"][0][1] == pytest.approx(metrics["test"]["rougeL"])
+    efficiency = metrics["efficiency"]
+    assert scalars["efficiency/train_tokens_per_s"][0][1] == pytest.approx(efficiency["train_tokens_per_s"])
+    assert scalars["efficiency/latency_ms_merged"][0][1] == pytest.approx(efficiency["latency_ms"]["merged"])
+    # The resolved config goes along as the run's hyperparameters (accelerate also keeps them as YAML).
+    (hparams,) = run.glob("*/hparams.yml")
+    config = yaml.safe_load(hparams.read_text())
+    assert config["lora_r"] == 8 and config["methods"] == "lora" and config["lr"] == metrics["config"]["lr"]

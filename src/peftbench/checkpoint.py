@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from peftbench import parallel
 from peftbench.config import ConfigError, RunConfig
 from peftbench.results import write_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters only: the adapter, or every weight for `full`
-STATE_FILE = "state.pt"  # optimizer, scheduler and RNG states: tensors, numbers and lists (loaded weights_only)
+STATE_FILE = "state.pt"  # optimizer, scheduler and each process's RNG states: tensors, numbers and lists (weights_only)
 PROGRESS_FILE = "progress.json"  # what was measured so far: epochs' metrics, base latency, counters
 # Settings that change where and how a run reports, never its results; `methods` and `seeds` because each method
 # directory is one method at one seed (its seed is in the fingerprint).
@@ -143,9 +144,15 @@ def latest(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save(directory: Path, trainer, progress: dict[str, Any]) -> Path:
+def save(directory: Path, trainer, progress: dict[str, Any]) -> Path | None:
     """Write checkpoint/epoch-<k>/ after the trainer's epoch k: into a temporary directory, then one rename, so a
-    crash at any moment leaves the previous checkpoint or this one, never half of one. Older epochs are removed."""
+    crash at any moment leaves the previous checkpoint or this one, never half of one. Older epochs are removed.
+
+    Every process calls it (their RNG states are saved); the main process writes, and returns the path.
+    """
+    rng = parallel.everyone(rng_states())
+    if not parallel.is_main():
+        return None
     root = directory / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"epoch-{trainer.epoch}"
@@ -155,7 +162,7 @@ def save(directory: Path, trainer, progress: dict[str, Any]) -> Path:
                    if p.requires_grad}  # fmt: skip
         save_file(weights, str(staging / WEIGHTS_FILE))
         state = {"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
-                 "rng": rng_states()}  # fmt: skip
+                 "rng": rng}  # fmt: skip
         torch.save(state, staging / STATE_FILE)
         counters = {"epoch": trainer.epoch, "seconds": trainer.seconds, "tokens": trainer.tokens,
                     "samples": trainer.samples, "peak_memory": trainer.peak_memory}  # fmt: skip
@@ -184,13 +191,15 @@ def restore(path: Path, trainer) -> dict[str, Any]:
         model.load_state_dict(weights, strict=False)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
+        if len(state["rng"]) != parallel.processes():
+            raise ValueError(f"it was written by {len(state['rng'])} processes, and {parallel.processes()} run now")
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"cannot resume from {path}: {exc}; remove it, or rerun with --force") from None
     counters = progress.pop("trainer")
     trainer.epoch = counters["epoch"]
     trainer.seconds, trainer.tokens = counters["seconds"], counters["tokens"]
     trainer.samples, trainer.peak_memory = counters["samples"], counters["peak_memory"]
-    set_rng_states(state["rng"])  # last: building the model and trainer drew random numbers
+    set_rng_states(state["rng"][parallel.rank()])  # last: building the model and trainer drew random numbers
     return progress
 
 

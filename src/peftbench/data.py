@@ -274,16 +274,21 @@ class LengthGroupedBatches:
 
     Per-batch padding then wastes almost nothing, while each epoch still sees a new, seeded order.
     Every index appears exactly once per epoch. Iterating has no side effects: the trainer sets the epoch.
+    With several processes, batch_size is the batch of one optimizer step across all of them: each process
+    iterates its share of every batch (every processes-th example), so the steps are those of one process.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50, processes: int = 1,
+                 rank: int = 0):  # fmt: skip
         self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.processes, self.rank = processes, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def batches(self, epoch: int) -> list[list[int]]:
+        """The whole batches of an epoch (every process's share)."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
@@ -291,12 +296,15 @@ class LengthGroupedBatches:
         batches = []
         for start in range(0, len(order), span):
             group = sorted(order[start : start + span], key=lambda i: -self.lengths[i])
-            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+            grouped = [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+            if len(grouped) > 1 and len(grouped[-1]) < self.processes:  # a share for every process
+                grouped[-2:] = [grouped[-2] + grouped[-1]]
+            batches += grouped
         rng.shuffle(batches)
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches(self.epoch))
+        return iter([batch[self.rank :: self.processes] for batch in self.batches(self.epoch)])
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return len(self.batches(self.epoch))

@@ -10,6 +10,7 @@ import torch
 from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
+from peftbench import parallel
 from peftbench.data import Encoded, batch_length, collate
 from peftbench.models import generate_ids, token_loss
 
@@ -78,23 +79,27 @@ class Evaluator:
 
     @torch.inference_mode()
     def loss(self, model, items: list[Encoded]) -> float:
-        """Mean cross-entropy per target token over a whole split."""
+        """Mean cross-entropy per target token over a whole split (each process takes its share of the batches)."""
         model.eval()
         total, count = 0.0, 0
-        for indices in _batches_by_length(items, self.config.eval_batch_size, batch_length):
+        for indices in parallel.share(_batches_by_length(items, self.config.eval_batch_size, batch_length)):
             batch = collate([items[i] for i in indices], self.tokenizer.pad_token_id, self.is_seq2seq)
             summed, n_tokens = token_loss(model, self._on_device(batch), self.is_seq2seq)
             total += summed.item()
             count += n_tokens
+        total, count = parallel.totals(total, count)
         return total / max(count, 1)
 
     @torch.inference_mode()
     def generate(self, model, items: list[Encoded], desc: str = "generate") -> Generation:
-        """Batched generation (KV cache on, left padding for causal models); predictions in the items' order."""
+        """Batched generation (KV cache on, left padding for causal models); predictions in the items' order.
+
+        Each process generates its share of the batches; every process returns all predictions.
+        """
         model.eval()
-        predictions: list[str] = [""] * len(items)
+        predictions: dict[int, str] = {}
         new_tokens, started = 0, time.perf_counter()
-        batches = _batches_by_length(items, self.config.eval_batch_size, lambda it: len(it.prompt))
+        batches = parallel.share(_batches_by_length(items, self.config.eval_batch_size, lambda it: len(it.prompt)))
         for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
             batch = collate([items[i] for i in indices], self.tokenizer.pad_token_id, self.is_seq2seq, False)
             new = generate_ids(model, self._on_device(batch), self.tokenizer, self.is_seq2seq,
@@ -102,10 +107,13 @@ class Evaluator:
             for index, ids in zip(indices, new, strict=True):
                 predictions[index] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 new_tokens += count_new_tokens(ids, self.tokenizer.eos_token_id)
-        seconds = time.perf_counter() - started
+        seconds = parallel.highest(time.perf_counter() - started)  # wall time: until the slowest share is done
+        new_tokens = int(parallel.totals(new_tokens)[0])
+        for shares in parallel.everyone(predictions):
+            predictions |= shares
         self.generated_tokens += new_tokens
         self.generation_seconds += seconds
-        return Generation(predictions, new_tokens, seconds)
+        return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds)
 
     def evaluate(self, model, items: list[Encoded], references: list[str], generation_model=None,
                  generate_count: int | None = None, desc: str = "evaluate") -> tuple[Scores, Generation]:  # fmt: skip

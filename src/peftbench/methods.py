@@ -257,8 +257,28 @@ def _adalora_optimizer(model: nn.Module, lr: float, config: RunConfig) -> torch.
         # The step index from AdamW's own state, so a run resumed from a checkpoint continues the rank schedule.
         tuner.update_and_allocate(max(int(state["step"]) for state in optimizer.state.values()) - 1)
 
+    # The rank allocator's importance scores and the rank pattern so far travel in the optimizer's state dict, so a
+    # checkpoint (which saves the optimizer) resumes the allocation exactly where it stopped.
+    allocator, settings = tuner.rankallocator, tuner.peft_config[tuner.trainable_adapter_name]
+    scores = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def save_allocation(_, state_dict: dict) -> dict:
+        state_dict["adalora"] = {name: dict(getattr(allocator, name)) for name in scores}
+        state_dict["adalora"]["rank_pattern"] = settings.rank_pattern
+        return state_dict
+
+    def load_allocation(_, state_dict: dict) -> dict:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("adalora")
+        for name in scores:
+            setattr(allocator, name, dict(saved[name]))
+        settings.rank_pattern = saved["rank_pattern"]
+        return state_dict
+
     optimizer.register_step_pre_hook(add_regulariser_gradient)
     optimizer.register_step_post_hook(allocate_ranks)
+    optimizer.register_state_dict_post_hook(save_allocation)
+    optimizer.register_load_state_dict_pre_hook(load_allocation)
     return optimizer
 
 

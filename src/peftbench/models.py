@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -214,7 +215,8 @@ def token_loss(model, batch: dict[str, torch.Tensor], is_seq2seq: bool) -> tuple
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if is_seq2seq:
         # Decoder inputs from the labels ourselves: passing labels would make the model compute a loss we discard.
-        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        owner = model.module if isinstance(model, DistributedDataParallel) else model  # DDP hides the helper
+        decoder_input_ids = owner.prepare_decoder_input_ids_from_labels(labels=labels)
         logits = model(**inputs, decoder_input_ids=decoder_input_ids).logits
     else:
         width = int((labels != IGNORE_INDEX).sum(-1).max())

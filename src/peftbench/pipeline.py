@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from peftbench import checkpoint, tracking
+from peftbench import checkpoint, parallel, tracking
 from peftbench.config import ConfigError, RunConfig
 from peftbench.data import Example, Splits, encode, load_splits
 from peftbench.evaluate import Evaluator
@@ -60,13 +59,13 @@ def quiet_libraries() -> None:
 
 def resolve_output(config: RunConfig) -> Path:
     """The output directory (default runs/<timestamp>), created and checked writable before any work (a dry run
-    only names it)."""
+    only names it). With several processes, the main process's --output must be given: their clocks differ."""
     output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     if config.dry_run:
         return output
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".write-test"
+        probe = output / f".write-test-{parallel.rank()}"  # every process checks: each would fail alike
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -96,6 +95,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "processes": parallel.processes(),
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
@@ -121,12 +121,12 @@ def run_method(name: str, splits: Splits, config: RunConfig, output: Path) -> Me
         encode(split, tokenizer, config, seq2seq, loaded.prefix, loaded.separator)
         for split in (splits.train, splits.validation, splits.test)
     )
-    device = PartialState().device
+    device = parallel.state().device
     latency_items = test_items[: config.latency_prompts]
     if not config.quantize:
         loaded.model.to(device)  # a quantized model is placed on the GPU as it loads
     base_latency = None  # the pure pretrained model's, before any adapter exists; a resumed run measured it before
-    if not resume:
+    if not resume and parallel.is_main():  # latency is one request on one device: the main process measures it
         base_latency = latency_ms(loaded.model, latency_items, tokenizer, seq2seq, config.latency_new_tokens, device)
     model = apply_method(method, loaded, config)
     trainable, total = count_parameters(model)
@@ -137,7 +137,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, output: Path) -> Me
         method.name, loaded.name, splits.description, trainable, total, resolved_config(config, method, loaded, lr)
     )
     tracking.start(trainer.accelerator, config, name, result.config)
-    say = (lambda *_: None) if config.quiet else print
+    say = print if not config.quiet and parallel.is_main() else (lambda *_: None)
     say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
     mergeable = method.mergeable and method.peft_config is not None
 
@@ -176,15 +176,18 @@ def run_method(name: str, splits: Splits, config: RunConfig, output: Path) -> Me
         checkpoint.save(directory, trainer, progress)
     test_scores, test_generation = evaluate(test_items, [ex.target for ex in splits.test], None, "test")
     result.test = TestMetrics(**vars(test_scores))
-    result.efficiency = measure_efficiency(trainer, evaluator, method, loaded, latency_items, base_latency, directory)
     result.environment = environment()
-    trainer.accelerator.log({f"test/{k}": v for k, v in vars(test_scores).items()} | _numbers(result.efficiency))
-    tracking.finish(trainer.accelerator)
-    write_results(directory, result, splits.test, test_generation.predictions)
-    checkpoint.remove(directory)  # after metrics.json: from now on the method counts as finished
+    if parallel.is_main():  # the others hold the same results, but measure and write nothing
+        result.efficiency = measure_efficiency(trainer, evaluator, method, loaded, latency_items, base_latency,
+                                               directory)  # fmt: skip
+        trainer.accelerator.log({f"test/{k}": v for k, v in vars(test_scores).items()} | _numbers(result.efficiency))
+        tracking.finish(trainer.accelerator)
+        write_results(directory, result, splits.test, test_generation.predictions)
+        checkpoint.remove(directory)  # after metrics.json: from now on the method counts as finished
+    parallel.wait_for_everyone()  # no process starts the next method while the main one writes this one's
     say(
         f"[{name}] test: loss {test_scores.loss:.4f}, ROUGE-L {test_scores.rougeL:.4f}, BLEU {test_scores.bleu:.2f}; "
-        f"train {result.efficiency.train_tokens_per_s:.1f} tok/s, peak {trainer.peak_memory / 2**20:,.0f} MiB "
+        f"train {trainer.tokens / trainer.seconds:.1f} tok/s, peak {trainer.peak_memory / 2**20:,.0f} MiB "
         f"({time.perf_counter() - started:.0f} s)"
     )
     return result
@@ -256,8 +259,11 @@ def _numbers(efficiency: Efficiency) -> dict[str, float]:
 
 
 def run_method_isolated(name: str, splits: Splits, config: RunConfig, output: Path) -> MethodResult:
-    """run_method in a fresh process, so that one method's memory peak cannot leak into another's figures."""
-    if config.in_process:
+    """run_method in a fresh process, so that one method's memory peak cannot leak into another's figures.
+
+    Under torchrun or accelerate launch the methods run in the launched processes, which form the process group.
+    """
+    if config.in_process or parallel.processes() > 1:
         return run_method(name, splits, config, output)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(run_method, name, splits, config, output).result()
@@ -292,20 +298,28 @@ def run_method_recorded(name: str, splits: Splits, config: RunConfig, output: Pa
     """run_method_isolated, unless the method already finished here (check_output made sure it is this config's);
     a failure leaves output/<method>/failed.json (then propagates) for the summary and the report."""
     directory = method_dir(output, name)
-    if config.force:
-        shutil.rmtree(directory, ignore_errors=True)  # start over: no checkpoint, result or failure of before
-    elif (directory / "metrics.json").is_file():
-        checkpoint.remove(directory)  # left behind if the run was killed between metrics.json and its clean-up
-        if not config.quiet:
+    main = parallel.is_main()  # the one process that writes; the others read what it wrote (a shared filesystem)
+    finished = not config.force and (directory / "metrics.json").is_file()
+    parallel.wait_for_everyone()  # every process decided before the main one changes the directory
+    if finished:
+        if main:
+            checkpoint.remove(directory)  # left behind if the run was killed between metrics.json and its clean-up
+        if main and not config.quiet:
             print(f"[{name}] already finished in {directory}; skipped (--force reruns it)")
         return read_metrics(directory)
-    checkpoint.write_fingerprint(directory, config)
+    if main:
+        if config.force:
+            shutil.rmtree(directory, ignore_errors=True)  # start over: no checkpoint, result or failure of before
+        checkpoint.write_fingerprint(directory, config)
+    parallel.wait_for_everyone()  # and before the others look for a checkpoint to resume from
     try:
         result = run_method_isolated(name, splits, config, output)
     except Exception as exc:
-        write_failure(directory, name, config.model, config.seed, describe_failure(exc, config).message)
+        if main:
+            write_failure(directory, name, config.model, config.seed, describe_failure(exc, config).message)
         raise
-    (directory / FAILED_FILE).unlink(missing_ok=True)  # a success replaces an earlier failure in the same place
+    if main:
+        (directory / FAILED_FILE).unlink(missing_ok=True)  # a success replaces an earlier failure in the same place
     return result
 
 
@@ -322,7 +336,10 @@ def run_seed(config: RunConfig, splits: Splits, output: Path) -> dict[str, Failu
             failures[name] = describe_failure(exc, config)
             if not failures[name].user_facing:
                 traceback.print_exception(exc)  # a bug: its traceback (the method process's too) helps fix it
-            print(f"peftbench: {name} failed: {failures[name].message}", file=sys.stderr)
+            if parallel.is_main():
+                print(f"peftbench: {name} failed: {failures[name].message}", file=sys.stderr)
+    if not parallel.is_main():
+        return failures
     model = results[0].model if results else config.model
     header = (
         f"Model: {model}. Data: {splits.description}, {len(splits.train)} train / "
@@ -349,11 +366,30 @@ def check_before_loading(config: RunConfig) -> Path:
     """Every check that needs neither data nor a model; returns the output directory (created unless --dry-run)."""
     check_method_names(config.methods)
     mixed_precision(config)  # an impossible --precision fails now, not after loading a model
+    check_processes(config)
     check_trackers(config)
     output = resolve_output(config)
     for name in config.methods:
         method_dir(output, name)
     return output
+
+
+def check_processes(config: RunConfig) -> None:
+    """Settings that several processes (torchrun, accelerate launch) need."""
+    count = parallel.processes()
+    if count == 1:
+        return
+    if config.batch_size % count:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is one step's batch across all {count} processes and must divide "
+            f"evenly among them: use a multiple of {count}"
+        )
+    if config.output is None:
+        raise ConfigError(f"with {count} processes, give --output: each would otherwise name its own directory")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise ConfigError("FSDP is not supported yet: launch without an FSDP config to train with DDP")
+    if config.quantize:
+        raise ConfigError("--quantize runs on one GPU: launch it without torchrun or accelerate launch")
 
 
 def dry_run(config: RunConfig, plan: Plan, output: Path) -> None:
@@ -388,10 +424,11 @@ def run(config: RunConfig) -> Path:
     plan = preflight(config, splits)  # the model's architecture only: targets, lengths, parameter and token counts
     checkpoint.check_output(output, config)  # another configuration's results are never mixed with, or lost to, ours
     if config.dry_run:
-        dry_run(config, plan, output)
+        if parallel.is_main():
+            dry_run(config, plan, output)
         return output
     seeds = config.seeds or [config.seed]
-    if not config.quiet:
+    if not config.quiet and parallel.is_main():
         print(
             f"peftbench: {', '.join(config.methods)} on {config.model}; data: {splits.description}; "
             f"{len(splits.train)}/{len(splits.validation)}/{len(splits.test)} train/val/test examples; "
@@ -403,11 +440,12 @@ def run(config: RunConfig) -> Path:
         directory = output if len(seeds) == 1 else output / f"seed-{seed}"
         failed = run_seed(dataclasses.replace(config, seed=seed, output=str(directory)), splits, directory)
         failures |= {(name if len(seeds) == 1 else f"{name} (seed {seed})"): f for name, f in failed.items()}
-    if len(seeds) > 1:
+    if len(seeds) > 1 and parallel.is_main():
         write_seeds_summary(output)
-    markdown, page = write_report([output])
-    if not config.quiet:
-        print(f"Report: {markdown} and {page}")
+    if parallel.is_main():
+        markdown, page = write_report([output])
+        if not config.quiet:
+            print(f"Report: {markdown} and {page}")
     if failures:
         runs = len(seeds) * len(config.methods)
         listed = "; ".join(f"{name}: {failure.message}" for name, failure in failures.items())

@@ -13,6 +13,7 @@ from typing import Any
 
 from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
+from peftbench import parallel
 from peftbench.config import TRACKERS, ConfigError, RunConfig
 
 TRACKING_DIR = "trackers"
@@ -58,7 +59,7 @@ def start(accelerator, config: RunConfig, method: str, settings: dict[str, Any])
     The trackers are built here rather than by Accelerator(log_with=...), so each method gets its own run name and
     log directory while the project stays "peftbench"; accelerator.log then reaches them.
     """
-    if not config.report_to:
+    if not config.report_to or not parallel.is_main():  # one run per method, not one per process
         return
     directory = (Path(config.output or ".") / TRACKING_DIR).resolve()
     directory.mkdir(parents=True, exist_ok=True)

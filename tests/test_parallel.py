@@ -1,0 +1,109 @@
+"""Two CPU processes (torchrun, gloo) train and evaluate like one: same metrics within a stated tolerance, and only
+the main process writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peftbench.cli import main
+from peftbench.data import LengthGroupedBatches
+from tests.conftest import QUICK_LATENCY, tiny_run_args
+
+# With dropout off, two processes compute the same gradients as one, summed in another order: the losses agree to
+# float32 rounding, far inside this tolerance; a wrong gradient scale (e.g. averaging per-process means) or a lost
+# share of a batch moves them by 1e-3 or more at this learning rate.
+LOSS_TOLERANCE = 2e-5
+LR = ("--lr", "3e-3", "--lora-dropout", "0")
+
+
+def _without_dropout(model: Path, directory: Path) -> Path:
+    shutil.copytree(model, directory)
+    config = json.loads((directory / "config.json").read_text())
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate"):
+        if key in config:
+            config[key] = 0.0
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(_free_port()), "-m", "peftbench", *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _files(output: Path) -> set[str]:
+    return {str(p.relative_to(output)) for p in output.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("family", "methods"), [("gpt2", "full,lora"), ("t5", "lora")])
+def test_two_processes_match_one(tiny_models, articles, tmp_path, family, methods):
+    model = _without_dropout(tiny_models[family], tmp_path / "model")
+
+    def args(output):
+        # 12 examples in batches of 4: two processes each train on 2 of every batch.
+        return tiny_run_args(model, articles, output, "--methods", methods, "--train-size", "12", "--seed", "7",
+                             *LR, *QUICK_LATENCY)  # fmt: skip
+
+    assert main([*args(tmp_path / "one"), "--in-process"]) == 0
+    two = _torchrun(args(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    for method in methods.split(","):
+        one_metrics = json.loads((tmp_path / "one" / method / "metrics.json").read_text())
+        two_metrics = json.loads((tmp_path / "two" / method / "metrics.json").read_text())
+        assert two_metrics["environment"]["processes"] == 2
+        first, last = one_metrics["epochs"][0]["val_loss"], one_metrics["epochs"][-1]["val_loss"]
+        assert first - last > 100 * LOSS_TOLERANCE  # training moved the loss: agreement below means something
+        for epoch_one, epoch_two in zip(one_metrics["epochs"], two_metrics["epochs"], strict=True):
+            assert epoch_two["val_loss"] == pytest.approx(epoch_one["val_loss"], abs=LOSS_TOLERANCE, rel=0)
+            if epoch_one["train_loss"] is not None:  # None for epoch 0, before training
+                assert epoch_two["train_loss"] == pytest.approx(epoch_one["train_loss"], abs=LOSS_TOLERANCE, rel=0)
+        assert two_metrics["test"]["loss"] == pytest.approx(one_metrics["test"]["loss"], abs=LOSS_TOLERANCE, rel=0)
+        # Generation on the same weights: ROUGE and BLEU may move only if a near tie flips a greedy token.
+        for key in ("rouge1", "rouge2", "rougeL", "bleu"):
+            assert two_metrics["test"][key] == pytest.approx(one_metrics["test"][key], abs=0.02), (method, key)
+        efficiency_one, efficiency_two = one_metrics["efficiency"], two_metrics["efficiency"]
+        # Every example is counted once, whichever process trained it.
+        samples = efficiency_two["train_samples_per_s"] * efficiency_two["train_seconds"]
+        assert samples == pytest.approx(efficiency_one["train_samples_per_s"] * efficiency_one["train_seconds"])
+        assert samples == pytest.approx(12 * 2)
+    # The main process alone wrote: the same files as one process, and no second copy of anything.
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
+def test_batch_size_must_divide_among_processes(tiny_models, articles, tmp_path):
+    two = _torchrun(tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "out", "--batch-size", "3"))
+    assert two.returncode != 0
+    assert "exitcode  : 2" in two.stderr  # torchrun's summary of each process: a user error, exit code 2
+    assert "peftbench: error: --batch-size 3 is one step's batch across all 2 processes" in two.stderr
+    assert "peftbench/" not in two.stderr  # no traceback through peftbench's code (torchrun prints its own)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_process_gets_a_share_of_every_batch():
+    lengths = list(range(9))  # batches of 4, 4 and 1: the lone example joins the batch before it
+    one = LengthGroupedBatches(lengths, 4, seed=0, window=10)
+    shares = [LengthGroupedBatches(lengths, 4, seed=0, window=10, processes=2, rank=r) for r in (0, 1)]
+    assert sorted(len(batch) for batch in one.batches(0)) == [1, 4, 4]  # one process: unchanged
+    whole = shares[0].batches(0)
+    assert sorted(len(batch) for batch in whole) == [4, 5]
+    assert len(shares[0]) == len(shares[1]) == 2
+    for batch, mine, theirs in zip(whole, *(list(s) for s in shares), strict=True):
+        assert sorted(mine + theirs) == sorted(batch) and mine and theirs
+    assert sorted(i for batch in whole for i in batch) == lengths
