@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,54 @@ def test_every_process_gets_a_share_of_every_batch():
     for batch, mine, theirs in zip(whole, *(list(s) for s in shares), strict=True):
         assert sorted(mine + theirs) == sorted(batch) and mine and theirs
     assert sorted(i for batch in whole for i in batch) == lengths
+
+
+# Each process saves its first checkpoint share (its RNG state), then waits to be killed, as in test_resume.
+KILLABLE = """
+import sys, time
+from peftbench import checkpoint
+save = checkpoint.save
+def save_then_wait(*args, **kwargs):
+    path = save(*args, **kwargs)
+    time.sleep(600)
+    return path
+checkpoint.save = save_then_wait
+from peftbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_processes_resume_to_the_uninterrupted_metrics(tiny_models, articles, tmp_path):
+    """A two-process run killed after epoch 1 resumes (weights, optimizer, data order, counters) to the same metrics.
+
+    Each process's RNG state is saved too; on CPU, dropout draws one seed per call, so the processes' states
+    coincide and this test cannot tell them apart (on CUDA they differ).
+    """
+
+    def args(output):
+        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
+                             "--seed", "5", "--lr", "3e-3", *QUICK_LATENCY)  # fmt: skip
+
+    reference = _torchrun(args(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    script = tmp_path / "killable.py"
+    script.write_text(KILLABLE)
+    output = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(_free_port()), str(script), *args(output)]  # fmt: skip
+    launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (output / "lora" / "checkpoint" / "epoch-1").is_dir():
+            assert launcher.poll() is None and time.monotonic() < deadline, "no checkpoint after epoch 1"
+            time.sleep(0.1)
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both processes, at once
+        launcher.wait()
+    assert not (output / "lora" / "metrics.json").exists()
+
+    resumed = _torchrun(args(output))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    one, two = (json.loads((path / "lora" / "metrics.json").read_text()) for path in (tmp_path / "reference", output))
+    assert two["epochs"] == one["epochs"] and two["test"] == one["test"]
