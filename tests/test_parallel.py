@@ -42,10 +42,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(_free_port()), "-m", "peftbench", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -85,15 +85,23 @@ def test_two_processes_match_one(tiny_models, articles, tmp_path, family, method
         samples = efficiency_two["train_samples_per_s"] * efficiency_two["train_seconds"]
         assert samples == pytest.approx(efficiency_one["train_samples_per_s"] * efficiency_one["train_seconds"])
         assert samples == pytest.approx(12 * 2)
+    assert "2 processes (DDP)" in (tmp_path / "two" / "report.md").read_text()
     # The main process alone wrote: the same files as one process, and no second copy of anything.
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
 
 
-def test_batch_size_must_divide_among_processes(tiny_models, articles, tmp_path):
-    two = _torchrun(tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "out", "--batch-size", "3"))
+@pytest.mark.parametrize(
+    ("extra", "env", "message"),
+    [
+        (["--batch-size", "3"], {}, "--batch-size 3 is one step's batch across all 2 processes"),
+        ([], {"ACCELERATE_USE_FSDP": "true"}, "FSDP is not supported yet"),
+    ],
+)
+def test_what_several_processes_cannot_do_is_a_clear_error(tiny_models, articles, tmp_path, extra, env, message):
+    two = _torchrun(tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "out", *extra), env)
     assert two.returncode != 0
     assert "exitcode  : 2" in two.stderr  # torchrun's summary of each process: a user error, exit code 2
-    assert "peftbench: error: --batch-size 3 is one step's batch across all 2 processes" in two.stderr
+    assert f"peftbench: error: {message}" in two.stderr
     assert "peftbench/" not in two.stderr  # no traceback through peftbench's code (torchrun prints its own)
     assert not (tmp_path / "out").exists()
 

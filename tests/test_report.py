@@ -321,3 +321,25 @@ def test_bad_seeds_are_config_errors(tiny_models, articles, tmp_path, capsys):
     for seeds, message in (("0,x", "integers"), ("1,1", "twice"), ("-1", "non-negative")):
         assert main(tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--seeds", seeds)) == 2
         assert message in capsys.readouterr().err
+
+
+def test_inconsistent_base_latency_is_flagged(gpt2_run, tmp_path):
+    """The base model's latency is measured once per method: the report says when those disagree (a busy machine)."""
+    output = tmp_path / "busy"
+    shutil.copytree(gpt2_run, output)
+
+    def set_base(method: str, value: float) -> None:
+        path = output / method / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["efficiency"]["latency_ms"]["base"] = value
+        path.write_text(json.dumps(metrics))
+
+    for method, value in (("full", 100.0), ("lora", 110.0), ("ia3", 124.0)):  # within 1.25x: no caution
+        set_base(method, value)
+    assert main(["report", str(output)]) == 0
+    assert "Caution: the base model's latency" not in (output / "report.md").read_text()
+    set_base("full", 400.0)  # as a measurement in a busy moment would be
+    assert main(["report", str(output)]) == 0
+    report = (output / "report.md").read_text()
+    assert "the base model's latency, measured the same way before every method, ranged from 110 to 400 ms" in report
+    assert "(3.6x)" in report and "rerun on an idle machine" in (output / "report.html").read_text()

@@ -304,8 +304,8 @@ def run_method_recorded(name: str, splits: Splits, config: RunConfig, output: Pa
     if finished:
         if main:
             checkpoint.remove(directory)  # left behind if the run was killed between metrics.json and its clean-up
-        if main and not config.quiet:
-            print(f"[{name}] already finished in {directory}; skipped (--force reruns it)")
+            if not config.quiet:
+                print(f"[{name}] already finished in {directory}; skipped (--force reruns it)")
         return read_metrics(directory)
     if main:
         if config.force:

@@ -40,6 +40,7 @@ NO_DIFFERENCE = "no significant difference"
 ORDER = ("full", "lora", "ia3")  # rows and lines; the registry is not imported here (data flows results -> report)
 EXAMPLES = 3
 SOURCE_EXCERPT = 300  # characters of each example's article shown
+LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are flagged as a busy machine
 
 
 def plot_curves(result: MethodResult, path: Path) -> Path:
@@ -59,7 +60,8 @@ def plot_curves(result: MethodResult, path: Path) -> Path:
         ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
     loss_ax.legend()
-    rouge_ax.legend()
+    # Under the axes: three nearby rising lines leave no empty corner inside them.
+    rouge_ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.17), frameon=False)
     figure.suptitle(f"{result.method} on {result.model}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -464,7 +466,9 @@ def _hardware(env: dict | None) -> str:
     if not env:
         return "not recorded (results written before peftbench recorded it)"
     gpu = env.get("cuda_device") or "no GPU"
-    return f"{env.get('platform')}, {env.get('cpu_count')} CPUs, {gpu}"
+    processes = env.get("processes", 1)
+    launched = f", {processes} processes (DDP)" if processes > 1 else ""
+    return f"{env.get('platform')}, {env.get('cpu_count')} CPUs, {gpu}{launched}"
 
 
 def _libraries(env: dict | None) -> str:
@@ -536,6 +540,20 @@ def _how_to_read(several_seeds: bool) -> Paragraph:
     )
 
 
+def latency_caution(section: Section) -> Paragraph | None:
+    """A warning when the base model's latency, the same measurement in every method's process, disagrees with
+    itself by more than LATENCY_SPREAD: the machine was busy, and latency differences of that size are noise."""
+    base = [r.efficiency.latency_ms["base"] for r in section.results if r.efficiency and r.efficiency.latency_ms]
+    base = [value for value in base if value]
+    if len(base) < 2 or max(base) <= LATENCY_SPREAD * min(base):
+        return None
+    return Paragraph(
+        f"Caution: the base model's latency, measured the same way before every method, ranged from "
+        f"{_sig(min(base))} to {_sig(max(base))} ms ({max(base) / min(base):.1f}x). Something else was running "
+        "during some measurements, so latency differences of that size are noise: rerun on an idle machine."
+    )
+
+
 def _pareto_text(section: Section) -> Paragraph:
     fronts = pareto_sets(section)
     listed = "; ".join(f"against {label}: {', '.join(methods) or '-'}" for label, methods in fronts.items())
@@ -547,6 +565,9 @@ def section_blocks(section: Section, index: int) -> list[Block]:
     several = _several_seeds([section])
     blocks: list[Block] = [Heading(2, f"Model: {section.model}"), header(section), Heading(3, "Results")]
     blocks.append(results_table([([runs.method], runs) for runs in section.methods], ["method"], several))
+    caution = latency_caution(section)
+    if caution is not None:
+        blocks.append(caution)
     failures = _failures(section)
     if failures:
         blocks += [Paragraph("Failed or missing runs (left out of the figures above):"), Bullets(failures)]
