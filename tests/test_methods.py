@@ -98,6 +98,20 @@ def test_loraplus_trains_b_faster_than_a(tiny_models):
     assert {rate for rate in rates.values()} == {1e-3, 4e-3}
 
 
+@pytest.mark.parametrize(("accumulate", "updates"), [(1, 3), (2, 2), (4, 1)])
+def test_gradient_accumulation_steps(tiny_models, accumulate, updates):
+    """3 batches of 1: one optimizer step per `accumulate` batches, and the epoch's last batch never waits."""
+    config = RunConfig(train_size=3, batch_size=1, grad_accum=accumulate, epochs=2)
+    trainer = _trainer("lora", "gpt2", tiny_models, config)
+    trainer.train_epoch()
+    steps = {int(state["step"]) for state in trainer.optimizer.state.values()}
+    assert steps == {updates}
+    assert trainer.scheduler.scheduler.last_epoch == updates  # the schedule counts optimizer steps, not batches
+    trainer.train_epoch()
+    assert {int(state["step"]) for state in trainer.optimizer.state.values()} == {2 * updates}
+    assert trainer.scheduler.get_last_lr()[0] == 0.0  # linear decay ends exactly at the run's last step
+
+
 def test_adalora_prunes_ranks_during_training(tiny_models):
     config = RunConfig(train_size=3, batch_size=1, epochs=2, lora_r=2)  # 6 steps: prune, then keep the final ranks
     trainer = _trainer("adalora", "t5", tiny_models, config)
