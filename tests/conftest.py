@@ -128,3 +128,20 @@ def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[st
         "8",
         *extra,
     ]
+
+
+# A program that saves its first checkpoint, then waits to be killed (`python -c KILLABLE ARGS`, or a script under
+# torchrun): the kill lands after epoch 1 every time, however fast or slow this machine is (a real crash anywhere in
+# epoch 2 resumes from the same checkpoint).
+KILLABLE = """
+import sys, time
+from peftbench import checkpoint
+save = checkpoint.save
+def save_then_wait(*args, **kwargs):
+    path = save(*args, **kwargs)
+    time.sleep(600)
+    return path
+checkpoint.save = save_then_wait
+from peftbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""

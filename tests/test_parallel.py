@@ -17,7 +17,7 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.data import LengthGroupedBatches
-from tests.conftest import QUICK_LATENCY, tiny_run_args
+from tests.conftest import KILLABLE, QUICK_LATENCY, tiny_run_args
 
 # With dropout off, two processes compute the same gradients as one, summed in another order: the losses agree to
 # float32 rounding (at most 7e-7 measured). Summaries of varied length (up to 64 tokens) give the processes' shares
@@ -43,11 +43,22 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    # Gloo picks its network interface from the hostname, which some containers resolve to an unreachable address.
+    loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+    local = {"GLOO_SOCKET_IFNAME": loopback} if loopback and "GLOO_SOCKET_IFNAME" not in os.environ else {}
+    return {**os.environ, "OMP_NUM_THREADS": "1", **local, **(extra or {})}
+
+
+def _launch(*target: str) -> list[str]:
+    """torchrun with two local processes, each running target (a script, or -m and a module) with its arguments."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+            "--master-port", str(_free_port()), *target]  # fmt: skip
+
+
 def _torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), "-m", "peftbench", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    command = _launch("-m", "peftbench", *args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=_environment(env))
 
 
 def _files(output: Path) -> set[str]:
@@ -123,21 +134,6 @@ def test_every_process_gets_a_share_of_every_batch():
     assert sorted(i for batch in whole for i in batch) == lengths
 
 
-# Each process saves its first checkpoint share (its RNG state), then waits to be killed, as in test_resume.
-KILLABLE = """
-import sys, time
-from peftbench import checkpoint
-save = checkpoint.save
-def save_then_wait(*args, **kwargs):
-    path = save(*args, **kwargs)
-    time.sleep(600)
-    return path
-checkpoint.save = save_then_wait
-from peftbench.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_two_processes_resume_to_the_uninterrupted_metrics(tiny_models, articles, tmp_path):
     """A two-process run killed after epoch 1 resumes (weights, optimizer, data order, counters) to the same metrics.
 
@@ -154,10 +150,8 @@ def test_two_processes_resume_to_the_uninterrupted_metrics(tiny_models, articles
     script = tmp_path / "killable.py"
     script.write_text(KILLABLE)
     output = tmp_path / "interrupted"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), str(script), *args(output)]  # fmt: skip
-    launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    launcher = subprocess.Popen(_launch(str(script), *args(output)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, env=_environment())  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while not (output / "lora" / "checkpoint" / "epoch-1").is_dir():

@@ -15,22 +15,7 @@ import pytest
 from peftbench import checkpoint
 from peftbench.cli import main
 from peftbench.config import RunConfig
-from tests.conftest import QUICK_LATENCY, tiny_run_args
-
-# The child saves its first checkpoint, then waits to be killed: the kill lands after epoch 1 every time, however
-# fast or slow this machine is (a real crash anywhere in epoch 2 resumes from the same checkpoint).
-KILLABLE = """
-import sys, time
-from peftbench import checkpoint
-save = checkpoint.save
-def save_then_wait(*args, **kwargs):
-    path = save(*args, **kwargs)
-    time.sleep(600)
-    return path
-checkpoint.save = save_then_wait
-from peftbench.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+from tests.conftest import KILLABLE, QUICK_LATENCY, tiny_run_args
 
 
 def _metrics(output, method: str) -> dict:
