@@ -18,13 +18,13 @@ import time
 import torch
 
 from peftbench.config import EMBEDDED, RunConfig
-from peftbench.data import collate, encode, load_splits
-from peftbench.measure import latency_ms, merged_copy, sync_device
+from peftbench.data import encode, load_splits
+from peftbench.measure import latency_ms, merged_copy, prompt_batch, sync_device
 from peftbench.methods import METHODS, apply_method
 from peftbench.models import generate_ids, load_model
 from peftbench.pipeline import quiet_libraries
 
-MERGEABLE = [name for name, method in METHODS.items() if method.mergeable and method.peft_config is not None]
+MERGEABLE = [name for name, method in METHODS.items() if method.mergeable]
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,7 +52,7 @@ def perturb_adapter(model) -> None:
 @torch.inference_mode()
 def batched_tokens_per_s(model, items, tokenizer, is_seq2seq: bool, new_tokens: int, device) -> float:
     """New tokens per second generating all items as one left-padded batch."""
-    batch = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id, is_seq2seq, False).items()}
+    batch = prompt_batch(items, tokenizer, is_seq2seq, device)
     start = time.perf_counter()
     generate_ids(model, batch, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
     sync_device()

@@ -265,6 +265,11 @@ def collate(items: list[Encoded], pad_id: int, is_seq2seq: bool, with_targets: b
     return batch
 
 
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """A collated batch on the device the model runs on."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def batch_length(item: Encoded) -> int:
     return len(item.prompt) + len(item.target)
 

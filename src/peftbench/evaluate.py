@@ -11,7 +11,7 @@ from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
 from peftbench import parallel
-from peftbench.data import Encoded, batch_length, collate
+from peftbench.data import Encoded, batch_length, collate, to_device
 from peftbench.models import generate_ids, token_loss
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -74,9 +74,6 @@ class Evaluator:
     def generate_tokens_per_s(self) -> float:
         return self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0
 
-    def _on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in batch.items()}
-
     @torch.inference_mode()
     def loss(self, model, items: list[Encoded]) -> float:
         """Mean cross-entropy per target token over a whole split (each process takes its share of the batches)."""
@@ -84,7 +81,7 @@ class Evaluator:
         total, count = 0.0, 0
         for indices in parallel.share(_batches_by_length(items, self.config.eval_batch_size, batch_length)):
             batch = collate([items[i] for i in indices], self.tokenizer.pad_token_id, self.is_seq2seq)
-            summed, n_tokens = token_loss(model, self._on_device(batch), self.is_seq2seq)
+            summed, n_tokens = token_loss(model, to_device(batch, self.device), self.is_seq2seq)
             total += summed.item()
             count += n_tokens
         total, count = parallel.totals(total, count)
@@ -102,7 +99,7 @@ class Evaluator:
         batches = parallel.share(_batches_by_length(items, self.config.eval_batch_size, lambda it: len(it.prompt)))
         for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
             batch = collate([items[i] for i in indices], self.tokenizer.pad_token_id, self.is_seq2seq, False)
-            new = generate_ids(model, self._on_device(batch), self.tokenizer, self.is_seq2seq,
+            new = generate_ids(model, to_device(batch, self.device), self.tokenizer, self.is_seq2seq,
                                self.config.max_new_tokens, self.config.num_beams)  # fmt: skip
             for index, ids in zip(indices, new, strict=True):
                 predictions[index] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()

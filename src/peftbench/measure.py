@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from peftbench.data import IGNORE_INDEX, Encoded, collate
+from peftbench.data import IGNORE_INDEX, Encoded, collate, to_device
 from peftbench.models import generate_ids
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -74,8 +74,9 @@ def merged_copy(model):
     return copy.deepcopy(model).merge_and_unload()
 
 
-def _prompt_batch(items: list[Encoded], tokenizer, is_seq2seq: bool, device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id, is_seq2seq, False).items()}
+def prompt_batch(items: list[Encoded], tokenizer, is_seq2seq: bool, device) -> dict[str, torch.Tensor]:
+    """The prompts of items as one generation batch (left-padded for causal models) on device."""
+    return to_device(collate(items, tokenizer.pad_token_id, is_seq2seq, False), device)
 
 
 @torch.inference_mode()
@@ -83,11 +84,11 @@ def latency_ms(model, items: list[Encoded], tokenizer, is_seq2seq: bool, new_tok
     """Median milliseconds to generate exactly new_tokens tokens for one prompt at batch size 1 (after a warm-up)."""
     model.eval()
     # A full-length warm-up: a short one left the first timed prompt paying for cold caches and allocations.
-    warm_up = _prompt_batch(items[:1], tokenizer, is_seq2seq, device)
+    warm_up = prompt_batch(items[:1], tokenizer, is_seq2seq, device)
     generate_ids(model, warm_up, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
     times = []
     for item in items:
-        batch = _prompt_batch([item], tokenizer, is_seq2seq, device)
+        batch = prompt_batch([item], tokenizer, is_seq2seq, device)
         sync_device()
         start = time.perf_counter()
         generate_ids(model, batch, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
@@ -101,11 +102,11 @@ def merge_agreement(unmerged, merged, items: list[Encoded], tokenizer, is_seq2se
     """Whether merged and unmerged adapters give the same greedy tokens, and their largest logit difference."""
     unmerged.eval()
     merged.eval()
-    prompts = _prompt_batch(items, tokenizer, is_seq2seq, device)
+    prompts = prompt_batch(items, tokenizer, is_seq2seq, device)
     same_tokens = generate_ids(unmerged, prompts, tokenizer, is_seq2seq, new_tokens) == generate_ids(
         merged, prompts, tokenizer, is_seq2seq, new_tokens
     )
-    full = {k: v.to(device) for k, v in collate(items, tokenizer.pad_token_id, is_seq2seq).items()}
+    full = to_device(collate(items, tokenizer.pad_token_id, is_seq2seq), device)
     if not is_seq2seq:
         full.pop("labels")  # a causal model needs no labels for logits; seq2seq builds its decoder input from them
     diff = (unmerged(**full).logits.float() - merged(**full).logits.float()).abs()

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
+from torch import nn
 
 from peftbench import checkpoint, parallel, tracking
 from peftbench.config import ConfigError, RunConfig
@@ -139,19 +140,15 @@ def run_method(name: str, splits: Splits, config: RunConfig, output: Path) -> Me
     tracking.start(trainer.accelerator, config, name, result.config)
     say = print if not config.quiet and parallel.is_main() else (lambda *_: None)
     say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
-    mergeable = method.mergeable and method.peft_config is not None
 
-    def evaluate(items, references, generate_count, desc):
+    def merged() -> nn.Module | None:
         # Generation runs on a merged copy where possible: no adapter detour in every layer at every new token.
-        unmerged = trainer.unwrapped
-        generation_model = merged_copy(unmerged) if mergeable else None
-        scores, generation = evaluator.evaluate(unmerged, items, references, generation_model, generate_count, desc)
-        del generation_model
-        return scores, generation
+        return merged_copy(trainer.unwrapped) if method.mergeable else None
 
     def validate(epoch: int, train_loss: float | None) -> None:
         references = [ex.target for ex in splits.validation]
-        s, _ = evaluate(val_items, references, config.eval_generate_size, f"validate epoch {epoch}")
+        s, _ = evaluator.evaluate(trainer.unwrapped, val_items, references, merged(), config.eval_generate_size,
+                                  f"validate epoch {epoch}")  # fmt: skip
         result.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu))
         trainer.accelerator.log({f"val/{k}": v for k, v in vars(s).items()}, step=epoch * len(trainer.loader))
         shown = "-" if train_loss is None else f"{train_loss:.4f}"
@@ -174,16 +171,20 @@ def run_method(name: str, splits: Splits, config: RunConfig, output: Path) -> Me
         generated = [evaluator.generated_tokens, evaluator.generation_seconds]
         progress = {"epochs": [asdict(e) for e in result.epochs], "base_latency": base_latency, "generated": generated}
         checkpoint.save(directory, trainer, progress)
-    test_scores, test_generation = evaluate(test_items, [ex.target for ex in splits.test], None, "test")
+    final = merged()  # for the test generation, then latency and the merge check
+    test_references = [ex.target for ex in splits.test]
+    test_scores, test_generation = evaluator.evaluate(trainer.unwrapped, test_items, test_references, final, None,
+                                                      "test")  # fmt: skip
     result.test = TestMetrics(**vars(test_scores))
     result.environment = environment()
     if parallel.is_main():  # the others hold the same results, but measure and write nothing
         result.efficiency = measure_efficiency(trainer, evaluator, method, loaded, latency_items, base_latency,
-                                               directory)  # fmt: skip
+                                               directory, final)  # fmt: skip
         trainer.accelerator.log({f"test/{k}": v for k, v in vars(test_scores).items()} | _numbers(result.efficiency))
         tracking.finish(trainer.accelerator)
         write_results(directory, result, splits.test, test_generation.predictions)
         checkpoint.remove(directory)  # after metrics.json: from now on the method counts as finished
+    del final
     parallel.wait_for_everyone()  # no process starts the next method while the main one writes this one's
     say(
         f"[{name}] test: loss {test_scores.loss:.4f}, ROUGE-L {test_scores.rougeL:.4f}, BLEU {test_scores.bleu:.2f}; "
@@ -201,14 +202,15 @@ def measure_efficiency(
     items: list,
     base_latency: float,
     directory: Path,
+    merged: nn.Module | None,
 ) -> Efficiency:
     """What the trained method costs: training figures, latencies (base given), merge agreement, adapter size.
 
-    Saves the adapter (for full fine-tuning, the whole model and tokenizer) to directory/adapter to measure it.
+    merged is the trained model's merged copy (None where the method cannot merge). Saves the adapter (for full
+    fine-tuning, the whole model and tokenizer) to directory/adapter to measure it.
     """
     config, tokenizer, seq2seq, device = trainer.config, loaded.tokenizer, loaded.is_seq2seq, evaluator.device
     trained = trainer.unwrapped
-    merged = merged_copy(trained) if method.mergeable and method.peft_config is not None else None
 
     def latency(model) -> float:
         return latency_ms(model, items, tokenizer, seq2seq, config.latency_new_tokens, device)
@@ -217,7 +219,6 @@ def measure_efficiency(
     merge_check = None
     if merged is not None:
         merge_check = merge_agreement(trained, merged, items, tokenizer, seq2seq, 16, device)
-        del merged
     directory.mkdir(parents=True, exist_ok=True)
     trained.save_pretrained(directory / "adapter", safe_serialization=True)
     adapter_size = directory_size(directory / "adapter")

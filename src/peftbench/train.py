@@ -16,7 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from peftbench import parallel
 from peftbench.config import ConfigError, RunConfig
-from peftbench.data import IGNORE_INDEX, Encoded, LengthGroupedBatches, batch_length, collate
+from peftbench.data import IGNORE_INDEX, Encoded, LengthGroupedBatches, batch_length, collate, to_device
 from peftbench.measure import peak_memory_bytes, reset_peak_memory
 from peftbench.methods import build_optimizer
 from peftbench.models import token_loss
@@ -100,7 +100,7 @@ class Trainer:
         reset_peak_memory()
         started = time.perf_counter()
         for index, batch in enumerate(bar):
-            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+            batch = to_device(batch, self.accelerator.device)
             update = (index + 1) % accumulate == 0 or index + 1 == batches  # the last batch never waits
             with contextlib.nullcontext() if update else self.accelerator.no_sync(self.model):
                 summed, n_tokens = token_loss(self.model, batch, self.is_seq2seq)
