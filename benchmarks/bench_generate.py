@@ -17,12 +17,14 @@ import time
 
 import torch
 
+from peftbench.adapt import apply_method
 from peftbench.config import EMBEDDED, RunConfig
-from peftbench.data import encode, load_splits
+from peftbench.data import load_splits
+from peftbench.layout import Layout, TokenLimits
 from peftbench.measure import latency_ms, merged_copy, prompt_batch, sync_device
-from peftbench.methods import METHODS, apply_method
-from peftbench.models import generate_ids, load_model
-from peftbench.pipeline import quiet_libraries
+from peftbench.method_run import quiet_libraries
+from peftbench.methods import METHODS, MethodSettings
+from peftbench.models import load_model
 
 MERGEABLE = [name for name, method in METHODS.items() if method.mergeable]
 
@@ -50,11 +52,11 @@ def perturb_adapter(model) -> None:
 
 
 @torch.inference_mode()
-def batched_tokens_per_s(model, items, tokenizer, is_seq2seq: bool, new_tokens: int, device) -> float:
-    """New tokens per second generating all items as one left-padded batch."""
-    batch = prompt_batch(items, tokenizer, is_seq2seq, device)
+def batched_tokens_per_s(model, items, layout: Layout, new_tokens: int, device) -> float:
+    """New tokens per second generating all items as one batch."""
+    batch = prompt_batch(items, layout, device)
     start = time.perf_counter()
-    generate_ids(model, batch, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
+    layout.generate(model, batch, new_tokens, fixed_length=True)
     sync_device()
     return len(items) * new_tokens / (time.perf_counter() - start)
 
@@ -64,15 +66,14 @@ def main() -> None:
     quiet_libraries()
     test_size = max(args.batch_size, args.latency_prompts)
     config = RunConfig(model=args.model, train_size=1, eval_size=1, test_size=test_size)
-    config.max_source_tokens = args.max_source_tokens
     splits = load_splits(config)
     loaded = load_model(args.model)
-    tokenizer, seq2seq = loaded.tokenizer, loaded.is_seq2seq
+    layout = loaded.layout
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    items = encode(splits.test, tokenizer, config, seq2seq, loaded.prefix, loaded.separator)
+    items = layout.encode(splits.test, TokenLimits(args.max_source_tokens, config.max_target_tokens))
 
     base = copy.deepcopy(loaded.model.to(device)).eval()  # a pure pretrained model, no adapter wrappers
-    peft_model = apply_method(METHODS[args.method], loaded, config)
+    peft_model = apply_method(METHODS[args.method], loaded, MethodSettings.from_config(config))
     perturb_adapter(peft_model)
     variants = {"base": base, "unmerged": peft_model.eval(), "merged": merged_copy(peft_model).eval()}
 
@@ -81,8 +82,8 @@ def main() -> None:
     prompts, batch = items[: args.latency_prompts], items[: args.batch_size]
     for _ in range(args.rounds):
         for name, model in variants.items():
-            latency[name].append(latency_ms(model, prompts, tokenizer, seq2seq, args.new_tokens, device))
-            batched[name].append(batched_tokens_per_s(model, batch, tokenizer, seq2seq, args.new_tokens, device))
+            latency[name].append(latency_ms(model, prompts, layout, args.new_tokens, device))
+            batched[name].append(batched_tokens_per_s(model, batch, layout, args.new_tokens, device))
 
     longest = max(len(it.prompt) for it in items)
     print(

@@ -4,7 +4,7 @@ For each method (full, lora, ia3) the same model is fine-tuned on the same examp
 hyperparameters and the same number of optimizer steps, three ways:
 
   a  peftbench.train.Trainer (length-grouped batches, per-batch left padding, LM head on targets only)
-  b  HF Trainer (Seq2SeqTrainer for encoder-decoders) + DataCollatorForSeq2Seq(padding=True), as documented
+  b  HF Trainer + DataCollatorForSeq2Seq(padding=True), as documented (Seq2SeqTrainer differs only in evaluation)
   c  the original study: the same HF setup, but every example padded to 512 tokens
 
 Every (method, variant) runs in its own freshly spawned process, one at a time, so memory peaks do not leak
@@ -36,13 +36,15 @@ from pathlib import Path
 
 import torch
 
+from peftbench.adapt import apply_method, count_parameters
 from peftbench.config import EMBEDDED, ConfigError, RunConfig
-from peftbench.data import IGNORE_INDEX, Encoded, collate, encode, load_splits
+from peftbench.data import load_splits
+from peftbench.layout import IGNORE_INDEX, Encoded, Layout, TokenLimits
 from peftbench.measure import matmul_flops_per_s, peak_memory_bytes, reset_peak_memory, sync_device
-from peftbench.methods import METHODS, apply_method, check_method_names, count_parameters
+from peftbench.method_run import quiet_libraries
+from peftbench.methods import METHODS, MethodSettings, check_method_names
 from peftbench.models import LoadedModel, load_model
-from peftbench.pipeline import quiet_libraries
-from peftbench.train import Trainer
+from peftbench.train import Trainer, TrainOptions
 
 FIXED_LENGTH = 512  # the original study padded every example to this many tokens (variant c)
 VARIANTS = {
@@ -100,14 +102,12 @@ def load_and_encode(settings: Settings) -> tuple[LoadedModel, list[Encoded]]:
     config = settings.run_config()
     set_seed(config.seed)  # same LoRA/IA3 initialisation in every child
     loaded = load_model(config.model)
-    wanted = config.train_size
-    tokenizer, seq2seq, prefix, separator = loaded.tokenizer, loaded.is_seq2seq, loaded.prefix, loaded.separator
+    wanted, limits = config.train_size, TokenLimits(config.max_source_tokens, config.max_target_tokens)
     if not settings.whole_articles:
-        return loaded, encode(load_splits(config).train, tokenizer, config, seq2seq, prefix, separator)
+        return loaded, loaded.layout.encode(load_splits(config).train, limits)
     pool = _article_pool(config)
-    untruncated = dataclasses.replace(config, max_source_tokens=10**9)
-    cut = encode(pool, tokenizer, config, seq2seq, prefix, separator)
-    whole = encode(pool, tokenizer, untruncated, seq2seq, prefix, separator)
+    cut = loaded.layout.encode(pool, limits)
+    whole = loaded.layout.encode(pool, dataclasses.replace(limits, source=10**9))
     items = [c for c, w in zip(cut, whole, strict=True) if c.prompt == w.prompt][:wanted]
     if len(items) < wanted:
         raise ConfigError(
@@ -129,14 +129,12 @@ def _article_pool(config: RunConfig):
 
 
 def real_tokens(items: list[Encoded]) -> int:
-    return sum(len(it.prompt) + len(it.target) for it in items)
+    return sum(it.length for it in items)
 
 
-def longest_row(items: list[Encoded], is_seq2seq: bool) -> int:
-    """Longest row any collator must hold: prompt + target for causal models, either side for seq2seq."""
-    if is_seq2seq:
-        return max(max(len(it.prompt), len(it.target)) for it in items)
-    return max(len(it.prompt) + len(it.target) for it in items)
+def longest_row(items: list[Encoded], layout: Layout) -> int:
+    """Longest row any collator must hold (the model's inputs or its labels)."""
+    return max(len(values) for it in items for values in layout.row(it).values())
 
 
 def inspect_run(settings: Settings) -> dict:
@@ -148,47 +146,41 @@ def inspect_run(settings: Settings) -> dict:
     loaded, items = load_and_encode(settings)
     return {
         "model": loaded.name,
-        "family": loaded.family,
-        "kind": "seq2seq" if loaded.is_seq2seq else "causal",
+        "family": loaded.family.name,
+        "kind": loaded.layout.kind,
         "base_params": count_parameters(loaded.model)[1],
         "examples": len(items),
         "real_tokens": real_tokens(items),
-        "longest_row": longest_row(items, loaded.is_seq2seq),
+        "longest_row": longest_row(items, loaded.layout),
         "mean_prompt": sum(len(it.prompt) for it in items) / len(items),
         "mean_target": sum(len(it.target) for it in items) / len(items),
     }
 
 
 class CountingCollator:
-    """Wraps a collate function and tallies what it hands the model: batches, positions, real tokens.
+    """Wraps a collate function and tallies what it hands the model: batches, positions (every padded slot the
+    model processes) and real tokens, as the model's layout counts them."""
 
-    Positions are every padded slot the model processes: input_ids, plus the decoder's labels for seq2seq.
-    """
-
-    def __init__(self, collate, is_seq2seq: bool):
-        self.collate, self.is_seq2seq = collate, is_seq2seq
+    def __init__(self, collate, layout: Layout):
+        self.collate, self.layout = collate, layout
         self.batches = self.positions = self.real = 0
 
     def __call__(self, *args, **kwargs):
         batch = self.collate(*args, **kwargs)
         self.batches += 1
-        self.positions += batch["input_ids"].numel()
-        self.real += int(batch["attention_mask"].sum())
-        if self.is_seq2seq:
-            self.positions += batch["labels"].numel()
-            self.real += int((batch["labels"] != IGNORE_INDEX).sum())
+        self.positions += self.layout.padded_positions(batch)
+        self.real += self.layout.real_tokens(batch)
         return batch
 
 
-def build_peftbench(model, loaded: LoadedModel, items: list[Encoded], config: RunConfig, lr: float):
+def build_peftbench(model, loaded: LoadedModel, items: list[Encoded], config: RunConfig, optimizer):
     """Variant a. Returns (train callable, counter, loop timer or None)."""
-    pad_id = loaded.tokenizer.pad_token_id
-    trainer = Trainer(model, items, pad_id, loaded.is_seq2seq, config, lr)
+    trainer = Trainer(model, optimizer, items, loaded.layout, TrainOptions.from_config(config))
     # The sampler's first-epoch batches are exactly those the loop will consume; collating them here (outside the
     # timed call) counts the same positions and real tokens the model will see.
-    counter = CountingCollator(collate, loaded.is_seq2seq)
+    counter = CountingCollator(loaded.layout.collate, loaded.layout)
     for indices in trainer.sampler.batches(0):
-        counter([items[i] for i in indices], pad_id, loaded.is_seq2seq)
+        counter([items[i] for i in indices])
     return trainer.train_epoch, counter, None
 
 
@@ -205,26 +197,12 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.rows[index]
 
 
-def hf_features(items: list[Encoded], is_seq2seq: bool) -> list[dict]:
-    """The same token ids laid out as a typical HF user would: prompt tokens masked out of a causal model's loss."""
-    rows = []
-    for it in items:
-        if is_seq2seq:
-            rows.append({"input_ids": it.prompt, "attention_mask": [1] * len(it.prompt), "labels": it.target})
-        else:
-            ids = it.prompt + it.target
-            labels = [IGNORE_INDEX] * len(it.prompt) + it.target
-            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    return rows
-
-
-def hf_arguments(config: RunConfig, lr: float, steps: int, is_seq2seq: bool, output_dir: str):
+def hf_arguments(config: RunConfig, lr: float, steps: int, output_dir: str):
     """Default TrainingArguments except what equal budgets and quiet timing need."""
-    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+    from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
-    kind = Seq2SeqTrainingArguments if is_seq2seq else TrainingArguments
-    return kind(
+    return TrainingArguments(
         output_dir=output_dir,
         learning_rate=lr,
         per_device_train_batch_size=config.batch_size,
@@ -252,7 +230,7 @@ def build_hf(
     model, loaded: LoadedModel, items: list[Encoded], config: RunConfig, lr: float, steps: int, fixed: bool, out: str
 ):
     """Variants b (per-batch padding) and c (fixed 512). Returns (train callable, counter, loop timer)."""
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Seq2SeqTrainer, Trainer, TrainerCallback
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback
 
     class LoopTimer(TrainerCallback):
         """Times the loop itself (after optimizer creation and accelerate's prepare) to show HF's setup share."""
@@ -269,13 +247,14 @@ def build_hf(
     tokenizer.padding_side = "right"  # the usual training layout; some chat tokenizers default to left
     padding = {"padding": "max_length", "max_length": FIXED_LENGTH} if fixed else {"padding": True}
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE_INDEX, **padding)
-    counter = CountingCollator(collator, loaded.is_seq2seq)
+    counter = CountingCollator(collator, loaded.layout)
     timer = LoopTimer()
-    kind = Seq2SeqTrainer if loaded.is_seq2seq else Trainer
-    trainer = kind(
+    # Trainer for both kinds: Seq2SeqTrainer only adds generation to evaluation, which is not timed here.
+    trainer = Trainer(
         model=model,
-        args=hf_arguments(config, lr, steps, loaded.is_seq2seq, out),
-        train_dataset=_ListDataset(hf_features(items, loaded.is_seq2seq)),
+        args=hf_arguments(config, lr, steps, out),
+        # The same token ids laid out as a typical HF user would: prompt tokens masked out of a causal model's loss.
+        train_dataset=_ListDataset([loaded.layout.row(it) for it in items]),
         data_collator=counter,
         processing_class=tokenizer,
         callbacks=[timer],
@@ -289,13 +268,14 @@ def measure_run(settings: Settings, method_name: str, variant: str) -> dict:
     quiet_libraries()
     config = settings.run_config()
     loaded, items = load_and_encode(settings)
-    method = METHODS[method_name]
-    model = apply_method(method, loaded, config)
+    method, method_settings = METHODS[method_name], MethodSettings.from_config(config)
+    model = apply_method(method, loaded, method_settings)
     trainable = count_parameters(model)[0]
     lr = method.default_lr
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         if variant == "a":
-            train, counter, timer = build_peftbench(model, loaded, items, config, lr)
+            optimizer = method.optimizer(model, lr, method_settings)
+            train, counter, timer = build_peftbench(model, loaded, items, config, optimizer)
         else:
             train, counter, timer = build_hf(model, loaded, items, config, lr, settings.steps, variant == "c", out)
         reset_peak_memory()

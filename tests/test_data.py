@@ -7,7 +7,8 @@ from collections import Counter
 import torch
 
 from peftbench.config import RunConfig
-from peftbench.data import IGNORE_INDEX, Example, LengthGroupedBatches, collate, encode, load_splits
+from peftbench.data import Example, LengthGroupedBatches, load_splits
+from peftbench.layout import IGNORE_INDEX, CausalLayout, Seq2SeqLayout, TokenLimits
 
 EXAMPLES = [
     Example("a", "The mayor opened a new bridge over the river on Monday.", "Mayor opens bridge."),
@@ -16,9 +17,9 @@ EXAMPLES = [
 
 
 def test_causal_labels_cover_only_target_and_eos(tokenizer):
-    config = RunConfig(max_source_tokens=64, max_target_tokens=16)
-    items = encode(EXAMPLES, tokenizer, config, is_seq2seq=False, prefix="", separator="\nTL;DR:")
-    batch = collate(items, tokenizer.pad_token_id, is_seq2seq=False)
+    layout = CausalLayout(tokenizer)
+    items = layout.encode(EXAMPLES, TokenLimits(source=64, target=16))
+    batch = layout.collate(items)
     width = batch["input_ids"].shape[1]
     assert width == max(len(it.prompt) + len(it.target) for it in items)  # padded to the batch, not a maximum
     for row, item in enumerate(items):
@@ -37,27 +38,27 @@ def test_causal_labels_cover_only_target_and_eos(tokenizer):
 
 def test_truncation_cuts_source_never_target_eos(tokenizer):
     long = Example("c", "word " * 500, "one two three four five six seven eight nine ten")
-    config = RunConfig(max_source_tokens=20, max_target_tokens=6)
-    (item,) = encode([long], tokenizer, config, is_seq2seq=False, prefix="", separator=" TL;DR:")
-    separator = tokenizer(" TL;DR:", add_special_tokens=False).input_ids
+    layout, limits = CausalLayout(tokenizer), TokenLimits(source=20, target=6)
+    (item,) = layout.encode([long], limits)
+    separator = tokenizer(CausalLayout.SEPARATOR, add_special_tokens=False).input_ids
     assert len(item.prompt) == 20 + len(separator) and item.prompt[-len(separator) :] == separator
     assert len(item.target) == 6 and item.target[-1] == tokenizer.eos_token_id
-    (short,) = encode([EXAMPLES[0]], tokenizer, config, is_seq2seq=False, prefix="", separator=" TL;DR:")
+    (short,) = layout.encode([EXAMPLES[0]], limits)
     assert tokenizer.decode(short.target) == " Mayor opens bridge.<|endoftext|>"  # fits: untouched
 
 
 def test_seq2seq_prefix_and_label_padding(tokenizer):
-    config = RunConfig(max_source_tokens=64, max_target_tokens=16)
-    items = encode(EXAMPLES, tokenizer, config, is_seq2seq=True, prefix="summarize: ", separator="")
+    layout = Seq2SeqLayout(tokenizer, prefix="summarize: ")
+    items = layout.encode(EXAMPLES, TokenLimits(source=64, target=16))
     assert tokenizer.decode(items[0].prompt).startswith("summarize: The mayor")
-    batch = collate(items, tokenizer.pad_token_id, is_seq2seq=True)
+    batch = layout.collate(items)
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     short = min(range(2), key=lambda i: len(items[i].target))
     n = len(items[short].target)
     assert batch["labels"][short, :n].tolist() == items[short].target
     assert (batch["labels"][short, n:] == IGNORE_INDEX).all()
     assert batch["labels"].shape[1] == max(len(it.target) for it in items)
-    prompt_only = collate(items, tokenizer.pad_token_id, is_seq2seq=True, with_targets=False)
+    prompt_only = layout.collate(items, with_targets=False)
     assert "labels" not in prompt_only
 
 

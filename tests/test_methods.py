@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from peftbench.adapt import apply_method, check_method, count_parameters
 from peftbench.cli import main
 from peftbench.config import ConfigError, RunConfig
-from peftbench.data import Example, collate, encode
-from peftbench.methods import METHODS, apply_method, architecture, check_method, count_parameters
-from peftbench.models import generate_ids, load_model
-from peftbench.train import Trainer
+from peftbench.data import Example
+from peftbench.layout import TokenLimits
+from peftbench.methods import METHODS, MethodSettings
+from peftbench.models import load_model, skeleton
+from peftbench.train import Trainer, TrainOptions
 from tests.conftest import tiny_run_args
 
 # peft's LoHa, LoKr and OFT wrap nn.Linear layers only; GPT-2's projections are Conv1D.
@@ -25,6 +27,13 @@ NOT_MERGEABLE = {"full", "prefix", "prompt"}
 PEFT_TYPE = {"lora": "LORA", "dora": "LORA", "rslora": "LORA", "pissa": "LORA", "loraplus": "LORA",
              "adalora": "ADALORA", "loha": "LOHA", "lokr": "LOKR", "vera": "VERA", "oft": "OFT", "ia3": "IA3",
              "prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}  # fmt: skip
+DEFAULT = MethodSettings.from_config(RunConfig())
+
+
+def settings(**changes) -> MethodSettings:
+    return MethodSettings.from_config(RunConfig(**changes))
+
+
 # One epoch of one batch, one validation and one test example, short texts: the pipeline, not the quality.
 SMALL = ("--epochs", "1", "--train-size", "4", "--eval-size", "1", "--test-size", "1", "--max-new-tokens", "2",
          "--max-source-tokens", "24", "--max-target-tokens", "8", "--latency-prompts", "1",
@@ -74,17 +83,19 @@ def test_trainable_counts_match_peft(arch, tiny_models):
         fresh = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
         if name in UNSUPPORTED[arch]:
             with pytest.raises(ConfigError, match=f"{name} does not support {arch} models.*Conv1D"):
-                apply_method(METHODS[name], fresh, RunConfig())
+                apply_method(METHODS[name], fresh, DEFAULT)
             continue
-        model = apply_method(METHODS[name], fresh, RunConfig())
+        model = apply_method(METHODS[name], fresh, DEFAULT)
         assert count_parameters(model) == tuple(model.get_nb_trainable_parameters()), name
 
 
 def _trainer(method: str, arch: str, tiny_models, config: RunConfig) -> Trainer:
     loaded = load_model(str(tiny_models[arch]))
-    items = encode(EXAMPLES, loaded.tokenizer, config, loaded.is_seq2seq, loaded.prefix, loaded.separator)
-    model = apply_method(METHODS[method], loaded, config)
-    return Trainer(model, items, loaded.tokenizer.pad_token_id, loaded.is_seq2seq, config, 1e-3)
+    items = loaded.layout.encode(EXAMPLES, TokenLimits(config.max_source_tokens, config.max_target_tokens))
+    settings = MethodSettings.from_config(config)
+    model = apply_method(METHODS[method], loaded, settings)
+    optimizer = METHODS[method].optimizer(model, 1e-3, settings)
+    return Trainer(model, optimizer, items, loaded.layout, TrainOptions.from_config(config))
 
 
 def test_loraplus_trains_b_faster_than_a(tiny_models):
@@ -133,7 +144,7 @@ def test_methods_command_lists_every_method(capsys, tiny_models):
     assert main(["methods", "--model", str(tiny_models["gpt2"])]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == set(METHODS)
-    lora = apply_method(METHODS["lora"], load_model(str(tiny_models["gpt2"])), RunConfig())
+    lora = apply_method(METHODS["lora"], load_model(str(tiny_models["gpt2"])), DEFAULT)
     assert f"{count_parameters(lora)[0]:,}" in rows["lora"].split()
     assert re.search(r"\d\.\d{3}%", rows["prompt"])
     for name in UNSUPPORTED["gpt2"]:
@@ -162,13 +173,13 @@ def test_quantize_without_cuda_is_a_clear_error(capsys, tiny_models, articles, t
 
 
 def test_settings_a_method_cannot_train_with(tiny_models):
-    skeleton = architecture(RunConfig(model=str(tiny_models["t5"])))
-    assert next(skeleton.model.parameters()).device.type == "meta"  # checks need no weights
+    meta = skeleton(str(tiny_models["t5"]))
+    assert next(meta.model.parameters()).device.type == "meta"  # checks need no weights
     with pytest.raises(ConfigError, match="LoRA-family methods .*lora.* not ia3"):
-        check_method(METHODS["ia3"], skeleton, RunConfig(quantize="4bit"))
-    assert check_method(METHODS["dora"], skeleton, RunConfig(quantize="4bit")) is not None
+        check_method(METHODS["ia3"], meta, settings(quantize="4bit"))
+    assert check_method(METHODS["dora"], meta, settings(quantize="4bit")) is not None
     with pytest.raises(ConfigError, match="prefix tuning cannot train with --gradient-checkpointing"):
-        check_method(METHODS["prefix"], skeleton, RunConfig(gradient_checkpointing=True))
+        check_method(METHODS["prefix"], meta, settings(gradient_checkpointing=True))
     with pytest.raises(ConfigError, match="--quantize must be one of 4bit, 8bit"):
         RunConfig(quantize="3bit").validate()
 
@@ -214,16 +225,17 @@ def _next_logits(model, prompts: dict, seq2seq: bool) -> torch.Tensor:
 def test_generation_uses_the_virtual_tokens(name, arch, tiny_models):
     """peft 0.21 and transformers 5 disagree on the cache's name; generate must still see the virtual tokens."""
     loaded = load_model(str(tiny_models[arch]))
-    model = apply_method(METHODS[name], loaded, RunConfig()).eval()
+    seq2seq = arch == "t5"
+    model = apply_method(METHODS[name], loaded, DEFAULT).eval()
     with torch.no_grad():
         weight = model.prompt_encoder["default"].embedding.weight
         weight.copy_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 3)  # make them matter
-        items = encode(EXAMPLES, loaded.tokenizer, RunConfig(), loaded.is_seq2seq, loaded.prefix, loaded.separator)
-        prompts = collate(items, loaded.tokenizer.pad_token_id, loaded.is_seq2seq, with_targets=False)
-        generated = generate_ids(model, prompts, loaded.tokenizer, loaded.is_seq2seq, 6, fixed_length=True)
-        reference = _greedy_without_cache(model, prompts, loaded.is_seq2seq, 6, loaded.tokenizer.eos_token_id)
+        items = loaded.layout.encode(EXAMPLES, TokenLimits(192, 64))
+        prompts = loaded.layout.collate(items, with_targets=False)
+        generated = loaded.layout.generate(model, prompts, 6, fixed_length=True)
+        reference = _greedy_without_cache(model, prompts, seq2seq, 6, loaded.tokenizer.eos_token_id)
         assert generated == reference
         # The virtual tokens change what the model predicts (tokens alone can coincide on a random tiny model).
-        with_tokens = _next_logits(model, prompts, loaded.is_seq2seq)
-        without = _next_logits(model.get_base_model(), prompts, loaded.is_seq2seq)
+        with_tokens = _next_logits(model, prompts, seq2seq)
+        without = _next_logits(model.get_base_model(), prompts, seq2seq)
         assert not torch.allclose(with_tokens, without)

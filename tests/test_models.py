@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from peftbench.adapt import apply_method, count_parameters
 from peftbench.config import EMBEDDED, RunConfig
-from peftbench.data import Example, collate, encode
-from peftbench.methods import METHODS, apply_method, count_parameters
-from peftbench.models import load_model, token_loss
+from peftbench.data import Example
+from peftbench.layout import TokenLimits
+from peftbench.methods import METHODS, MethodSettings
+from peftbench.models import load_model
+
+SETTINGS = MethodSettings.from_config(RunConfig())
 
 EXAMPLES = [
     Example(
@@ -21,11 +25,11 @@ EXAMPLES = [
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_token_loss_matches_the_models_own_loss(arch, tiny_models):
     loaded = load_model(str(tiny_models[arch]))
-    assert loaded.is_seq2seq == (arch == "t5") and loaded.family == arch
-    items = encode(EXAMPLES, loaded.tokenizer, RunConfig(), loaded.is_seq2seq, loaded.prefix, loaded.separator)
-    batch = collate(items, loaded.tokenizer.pad_token_id, loaded.is_seq2seq)
+    assert loaded.layout.kind == ("seq2seq" if arch == "t5" else "causal") and loaded.family.name == arch
+    items = loaded.layout.encode(EXAMPLES, TokenLimits(192, 64))
+    batch = loaded.layout.collate(items)
     with torch.no_grad():
-        summed, count = token_loss(loaded.model, batch, loaded.is_seq2seq)
+        summed, count = loaded.layout.token_loss(loaded.model, batch)
         reference = loaded.model(**batch).loss  # full logits, HF's own shift and mean
     assert count == sum(len(it.target) for it in items)
     assert (summed / count).item() == pytest.approx(reference.item(), rel=1e-5)
@@ -34,7 +38,7 @@ def test_token_loss_matches_the_models_own_loss(arch, tiny_models):
 def test_lora_and_ia3_parameter_counts_match_peft(tiny_models):
     for name in ("lora", "ia3"):
         loaded = load_model(str(tiny_models["t5"]))
-        model = apply_method(METHODS[name], loaded, RunConfig())
+        model = apply_method(METHODS[name], loaded, SETTINGS)
         trainable, total = count_parameters(model)
         assert (trainable, total) == tuple(model.get_nb_trainable_parameters())
 
@@ -45,7 +49,7 @@ def test_embedded_model_converts_once_and_loads_from_cache(tmp_path, monkeypatch
     cached = tmp_path / "SmolLM2-135M-Instruct"
     assert (cached / "model.safetensors").is_file() and (cached / "tokenizer.json").is_file()
     assert not list(tmp_path.glob(".convert-*"))  # staging directory cleaned up
-    assert loaded.family == "llama" and not loaded.is_seq2seq
+    assert loaded.family.name == "llama" and loaded.layout.kind == "causal"
     assert getattr(loaded.model.config, "quantization_config", None) is None
     assert getattr(loaded.model, "hf_quantizer", None) is None
     _, total = count_parameters(loaded.model)

@@ -15,6 +15,7 @@ import pytest
 from peftbench import checkpoint
 from peftbench.cli import main
 from peftbench.config import RunConfig
+from peftbench.rundir import MethodDir
 from tests.conftest import KILLABLE, QUICK_LATENCY, tiny_run_args
 
 
@@ -90,11 +91,11 @@ def test_fingerprint_ignores_what_does_not_change_results():
 
 
 def test_latest_checkpoint_ignores_unfinished_writes(tmp_path):
-    root = tmp_path / checkpoint.CHECKPOINT_DIR
+    directory = MethodDir(tmp_path)
     for name in ("epoch-2", "epoch-10", ".tmp-abc", "epoch-x"):
-        (root / name).mkdir(parents=True)
-    assert checkpoint.latest(tmp_path) == root / "epoch-10"  # numeric order; a half-written .tmp-* never counts
-    assert checkpoint.latest(tmp_path / "nothing") is None
+        (directory.checkpoints / name).mkdir(parents=True)
+    assert checkpoint.latest(directory) == directory.checkpoints / "epoch-10"  # numeric; a .tmp-* never counts
+    assert checkpoint.latest(MethodDir(tmp_path / "nothing")) is None
 
 
 class Crash(Exception):

@@ -1,8 +1,10 @@
 """Resume: per-epoch checkpoints, and fingerprints that tell a finished method of this config from another config's.
 
-A method's directory OUTPUT/<method>/ holds fingerprint.json from the moment the method starts (a hash of the
-settings that decide its results), checkpoint/epoch-<k>/ while it trains, and metrics.json once it has finished.
-Re-running the same command skips finished methods and resumes the others from their last checkpoint.
+A method's directory holds fingerprint.json from the moment the method starts (a hash of the settings that decide
+its results), checkpoint/epoch-<k>/ while it trains, and metrics.json once it has finished. Re-running the same
+command skips finished methods and resumes the others from their last checkpoint. A checkpoint holds what the
+trainer's state_dict and trainable weights give, what the method has measured so far (results.Progress), and every
+process's RNG states; this module only writes and reads them, atomically.
 """
 
 from __future__ import annotations
@@ -14,21 +16,20 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from peftbench import parallel
+from peftbench import parallel, rundir
 from peftbench.config import ConfigError, RunConfig
-from peftbench.results import write_atomic
+from peftbench.results import Progress
+from peftbench.rundir import MethodDir
 
-FINGERPRINT_FILE = "fingerprint.json"
-CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters only: the adapter, or every weight for `full`
-STATE_FILE = "state.pt"  # optimizer, scheduler and each process's RNG states: tensors, numbers and lists (weights_only)
-PROGRESS_FILE = "progress.json"  # what was measured so far: epochs' metrics, base latency, counters
+STATE_FILE = "state.pt"  # the trainer's state and each process's RNG states: tensors, numbers, lists (weights_only)
+PROGRESS_FILE = "progress.json"  # what was measured so far (results.Progress)
 # Settings that change where and how a run reports, never its results; `methods` and `seeds` because each method
 # directory is one method at one seed (its seed is in the fingerprint).
 NOT_FINGERPRINTED = (
@@ -49,32 +50,17 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_fingerprint(directory: Path, config: RunConfig) -> None:
+def write_fingerprint(directory: MethodDir, config: RunConfig) -> None:
     settings = fingerprinted(config)
     text = json.dumps({"fingerprint": fingerprint(settings), "settings": settings}, indent=2, sort_keys=True)
-    write_atomic(directory / FINGERPRINT_FILE, text + "\n")
+    rundir.write_atomic(directory.fingerprint, text + "\n")
 
 
-def _stored_settings(directory: Path) -> dict[str, Any] | None:
+def _stored_settings(directory: MethodDir) -> dict[str, Any] | None:
     try:
-        return json.loads((directory / FINGERPRINT_FILE).read_text())["settings"]
+        return json.loads(directory.fingerprint.read_text())["settings"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def holds_results(directory: Path) -> bool:
-    """Whether a method directory holds something a rerun could lose: finished results or a checkpoint."""
-    return (directory / "metrics.json").is_file() or (directory / CHECKPOINT_DIR).is_dir()
-
-
-def _method_dirs(output: Path) -> list[tuple[Path, int | None]]:
-    """Method directories under OUTPUT (single seed) and OUTPUT/seed-<s>/ (several), each with its seed if known."""
-    found = []
-    for parent in [output, *sorted(output.glob("seed-*"))]:
-        seed = int(parent.name[5:]) if parent != output and parent.name[5:].isdigit() else None
-        if parent.is_dir():
-            found += [(path, seed) for path in sorted(parent.iterdir()) if path.is_dir() and holds_results(path)]
-    return found
 
 
 def check_output(output: Path, config: RunConfig) -> None:
@@ -85,7 +71,8 @@ def check_output(output: Path, config: RunConfig) -> None:
     if config.force or not output.is_dir():
         return
     single = config.seeds[0] if config.seeds else config.seed  # the seed of directories directly under OUTPUT
-    for directory, seed in _method_dirs(output):
+    started = [(d, seed) for comparison, seed in rundir.comparisons(output) for d in rundir.method_dirs(comparison)]
+    for directory, seed in [(d, seed) for d, seed in started if d.holds_results()]:
         this = replace(config, seed=single if seed is None else seed)
         expected = json.loads(json.dumps(fingerprinted(this)))  # as stored: lists, not tuples
         stored = _stored_settings(directory)
@@ -96,8 +83,9 @@ def check_output(output: Path, config: RunConfig) -> None:
         else:
             keys = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
             what = "; ".join(f"{k}: {stored.get(k)!r} there, {expected.get(k)!r} now" for k in keys[:5])
+        where = directory.path.relative_to(output)
         raise ConfigError(
-            f"{str(output)!r} holds results of a different configuration ({directory.relative_to(output)}: {what}). "
+            f"{str(output)!r} holds results of a different configuration ({where}: {what}). "
             "Use another --output, or --force to run this configuration there (rerunning every requested method)"
         )
 
@@ -132,19 +120,31 @@ def set_rng_states(states: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
-def _epoch_dirs(directory: Path) -> list[Path]:
-    root = directory / CHECKPOINT_DIR
+class Resumable(Protocol):
+    """What a checkpoint saves and restores of a trainer (train.Trainer)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def trainable_weights(self) -> dict[str, torch.Tensor]: ...
+
+    def load_trainable_weights(self, weights: dict[str, torch.Tensor]) -> None: ...
+
+
+def _epoch_dirs(directory: MethodDir) -> list[Path]:
+    root = directory.checkpoints
     found = [path for path in root.glob("epoch-*") if path.name[6:].isdigit()] if root.is_dir() else []
     return sorted(found, key=lambda path: int(path.name[6:]))
 
 
-def latest(directory: Path) -> Path | None:
+def latest(directory: MethodDir) -> Path | None:
     """The newest complete checkpoint of a method (complete: only finished ones are renamed into place)."""
     found = _epoch_dirs(directory)
     return found[-1] if found else None
 
 
-def save(directory: Path, trainer, progress: dict[str, Any]) -> Path | None:
+def save(directory: MethodDir, trainer: Resumable, progress: Progress) -> Path | None:
     """Write checkpoint/epoch-<k>/ after the trainer's epoch k: into a temporary directory, then one rename, so a
     crash at any moment leaves the previous checkpoint or this one, never half of one. Older epochs are removed.
 
@@ -153,20 +153,15 @@ def save(directory: Path, trainer, progress: dict[str, Any]) -> Path | None:
     rng = parallel.everyone(rng_states())
     if not parallel.is_main():
         return None
-    root = directory / CHECKPOINT_DIR
+    root = directory.checkpoints
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"epoch-{trainer.epoch}"
+    state = trainer.state_dict()
+    target = root / f"epoch-{state['epoch']}"
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        weights = {name: p.detach().cpu().contiguous() for name, p in trainer.unwrapped.named_parameters()
-                   if p.requires_grad}  # fmt: skip
-        save_file(weights, str(staging / WEIGHTS_FILE))
-        state = {"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
-                 "rng": rng}  # fmt: skip
-        torch.save(state, staging / STATE_FILE)
-        counters = {"epoch": trainer.epoch, "seconds": trainer.seconds, "tokens": trainer.tokens,
-                    "samples": trainer.samples, "peak_memory": trainer.peak_memory}  # fmt: skip
-        (staging / PROGRESS_FILE).write_text(json.dumps({"trainer": counters, **progress}, indent=2))
+        save_file(trainer.trainable_weights(), str(staging / WEIGHTS_FILE))
+        torch.save({"trainer": state, "rng": rng}, staging / STATE_FILE)
+        (staging / PROGRESS_FILE).write_text(json.dumps(progress.to_dict(), indent=2))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     finally:
@@ -177,32 +172,23 @@ def save(directory: Path, trainer, progress: dict[str, Any]) -> Path | None:
     return target
 
 
-def restore(path: Path, trainer) -> dict[str, Any]:
-    """Load a checkpoint into a freshly built trainer (weights, optimizer, scheduler, RNG, counters, epoch) and
-    return the rest of its progress (what pipeline.run_method measured so far)."""
+def restore(path: Path, trainer: Resumable) -> Progress:
+    """Load a checkpoint into a freshly built trainer (weights, its state, this process's RNG) and return what the
+    method had measured so far."""
     try:
         weights = load_file(str(path / WEIGHTS_FILE))
         state = torch.load(path / STATE_FILE, weights_only=True)
-        progress = json.loads((path / PROGRESS_FILE).read_text())
-        model = trainer.unwrapped
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-        if set(weights) != trainable:
-            raise ValueError(f"it holds {len(weights)} tensors for {len(trainable)} trainable parameters")
-        model.load_state_dict(weights, strict=False)
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.scheduler.load_state_dict(state["scheduler"])
+        progress = Progress.from_dict(json.loads((path / PROGRESS_FILE).read_text()))
         if len(state["rng"]) != parallel.processes():
             raise ValueError(f"it was written by {len(state['rng'])} processes, and {parallel.processes()} run now")
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        trainer.load_trainable_weights(weights)
+        trainer.load_state_dict(state["trainer"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ConfigError(f"cannot resume from {path}: {exc}; remove it, or rerun with --force") from None
-    counters = progress.pop("trainer")
-    trainer.epoch = counters["epoch"]
-    trainer.seconds, trainer.tokens = counters["seconds"], counters["tokens"]
-    trainer.samples, trainer.peak_memory = counters["samples"], counters["peak_memory"]
     set_rng_states(state["rng"][parallel.rank()])  # last: building the model and trainer drew random numbers
     return progress
 
 
-def remove(directory: Path) -> None:
+def remove(directory: MethodDir) -> None:
     """Drop a method's checkpoints once its results are written."""
-    shutil.rmtree(directory / CHECKPOINT_DIR, ignore_errors=True)
+    shutil.rmtree(directory.checkpoints, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""Command line: `peftbench run` with flags (or the same keys in a YAML file given with --config), and
-`peftbench report` to (re)build the comparison report from output directories."""
+"""Command line: `peftbench run` with flags (or the same keys in a YAML file given with --config), `peftbench report`
+to (re)build the comparison report from output directories, and `peftbench methods` to print the registry."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from peftbench.config import FIELDS, ConfigError, RunConfig, build_config, load_yaml
-from peftbench.methods import METHODS, describe_methods
+from peftbench.errors import UserError
+from peftbench.methods import METHODS
 
 DEFAULTS = RunConfig()
 HELP = {
@@ -125,11 +126,44 @@ def _report(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _table(rows: list[list[str]]) -> str:
+    """Left-aligned columns; the last column is left as long as it is."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]) for row in rows)
+
+
+def describe_methods(loaded=None) -> str:
+    """The registry as a table; given a loaded model, with each method's trainable parameters on it (or why it
+    cannot apply), at the default settings."""
+    from peftbench.adapt import count_parameters, trainable_counts
+    from peftbench.methods import MethodSettings
+
+    counts = trainable_counts(loaded, MethodSettings.from_config(RunConfig())) if loaded is not None else {}
+    header = ["method", "mergeable", "default lr"] + (["trainable", "%"] if loaded else []) + ["description"]
+    rows = [header]
+    for method in METHODS.values():
+        row = [method.name, "yes" if method.mergeable else "no", f"{method.default_lr:g}"]
+        description = method.description
+        if loaded is not None:
+            count = counts[method.name]
+            if isinstance(count, str):
+                row += ["-", "-"]
+                description = count
+            else:
+                row += [f"{count[0]:,}", f"{100 * count[0] / count[1]:.3f}%"]
+        rows.append(row + [description])
+    lines = _table(rows)
+    if loaded is not None:
+        _, total = count_parameters(loaded.model)
+        lines = f"On {loaded.name} ({loaded.family.name}, {total:,} parameters):\n" + lines
+    return lines
+
+
 def _methods(args: argparse.Namespace) -> None:
     loaded = None
     if args.model:
+        from peftbench.method_run import quiet_libraries
         from peftbench.models import load_model
-        from peftbench.pipeline import quiet_libraries
 
         quiet_libraries()
         loaded = load_model(args.model, args.trust_remote_code)
@@ -153,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(build_parser(), argv)
         if args.command == "run":
-            from peftbench.pipeline import quiet_libraries, run  # heavy imports only when running
+            from peftbench.method_run import quiet_libraries  # heavy imports only when running
+            from peftbench.pipeline import run
 
             quiet_libraries()
 
@@ -163,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             _report(args)
         elif args.command == "methods":
             _methods(args)
-    except ConfigError as exc:
+    except UserError as exc:
         print(f"peftbench: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)  # pipeline.MethodsFailed: 1 when a method failed for a bug
+        return exc.exit_code  # errors.MethodsFailed: 1 when a method failed for a bug
     except KeyboardInterrupt:
         print("peftbench: interrupted; finished methods' results are kept in the output directory", file=sys.stderr)
         return 130

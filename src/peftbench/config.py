@@ -10,14 +10,12 @@ from typing import Any
 
 import yaml
 
+from peftbench.errors import ConfigError
+
 EMBEDDED = "embedded"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZE = ("4bit", "8bit")
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # --report-to; each is an optional extra (see tracking.py)
-
-
-class ConfigError(ValueError):
-    """A user mistake in the configuration; the CLI prints it without a traceback and exits with code 2."""
 
 
 @dataclass

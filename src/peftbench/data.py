@@ -1,8 +1,6 @@
-"""Data: load (source, target) pairs, split them, tokenise them, and batch them with per-batch padding.
+"""Data: load (source, target) pairs, split them, and order training batches by length.
 
-Causal and seq2seq models share everything here except how a batch is laid out (`collate`): a causal model
-reads prompt + target as one left-padded sequence, a seq2seq model reads the prompt in its encoder and the
-target as labels.
+How examples become token ids and batches depends on the model's kind: that is the model's layout (layout.py).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ EMBEDDED_DATA_FILE = "benchs/halueval/dataset_halueval_summarization.jsonl"
 KNOWN_COLUMNS = [("article", "highlights"), ("document", "right_summary")]
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
 SPLIT_NAMES = ("train", "validation", "test")
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -197,81 +194,12 @@ def load_splits(config: RunConfig) -> Splits:
     return Splits(chosen["train"], chosen["validation"], chosen["test"], description)
 
 
-# ---------------------------------------------------------------------------------------------- tokenising
-
-
-@dataclass
-class Encoded:
-    """Token ids of one example: the prompt the model reads, and the target it must produce (ending in EOS)."""
-
-    prompt: list[int]
-    target: list[int]
-
-
-def encode(
-    examples: list[Example], tokenizer, config: RunConfig, is_seq2seq: bool, prefix: str, separator: str
-) -> list[Encoded]:
-    """Tokenise examples. The source is truncated to fit; the target keeps its EOS, capped at max_target_tokens."""
-    sources = tokenizer([prefix + ex.source for ex in examples], add_special_tokens=False).input_ids
-    # A causal target follows the separator mid-text, so it is tokenised as a new word (leading space).
-    lead = "" if is_seq2seq else " "
-    targets = tokenizer([lead + ex.target for ex in examples], add_special_tokens=False).input_ids
-    eos = tokenizer.eos_token_id
-    encoded = []
-    if is_seq2seq:
-        for src, tgt in zip(sources, targets, strict=True):
-            encoded.append(
-                Encoded(src[: config.max_source_tokens - 1] + [eos], tgt[: config.max_target_tokens - 1] + [eos])
-            )
-        return encoded
-    leading = tokenizer("", add_special_tokens=True).input_ids  # BOS for tokenizers that add one
-    sep = tokenizer(separator, add_special_tokens=False).input_ids
-    for src, tgt in zip(sources, targets, strict=True):
-        encoded.append(
-            Encoded(leading + src[: config.max_source_tokens] + sep, tgt[: config.max_target_tokens - 1] + [eos])
-        )
-    return encoded
-
-
 # ---------------------------------------------------------------------------------------------- batching
-
-
-def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
-    width = max(len(row) for row in rows)
-    padded = [([value] * (width - len(row)) + row) if left else (row + [value] * (width - len(row))) for row in rows]
-    return torch.tensor(padded, dtype=torch.long)
-
-
-def collate(items: list[Encoded], pad_id: int, is_seq2seq: bool, with_targets: bool = True) -> dict[str, torch.Tensor]:
-    """Pad a batch to its own longest example.
-
-    Causal: prompt + target as one left-padded sequence, so every row's target ends at the last column and the
-    LM head only needs the last (longest target + 1) positions; explicit position ids keep left padding exact.
-    Generation batches (with_targets=False) hold the prompt only.
-    Seq2seq: encoder input right-padded, labels padded with -100.
-    """
-    if is_seq2seq:
-        batch = {"input_ids": _pad([it.prompt for it in items], pad_id, left=False)}
-        batch["attention_mask"] = _pad([[1] * len(it.prompt) for it in items], 0, left=False)
-        if with_targets:
-            batch["labels"] = _pad([it.target for it in items], IGNORE_INDEX, left=False)
-        return batch
-    sequences = [it.prompt + it.target if with_targets else it.prompt for it in items]
-    mask = _pad([[1] * len(seq) for seq in sequences], 0, left=True)
-    batch = {"input_ids": _pad(sequences, pad_id, left=True), "attention_mask": mask}
-    batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    if with_targets:
-        batch["labels"] = _pad([[IGNORE_INDEX] * len(it.prompt) + it.target for it in items], IGNORE_INDEX, left=True)
-    return batch
 
 
 def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     """A collated batch on the device the model runs on."""
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def batch_length(item: Encoded) -> int:
-    return len(item.prompt) + len(item.target)
 
 
 class LengthGroupedBatches:
@@ -291,6 +219,12 @@ class LengthGroupedBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch}  # everything else follows from the seed
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = state["epoch"]
 
     def batches(self, epoch: int) -> list[list[int]]:
         """The whole batches of an epoch (every process's share)."""

@@ -11,8 +11,9 @@ from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
 from peftbench import parallel
-from peftbench.data import Encoded, batch_length, collate, to_device
-from peftbench.models import generate_ids, token_loss
+from peftbench.config import RunConfig
+from peftbench.data import to_device
+from peftbench.layout import Encoded, Layout
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -61,27 +62,33 @@ class Generation:
     seconds: float
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """Batching and decoding for evaluation (from RunConfig)."""
+
+    batch_size: int
+    max_new_tokens: int
+    num_beams: int
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> EvalOptions:
+        return cls(config.eval_batch_size, config.max_new_tokens, config.num_beams)
+
+
 class Evaluator:
-    """Evaluates models on encoded splits with one tokenizer, model kind and config; tallies generation speed."""
+    """Evaluates models on encoded splits with one layout and options."""
 
-    def __init__(self, tokenizer, is_seq2seq: bool, config, device, progress: bool = False):
-        self.tokenizer, self.is_seq2seq, self.config, self.device, self.progress = (
-            tokenizer, is_seq2seq, config, device, progress
-        )  # fmt: skip
-        self.generated_tokens, self.generation_seconds = 0, 0.0
-
-    @property
-    def generate_tokens_per_s(self) -> float:
-        return self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0
+    def __init__(self, layout: Layout, options: EvalOptions, device, progress: bool = False):
+        self.layout, self.options, self.device, self.progress = layout, options, device, progress
 
     @torch.inference_mode()
     def loss(self, model, items: list[Encoded]) -> float:
         """Mean cross-entropy per target token over a whole split (each process takes its share of the batches)."""
         model.eval()
         total, count = 0.0, 0
-        for indices in parallel.share(_batches_by_length(items, self.config.eval_batch_size, batch_length)):
-            batch = collate([items[i] for i in indices], self.tokenizer.pad_token_id, self.is_seq2seq)
-            summed, n_tokens = token_loss(model, to_device(batch, self.device), self.is_seq2seq)
+        for indices in parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: it.length)):
+            batch = self.layout.collate([items[i] for i in indices])
+            summed, n_tokens = self.layout.token_loss(model, to_device(batch, self.device))
             total += summed.item()
             count += n_tokens
         total, count = parallel.totals(total, count)
@@ -96,20 +103,18 @@ class Evaluator:
         model.eval()
         predictions: dict[int, str] = {}
         new_tokens, started = 0, time.perf_counter()
-        batches = parallel.share(_batches_by_length(items, self.config.eval_batch_size, lambda it: len(it.prompt)))
+        batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: len(it.prompt)))
         for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
-            batch = collate([items[i] for i in indices], self.tokenizer.pad_token_id, self.is_seq2seq, False)
-            new = generate_ids(model, to_device(batch, self.device), self.tokenizer, self.is_seq2seq,
-                               self.config.max_new_tokens, self.config.num_beams)  # fmt: skip
+            batch = self.layout.collate([items[i] for i in indices], with_targets=False)
+            new = self.layout.generate(model, to_device(batch, self.device), self.options.max_new_tokens,
+                                       self.options.num_beams)  # fmt: skip
             for index, ids in zip(indices, new, strict=True):
-                predictions[index] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                new_tokens += count_new_tokens(ids, self.tokenizer.eos_token_id)
+                predictions[index] = self.layout.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                new_tokens += count_new_tokens(ids, self.layout.eos_id)
         seconds = parallel.highest(time.perf_counter() - started)  # wall time: until the slowest share is done
         new_tokens = int(parallel.totals(new_tokens)[0])
         for shares in parallel.everyone(predictions):
             predictions |= shares
-        self.generated_tokens += new_tokens
-        self.generation_seconds += seconds
         return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds)
 
     def evaluate(self, model, items: list[Encoded], references: list[str], generation_model=None,

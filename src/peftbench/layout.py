@@ -1,0 +1,275 @@
+"""Model layouts: everything that differs between a causal and an encoder-decoder (seq2seq) model, one class each.
+
+A layout is chosen once, from the model's config, when the model (or its weight-less skeleton) loads, and travels
+with it. It owns how examples become token ids, how a batch is laid out, where the loss and the new tokens are, and
+which model class and peft task type go with the kind. No other module asks which kind a model is: a third kind
+(say, a classification head) is one more class here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
+
+from peftbench.config import ConfigError
+from peftbench.data import Example
+
+IGNORE_INDEX = -100  # label positions the loss skips (prompt and padding)
+
+
+@dataclass
+class Encoded:
+    """Token ids of one example: the prompt the model reads, and the target it must produce (ending in EOS)."""
+
+    prompt: list[int]
+    target: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.target)
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    """How long a source and a target may be, in tokens (the target's EOS included)."""
+
+    source: int
+    target: int
+
+
+def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    padded = [([value] * (width - len(row)) + row) if left else (row + [value] * (width - len(row))) for row in rows]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+class Layout:
+    """The shared part: a tokenizer, the text put before every source, and greedy or beam generation."""
+
+    kind: str  # recorded in metrics.json as model_kind
+    model_class: type  # the transformers auto class that loads this kind
+    task_type: str  # peft's task type
+
+    def __init__(self, tokenizer, prefix: str = ""):
+        self.tokenizer, self.prefix = tokenizer, prefix
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def encode(self, examples: list[Example], limits: TokenLimits) -> list[Encoded]:
+        """Tokenise examples. The source is truncated to fit; the target keeps its EOS, capped at limits.target."""
+        raise NotImplementedError
+
+    def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
+        """Pad a batch to its own longest example; generation batches (with_targets=False) hold the prompt only."""
+        raise NotImplementedError
+
+    def row(self, item: Encoded) -> dict[str, list[int]]:
+        """One example as unpadded model inputs with labels (what HF's DataCollatorForSeq2Seq pads)."""
+        raise NotImplementedError
+
+    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Summed cross-entropy over the target tokens of a collated batch, and their count."""
+        raise NotImplementedError
+
+    def padded_positions(self, batch: dict[str, torch.Tensor]) -> int:
+        """Every token slot the model processes for a padded training batch, padding included."""
+        raise NotImplementedError
+
+    def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Non-padding tokens the model processes for a collated training batch."""
+        raise NotImplementedError
+
+    def logit_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """For comparing two models' logits on a collated batch: the inputs to call them with, and a mask of the
+        logit positions that hold real tokens."""
+        raise NotImplementedError
+
+    def prompt_overhead(self) -> int:
+        """Tokens every prompt carries besides the source (special tokens, prefix, separator)."""
+        raise NotImplementedError
+
+    def check_lengths(self, limits: TokenLimits, generated: dict[str, int], positions: int | None) -> None:
+        """Raise ConfigError where the limits leave no room for a source, or exceed the model's positions.
+        generated: each flag that sets a number of generated tokens, and its value."""
+        raise NotImplementedError
+
+    def _new_tokens_start(self, batch: dict[str, torch.Tensor]) -> int:
+        raise NotImplementedError
+
+    def generate(self, model, batch: dict[str, torch.Tensor], max_new_tokens: int, num_beams: int = 1,
+                 fixed_length: bool = False) -> list[list[int]]:  # fmt: skip
+        """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row.
+
+        fixed_length ignores EOS and always makes max_new_tokens tokens, so timings compare like with like.
+        """
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens if fixed_length else 0,
+            num_beams=num_beams,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+            decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
+        )
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        output = model.generate(**inputs, generation_config=config)
+        return output[:, self._new_tokens_start(batch) :].tolist()
+
+
+class CausalLayout(Layout):
+    """A decoder-only model reads prompt + target as one sequence: `source + SEPARATOR + " " + target + EOS`.
+
+    The contract every method below relies on: batches are left-padded, so every row's target ends in the last
+    column. The LM head then only runs on the last (longest target + 1) positions, and generated tokens start right
+    after the (padded) prompt. Explicit position ids keep left padding exact.
+    """
+
+    kind = "causal"
+    model_class = AutoModelForCausalLM
+    task_type = "CAUSAL_LM"
+    SEPARATOR = "\nTL;DR:"
+
+    def _leading(self) -> list[int]:
+        return self.tokenizer("", add_special_tokens=True).input_ids  # BOS for tokenizers that add one
+
+    def _separator(self) -> list[int]:
+        return self.tokenizer(self.SEPARATOR, add_special_tokens=False).input_ids
+
+    def encode(self, examples: list[Example], limits: TokenLimits) -> list[Encoded]:
+        sources = self.tokenizer([self.prefix + ex.source for ex in examples], add_special_tokens=False).input_ids
+        # The target follows the separator mid-text, so it is tokenised as a new word (leading space).
+        targets = self.tokenizer([" " + ex.target for ex in examples], add_special_tokens=False).input_ids
+        leading, separator = self._leading(), self._separator()
+        return [
+            Encoded(leading + src[: limits.source] + separator, tgt[: limits.target - 1] + [self.eos_id])
+            for src, tgt in zip(sources, targets, strict=True)
+        ]
+
+    def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
+        sequences = [it.prompt + it.target if with_targets else it.prompt for it in items]
+        mask = _pad([[1] * len(seq) for seq in sequences], 0, left=True)
+        batch = {"input_ids": _pad(sequences, self.pad_id, left=True), "attention_mask": mask}
+        batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        if with_targets:
+            labels = [[IGNORE_INDEX] * len(it.prompt) + it.target for it in items]
+            batch["labels"] = _pad(labels, IGNORE_INDEX, left=True)
+        return batch
+
+    def row(self, item: Encoded) -> dict[str, list[int]]:
+        ids, labels = item.prompt + item.target, [IGNORE_INDEX] * len(item.prompt) + item.target
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        width = int((labels != IGNORE_INDEX).sum(-1).max())  # left padding: all targets in the last columns
+        logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
+        return _cross_entropy(logits, labels[:, -width:])
+
+    def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())  # prompt and target are one sequence
+
+    def padded_positions(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].numel()
+
+    def logit_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {k: v for k, v in batch.items() if k != "labels"}, batch["attention_mask"].bool()
+
+    def prompt_overhead(self) -> int:
+        return len(self._leading()) + len(self._separator())
+
+    def check_lengths(self, limits: TokenLimits, generated: dict[str, int], positions: int | None) -> None:
+        if not positions:
+            return
+        extra = self.prompt_overhead()
+        prompt = extra + limits.source
+        for flag, value in (("--max-target-tokens", limits.target), *generated.items()):
+            if prompt + value > positions:
+                raise ConfigError(
+                    f"--max-source-tokens {limits.source} + {extra} prompt tokens + {flag} {value} = "
+                    f"{prompt + value} tokens, more than the {positions} positions of this model; lower them"
+                )
+
+    def _new_tokens_start(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].shape[1]  # the output repeats the left-padded prompt
+
+
+class Seq2SeqLayout(Layout):
+    """An encoder-decoder model reads `prefix + source + EOS` in its encoder (right-padded) and the target as labels
+    (padded with IGNORE_INDEX); the decoder input is the labels shifted right."""
+
+    kind = "seq2seq"
+    model_class = AutoModelForSeq2SeqLM
+    task_type = "SEQ_2_SEQ_LM"
+
+    def encode(self, examples: list[Example], limits: TokenLimits) -> list[Encoded]:
+        sources = self.tokenizer([self.prefix + ex.source for ex in examples], add_special_tokens=False).input_ids
+        targets = self.tokenizer([ex.target for ex in examples], add_special_tokens=False).input_ids
+        eos = self.eos_id
+        return [
+            Encoded(src[: limits.source - 1] + [eos], tgt[: limits.target - 1] + [eos])
+            for src, tgt in zip(sources, targets, strict=True)
+        ]
+
+    def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
+        batch = {"input_ids": _pad([it.prompt for it in items], self.pad_id, left=False)}
+        batch["attention_mask"] = _pad([[1] * len(it.prompt) for it in items], 0, left=False)
+        if with_targets:
+            batch["labels"] = _pad([it.target for it in items], IGNORE_INDEX, left=False)
+        return batch
+
+    def row(self, item: Encoded) -> dict[str, list[int]]:
+        return {"input_ids": item.prompt, "attention_mask": [1] * len(item.prompt), "labels": item.target}
+
+    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        # Decoder inputs from the labels ourselves: passing labels would make the model compute a loss we discard.
+        owner = model.module if isinstance(model, DistributedDataParallel) else model  # DDP hides the helper
+        decoder_input_ids = owner.prepare_decoder_input_ids_from_labels(labels=labels)
+        return _cross_entropy(model(**inputs, decoder_input_ids=decoder_input_ids).logits, labels)
+
+    def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
+
+    def padded_positions(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].numel() + batch["labels"].numel()  # encoder input and decoder positions
+
+    def logit_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return batch, batch["labels"] != IGNORE_INDEX  # the model builds its decoder input from the labels
+
+    def prompt_overhead(self) -> int:
+        return len(self.tokenizer(self.prefix, add_special_tokens=False).input_ids) + 1  # the prefix and EOS
+
+    def check_lengths(self, limits: TokenLimits, generated: dict[str, int], positions: int | None) -> None:
+        needed = self.prompt_overhead() + 1
+        if limits.source < needed:
+            raise ConfigError(
+                f"--max-source-tokens {limits.source} leaves no room for the article: the task prefix "
+                f"{self.prefix!r} takes {needed - 2} tokens and EOS one; use at least {needed}"
+            )
+
+    def _new_tokens_start(self, batch: dict[str, torch.Tensor]) -> int:
+        return 1  # the output starts with the decoder start token
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    n_tokens = int((labels != IGNORE_INDEX).sum())
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, n_tokens
+
+
+def layout_for(model_config, tokenizer, prefix: str = "") -> Layout:
+    """The layout of a model with this config: the one place that tells the kinds apart."""
+    kind = Seq2SeqLayout if model_config.is_encoder_decoder else CausalLayout
+    return kind(tokenizer, prefix)

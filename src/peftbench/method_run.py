@@ -1,0 +1,246 @@
+"""One method's run, top to bottom: load the model and data, apply the method, train with per-epoch validation and
+checkpoints (or resume), evaluate on the test split, measure what it cost, and write its results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+
+from peftbench import checkpoint, parallel, rundir, tracking
+from peftbench.adapt import apply_method, count_parameters, module_options
+from peftbench.config import RunConfig
+from peftbench.data import Example, Splits
+from peftbench.evaluate import EvalOptions, Evaluator
+from peftbench.layout import Encoded, Layout, TokenLimits
+from peftbench.measure import directory_size, latency_ms, merge_agreement, merged_copy
+from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
+from peftbench.models import LoadedModel, load_model
+from peftbench.report import plot_curves
+from peftbench.results import Efficiency, EpochMetrics, MethodResult, Progress, TestMetrics
+from peftbench.rundir import MethodDir
+from peftbench.train import Trainer, TrainOptions, show_progress
+
+
+def quiet_libraries() -> None:
+    """Keep the console for peftbench's own progress: no library progress bars or deprecation chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDir) -> MethodResult:
+    """Fine-tune one method from a freshly loaded base model (or resume it from its last checkpoint), checkpoint
+    after every epoch, and write its results into directory."""
+    quiet_libraries()
+    method = METHODS[name]
+    say = print if not config.quiet and parallel.is_main() else (lambda *_: None)
+    resume = checkpoint.latest(directory)
+    set_seed(config.seed)
+
+    # Load: the pretrained model, each split as token ids, and the base model's latency before anything changes it.
+    loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize)
+    layout = loaded.layout
+    limits = TokenLimits(config.max_source_tokens, config.max_target_tokens)
+    train, validation, test = (EncodedSplit(split, layout.encode(split, limits))
+                               for split in (splits.train, splits.validation, splits.test))  # fmt: skip
+    latency_items = test.items[: config.latency_prompts]
+    device = parallel.state().device
+    if not config.quantize:
+        loaded.model.to(device)  # a quantized model is placed on the GPU as it loads
+    progress = Progress()
+    if not resume and parallel.is_main():  # latency is one request on one device: the main process measures it
+        progress.base_latency_ms = latency_ms(loaded.model, latency_items, layout, config.latency_new_tokens, device)
+
+    # Apply the method, and build what trains and evaluates it.
+    settings = MethodSettings.from_config(config)
+    model = apply_method(method, loaded, settings)
+    trainable, total = count_parameters(model)
+    lr = learning_rate(method, config.lr)
+    optimizer = method.optimizer(model, lr, settings)
+    trainer = Trainer(model, optimizer, train.items, layout, TrainOptions.from_config(config))
+    evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
+    result = MethodResult(method.name, loaded.name, splits.description, trainable, total,
+                          resolved_config(config, method, loaded, settings, lr))  # fmt: skip
+    tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.path.parent),
+                   f"{name}-seed{config.seed}", result.config)  # fmt: skip
+    say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
+
+    # Train: validation before the first epoch (the zero-shot model) and after every --eval-every epochs.
+    started = time.perf_counter()
+    if resume:
+        progress = checkpoint.restore(resume, trainer)
+        say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume}")
+    else:
+        validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, 0, None)
+        say(f"[{name}] {epoch_line(progress.epochs[-1])}")
+    for epoch in range(trainer.epoch + 1, config.epochs + 1):
+        train_loss = trainer.train_epoch()
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch, train_loss)
+            say(f"[{name}] {epoch_line(progress.epochs[-1])}")
+        checkpoint.save(directory, trainer, progress)
+    result.epochs = progress.epochs
+
+    # Test, on the merged copy where there is one; it then serves latency and the merge check too.
+    final = merged_model(trainer, method)
+    scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.references, final, None, "test")
+    progress.add_generation(generation.new_tokens, generation.seconds)
+    result.test = TestMetrics(**vars(scores))
+    result.environment = environment()
+
+    # Measure and write: the main process alone (the others hold the same results).
+    if parallel.is_main():
+        result.efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory, final,
+                                               config.latency_new_tokens)  # fmt: skip
+        trainer.accelerator.log({f"test/{k}": v for k, v in vars(scores).items()} | _numbers(result.efficiency))
+        tracking.finish(trainer.accelerator)
+        write_results(directory, result, test.examples, generation.predictions)
+        checkpoint.remove(directory)  # after metrics.json: from now on the method counts as finished
+    del final
+    parallel.wait_for_everyone()  # no process starts the next method while the main one writes this one's
+    say(
+        f"[{name}] test: loss {scores.loss:.4f}, ROUGE-L {scores.rougeL:.4f}, BLEU {scores.bleu:.2f}; "
+        f"train {trainer.tokens / trainer.seconds:.1f} tok/s, peak {trainer.peak_memory / 2**20:,.0f} MiB "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+    return result
+
+
+@dataclass
+class EncodedSplit:
+    """A split's examples and their token ids, in the same order."""
+
+    examples: list[Example]
+    items: list[Encoded]
+
+    @property
+    def references(self) -> list[str]:
+        return [ex.target for ex in self.examples]
+
+
+def merged_model(trainer: Trainer, method: Method) -> nn.Module | None:
+    """A merged copy of the trained model where the method can merge, else None. Generation runs on it: no adapter
+    detour in every layer at every new token."""
+    return merged_copy(trainer.unwrapped) if method.mergeable else None
+
+
+def validate(evaluator: Evaluator, trainer: Trainer, method: Method, split: EncodedSplit, generate_size: int | None,
+             progress: Progress, epoch: int, train_loss: float | None) -> None:  # fmt: skip
+    """One epoch's validation, recorded in progress and sent to the trackers: loss over every example, text metrics
+    over the first generate_size examples generated."""
+    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.references,
+                                       merged_model(trainer, method), generate_size, f"validate epoch {epoch}")
+    progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu))
+    progress.add_generation(generation.new_tokens, generation.seconds)
+    trainer.accelerator.log({f"val/{k}": v for k, v in vars(s).items()}, step=epoch * len(trainer.loader))
+
+
+def epoch_line(scores: EpochMetrics) -> str:
+    shown = "-" if scores.train_loss is None else f"{scores.train_loss:.4f}"
+    return (f"epoch {scores.epoch}: train loss {shown}, val loss {scores.val_loss:.4f}, ROUGE-L {scores.rougeL:.4f}, "
+            f"BLEU {scores.bleu:.2f}")  # fmt: skip
+
+
+def resolved_config(config: RunConfig, method: Method, loaded: LoadedModel, settings: MethodSettings,
+                    lr: float) -> dict[str, Any]:  # fmt: skip
+    """The config as this method actually ran: effective learning rate and module options filled in."""
+    resolved = config.to_dict()
+    resolved["lr"] = lr
+    resolved["methods"] = [method.name]
+    if method.peft_config is not None:
+        for key, value in module_options(method, loaded, settings).items():
+            resolved[f"{method.name}_{key}"] = value
+    resolved["model_kind"] = loaded.layout.kind
+    resolved["model_family"] = loaded.family.name
+    return resolved
+
+
+def environment() -> dict[str, Any]:
+    """Where and with what a method ran, for the report's header."""
+    libraries = {name: version(name) for name in ("torch", "transformers", "peft", "accelerate")}
+    return {
+        "python": platform.python_version(),
+        **libraries,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "processes": parallel.processes(),
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loaded: LoadedModel,
+                       items: list[Encoded], directory: MethodDir, merged: nn.Module | None,
+                       new_tokens: int) -> Efficiency:  # fmt: skip
+    """What the trained method costs: training figures, latencies (base from progress), merge agreement, adapter size.
+
+    merged is the trained model's merged copy (None where the method cannot merge). Saves the adapter (for full
+    fine-tuning, the whole model and tokenizer) into the method's directory to measure it.
+    """
+    layout, trained = loaded.layout, trainer.unwrapped
+    device = trainer.accelerator.device
+
+    def latency(model) -> float:
+        return latency_ms(model, items, layout, new_tokens, device)
+
+    latencies = {"base": progress.base_latency_ms, "unmerged": latency(trained),
+                 "merged": latency(merged) if merged else None}  # fmt: skip
+    merge_check = merge_agreement(trained, merged, items, layout, 16, device) if merged is not None else None
+    adapter_size = save_adapter(trained, method, layout, directory.adapter)
+    trainable, total = count_parameters(trained)
+    return Efficiency(
+        trainable_params=trainable,
+        trainable_pct=100 * trainable / total,
+        peak_train_memory_bytes=trainer.peak_memory,
+        memory_measure="cuda_max_memory_allocated" if torch.cuda.is_available() else "peak_rss",
+        train_seconds=trainer.seconds,
+        train_tokens_per_s=trainer.tokens / trainer.seconds,
+        train_samples_per_s=trainer.samples / trainer.seconds,
+        eval_generate_tokens_per_s=progress.generate_tokens_per_s,
+        latency_ms=latencies,
+        latency_new_tokens=new_tokens,
+        merge_check=merge_check,
+        adapter_size_bytes=adapter_size,
+    )
+
+
+def save_adapter(model, method: Method, layout: Layout, path: Path) -> int:
+    """Save the adapter in peft's format (for full fine-tuning, the whole model and its tokenizer, loadable on its
+    own); returns the bytes saved before the tokenizer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    size = directory_size(path)
+    if method.peft_config is None:
+        layout.tokenizer.save_pretrained(path)
+    return size
+
+
+def write_results(directory: MethodDir, result: MethodResult, test: list[Example], predictions: list[str]) -> None:
+    """predictions.jsonl, curves.png, then metrics.json last: its presence means the method finished."""
+    rows = [
+        {"id": ex.id, "source": ex.source, "reference": ex.target, "prediction": prediction}
+        for ex, prediction in zip(test, predictions, strict=True)
+    ]
+    directory.write_predictions(rows)
+    plot_curves(result, directory.curves)
+    directory.write_result(result)
+
+
+def _numbers(efficiency: Efficiency) -> dict[str, float]:
+    """The efficiency figures a tracker can plot (numbers only; latencies flattened)."""
+    flat = {f"efficiency/{k}": v for k, v in asdict(efficiency).items() if isinstance(v, int | float)}
+    flat |= {f"efficiency/latency_ms_{k}": v for k, v in efficiency.latency_ms.items() if v is not None}
+    return flat
