@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,111 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, T5Config, T5ForConditionalGeneration
 
 from peftbench.data import embedded_data_path
+
+# Every process this test session starts inherits this variable: at the end, any still alive is a leftover.
+SESSION_MARKER = "PEFTBENCH_TEST_SESSION"
+LEFTOVER_GRACE_SECONDS = 10  # a process killed at the end of the last test may take a moment to go
+
+
+def pytest_configure(config) -> None:
+    os.environ[SESSION_MARKER] = uuid.uuid4().hex
+
+
+def _environment_of(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # gone, or a zombie
+        return b""
+
+
+def _status(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent PID, or None where it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, dead but not yet reaped, does not)."""
+    status = _status(pid)
+    return status is not None and status[0] not in "ZX"
+
+
+def children(pid: int) -> list[int]:
+    """The living child processes of pid."""
+    found = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [child for child in found if (_status(child) or ("Z", 0))[1] == pid and alive(child)]
+
+
+def gone_within(pids: list[int], seconds: float) -> bool:
+    """Whether every process of pids has ended within seconds."""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _own_resource_tracker(pid: int) -> bool:
+    """multiprocessing's resource tracker of this process: it ends when this process does."""
+    status = _status(pid)
+    return status is not None and status[1] == os.getpid() and "resource_tracker" in command_line(pid)
+
+
+def leftover_processes() -> list[int]:
+    """Processes started during this session (they carry its marker) that are still alive, but this one and its
+    resource tracker."""
+    marker = f"{SESSION_MARKER}={os.environ[SESSION_MARKER]}".encode()
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [pid for pid in pids if pid != os.getpid() and alive(pid) and marker in _environment_of(pid).split(b"\0")
+            and not _own_resource_tracker(pid)]  # fmt: skip
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the session if any process it started outlived it (after killing them): tests must clean up, and
+    peftbench's own processes must end with their parent."""
+    if not Path("/proc/self/environ").exists():
+        return  # no /proc to look in (not Linux)
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    while (leftovers := leftover_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not leftovers:
+        return
+    commands = []
+    for pid in leftovers:
+        commands.append(f"{pid}: {command_line(pid)[:200]}")
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    reporter.write_line(f"{len(leftovers)} process(es) started by the tests outlived them (now killed):", red=True)
+    for line in commands:
+        reporter.write_line("  " + line, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@contextlib.contextmanager
+def launched(command: list[str], **options) -> Iterator[subprocess.Popen]:
+    """A process in a session of its own; on the way out, it and everything in its process group are killed."""
+    process = subprocess.Popen(command, start_new_session=True, **options)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture(scope="session")

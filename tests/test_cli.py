@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from peftbench.cli import main
-from tests.conftest import tiny_run_args
+from tests.conftest import launched, tiny_run_args
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "bleu"}
 TEST_KEYS = {"loss", "rouge1", "rouge2", "rougeL", "bleu"}
@@ -152,9 +152,11 @@ def test_yaml_config_with_flag_override(tiny_models, articles, tmp_path):
 
 def test_console_script_help():
     for args in (["--help"], ["run", "--help"]):
-        done = subprocess.run([sys.executable, "-m", "peftbench", *args], capture_output=True, text=True, timeout=120)
+        command = [sys.executable, "-m", "peftbench", *args]
+        with launched(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as done:
+            out, _ = done.communicate(timeout=120)
         assert done.returncode == 0
-    assert "--lora-targets" in done.stdout and "--max-new-tokens" in done.stdout
+    assert "--lora-targets" in out and "--max-new-tokens" in out
 
 
 def test_eval_every_generation_subset_and_checkpointing(tiny_models, articles, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from collections import Counter
 
 import torch
@@ -93,3 +95,38 @@ def test_embedded_dataset_splits_are_disjoint_and_clean():
     again = load_splits(RunConfig(train_size=10, eval_size=1, test_size=1))
     assert [ex.id for ex in again.train] == [ex.id for ex in splits.train[:10]]  # deterministic
     assert "CNN/DailyMail" in splits.description
+
+
+def _every(splits) -> list[Example]:
+    return splits.train + splits.validation + splits.test
+
+
+def _load(path) -> list[Example]:
+    return _every(load_splits(RunConfig(dataset=str(path), train_size=1, eval_size=1, test_size=1)))
+
+
+ROWS = [{"article": f"Article {i}, first line.\nSecond line of article {i}, \"quoted\".", "highlights": f"Summary {i}."}
+        for i in range(60)]  # fmt: skip
+
+
+def test_csv_keeps_quoted_line_breaks_and_a_bom_names_no_column(tmp_path):
+    path = tmp_path / "d.csv"
+    rows = [*ROWS, {"article": "A long document. " * 10_000, "highlights": "Long."}]  # 170 kB: over csv's default limit
+    with path.open("w", newline="", encoding="utf-8-sig") as stream:  # a BOM, and \r\n between rows (csv's default)
+        writer = csv.DictWriter(stream, ["article", "highlights"])
+        writer.writeheader()
+        writer.writerows(rows)
+    splits = load_splits(RunConfig(dataset=str(path), train_size=40, eval_size=1, test_size=1))
+    sources = {row["article"].strip() for row in rows}
+    assert all(ex.source in sources for ex in _every(splits))  # line breaks kept, quotes unescaped
+    assert splits.rows.read == len(rows) and not splits.rows.dropped
+
+
+def test_jsonl_lines_end_at_newlines_only_and_a_bom_is_accepted(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{**row, "article": row["article"].replace("\n", "\u2028")} for row in ROWS]  # raw U+2028 in a string
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    sources = {row["article"] for row in rows}
+    examples = _load(path)
+    assert examples and all(ex.source in sources and "\u2028" in ex.source for ex in examples)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from peftbench.cli import main
+from peftbench.rundir import LOCK_FILE
 from tests.conftest import QUICK_LATENCY, tiny_run_args
 
 
@@ -67,6 +68,31 @@ def test_bad_values_are_named(capsys, tiny_models, articles, tmp_path, flag, val
     assert value in err
 
 
+# Values that type-check but make no sense: refused with the valid range, before any model loads (there is none).
+NONSENSE = {
+    "negative clipping": (["--max-grad-norm", "-1"], "--max-grad-norm must be a finite number greater than 0, got -1"),
+    "zero clipping": (["--max-grad-norm", "0"], "--max-grad-norm must be a finite number greater than 0, got 0.0"),
+    "NaN weight decay": (["--weight-decay", "nan"], "--weight-decay must be a finite number at least 0, got nan"),
+    "infinite lr": (["--lr", "inf"], "--lr must be a finite number greater than 0, got inf"),
+    "dropout 1": (["--lora-dropout", "1"], "--lora-dropout must be a number in [0, 1), got 1.0"),
+    "whole number": (["--epochs", "2.5"], "epochs must be of type int, got '2.5'"),
+    "YAML key without a value": (["yaml", "epochs:\n"], "epochs has no value"),
+    "YAML boolean for a number": (["yaml", "lora_r: yes\n"], "lora_r must be a number, got True"),
+    "YAML list for a number": (["yaml", "lr: [1, 2]\n"], "lr must be of type float, got [1, 2]"),
+}
+
+
+@pytest.mark.parametrize("case", list(NONSENSE))
+def test_nonsense_values_are_refused_before_loading(case, capsys, articles, tmp_path):
+    flags, message = NONSENSE[case]
+    if flags[0] == "yaml":
+        config = tmp_path / "c.yaml"
+        config.write_text(flags[1])
+        flags = ["--config", str(config)]
+    err = _fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, tmp_path / "o", *flags))
+    assert message in err, err
+
+
 def test_unknown_yaml_key_suggests_the_nearest(capsys, tiny_models, articles, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("lora_rank: 4\n")
@@ -93,7 +119,9 @@ def finished(tmp_path_factory, tiny_models, articles):
 
 
 def _snapshot(directory) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    """Every file's content but the lock's (each run writes its PID there)."""
+    files = [p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != LOCK_FILE]
+    return {str(p.relative_to(directory)): p.read_bytes() for p in files}
 
 
 def _write(name: str, content: bytes):
@@ -115,6 +143,11 @@ BAD_INPUT = {
     "unreadable file": ([_write("binary.jsonl", b"\xff\xfe\x00\x9c")], [], ["cannot read dataset file", "binary"]),
     "misspelt tracker": ([], ["--report-to", "tensorbord"], ["--report-to 'tensorbord'", "'tensorboard'"]),
     "negative seed list": ([], ["--seeds", "0,-1"], ["--seeds must be non-negative"]),
+    "a directory named like a file": (
+        [lambda d: (d / "x.jsonl").mkdir() or d / "x.jsonl"],
+        [],
+        ["x.jsonl", "is a directory"],
+    ),
 }
 
 
@@ -152,3 +185,36 @@ def test_unwritable_output_is_refused_before_loading(capsys, articles, tmp_path)
     blocker.write_text("")
     err = _fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, blocker / "out"))
     assert "not writable" in err and str(blocker / "out") in err
+
+
+def test_numbers_are_text_and_rows_without_text_are_dropped_and_recorded(capsys, tiny_models, articles, tmp_path):
+    rows = [json.loads(line) for line in articles.read_text().splitlines()]
+    for row in rows[:10]:
+        row["highlights"] = 7  # a numeric label: text "7", not a dropped row
+    rows[10]["article"] = None
+    rows[11]["highlights"] = None
+    del rows[12]["highlights"]
+    rows[13]["highlights"] = "   "
+    rows[14]["article"] = ["not", "text"]
+    rows[15]["article"] = ""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "o"
+    args = tiny_run_args(tiny_models["gpt2"], data, output, "--methods", "lora", "--epochs", "1", "--in-process",
+                         "--train-size", "60", *QUICK_LATENCY)  # fmt: skip
+    assert main(args) == 0  # --quiet: the warning shows all the same
+    err = capsys.readouterr().err
+    assert "peftbench: warning: 6 of 100 rows (6.0%) of d.jsonl dropped" in err, err
+    assert (
+        "2 with no 'article'" in err and "1 with 'article' not text (list)" in err and "3 with no 'highlights'" in err
+    )
+    recorded = json.loads((output / "lora" / "metrics.json").read_text())["data"]
+    assert recorded == {"rows": 100, "dropped": {"no 'article'": 2, "'article' not text (list)": 1,
+                                                 "no 'highlights'": 3}}  # fmt: skip
+    from peftbench.config import RunConfig
+    from peftbench.data import load_splits
+
+    splits = load_splits(RunConfig(dataset=str(data), train_size=60, eval_size=1, test_size=1))
+    labelled = {f"a{i}" for i in range(10)}
+    numeric = [ex.target for ex in splits.train + splits.validation + splits.test if ex.id in labelled]
+    assert numeric and set(numeric) == {"7"}

@@ -17,7 +17,7 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.data import LengthGroupedBatches
-from tests.conftest import KILLABLE, QUICK_LATENCY, tiny_run_args
+from tests.conftest import KILLABLE, QUICK_LATENCY, alive, children, command_line, gone_within, launched, tiny_run_args
 
 # With dropout off, two processes compute the same gradients as one, summed in another order: the losses agree to
 # float32 rounding (at most 7e-7 measured). Summaries of varied length (up to 64 tokens) give the processes' shares
@@ -58,7 +58,9 @@ def _launch(*target: str) -> list[str]:
 
 def _torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = _launch("-m", "peftbench", *args)
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=_environment(env))
+    with launched(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(env)) as run:
+        out, err = run.communicate(timeout=600)
+    return subprocess.CompletedProcess(command, run.returncode, out, err)
 
 
 def _files(output: Path) -> set[str]:
@@ -150,16 +152,16 @@ def test_two_processes_resume_to_the_uninterrupted_metrics(tiny_models, articles
     script = tmp_path / "killable.py"
     script.write_text(KILLABLE)
     output = tmp_path / "interrupted"
-    launcher = subprocess.Popen(_launch(str(script), *args(output)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, env=_environment())  # fmt: skip
-    try:
+    with launched(_launch(str(script), *args(output)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                  env=_environment()) as launcher:  # fmt: skip
         deadline = time.monotonic() + 300
         while not (output / "lora" / "checkpoint" / "epoch-1").is_dir():
             assert launcher.poll() is None and time.monotonic() < deadline, "no checkpoint after epoch 1"
             time.sleep(0.1)
-    finally:
-        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both processes, at once
-        launcher.wait()
+        workers = children(launcher.pid)  # torchrun starts each in a session of its own: killpg misses them
+        assert len(workers) == 2, [command_line(pid) for pid in workers]
+        os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone: its workers must end with it
+        assert gone_within(workers, 10), [command_line(pid) for pid in workers if alive(pid)]
     assert not (output / "lora" / "metrics.json").exists()
 
     resumed = _torchrun(args(output))

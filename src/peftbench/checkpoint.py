@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
-import tempfile
-from dataclasses import replace
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -144,6 +143,50 @@ def latest(directory: MethodDir) -> Path | None:
     return found[-1] if found else None
 
 
+@dataclass
+class Saved:
+    """A checkpoint read back whole, ready for restore."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    progress: Progress
+
+
+def _read(path: Path) -> Saved:
+    weights = load_file(str(path / WEIGHTS_FILE))
+    state = torch.load(path / STATE_FILE, weights_only=True)
+    progress = Progress.from_dict(json.loads((path / PROGRESS_FILE).read_text()))
+    if not isinstance(state, dict) or {"trainer", "rng"} - state.keys():
+        raise ValueError(f"{STATE_FILE} lacks the trainer's state or the RNG states")
+    return Saved(path, weights, state, progress)
+
+
+def load_latest(directory: MethodDir) -> Saved | None:
+    """The newest checkpoint that reads back whole, or None (the method starts from scratch).
+
+    A checkpoint that does not read (a file cut short by a full disk or a crash of the machine, garbled bytes) is
+    reported, set aside as checkpoint/epoch-<k>.corrupt (removed with the other checkpoints once the method
+    finishes), and the one before it is tried.
+    """
+    found, unreadable = None, []
+    for path in reversed(_epoch_dirs(directory)):
+        try:
+            found = _read(path)
+            break
+        except Exception as exc:  # noqa: BLE001 - garbled bytes make torch's unpickler raise anything (IndexError...)
+            unreadable.append((path, exc))
+    parallel.wait_for_everyone()  # every process has read before the main one moves anything
+    if unreadable and parallel.is_main():
+        then = f"resumes from {found.path.name}" if found else "starts from scratch"
+        for path, exc in unreadable:
+            aside = rundir.set_aside(path)
+            print(f"peftbench: warning: checkpoint {path.name} of {directory.name} is unreadable "
+                  f"({type(exc).__name__}: {exc}); set aside as {aside.name}; {directory.name} {then}",
+                  file=sys.stderr)  # fmt: skip
+    return found
+
+
 def save(directory: MethodDir, trainer: Resumable, progress: Progress) -> Path | None:
     """Write checkpoint/epoch-<k>/ after the trainer's epoch k: into a temporary directory, then one rename, so a
     crash at any moment leaves the previous checkpoint or this one, never half of one. Older epochs are removed.
@@ -154,41 +197,36 @@ def save(directory: MethodDir, trainer: Resumable, progress: Progress) -> Path |
     if not parallel.is_main():
         return None
     root = directory.checkpoints
-    root.mkdir(parents=True, exist_ok=True)
     state = trainer.state_dict()
-    target = root / f"epoch-{state['epoch']}"
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    target = rundir.inside(root, f"epoch-{state['epoch']}", "checkpoint")
+
+    def fill(staging: Path) -> None:
         save_file(trainer.trainable_weights(), str(staging / WEIGHTS_FILE))
         torch.save({"trainer": state, "rng": rng}, staging / STATE_FILE)
         (staging / PROGRESS_FILE).write_text(json.dumps(progress.to_dict(), indent=2))
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    for path in [*_epoch_dirs(directory), *root.glob(".tmp-*")]:
+
+    rundir.write_directory(target, fill)
+    for path in [*_epoch_dirs(directory), *root.glob(f"{rundir.STAGING_PREFIX}*")]:  # and what killed runs left
         if path != target:
-            shutil.rmtree(path, ignore_errors=True)
+            rundir.remove(path)
     return target
 
 
-def restore(path: Path, trainer: Resumable) -> Progress:
-    """Load a checkpoint into a freshly built trainer (weights, its state, this process's RNG) and return what the
-    method had measured so far."""
+def restore(saved: Saved, trainer: Resumable) -> Progress:
+    """Load a checkpoint (read by load_latest) into a freshly built trainer (weights, its state, this process's RNG)
+    and return what the method had measured so far."""
+    rng = saved.state["rng"]
     try:
-        weights = load_file(str(path / WEIGHTS_FILE))
-        state = torch.load(path / STATE_FILE, weights_only=True)
-        progress = Progress.from_dict(json.loads((path / PROGRESS_FILE).read_text()))
-        if len(state["rng"]) != parallel.processes():
-            raise ValueError(f"it was written by {len(state['rng'])} processes, and {parallel.processes()} run now")
-        trainer.load_trainable_weights(weights)
-        trainer.load_state_dict(state["trainer"])
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise ConfigError(f"cannot resume from {path}: {exc}; remove it, or rerun with --force") from None
-    set_rng_states(state["rng"][parallel.rank()])  # last: building the model and trainer drew random numbers
-    return progress
+        if len(rng) != parallel.processes():
+            raise ValueError(f"it was written by {len(rng)} processes, and {parallel.processes()} run now")
+        trainer.load_trainable_weights(saved.weights)
+        trainer.load_state_dict(saved.state["trainer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"cannot resume from {saved.path}: {exc}; remove it, or rerun with --force") from None
+    set_rng_states(rng[parallel.rank()])  # last: building the model and trainer drew random numbers
+    return saved.progress
 
 
 def remove(directory: MethodDir) -> None:
     """Drop a method's checkpoints once its results are written."""
-    shutil.rmtree(directory.checkpoints, ignore_errors=True)
+    rundir.remove(directory.checkpoints)

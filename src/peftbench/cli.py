@@ -8,6 +8,7 @@ import difflib
 import sys
 from pathlib import Path
 
+from peftbench import lifecycle
 from peftbench.config import FIELDS, ConfigError, RunConfig, build_config, load_yaml
 from peftbench.errors import UserError
 from peftbench.methods import METHODS
@@ -184,24 +185,27 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 
 def main(argv: list[str] | None = None) -> int:
+    lifecycle.die_with_launcher()  # under torchrun or accelerate launch: no process outlives the launcher
     try:
-        args = _parse(build_parser(), argv)
-        if args.command == "run":
-            from peftbench.method_run import quiet_libraries  # heavy imports only when running
-            from peftbench.pipeline import run
+        with lifecycle.sigterm_interrupts():
+            args = _parse(build_parser(), argv)
+            if args.command == "run":
+                from peftbench.method_run import quiet_libraries  # heavy imports only when running
+                from peftbench.pipeline import run
 
-            quiet_libraries()
+                quiet_libraries()
 
-            flags = {name: getattr(args, name) for name in FIELDS}
-            run(build_config(load_yaml(args.config) if args.config else {}, flags))
-        elif args.command == "report":
-            _report(args)
-        elif args.command == "methods":
-            _methods(args)
+                flags = {name: getattr(args, name) for name in FIELDS}
+                run(build_config(load_yaml(args.config) if args.config else {}, flags))
+            elif args.command == "report":
+                _report(args)
+            elif args.command == "methods":
+                _methods(args)
     except UserError as exc:
         print(f"peftbench: error: {exc}", file=sys.stderr)
         return exc.exit_code  # errors.MethodsFailed: 1 when a method failed for a bug
-    except KeyboardInterrupt:
-        print("peftbench: interrupted; finished methods' results are kept in the output directory", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (lifecycle.Terminated)
+        what = "terminated (SIGTERM)" if isinstance(exc, lifecycle.Terminated) else "interrupted"
+        print(f"peftbench: {what}; finished methods' results are kept in the output directory", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,31 +76,21 @@ class RunConfig:
     report_to: list[str] | None = None  # trackers (TRACKERS); None: log only to the output directory
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first value out of range."""
-        for name in POSITIVE:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        if self.max_target_tokens < 2:
-            raise ConfigError(
-                f"--max-target-tokens must be at least 2 (one token and EOS), got {self.max_target_tokens}"
-            )
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        for name in ("warmup_ratio", "lora_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be non-negative, got {self.seed}")
+        """Raise ConfigError naming the first value out of range, and the range."""
+        for name, valid in RANGES.items():
+            value = getattr(self, name)
+            if value is None and FIELDS[name].default is None:
+                continue  # optional: the default applies
+            whole = _kind(name) is int
+            number = not isinstance(value, bool) and isinstance(value, int if whole else int | float)
+            if not number or not valid.holds(value):
+                raise ConfigError(f"--{_flag(name)} must be {valid.describe(whole)}, got {value!r}")
         if self.seeds is not None:
             self._validate_seeds()
-        if self.eval_generate_size is not None and self.eval_generate_size < 1:
-            raise ConfigError(f"--eval-generate-size must be at least 1, got {self.eval_generate_size}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.quantize is not None and self.quantize not in QUANTIZE:
             raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
-        if not self.loraplus_lr_ratio > 0:
-            raise ConfigError(f"--loraplus-lr-ratio must be a positive number, got {self.loraplus_lr_ratio}")
         if not self.methods:
             raise ConfigError("--methods is empty; give a comma list such as full,lora,ia3")
         for tracker in self.report_to or []:
@@ -120,11 +111,41 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: finite, from low (low_open: above it) up to, not including, high."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        return math.isfinite(value) and (value > self.low if self.low_open else value >= self.low) and value < self.high
+
+    def describe(self, whole: bool) -> str:
+        if self.high == math.inf:
+            bound = "greater than" if self.low_open else "at least"
+            return f"{'a whole number' if whole else 'a finite number'} {bound} {self.low:g}"
+        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
+
+
 POSITIVE = (
     "epochs", "batch_size", "grad_accum", "train_size", "eval_size", "test_size", "max_source_tokens",
-    "max_target_tokens", "max_new_tokens", "num_beams", "eval_batch_size", "eval_every", "latency_prompts",
-    "latency_new_tokens", "lora_r", "lora_alpha", "num_virtual_tokens",
+    "max_new_tokens", "num_beams", "eval_batch_size", "eval_every", "latency_prompts",
+    "latency_new_tokens", "lora_r", "lora_alpha", "num_virtual_tokens", "eval_generate_size",
 )  # fmt: skip
+ABOVE_ZERO = Range(0, low_open=True)
+# Every numeric setting, checked for type, finiteness and range before anything loads.
+RANGES = {name: Range(1) for name in POSITIVE} | {
+    "max_target_tokens": Range(2),  # one token and EOS
+    "lr": ABOVE_ZERO,
+    "loraplus_lr_ratio": ABOVE_ZERO,
+    "max_grad_norm": ABOVE_ZERO,  # 0 would clip every update away; negative norms mean nothing
+    "weight_decay": Range(0),
+    "seed": Range(0),
+    "warmup_ratio": Range(0, 1),
+    "lora_dropout": Range(0, 1),
+}
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to"}
 INT_LIST_FIELDS = {"seeds"}
@@ -134,9 +155,22 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def _kind(name: str) -> type:
+    """The type of a (not list) field's values."""
+    default = FIELDS[name].default
+    if name == "lr":
+        return float
+    if name == "eval_generate_size":
+        return int
+    return type(default) if default is not None and default is not dataclasses.MISSING else str
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Turn a YAML or flag value into the field's type, or raise ConfigError naming the key."""
     if value is None:
+        if FIELDS[name].default is not None:  # a YAML key with nothing after it
+            shown = getattr(RunConfig(), name)
+            raise ConfigError(f"{name} has no value; give one, or leave the key out for the default ({shown!r})")
         return None
     if name in LIST_FIELDS:
         items = value.split(",") if isinstance(value, str) else value
@@ -144,14 +178,9 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError(f"{name} must be a comma list or a YAML list, got {value!r}")
         items = [str(item).strip() for item in items if str(item).strip()]
         return _integers(name, items) if name in INT_LIST_FIELDS else items
-    default = FIELDS[name].default
-    kind = type(default) if default is not None and default is not dataclasses.MISSING else None
-    if name == "lr":
-        kind = float
-    elif name == "eval_generate_size":
-        kind = int
-    elif kind is None:
-        kind = str
+    kind = _kind(name)
+    if kind in (int, float) and isinstance(value, bool):  # YAML's yes/no/true/false: int(True) would be 1
+        raise ConfigError(f"{name} must be a number, got {value!r}")
     try:
         if kind is bool:
             if isinstance(value, bool):

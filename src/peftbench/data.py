@@ -8,11 +8,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import io
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,6 +27,10 @@ EMBEDDED_DATA_FILE = "benchs/halueval/dataset_halueval_summarization.jsonl"
 KNOWN_COLUMNS = [("article", "highlights"), ("document", "right_summary")]
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
 SPLIT_NAMES = ("train", "validation", "test")
+# Dropping more than this share of the rows is said loudly: a few empty rows are noise in scraped data, more suggests
+# a wrong column or a field of another type, and the examples left no longer stand for the file.
+LOUD_DROP_SHARE = 0.05
+CSV_FIELD_LIMIT = 2**31 - 1  # the csv module refuses fields over 128 KiB by default; long documents are real data
 
 
 @dataclass
@@ -34,11 +41,37 @@ class Example:
 
 
 @dataclass
+class Rows:
+    """The rows read from the data, and those dropped for want of text in a field, counted by reason."""
+
+    source: str  # the file or dataset, for messages
+    read: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def record(self) -> dict[str, Any]:
+        """As metrics.json records it (`data`)."""
+        return {"rows": self.read, "dropped": dict(self.dropped)}
+
+    def describe(self) -> tuple[str | None, bool]:
+        """What was dropped, for the console (None where nothing was), and whether it is more than LOUD_DROP_SHARE."""
+        count = sum(self.dropped.values())
+        if not count:
+            return None, False
+        share = count / self.read
+        reasons = ", ".join(f"{number} with {reason}" for reason, number in self.dropped.items())
+        note = f"{count} of {self.read} rows ({share:.1%}) of {self.source} dropped: {reasons}"
+        if share <= LOUD_DROP_SHARE:
+            return note, False
+        return f"{note}. That is more than {LOUD_DROP_SHARE:.0%} of the data: check the file and the columns", True
+
+
+@dataclass
 class Splits:
     train: list[Example]
     validation: list[Example]
     test: list[Example]
     description: str
+    rows: Rows  # what reading kept and dropped
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -59,16 +92,19 @@ def embedded_data_path() -> Path:
 
 
 def _read_local(path: Path) -> list[dict]:
-    """Read rows from a .jsonl, .json or .csv file, naming the line of any malformed row."""
+    """Read rows from a UTF-8 .jsonl, .json or .csv file (a byte-order mark is fine), naming the line of any malformed
+    row."""
+    if path.is_dir():
+        raise ConfigError(f"dataset {str(path)!r} is a directory; give a .jsonl, .json or .csv file")
     if not path.is_file():
         raise ConfigError(f"dataset file {str(path)!r} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # line ends untouched: inside CSV fields they are data
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read dataset file {str(path)!r}: {exc}") from None
     rows: list = []
     if path.suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in a string is valid
             if not line.strip():
                 continue
             try:
@@ -84,7 +120,12 @@ def _read_local(path: Path) -> list[dict]:
         if not isinstance(rows, list):
             raise ConfigError(f"{path}: expected a list of objects (or {{'data': [...]}})")
     else:
-        rows = list(csv.DictReader(text.splitlines()))
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # the reader finds the rows: fields may hold newlines
+        try:
+            rows = list(reader)
+        except csv.Error as exc:
+            raise ConfigError(f"{path}: line {reader.line_num} is not valid CSV ({exc})") from None
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise ConfigError(f"{path}: row {number} is not an object with named fields")
@@ -111,15 +152,28 @@ def _pick_columns(columns: list[str], config: RunConfig, what: str) -> tuple[str
     return source, target  # type: ignore[return-value]
 
 
-def _to_examples(rows: list[dict], source: str, target: str, id_prefix: str) -> list[Example]:
+def _text(value: Any, column: str) -> tuple[str | None, str]:
+    """A field as text (numbers, e.g. labels, in their JSON spelling), or None and why it has none."""
+    if isinstance(value, bool | int | float):
+        value = json.dumps(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, f"no {column!r}"
+    if not isinstance(value, str):
+        return None, f"{column!r} not text ({type(value).__name__})"
+    return value.strip(), ""
+
+
+def _to_examples(rows: list[dict], source: str, target: str, id_prefix: str, counted: Rows) -> list[Example]:
+    """The rows with text in both fields as examples; the others carry no training signal, and are counted."""
     examples = []
+    counted.read += len(rows)
     for index, row in enumerate(rows):
-        text, summary = row.get(source), row.get(target)
-        if not isinstance(text, str) or not isinstance(summary, str) or not text.strip() or not summary.strip():
-            continue  # empty or missing fields carry no training signal
-        examples.append(
-            Example(id=str(row.get("id", f"{id_prefix}{index}")), source=text.strip(), target=summary.strip())
-        )
+        text, why_not = _text(row.get(source), source)
+        summary, why_not_summary = _text(row.get(target), target)
+        if text is None or summary is None:
+            counted.dropped[why_not or why_not_summary] += 1
+            continue
+        examples.append(Example(id=str(row.get("id", f"{id_prefix}{index}")), source=text, target=summary))
     return examples
 
 
@@ -139,7 +193,7 @@ def _split_by_hash(examples: list[Example]) -> dict[str, list[Example]]:
     return {name: [ex for _, ex in sorted(pairs, key=lambda p: p[0])] for name, pairs in splits.items()}
 
 
-def _load_hub(config: RunConfig) -> tuple[dict[str, list[Example]], str]:
+def _load_hub(config: RunConfig, counted: Rows) -> tuple[dict[str, list[Example]], str]:
     try:
         import datasets  # heavy; only needed for hub data
     except ImportError:
@@ -156,7 +210,7 @@ def _load_hub(config: RunConfig) -> tuple[dict[str, list[Example]], str]:
         if name not in loaded:
             raise ConfigError(f"dataset {config.dataset!r} has no {name!r} split; it has {list(loaded)}")
         rows = loaded[name].shuffle(seed=0).select(range(min(len(loaded[name]), _wanted(config, name))))
-        splits[name] = _to_examples(list(rows), source, target, f"{name}-")
+        splits[name] = _to_examples(list(rows), source, target, f"{name}-", counted)
     return splits, f"{config.dataset} ({config.dataset_config or 'default'}), hub splits"
 
 
@@ -166,9 +220,10 @@ def _wanted(config: RunConfig, split: str) -> int:
 
 def load_splits(config: RunConfig) -> Splits:
     """Load the configured dataset and cut the train/validation/test examples the config asks for."""
+    counted = Rows(Path(config.dataset).name if config.dataset != EMBEDDED else "the embedded sample")
     if config.dataset == EMBEDDED:
         rows = _read_local(embedded_data_path())
-        examples = _to_examples(rows, "document", "right_summary", "halueval-")
+        examples = _to_examples(rows, "document", "right_summary", "halueval-", counted)
         split_map = _split_by_hash(examples)
         description = (
             "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles, re-split 80/10/10)"
@@ -180,10 +235,10 @@ def load_splits(config: RunConfig) -> Splits:
         rows = _read_local(path)
         columns = list(dict.fromkeys(key for row in rows for key in row))
         source, target = _pick_columns(columns, config, f"dataset file {str(path)!r}")
-        split_map = _split_by_hash(_to_examples(rows, source, target, "row-"))
+        split_map = _split_by_hash(_to_examples(rows, source, target, "row-", counted))
         description = f"{path.name} (re-split 80/10/10 by content hash)"
     else:
-        split_map, description = _load_hub(config)
+        split_map, description = _load_hub(config, counted)
     chosen = {}
     for name in SPLIT_NAMES:
         wanted, available = _wanted(config, name), len(split_map[name])
@@ -191,7 +246,7 @@ def load_splits(config: RunConfig) -> Splits:
             flag = {"train": "--train-size", "validation": "--eval-size", "test": "--test-size"}[name]
             raise ConfigError(f"{flag} {wanted} is more than the {available} examples in the {name} split")
         chosen[name] = split_map[name][:wanted]
-    return Splits(chosen["train"], chosen["validation"], chosen["test"], description)
+    return Splits(chosen["train"], chosen["validation"], chosen["test"], description, counted)
 
 
 # ---------------------------------------------------------------------------------------------- batching

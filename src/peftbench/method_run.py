@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 from torch import nn
+from tqdm import tqdm as std_tqdm
 
 from peftbench import checkpoint, parallel, rundir, tracking
 from peftbench.adapt import apply_method, count_parameters, module_options
@@ -39,6 +41,10 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    # tqdm's default lock is a multiprocessing one: in a spawned method process, a named semaphore in /dev/shm that a
+    # killed process leaves to multiprocessing's resource tracker (and its "leaked semaphore" warning). The bars of
+    # one process need a thread lock only.
+    std_tqdm.set_lock(threading.RLock())
 
 
 def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDir) -> MethodResult:
@@ -47,7 +53,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     quiet_libraries()
     method = METHODS[name]
     say = print if not config.quiet and parallel.is_main() else (lambda *_: None)
-    resume = checkpoint.latest(directory)
+    resume = checkpoint.load_latest(directory)  # None: from scratch (an unreadable checkpoint is set aside)
     set_seed(config.seed)
 
     # Load: the pretrained model, each split as token ids, and the base model's latency before anything changes it.
@@ -82,7 +88,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     started = time.perf_counter()
     if resume:
         progress = checkpoint.restore(resume, trainer)
-        say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume}")
+        say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume.path}")
     else:
         validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, 0, None)
         say(f"[{name}] {epoch_line(progress.epochs[-1])}")
@@ -100,6 +106,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     progress.add_generation(generation.new_tokens, generation.seconds)
     result.test = TestMetrics(**vars(scores))
     result.environment = environment()
+    result.data = splits.rows.record()
 
     # Measure and write: the main process alone (the others hold the same results).
     if parallel.is_main():
@@ -219,13 +226,17 @@ def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loa
 
 def save_adapter(model, method: Method, layout: Layout, path: Path) -> int:
     """Save the adapter in peft's format (for full fine-tuning, the whole model and its tokenizer, loadable on its
-    own); returns the bytes saved before the tokenizer."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    size = directory_size(path)
-    if method.peft_config is None:
-        layout.tokenizer.save_pretrained(path)
-    return size
+    own), whole or not at all; returns the bytes saved before the tokenizer."""
+    sizes = []
+
+    def fill(staging: Path) -> None:
+        model.save_pretrained(staging, safe_serialization=True)
+        sizes.append(directory_size(staging))
+        if method.peft_config is None:
+            layout.tokenizer.save_pretrained(staging)
+
+    rundir.write_directory(path, fill)
+    return sizes[0]
 
 
 def write_results(directory: MethodDir, result: MethodResult, test: list[Example], predictions: list[str]) -> None:

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from peftbench.config import EMBEDDED, ConfigError
+from peftbench.errors import no_space
 from peftbench.families import Family, family_of
 from peftbench.layout import Layout, layout_for
 
@@ -68,8 +69,9 @@ def embedded_model_dir() -> Path:
     # Write beside the target and rename, so an interrupted conversion never leaves a half-written cache.
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        with no_space(target, f"it needs about 0.6 GB; free some, or set {CACHE_ENV} to a folder with room"):
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -3,8 +3,10 @@ process; failures isolated per method, finished work skipped, and the summary an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
+import os
 import sys
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from peftbench import checkpoint, parallel, rundir
+from peftbench import checkpoint, lifecycle, parallel, rundir
 from peftbench.config import RunConfig
 from peftbench.data import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
@@ -29,11 +31,18 @@ def run_method_isolated(name: str, splits: Splits, config: RunConfig, directory:
     """run_method in a fresh process, so that one method's memory peak cannot leak into another's figures.
 
     Under torchrun or accelerate launch the methods run in the launched processes, which form the process group.
+    The method's process ends with this one, however this one ends.
     """
     if config.in_process or parallel.processes() > 1:
         return run_method(name, splits, config, directory)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run_method, name, splits, config, directory).result()
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=lifecycle.die_with_parent, initargs=(os.getpid(),)) as pool:  # fmt: skip
+        future = pool.submit(run_method, name, splits, config, directory)
+        try:
+            return future.result()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the method now; its last checkpoint resumes it
+            lifecycle.stop_workers(pool)
+            raise
 
 
 @dataclass
@@ -65,7 +74,8 @@ def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory:
     """run_method_isolated, unless the method already finished here (check_output made sure it is this config's);
     a failure leaves failed.json in its directory (then propagates) for the summary and the report."""
     main = parallel.is_main()  # the one process that writes; the others read what it wrote (a shared filesystem)
-    finished = not config.force and directory.finished()
+    unreadable = None if config.force else directory.unreadable_result()
+    finished = not config.force and directory.finished() and unreadable is None
     parallel.wait_for_everyone()  # every process decided before the main one changes the directory
     if finished:
         if main:
@@ -76,6 +86,10 @@ def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory:
     if main:
         if config.force:
             directory.remove()  # start over: no checkpoint, result or failure of before
+        elif unreadable:  # truncated or garbled: counts as not finished, and is kept for a look
+            aside = rundir.set_aside(directory.metrics)
+            print(f"peftbench: warning: metrics.json of {name} is unreadable ({unreadable}); set aside as "
+                  f"{aside.name}; {name} runs again", file=sys.stderr)  # fmt: skip
         checkpoint.write_fingerprint(directory, config)
     parallel.wait_for_everyone()  # and before the others look for a checkpoint to resume from
     try:
@@ -117,9 +131,20 @@ def run(config: RunConfig) -> Path:
     interrupted ones resume from their last epoch's checkpoint. With several --seeds, each seed is a complete run in
     OUTPUT/seed-<s>/, and OUTPUT/summary.md and the report give each figure's mean and confidence interval over the
     seeds. The data split is the same for every seed. Methods that fail are reported after the others finished.
+    One run at a time holds OUTPUT (the main process, for the whole run; not a dry run, which writes nothing).
     """
     output = check_before_loading(config)
+    with rundir.locked(output) if parallel.is_main() and not config.dry_run else contextlib.nullcontext():
+        return compare(config, output)
+
+
+def compare(config: RunConfig, output: Path) -> Path:
+    """run's work once OUTPUT is checked and held: data, model checks, then every seed's comparison and the report."""
     splits = load_splits(config)  # bad data fails here, before a model is loaded
+    if parallel.is_main():
+        note, loud = splits.rows.describe()
+        if note and (loud or not config.quiet):
+            print(f"peftbench: {'warning: ' if loud else ''}{note}", file=sys.stderr if loud else sys.stdout)
     plan = preflight(config, splits)  # the model's architecture only: targets, lengths, parameter and token counts
     checkpoint.check_output(output, config)  # another configuration's results are never mixed with, or lost to, ours
     if config.dry_run:

@@ -9,6 +9,7 @@ minutes.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,9 +39,8 @@ def resolve_output(config: RunConfig) -> Path:
         return output
     try:
         output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-test-{parallel.rank()}"  # every process checks: each would fail alike
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):  # every process checks: each would fail
+            pass
     except OSError as exc:
         raise ConfigError(f"output directory {str(output)!r} is not writable: {exc.strerror or exc}") from None
     return output
@@ -72,8 +72,7 @@ def check_before_loading(config: RunConfig) -> Path:
     check_processes(config)
     check_trackers(config.report_to)
     output = resolve_output(config)
-    for name in config.methods:
-        rundir.method_dir(output, name)
+    rundir.check_paths(output, config.seeds or [config.seed], config.methods)
     return output
 
 
@@ -174,6 +173,8 @@ def dry_run(config: RunConfig, plan: Plan, output: Path) -> None:
             last = checkpoint.latest(directory)
             if config.force:
                 state = "runs from the start (--force)"
+            elif directory.unreadable_result():
+                state = "runs again (its metrics.json is unreadable: set aside when it runs)"
             elif directory.finished():
                 state = "already finished: skipped"
             elif last is not None:

@@ -22,7 +22,6 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 from peftbench import rundir  # noqa: E402
 from peftbench.config import ConfigError  # noqa: E402
 from peftbench.document import (  # noqa: E402
-    FILES_DIR,
     Block,
     Bullets,
     Figure,
@@ -34,7 +33,7 @@ from peftbench.document import (  # noqa: E402
 )
 from peftbench.methods import METHODS  # noqa: E402
 from peftbench.results import MethodResult  # noqa: E402
-from peftbench.rundir import MethodDir, write_atomic  # noqa: E402
+from peftbench.rundir import UNREADABLE, MethodDir, write_atomic, write_files  # noqa: E402
 from peftbench.stats import CONFIDENCE, Estimate, estimate, overlaps  # noqa: E402
 
 NO_DIFFERENCE = "no significant difference"
@@ -63,9 +62,7 @@ def plot_curves(result: MethodResult, path: Path) -> Path:
     # Under the axes: three nearby rising lines leave no empty corner inside them.
     rouge_ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.17), frameon=False)
     figure.suptitle(f"{result.method} on {result.model}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    write_atomic(path, _png(figure, dpi=110))
     return path
 
 
@@ -128,7 +125,7 @@ def _load_run(directory: MethodDir) -> Run:
         try:
             result = directory.read_result()
             return Run(result.method, result.config.get("seed"), result.model, result, directory)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except UNREADABLE as exc:
             return Run(directory.name, None, None, None, directory, f"failed: unreadable metrics.json ({exc})")
     failure = directory.read_failure()
     error = failure.get("error", "no metrics.json (the run failed or was interrupted)")
@@ -323,10 +320,10 @@ def _failures(section: Section) -> list[str]:
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def _png(figure) -> bytes:
+def _png(figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
     return buffer.getvalue()
 
@@ -630,20 +627,17 @@ def report_blocks(sections: list[Section]) -> list[Block]:
 
 def write_report(outputs: list[Path], destination: Path | None = None) -> list[Path]:
     """Write report.md (figures in report_files/) and a self-contained report.html into destination (default:
-    the first OUTPUT); returns both paths."""
+    the first OUTPUT), all files or none of them; returns both paths."""
     sections = load_sections(outputs)
     destination = destination or outputs[0]
     blocks = report_blocks(sections)
+    markdown, html, figures = rundir.report_paths(destination)
+    files = {rundir.inside(figures, block.name, "figure"): block.png for block in blocks if isinstance(block, Figure)}
     try:
-        (destination / FILES_DIR).mkdir(parents=True, exist_ok=True)
-        for block in blocks:
-            if isinstance(block, Figure):
-                (destination / FILES_DIR / block.name).write_bytes(block.png)
-        write_atomic(destination / "report.md", to_markdown(blocks))
-        write_atomic(destination / "report.html", to_html(blocks, "peftbench comparison report"))
+        write_files({**files, markdown: to_markdown(blocks), html: to_html(blocks, "peftbench comparison report")})
     except OSError as exc:
         raise ConfigError(f"cannot write the report to {str(destination)!r}: {exc.strerror or exc}") from None
-    return [destination / "report.md", destination / "report.html"]
+    return [markdown, html]
 
 
 def write_summary(output: Path) -> str:

@@ -64,6 +64,9 @@ class MethodResult:
     efficiency: Efficiency | None = None
     # Where and with what it ran: library versions, platform, CPU count, CUDA device, date (None in older files).
     environment: dict[str, Any] | None = None
+    # The rows read from the data and those dropped, by reason: {"rows": 786, "dropped": {"no 'highlights'": 3}}
+    # (None in older files).
+    data: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,29 +1,39 @@
 """The output folder: the one place that knows its layout, lists what it holds, and reads and writes its files.
 
     OUTPUT/                          one comparison (one seed), or several seeds:
-      summary.md, report.md, report.html, report_files/, trackers/
+      summary.md, report.md, report.html, report_files/, trackers/, .peftbench.lock
       <method>/                      one method at one seed (MethodDir)
         metrics.json predictions.jsonl curves.png adapter/ fingerprint.json failed.json checkpoint/
       seed-<s>/                      with several seeds: a one-seed comparison each, laid out as OUTPUT above
 
-Every path handed out is checked to stay inside OUTPUT, and every file is written atomically.
+Every path handed out is checked to stay inside OUTPUT (no name holding a path, no symlink leading out), every file
+and directory is written atomically, a write that fails on a full disk says so, and one run at a time holds OUTPUT.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from peftbench.config import ConfigError
+from peftbench.errors import no_space
 from peftbench.results import MethodResult
 
 SUMMARY_FILE = "summary.md"
 TRACKERS_DIR = "trackers"
+REPORT_MARKDOWN, REPORT_HTML, REPORT_FIGURES = "report.md", "report.html", "report_files"
+LOCK_FILE = ".peftbench.lock"
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -31,27 +41,167 @@ FINGERPRINT_FILE = "fingerprint.json"
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 CURVES_FILE = "curves.png"
+METHOD_FILES = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, FINGERPRINT_FILE, CHECKPOINT_DIR, ADAPTER_DIR, CURVES_FILE)
 # What makes a directory a method's results, finished or failed.
 METHOD_MARKERS = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, ADAPTER_DIR)
+CORRUPT_SUFFIX = ".corrupt"  # an unreadable file or checkpoint, set aside under its name plus this
+STAGING_PREFIX = ".tmp-"  # directories being written (write_directory); never read
+# What reading a result file that is truncated, garbled or of another shape raises.
+UNREADABLE = (OSError, ValueError, TypeError, KeyError, AttributeError)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def writing(path: Path) -> AbstractContextManager[None]:
+    """Around a write into path: a full disk becomes errors.DiskFull naming path (every file here is written
+    atomically, so what was finished before is whole)."""
+    return no_space(path, "finished results are intact")
+
+
+def write_files(files: dict[Path, str | bytes]) -> None:
+    """Write each file atomically (readers see its old content or its new one, never half of it), and replace none
+    until every one is written: a full disk leaves all the old files and no temporary one."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, content in files.items():
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+                staged.append((temp, path))
+                with os.fdopen(handle, "wb") as stream:
+                    stream.write(content.encode("utf-8") if isinstance(content, str) else content)
+                    stream.flush()
+                    os.fsync(stream.fileno())  # the rename below must not land before the data (power loss)
+                os.chmod(temp, 0o644)  # mkstemp makes owner-only files; results are meant to be read and served
+        for temp, path in staged:
+            os.replace(temp, path)
+    finally:
+        for temp, _ in staged:
+            if os.path.exists(temp):
+                os.unlink(temp)
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write a file so that readers see the old content or the new one, never half of it."""
+    write_files({path: content})
+
+
+def write_directory(path: Path, fill: Callable[[Path], None]) -> None:
+    """Build a directory with fill(staging) in a temporary sibling, then rename it to path (replacing an older one):
+    readers see a whole directory or none, and a failure (a full disk included) leaves no temporary behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{path.name}-", dir=path.parent))
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content.encode("utf-8") if isinstance(content, str) else content)
-        os.chmod(temp, 0o644)  # mkstemp makes owner-only files; results are meant to be read and served
-        os.replace(temp, path)
+        os.chmod(staging, 0o755)  # mkdtemp makes owner-only directories; an adapter is meant to be shared
+        with writing(path):
+            fill(staging)
+        remove(path)
+        staging.rename(path)
     finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a directory tree (a symlink itself, never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable file or directory to <name>.corrupt (replacing an older one), out of the way of readers
+    and of the next write; returns its new path."""
+    target = inside(path.parent, path.name + CORRUPT_SUFFIX, "set-aside copy")
+    remove(target)
+    path.rename(target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def inside(parent: Path, name: str, what: str) -> Path:
+    """parent/name, refused unless it resolves to a direct child of parent: no name holding a path, and no symlink
+    leading elsewhere (parent itself was checked the same way, up to OUTPUT)."""
+    path = parent / name
+    if path.resolve().parent == parent.resolve():
+        return path
+    if path.is_symlink():
+        raise ConfigError(
+            f"{what} {str(path)!r} is a symlink leading out of {str(parent)!r}; peftbench writes only inside "
+            "--output: remove the link, or use another --output"
+        )
+    raise ConfigError(f"{what} {str(path)!r} would lie outside {str(parent)!r}")
+
+
+def no_links_out(root: Path, what: str) -> Path:
+    """root, refused if a symlink anywhere under it leads out of it (for folders that libraries write into)."""
+    top = root.resolve()
+    for folder, names, files in os.walk(root):
+        for name in names + files:
+            link = Path(folder) / name
+            if link.is_symlink() and not link.resolve().is_relative_to(top):
+                raise ConfigError(
+                    f"{what} {str(link)!r} is a symlink leading out of {str(root)!r}; peftbench writes only inside "
+                    "--output: remove the link, or use another --output"
+                )
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- the lock
+
+
+def _holder(handle: int) -> str:
+    """Who holds the lock, as its lock file says (it writes its PID and start time right after taking it)."""
+    for _ in range(20):
+        try:
+            holder = json.loads(os.pread(handle, 4096, 0))
+            return f"PID {holder['pid']}, started {holder['started']}"
+        except (ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "PID unknown"
+
+
+@contextmanager
+def locked(output: Path) -> Iterator[None]:
+    """Hold OUTPUT for one run: a second run on it is refused (ConfigError naming the holder's PID and start time).
+
+    The lock is the kernel's (flock) on OUTPUT/.peftbench.lock: it ends with the holding process however that ends,
+    so a lock left by a killed run is never in the way. Reading (peftbench report) needs no lock.
+    """
+    path = output / LOCK_FILE
+    try:
+        with writing(path):
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            inside(output, LOCK_FILE, "lock file")
+        raise ConfigError(f"cannot create the lock file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"--output {str(output)!r} is in use by another peftbench run ({_holder(handle)}); wait for it to "
+                "end, or use another --output"
+            ) from None
+        started = datetime.now().astimezone().isoformat(sep=" ", timespec="seconds")
+        with writing(path):
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, json.dumps({"pid": os.getpid(), "started": started}).encode(), 0)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+# ---------------------------------------------------------------------------------------------- methods
 
 
 def _inside_method(name: str) -> property:
-    """A path in the method's directory, as a read-only attribute."""
-    return property(lambda self: self.path / name, doc=f"the method's {name}")
+    """A path in the method's directory, as a read-only attribute (checked: never a symlink leading out of it)."""
+    return property(lambda self: inside(self.path, name, f"{self.name}'s"), doc=f"the method's {name}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +222,11 @@ class MethodDir:
     adapter = _inside_method(ADAPTER_DIR)
     curves = _inside_method(CURVES_FILE)
 
+    def check(self) -> None:
+        """Refuse (ConfigError) a directory where a file or folder this method writes would lead out of it."""
+        for name in METHOD_FILES:
+            inside(self.path, name, f"{self.name}'s")
+
     def has_results(self) -> bool:
         """Whether it holds a method's results, finished or failed."""
         return any((self.path / marker).exists() for marker in METHOD_MARKERS)
@@ -87,6 +242,16 @@ class MethodDir:
     def read_result(self) -> MethodResult:
         return MethodResult.from_dict(json.loads(self.metrics.read_text()))
 
+    def unreadable_result(self) -> str | None:
+        """Why metrics.json does not read as a result (truncated, garbled); None where it does, or there is none."""
+        if not self.metrics.is_file():
+            return None
+        try:
+            self.read_result()
+        except UNREADABLE as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     def write_result(self, result: MethodResult) -> None:
         write_atomic(self.metrics, json.dumps(result.to_dict(), indent=2) + "\n")
 
@@ -94,7 +259,7 @@ class MethodDir:
         """What failed.json says ({} where there is none, or it cannot be read)."""
         try:
             failure = json.loads(self.failed.read_text())
-        except (OSError, ValueError):
+        except UNREADABLE:
             return {}
         return failure if isinstance(failure, dict) else {}
 
@@ -107,10 +272,19 @@ class MethodDir:
         self.failed.unlink(missing_ok=True)
 
     def read_predictions(self) -> list[dict[str, Any]]:
+        """The rows of predictions.jsonl that read back whole: they illustrate the report, so a damaged line is left
+        out rather than stopping it. Lines end at \\n only: a prediction may hold U+2028, which splitlines() splits."""
         if not self.predictions.is_file():
             return []
-        lines = self.predictions.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for line in self.predictions.read_text(encoding="utf-8", errors="replace").split("\n"):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue
+            if isinstance(row, dict) and {"id", "source", "reference", "prediction"} <= row.keys():
+                rows.append(row)
+        return rows
 
     def write_predictions(self, rows: list[dict[str, Any]]) -> None:
         """One JSON object per test example."""
@@ -118,24 +292,17 @@ class MethodDir:
 
     def remove(self) -> None:
         """Everything of an earlier run of this method here (--force starts over)."""
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _inside(output: Path, path: Path, what: str) -> Path:
-    """path, refused unless it resolves to a direct child of output (a name holding a path, or a symlink away)."""
-    if path.resolve().parent != output.resolve():
-        raise ConfigError(f"{what} {str(path)!r} would lie outside --output {str(output)!r}")
-    return path
+        remove(self.path)
 
 
 def seed_dir(output: Path, seed: int, several: bool) -> Path:
     """Where one seed's comparison goes: OUTPUT itself with one seed, OUTPUT/seed-<s> with several."""
-    return _inside(output, output / f"seed-{seed}", "seed directory") if several else output
+    return inside(output, f"seed-{seed}", "seed directory") if several else output
 
 
 def method_dir(comparison: Path, name: str) -> MethodDir:
     """A method's directory in one seed's comparison directory."""
-    return MethodDir(_inside(comparison, comparison / name, "method directory"))
+    return MethodDir(inside(comparison, name, "method directory"))
 
 
 def comparisons(output: Path) -> list[tuple[Path, int | None]]:
@@ -155,8 +322,29 @@ def method_dirs(comparison: Path) -> list[MethodDir]:
 
 
 def summary_path(comparison: Path) -> Path:
-    return comparison / SUMMARY_FILE
+    return inside(comparison, SUMMARY_FILE, "summary")
 
 
 def trackers_dir(comparison: Path) -> Path:
-    return comparison / TRACKERS_DIR
+    """Where trackers keep their local files; the libraries write anywhere under it, so no symlink there leads out."""
+    return no_links_out(inside(comparison, TRACKERS_DIR, "trackers folder"), "trackers folder")
+
+
+def report_paths(destination: Path) -> tuple[Path, Path, Path]:
+    """report.md, report.html and the figures folder beside them."""
+    markdown, html, figures = (inside(destination, name, "report") for name in (REPORT_MARKDOWN, REPORT_HTML,
+                                                                                 REPORT_FIGURES))  # fmt: skip
+    return markdown, html, figures
+
+
+def check_paths(output: Path, seeds: list[int], methods: list[str]) -> None:
+    """Refuse, before any work, an OUTPUT where a path this run writes would lead out of it (ConfigError)."""
+    several = len(seeds) > 1
+    for seed in seeds:
+        comparison = seed_dir(output, seed, several)
+        summary_path(comparison)
+        trackers_dir(comparison)
+        for name in methods:
+            method_dir(comparison, name).check()
+    summary_path(output)
+    report_paths(output)
