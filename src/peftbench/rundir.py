@@ -2,6 +2,7 @@
 
     OUTPUT/                          one comparison (one seed), or several seeds:
       summary.md, report.md, report.html, report_files/, trackers/
+      zero-shot/                     the base model before any method (every method's epoch 0), as a MethodDir
       <method>/                      one method at one seed (MethodDir)
         metrics.json predictions.jsonl curves.png adapter/ fingerprint.json failed.json checkpoint/
       seed-<s>/                      with several seeds: a one-seed comparison each, laid out as OUTPUT above
@@ -24,6 +25,9 @@ from peftbench.results import MethodResult
 
 SUMMARY_FILE = "summary.md"
 TRACKERS_DIR = "trackers"
+ZERO_SHOT = "zero-shot"  # the base model before any method: every method's epoch 0, evaluated once per seed
+REPORT_FILES = "report_files"
+RESERVED = (ZERO_SHOT, TRACKERS_DIR, REPORT_FILES)  # directories of a comparison that are not methods
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -148,10 +152,16 @@ def comparisons(output: Path) -> list[tuple[Path, int | None]]:
 
 
 def method_dirs(comparison: Path) -> list[MethodDir]:
-    """Every subdirectory of one comparison directory, by name, as a MethodDir (callers ask what each holds)."""
+    """Every method's directory of one comparison directory, by name (callers ask what each holds)."""
     if not comparison.is_dir():
         return []
-    return [MethodDir(path) for path in sorted(comparison.iterdir()) if path.is_dir()]
+    paths = sorted(path for path in comparison.iterdir() if path.is_dir() and path.name not in RESERVED)
+    return [MethodDir(path) for path in paths]
+
+
+def zero_shot_dir(comparison: Path) -> MethodDir:
+    """Where one seed's zero-shot evaluation of the base model is kept."""
+    return MethodDir(comparison / ZERO_SHOT)
 
 
 def summary_path(comparison: Path) -> Path:
