@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -16,7 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2TokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from peftbench.data import embedded_data_path
 
@@ -181,9 +190,40 @@ def tiny_t5(tmp_path_factory, tokenizer) -> Path:
     return _save(T5ForConditionalGeneration(config), tokenizer, tmp_path_factory.mktemp("tiny-t5"))
 
 
+# A chat template of the usual shape (role header, content, end-of-turn token, newline), over GPT-2's vocabulary.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '### ' + m['role'] + ':\\n' + m['content'] + '<|endoftext|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### assistant:\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_chat(tmp_path_factory, tokenizer) -> Path:
+    """A tiny llama-family model (Linear layers, rotary positions) whose tokenizer has a chat template."""
+    eos = tokenizer.eos_token_id
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)  # fmt: skip
+    torch.manual_seed(0)
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = CHAT_TEMPLATE
+    return _save(LlamaForCausalLM(config), chat, tmp_path_factory.mktemp("tiny-llama-chat"))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tiny_gpt2, tiny_t5) -> dict[str, Path]:
     return {"gpt2": tiny_gpt2, "t5": tiny_t5}
+
+
+def without_dropout(model: Path, directory: Path) -> Path:
+    """A copy of a tiny model with every dropout off, so that runs compare exactly."""
+    shutil.copytree(model, directory)
+    config = json.loads((directory / "config.json").read_text())
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate", "attention_dropout"):
+        if key in config:
+            config[key] = 0.0
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
 
 
 @pytest.fixture(scope="session")

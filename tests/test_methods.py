@@ -95,7 +95,8 @@ def _trainer(method: str, arch: str, tiny_models, config: RunConfig) -> Trainer:
     settings = MethodSettings.from_config(config)
     model = apply_method(METHODS[method], loaded, settings)
     optimizer = METHODS[method].optimizer(model, 1e-3, settings)
-    return Trainer(model, optimizer, items, loaded.layout, TrainOptions.from_config(config))
+    options = TrainOptions.from_config(config, precision="no")
+    return Trainer(model, optimizer, items, loaded.layout, options, METHODS[method].loss_term)
 
 
 def test_loraplus_trains_b_faster_than_a(tiny_models):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +15,20 @@ from pathlib import Path
 import pytest
 
 from peftbench.cli import main
+from peftbench.config import RunConfig
 from peftbench.data import LengthGroupedBatches
-from tests.conftest import KILLABLE, QUICK_LATENCY, alive, children, command_line, gone_within, launched, tiny_run_args
+from peftbench.methods import MethodSettings
+from tests.conftest import (
+    KILLABLE,
+    QUICK_LATENCY,
+    alive,
+    children,
+    command_line,
+    gone_within,
+    launched,
+    tiny_run_args,
+    without_dropout,
+)
 
 # With dropout off, two processes compute the same gradients as one, summed in another order: the losses agree to
 # float32 rounding (at most 7e-7 measured). Summaries of varied length (up to 64 tokens) give the processes' shares
@@ -25,16 +36,6 @@ from tests.conftest import KILLABLE, QUICK_LATENCY, alive, children, command_lin
 # by 2e-4 (LoRA) to 2e-3 (full) here: measured with that mistake put in, it fails this tolerance.
 LOSS_TOLERANCE = 1e-5
 SETTINGS = ("--lr", "1e-2", "--lora-dropout", "0", "--max-source-tokens", "32", "--max-target-tokens", "64")
-
-
-def _without_dropout(model: Path, directory: Path) -> Path:
-    shutil.copytree(model, directory)
-    config = json.loads((directory / "config.json").read_text())
-    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate"):
-        if key in config:
-            config[key] = 0.0
-    (directory / "config.json").write_text(json.dumps(config))
-    return directory
 
 
 def _free_port() -> int:
@@ -72,7 +73,7 @@ def _files(output: Path) -> set[str]:
     ("family", "methods", "extra"), [("gpt2", "full,lora", ()), ("t5", "lora", ("--grad-accum", "2"))]
 )
 def test_two_processes_match_one(tiny_models, articles, tmp_path, family, methods, extra):
-    model = _without_dropout(tiny_models[family], tmp_path / "model")
+    model = without_dropout(tiny_models[family], tmp_path / "model")
 
     def args(output):
         # 12 examples in batches of 4: two processes each train on 2 of every batch.
@@ -125,15 +126,27 @@ def test_what_several_processes_cannot_do_is_a_clear_error(tiny_models, articles
 
 def test_every_process_gets_a_share_of_every_batch():
     lengths = list(range(9))  # batches of 4, 4 and 1: the lone example joins the batch before it
-    one = LengthGroupedBatches(lengths, 4, seed=0, window=10)
-    shares = [LengthGroupedBatches(lengths, 4, seed=0, window=10, processes=2, rank=r) for r in (0, 1)]
-    assert sorted(len(batch) for batch in one.batches(0)) == [1, 4, 4]  # one process: unchanged
-    whole = shares[0].batches(0)
+    assert sorted(len(batch) for batch in LengthGroupedBatches(lengths, 4, seed=0, window=10).batches(0)) == [1, 4, 4]
+    whole = LengthGroupedBatches(lengths, 4, seed=0, window=10, processes=2).batches(0)
     assert sorted(len(batch) for batch in whole) == [4, 5]
-    assert len(shares[0]) == len(shares[1]) == 2
-    for batch, mine, theirs in zip(whole, *(list(s) for s in shares), strict=True):
-        assert sorted(mine + theirs) == sorted(batch) and mine and theirs
     assert sorted(i for batch in whole for i in batch) == lengths
+    # 201 examples: windows of 50 batches of 4 leave the last example alone in a window of its own.
+    sampler = LengthGroupedBatches(list(range(201)), 4, seed=0, processes=2)
+    for epoch in range(3):
+        batches = sampler.batches(epoch)
+        assert all(batch[0::2] and batch[1::2] for batch in batches)  # no process without a share
+        assert sorted(i for batch in batches for i in batch) == list(range(201))
+
+
+def test_one_step_count_schedules_everything(monkeypatch):
+    """AdaLoRA's rank budget, the learning-rate schedule and the loop count the same optimizer steps, also where
+    several processes merge a short last batch (6 examples, batch 4, 4 processes: one step per epoch, not two)."""
+    monkeypatch.setenv("WORLD_SIZE", "4")  # parallel.processes() reads it; no process group is formed
+    settings = MethodSettings.from_config(RunConfig(train_size=6, batch_size=4, epochs=3))
+    taken = len(LengthGroupedBatches([1] * 6, 4, seed=0, processes=4))
+    assert taken == 1 and settings.total_steps == taken * 3
+    accumulated = MethodSettings.from_config(RunConfig(train_size=10, batch_size=4, grad_accum=2, epochs=2))
+    assert accumulated.total_steps == 2 * len(LengthGroupedBatches([1] * 10, 8, seed=0, processes=4)) == 2
 
 
 def test_two_processes_resume_to_the_uninterrupted_metrics(tiny_models, articles, tmp_path):

@@ -46,7 +46,7 @@ def test_failing_methods_do_not_stop_the_others(capsys, tiny_models, articles, t
     assert main([*args, "--methods", "lora,ia3,full"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert re.search(r"lora failed: training loss is inf at batch 1 \(epoch 1\): .*lower --lr \(now 0.0005\)", err)
+    assert re.search(r"lora failed: training loss is inf at step 1 \(epoch 1\): .*lower --lr \(now 0.0005\)", err)
     assert "ia3 failed: out of GPU memory" in err and "--batch-size" in err and "--gradient-checkpointing" in err
     assert "2 of 3 method runs failed" in err
 

@@ -55,6 +55,11 @@ def write_fingerprint(directory: MethodDir, config: RunConfig) -> None:
     rundir.write_atomic(directory.fingerprint, text + "\n")
 
 
+def matches(directory: MethodDir, config: RunConfig) -> bool:
+    """Whether directory's fingerprint is this configuration's."""
+    return _stored_settings(directory) == json.loads(json.dumps(fingerprinted(config)))  # as stored: lists
+
+
 def _stored_settings(directory: MethodDir) -> dict[str, Any] | None:
     try:
         return json.loads(directory.fingerprint.read_text())["settings"]

@@ -34,6 +34,10 @@ HELP = {
     "train_size": "training examples to use",
     "eval_size": "validation examples to use",
     "test_size": "test examples to use",
+    "prompt_format": "how a causal model is prompted: chat (the tokenizer's chat template: the instruction and the "
+    "article as the user's turn, the summary as the assistant's), plain (article, then 'TL;DR:'), or auto (chat where "
+    "the tokenizer has a template); seq2seq models read the article in their encoder either way",
+    "instruction": "the request put before the article in the chat format",
     "max_source_tokens": "articles are truncated to this many tokens",
     "max_target_tokens": "summaries are capped at this many tokens, EOS included",
     "max_new_tokens": "tokens generated per summary at evaluation",

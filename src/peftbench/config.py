@@ -16,6 +16,8 @@ from peftbench.errors import ConfigError
 EMBEDDED = "embedded"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZE = ("4bit", "8bit")
+PROMPT_FORMATS = ("auto", "chat", "plain")
+DEFAULT_INSTRUCTION = "Summarize the following news article in three or four sentences."
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # --report-to; each is an optional extra (see tracking.py)
 
 
@@ -43,6 +45,8 @@ class RunConfig:
     train_size: int = 64
     eval_size: int = 16
     test_size: int = 32
+    prompt_format: str = "auto"  # causal models: chat (the tokenizer's template), plain, or auto (chat if it has one)
+    instruction: str = DEFAULT_INSTRUCTION  # the user's request in the chat format, before the source
     max_source_tokens: int = 192
     max_target_tokens: int = 64
     max_new_tokens: int = 64
@@ -87,6 +91,10 @@ class RunConfig:
                 raise ConfigError(f"--{_flag(name)} must be {valid.describe(whole)}, got {value!r}")
         if self.seeds is not None:
             self._validate_seeds()
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        if not self.instruction.strip():
+            raise ConfigError("--instruction is empty; give the request the chat format puts before each source")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.quantize is not None and self.quantize not in QUANTIZE:

@@ -11,8 +11,8 @@ import importlib.util
 import io
 import json
 import random
+import unicodedata
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,20 +177,63 @@ def _to_examples(rows: list[dict], source: str, target: str, id_prefix: str, cou
     return examples
 
 
-def _split_by_hash(examples: list[Example]) -> dict[str, list[Example]]:
-    """Deterministic 80/10/10 split keyed on the source text, so a repeated document never spans two splits."""
-    seen: set[str] = set()
+NEAR_DUPLICATE_PREFIX = 300  # characters of normalised source that make two examples the same document
+NEAR_DUPLICATE_TARGET_WORDS = 8  # shorter targets (answers, labels) repeat by nature and are not compared
+
+
+def _normalised(text: str) -> str:
+    """Lower case, punctuation dropped, white space collapsed: what near-duplicates share."""
+    kept = "".join(ch for ch in text.lower() if not unicodedata.category(ch).startswith("P"))
+    return " ".join(kept.split())
+
+
+def _near_duplicate_groups(examples: list[Example]) -> list[int]:
+    """For each example, the index of the first example it is a near-duplicate of (itself if none): the same
+    normalised source start, or the same normalised target of at least NEAR_DUPLICATE_TARGET_WORDS words, joined
+    transitively."""
+    parent = list(range(len(examples)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for index, example in enumerate(examples):
+        target = _normalised(example.target)
+        keys = [("source", _normalised(example.source)[:NEAR_DUPLICATE_PREFIX])]
+        if len(target.split()) >= NEAR_DUPLICATE_TARGET_WORDS:
+            keys.append(("target", target))
+        for key in keys:
+            if key in first:
+                a, b = root(first[key]), root(index)
+                parent[max(a, b)] = min(a, b)  # the earliest example stays the group's representative
+            else:
+                first[key] = index
+    return [root(i) for i in range(len(examples))]
+
+
+def _bucket(example: Example) -> tuple[str, str]:
+    digest = hashlib.sha256(example.source.encode()).hexdigest()
+    bucket = int(digest[:8], 16) % 10
+    return ("train" if bucket < 8 else "validation" if bucket == 8 else "test"), digest
+
+
+def _split_by_hash(examples: list[Example]) -> tuple[dict[str, list[Example]], dict[str, int]]:
+    """Deterministic 80/10/10 split keyed on the source text, after dropping near-duplicates (the first of each
+    group stays), so that no document is in two splits. Returns the splits and, per split, how many near-duplicates
+    were dropped from it (where each would have gone)."""
     splits: dict[str, list[tuple[str, Example]]] = {name: [] for name in SPLIT_NAMES}
-    for example in examples:
-        if example.source in seen:
+    dropped = dict.fromkeys(SPLIT_NAMES, 0)
+    for index, (example, group) in enumerate(zip(examples, _near_duplicate_groups(examples), strict=True)):
+        name, digest = _bucket(example)
+        if group != index:
+            dropped[name] += 1
             continue
-        seen.add(example.source)
-        digest = hashlib.sha256(example.source.encode()).hexdigest()
-        bucket = int(digest[:8], 16) % 10
-        name = "train" if bucket < 8 else "validation" if bucket == 8 else "test"
         splits[name].append((digest, example))
     # Ordering by digest makes "the first N" a fixed pseudo-random sample, independent of file order.
-    return {name: [ex for _, ex in sorted(pairs, key=lambda p: p[0])] for name, pairs in splits.items()}
+    return {name: [ex for _, ex in sorted(pairs, key=lambda p: p[0])] for name, pairs in splits.items()}, dropped
 
 
 def _load_hub(config: RunConfig, counted: Rows) -> tuple[dict[str, list[Example]], str]:
@@ -214,6 +257,13 @@ def _load_hub(config: RunConfig, counted: Rows) -> tuple[dict[str, list[Example]
     return splits, f"{config.dataset} ({config.dataset_config or 'default'}), hub splits"
 
 
+def _dropped_text(dropped: dict[str, int]) -> str:
+    if not sum(dropped.values()):
+        return ""
+    per_split = ", ".join(f"{name} {count}" for name, count in dropped.items())
+    return f"; {sum(dropped.values())} near-duplicates dropped: {per_split}"
+
+
 def _wanted(config: RunConfig, split: str) -> int:
     return {"train": config.train_size, "validation": config.eval_size, "test": config.test_size}[split]
 
@@ -224,9 +274,10 @@ def load_splits(config: RunConfig) -> Splits:
     if config.dataset == EMBEDDED:
         rows = _read_local(embedded_data_path())
         examples = _to_examples(rows, "document", "right_summary", "halueval-", counted)
-        split_map = _split_by_hash(examples)
+        split_map, dropped = _split_by_hash(examples)
         description = (
-            "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles, re-split 80/10/10)"
+            "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles, re-split 80/10/10"
+            f"{_dropped_text(dropped)})"
         )
     elif config.dataset.endswith(LOCAL_SUFFIXES) or Path(config.dataset).exists():
         path = Path(config.dataset)
@@ -235,8 +286,8 @@ def load_splits(config: RunConfig) -> Splits:
         rows = _read_local(path)
         columns = list(dict.fromkeys(key for row in rows for key in row))
         source, target = _pick_columns(columns, config, f"dataset file {str(path)!r}")
-        split_map = _split_by_hash(_to_examples(rows, source, target, "row-", counted))
-        description = f"{path.name} (re-split 80/10/10 by content hash)"
+        split_map, dropped = _split_by_hash(_to_examples(rows, source, target, "row-", counted))
+        description = f"{path.name} (re-split 80/10/10 by content hash{_dropped_text(dropped)})"
     else:
         split_map, description = _load_hub(config, counted)
     chosen = {}
@@ -258,31 +309,21 @@ def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]
 
 
 class LengthGroupedBatches:
-    """Batch sampler: shuffle, then group similar lengths inside windows of 50 batches, then shuffle batch order.
+    """The batches of one optimizer step each: shuffle, group similar lengths inside windows of 50 batches, then
+    shuffle the batch order.
 
-    Per-batch padding then wastes almost nothing, while each epoch still sees a new, seeded order.
-    Every index appears exactly once per epoch. Iterating has no side effects: the trainer sets the epoch.
-    With several processes, batch_size is the batch of one optimizer step across all of them: each process
-    iterates its share of every batch (every processes-th example), so the steps are those of one process.
+    Per-batch padding then wastes almost nothing, while each epoch still sees a new, seeded order. Every index
+    appears exactly once per epoch, and the batches are a function of the epoch alone (nothing to checkpoint).
+    batch_size is one optimizer step's examples across all processes and micro-batches; with several processes
+    each batch holds at least one example per process.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50, processes: int = 1,
-                 rank: int = 0):  # fmt: skip
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50, processes: int = 1):
         self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
-        self.processes, self.rank = processes, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch}  # everything else follows from the seed
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = state["epoch"]
+        self.processes = processes
 
     def batches(self, epoch: int) -> list[list[int]]:
-        """The whole batches of an epoch (every process's share)."""
+        """Every step's batch of an epoch (all processes' shares together)."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
@@ -290,15 +331,18 @@ class LengthGroupedBatches:
         batches = []
         for start in range(0, len(order), span):
             group = sorted(order[start : start + span], key=lambda i: -self.lengths[i])
-            grouped = [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
-            if len(grouped) > 1 and len(grouped[-1]) < self.processes:  # a share for every process
-                grouped[-2:] = [grouped[-2] + grouped[-1]]
-            batches += grouped
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        # Only the last window can end short; a share for every process, or no batch of its own.
+        if len(batches) > 1 and len(batches[-1]) < self.processes:
+            batches[-2:] = [batches[-2] + batches[-1]]
         rng.shuffle(batches)
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter([batch[self.rank :: self.processes] for batch in self.batches(self.epoch)])
-
     def __len__(self) -> int:
-        return len(self.batches(self.epoch))
+        return len(self.batches(0))  # the same count every epoch
+
+
+def steps_per_epoch(examples: int, batch_size: int, processes: int = 1) -> int:
+    """Optimizer steps in one epoch of `examples` training examples, as the trainer takes them (every part of a
+    run that schedules over steps, the learning rate and AdaLoRA's rank budget, counts them here)."""
+    return len(LengthGroupedBatches([0] * examples, batch_size, seed=0, processes=processes))

@@ -7,7 +7,7 @@ import base64
 import html
 from dataclasses import dataclass, field
 
-from peftbench.rundir import REPORT_FIGURES as FILES_DIR  # where Markdown expects figures, beside the .md file
+from peftbench.rundir import REPORT_FILES as FILES_DIR  # where Markdown expects figures, beside the .md file
 
 
 @dataclass

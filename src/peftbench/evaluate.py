@@ -50,9 +50,9 @@ def _batches_by_length(items: list[Encoded], size: int, key) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def count_new_tokens(ids: list[int], eos_id: int) -> int:
-    """Generated tokens up to and including the first EOS; what follows is padding."""
-    return ids.index(eos_id) + 1 if eos_id in ids else len(ids)
+def count_new_tokens(ids: list[int], stop_ids: list[int]) -> int:
+    """Generated tokens up to and including the first stop token (EOS, end of turn); what follows is padding."""
+    return next((i + 1 for i, token in enumerate(ids) if token in stop_ids), len(ids))
 
 
 @dataclass
@@ -110,7 +110,7 @@ class Evaluator:
                                        self.options.num_beams)  # fmt: skip
             for index, ids in zip(indices, new, strict=True):
                 predictions[index] = self.layout.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                new_tokens += count_new_tokens(ids, self.layout.eos_id)
+                new_tokens += count_new_tokens(ids, self.layout.stop_ids)
         seconds = parallel.highest(time.perf_counter() - started)  # wall time: until the slowest share is done
         new_tokens = int(parallel.totals(new_tokens)[0])
         for shares in parallel.everyone(predictions):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
-from peftbench.config import ConfigError
+from peftbench.config import DEFAULT_INSTRUCTION, ConfigError, RunConfig
 from peftbench.data import Example
 
 IGNORE_INDEX = -100  # label positions the loss skips (prompt and padding)
@@ -31,6 +31,20 @@ class Encoded:
     @property
     def length(self) -> int:
         return len(self.prompt) + len(self.target)
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """How a causal model is prompted: `plain` text with a separator, or the tokenizer's `chat` template (a user
+    turn holding the instruction and the source, the target as the assistant's turn); `auto` is chat where the
+    tokenizer has a template."""
+
+    format: str = "auto"
+    instruction: str = DEFAULT_INSTRUCTION
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> PromptOptions:
+        return cls(config.prompt_format, config.instruction)
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Layout:
     kind: str  # recorded in metrics.json as model_kind
     model_class: type  # the transformers auto class that loads this kind
     task_type: str  # peft's task type
+    prompt_format = "plain"  # how prompts are written (recorded in metrics.json)
 
     def __init__(self, tokenizer, prefix: str = ""):
         self.tokenizer, self.prefix = tokenizer, prefix
@@ -64,6 +79,11 @@ class Layout:
     @property
     def eos_id(self) -> int:
         return self.tokenizer.eos_token_id
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Tokens that end a generated answer."""
+        return [self.eos_id]
 
     def encode(self, examples: list[Example], limits: TokenLimits) -> list[Encoded]:
         """Tokenise examples. The source is truncated to fit; the target keeps its EOS, capped at limits.target."""
@@ -118,7 +138,7 @@ class Layout:
             num_beams=num_beams,
             do_sample=False,
             pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id,
+            eos_token_id=self.stop_ids,
             decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
         )
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
@@ -127,7 +147,12 @@ class Layout:
 
 
 class CausalLayout(Layout):
-    """A decoder-only model reads prompt + target as one sequence: `source + SEPARATOR + " " + target + EOS`.
+    """A decoder-only model reads prompt + target as one sequence, in one of two prompt formats:
+
+    - plain: `source + SEPARATOR + " " + target + EOS`;
+    - chat: the tokenizer's chat template, a user turn holding the instruction and the source, and the target as the
+      assistant's turn; the labels cover the assistant's tokens and its end-of-turn token, and generation starts
+      after the assistant header.
 
     The contract every method below relies on: batches are left-padded, so every row's target ends in the last
     column. The LM head then only runs on the last (longest target + 1) positions, and generated tokens start right
@@ -138,20 +163,52 @@ class CausalLayout(Layout):
     model_class = AutoModelForCausalLM
     task_type = "CAUSAL_LM"
     SEPARATOR = "\nTL;DR:"
+    _SLOT = "\x00peftbench-slot\x00"  # stands for the text in a rendered chat template, to cut it into pieces
 
-    def _leading(self) -> list[int]:
-        return self.tokenizer("", add_special_tokens=True).input_ids  # BOS for tokenizers that add one
+    def __init__(self, tokenizer, prefix: str = "", prompt: PromptOptions = PromptOptions()):
+        super().__init__(tokenizer, prefix)
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if prompt.format == "chat" and not has_template:
+            raise ConfigError("--prompt-format chat needs a tokenizer with a chat template, and this model's has "
+                              "none; use --prompt-format plain (or auto)")  # fmt: skip
+        chat = prompt.format == "chat" or (prompt.format == "auto" and has_template)
+        self.prompt_format = "chat" if chat else "plain"
+        if self.prompt_format == "chat":
+            self._head, self._tail, self._end, self._lead = self._chat_pieces(prompt.instruction)
+        else:
+            self._head = self._ids("", special=True)  # BOS for tokenizers that add one
+            self._tail, self._end, self._lead = self._ids(self.SEPARATOR), [self.eos_id], " "
 
-    def _separator(self) -> list[int]:
-        return self.tokenizer(self.SEPARATOR, add_special_tokens=False).input_ids
+    def _ids(self, text: str, special: bool = False) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special).input_ids
+
+    def _chat_pieces(self, instruction: str) -> tuple[list[int], list[int], list[int], str]:
+        """Token ids before and after the source in the user's turn (up to the assistant header), those that end
+        the assistant's turn, and the text that starts it."""
+        template = self.tokenizer.apply_chat_template
+        asked = template([{"role": "user", "content": self._SLOT}], add_generation_prompt=True, tokenize=False)
+        before, after = asked.split(self._SLOT)
+        opened = template([{"role": "user", "content": ""}], add_generation_prompt=True, tokenize=False)
+        answered = template([{"role": "user", "content": ""}, {"role": "assistant", "content": self._SLOT}],
+                            tokenize=False)  # fmt: skip
+        lead, end_text = answered.removeprefix(opened).split(self._SLOT)
+        end = self._ids(end_text)
+        special = set(self.tokenizer.all_special_ids)
+        # The end-of-turn token and what precedes it; a newline the template puts after it is not the answer's.
+        cut = next((i + 1 for i, token in enumerate(end) if token in special), len(end))
+        return self._ids(before + instruction + "\n\n"), self._ids(after), end[:cut] or [self.eos_id], lead
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return list(dict.fromkeys([self.eos_id, self._end[-1]]))  # the end of the assistant's turn stops it too
 
     def encode(self, examples: list[Example], limits: TokenLimits) -> list[Encoded]:
         sources = self.tokenizer([self.prefix + ex.source for ex in examples], add_special_tokens=False).input_ids
-        # The target follows the separator mid-text, so it is tokenised as a new word (leading space).
-        targets = self.tokenizer([" " + ex.target for ex in examples], add_special_tokens=False).input_ids
-        leading, separator = self._leading(), self._separator()
+        # A plain target follows the separator mid-text, so it is tokenised as a new word (leading space).
+        targets = self.tokenizer([self._lead + ex.target for ex in examples], add_special_tokens=False).input_ids
+        keep = max(limits.target - len(self._end), 1)
         return [
-            Encoded(leading + src[: limits.source] + separator, tgt[: limits.target - 1] + [self.eos_id])
+            Encoded(self._head + src[: limits.source] + self._tail, tgt[:keep] + self._end)
             for src, tgt in zip(sources, targets, strict=True)
         ]
 
@@ -186,7 +243,7 @@ class CausalLayout(Layout):
         return {k: v for k, v in batch.items() if k != "labels"}, batch["attention_mask"].bool()
 
     def prompt_overhead(self) -> int:
-        return len(self._leading()) + len(self._separator())
+        return len(self._head) + len(self._tail)
 
     def check_lengths(self, limits: TokenLimits, generated: dict[str, int], positions: int | None) -> None:
         if not positions:
@@ -269,7 +326,9 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss, n_tokens
 
 
-def layout_for(model_config, tokenizer, prefix: str = "") -> Layout:
-    """The layout of a model with this config: the one place that tells the kinds apart."""
-    kind = Seq2SeqLayout if model_config.is_encoder_decoder else CausalLayout
-    return kind(tokenizer, prefix)
+def layout_for(model_config, tokenizer, prefix: str = "", prompt: PromptOptions = PromptOptions()) -> Layout:
+    """The layout of a model with this config: the one place that tells the kinds apart. Prompt formats are a causal
+    model's (a seq2seq model's encoder reads the prefixed source)."""
+    if model_config.is_encoder_decoder:
+        return Seq2SeqLayout(tokenizer, prefix)
+    return CausalLayout(tokenizer, prefix, prompt)

@@ -1,4 +1,4 @@
-"""Measurement: peak memory, throughput, latency, merged-vs-unmerged agreement and size on disk."""
+"""Measurement: peak memory, the matmul rate, latency and merged-vs-unmerged agreement."""
 
 from __future__ import annotations
 
@@ -62,11 +62,6 @@ def sync_device() -> None:
     """Wait for queued GPU work, so wall-clock timings cover it; nothing to wait for on CPU."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def directory_size(path: Path) -> int:
-    """Bytes of all files under path (an adapter or a saved model)."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def merged_copy(model):

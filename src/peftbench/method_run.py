@@ -24,14 +24,14 @@ from peftbench.adapt import apply_method, count_parameters, module_options
 from peftbench.config import RunConfig
 from peftbench.data import Example, Splits
 from peftbench.evaluate import EvalOptions, Evaluator
-from peftbench.layout import Encoded, Layout, TokenLimits
-from peftbench.measure import directory_size, latency_ms, merge_agreement, merged_copy
+from peftbench.layout import Encoded, Layout, PromptOptions, TokenLimits
+from peftbench.measure import latency_ms, merge_agreement, merged_copy
 from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
 from peftbench.models import LoadedModel, load_model
 from peftbench.report import plot_curves
 from peftbench.results import Efficiency, EpochMetrics, MethodResult, Progress, TestMetrics
-from peftbench.rundir import MethodDir
-from peftbench.train import Trainer, TrainOptions, show_progress
+from peftbench.rundir import ZERO_SHOT, MethodDir
+from peftbench.train import Trainer, TrainOptions, autocast, mixed_precision, show_progress
 
 
 def quiet_libraries() -> None:
@@ -47,9 +47,11 @@ def quiet_libraries() -> None:
     std_tqdm.set_lock(threading.RLock())
 
 
-def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDir) -> MethodResult:
+def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDir,
+               zero_shot: EpochMetrics) -> MethodResult:  # fmt: skip
     """Fine-tune one method from a freshly loaded base model (or resume it from its last checkpoint), checkpoint
-    after every epoch, and write its results into directory."""
+    after every epoch, and write its results into directory. zero_shot is the base model's validation (epoch 0),
+    evaluated once per seed for every method (run_zero_shot)."""
     quiet_libraries()
     method = METHODS[name]
     say = print if not config.quiet and parallel.is_main() else (lambda *_: None)
@@ -57,18 +59,23 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     set_seed(config.seed)
 
     # Load: the pretrained model, each split as token ids, and the base model's latency before anything changes it.
-    loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize)
+    loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
+                        PromptOptions.from_config(config))  # fmt: skip
     layout = loaded.layout
-    limits = TokenLimits(config.max_source_tokens, config.max_target_tokens)
+    limits = token_limits(config)
     train, validation, test = (EncodedSplit(split, layout.encode(split, limits))
                                for split in (splits.train, splits.validation, splits.test))  # fmt: skip
     latency_items = test.items[: config.latency_prompts]
     device = parallel.state().device
     if not config.quantize:
         loaded.model.to(device)  # a quantized model is placed on the GPU as it loads
+    precision = mixed_precision(config.precision)
+    compute = autocast(precision, device)  # every model call below computes at this one precision
     progress = Progress()
     if not resume and parallel.is_main():  # latency is one request on one device: the main process measures it
-        progress.base_latency_ms = latency_ms(loaded.model, latency_items, layout, config.latency_new_tokens, device)
+        with compute:
+            progress.base_latency_ms = latency_ms(loaded.model, latency_items, layout, config.latency_new_tokens,
+                                                  device)  # fmt: skip
 
     # Apply the method, and build what trains and evaluates it.
     settings = MethodSettings.from_config(config)
@@ -76,33 +83,37 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     trainable, total = count_parameters(model)
     lr = learning_rate(method, config.lr)
     optimizer = method.optimizer(model, lr, settings)
-    trainer = Trainer(model, optimizer, train.items, layout, TrainOptions.from_config(config))
+    options = TrainOptions.from_config(config, precision)
+    trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term)
     evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
     result = MethodResult(method.name, loaded.name, splits.description, trainable, total,
-                          resolved_config(config, method, loaded, settings, lr))  # fmt: skip
+                          resolved_config(config, method, loaded, settings, lr, precision))  # fmt: skip
     tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.path.parent),
                    f"{name}-seed{config.seed}", result.config)  # fmt: skip
     say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
 
-    # Train: validation before the first epoch (the zero-shot model) and after every --eval-every epochs.
+    # Train: epoch 0 is the zero-shot base model; validation after every --eval-every epochs.
     started = time.perf_counter()
     if resume:
         progress = checkpoint.restore(resume, trainer)
         say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume.path}")
     else:
-        validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, 0, None)
-        say(f"[{name}] {epoch_line(progress.epochs[-1])}")
+        progress.epochs.append(zero_shot)
+        trainer.accelerator.log(_validation_figures(zero_shot), step=0)
     for epoch in range(trainer.epoch + 1, config.epochs + 1):
         train_loss = trainer.train_epoch()
         if epoch % config.eval_every == 0 or epoch == config.epochs:
-            validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch, train_loss)
+            with compute:
+                validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch,
+                         train_loss)  # fmt: skip
             say(f"[{name}] {epoch_line(progress.epochs[-1])}")
         checkpoint.save(directory, trainer, progress)
     result.epochs = progress.epochs
 
     # Test, on the merged copy where there is one; it then serves latency and the merge check too.
     final = merged_model(trainer, method)
-    scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.references, final, None, "test")
+    with compute:
+        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.references, final, None, "test")
     progress.add_generation(generation.new_tokens, generation.seconds)
     result.test = TestMetrics(**vars(scores))
     result.environment = environment()
@@ -110,8 +121,9 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
 
     # Measure and write: the main process alone (the others hold the same results).
     if parallel.is_main():
-        result.efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory, final,
-                                               config.latency_new_tokens)  # fmt: skip
+        with compute:
+            result.efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory,
+                                                   final, config.latency_new_tokens)  # fmt: skip
         trainer.accelerator.log({f"test/{k}": v for k, v in vars(scores).items()} | _numbers(result.efficiency))
         tracking.finish(trainer.accelerator)
         write_results(directory, result, test.examples, generation.predictions)
@@ -124,6 +136,34 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         f"({time.perf_counter() - started:.0f} s)"
     )
     return result
+
+
+def run_zero_shot(splits: Splits, config: RunConfig) -> MethodResult:
+    """The base model as loaded, before any method touches it (no adapter, no virtual tokens), on the validation
+    split: the epoch 0 that every method of this seed shares, evaluated once."""
+    quiet_libraries()
+    set_seed(config.seed)
+    loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
+                        PromptOptions.from_config(config))  # fmt: skip
+    validation = EncodedSplit(splits.validation, loaded.layout.encode(splits.validation, token_limits(config)))
+    device = parallel.state().device
+    if not config.quantize:
+        loaded.model.to(device)
+    precision = mixed_precision(config.precision)
+    evaluator = Evaluator(loaded.layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
+    with autocast(precision, device):
+        s, _ = evaluator.evaluate(loaded.model, validation.items, validation.references, None,
+                                  config.eval_generate_size, "zero-shot validation")  # fmt: skip
+    _, total = count_parameters(loaded.model)
+    resolved = config.to_dict() | _model_settings(loaded, precision)
+    result = MethodResult(ZERO_SHOT, loaded.name, splits.description, 0, total, resolved)
+    result.epochs = [EpochMetrics(0, None, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu)]
+    result.environment = environment()
+    return result
+
+
+def token_limits(config: RunConfig) -> TokenLimits:
+    return TokenLimits(config.max_source_tokens, config.max_target_tokens)
 
 
 @dataclass
@@ -152,7 +192,13 @@ def validate(evaluator: Evaluator, trainer: Trainer, method: Method, split: Enco
                                        merged_model(trainer, method), generate_size, f"validate epoch {epoch}")
     progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu))
     progress.add_generation(generation.new_tokens, generation.seconds)
-    trainer.accelerator.log({f"val/{k}": v for k, v in vars(s).items()}, step=epoch * len(trainer.loader))
+    trainer.accelerator.log(_validation_figures(progress.epochs[-1]), step=epoch * trainer.steps_per_epoch)
+
+
+def _validation_figures(scores: EpochMetrics) -> dict[str, float]:
+    """One epoch's validation scores as tracker figures (val/loss, val/rougeL, ...)."""
+    figures = {k: v for k, v in asdict(scores).items() if k not in ("epoch", "train_loss", "val_loss")}
+    return {"val/loss": scores.val_loss} | {f"val/{k}": v for k, v in figures.items()}
 
 
 def epoch_line(scores: EpochMetrics) -> str:
@@ -162,17 +208,26 @@ def epoch_line(scores: EpochMetrics) -> str:
 
 
 def resolved_config(config: RunConfig, method: Method, loaded: LoadedModel, settings: MethodSettings,
-                    lr: float) -> dict[str, Any]:  # fmt: skip
-    """The config as this method actually ran: effective learning rate and module options filled in."""
-    resolved = config.to_dict()
+                    lr: float, precision: str) -> dict[str, Any]:  # fmt: skip
+    """The config as this method actually ran: effective learning rate, module options and compute precision."""
+    resolved = config.to_dict() | _model_settings(loaded, precision)
     resolved["lr"] = lr
     resolved["methods"] = [method.name]
     if method.peft_config is not None:
         for key, value in module_options(method, loaded, settings).items():
             resolved[f"{method.name}_{key}"] = value
-    resolved["model_kind"] = loaded.layout.kind
-    resolved["model_family"] = loaded.family.name
     return resolved
+
+
+def _model_settings(loaded: LoadedModel, precision: str) -> dict[str, str]:
+    """What the run resolved about the model and hardware: its kind, family and prompt format, and the compute
+    precision."""
+    return {
+        "model_kind": loaded.layout.kind,
+        "model_family": loaded.family.name,
+        "prompt_format": loaded.layout.prompt_format,  # as used: "auto" resolved
+        "compute_precision": "fp32" if precision == "no" else precision,
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -206,7 +261,7 @@ def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loa
     latencies = {"base": progress.base_latency_ms, "unmerged": latency(trained),
                  "merged": latency(merged) if merged else None}  # fmt: skip
     merge_check = merge_agreement(trained, merged, items, layout, 16, device) if merged is not None else None
-    adapter_size = save_adapter(trained, method, layout, directory.adapter)
+    adapter_files = save_adapter(trained, method, layout, directory.adapter)
     trainable, total = count_parameters(trained)
     return Efficiency(
         trainable_params=trainable,
@@ -220,23 +275,29 @@ def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loa
         latency_ms=latencies,
         latency_new_tokens=new_tokens,
         merge_check=merge_check,
-        adapter_size_bytes=adapter_size,
+        adapter_size_bytes=sum(adapter_files.values()),
+        adapter_files=sorted(adapter_files),
     )
 
 
-def save_adapter(model, method: Method, layout: Layout, path: Path) -> int:
+ADAPTER_CONFIGS = ("adapter_config.json", "config.json", "generation_config.json", "model.safetensors.index.json")
+
+
+def save_adapter(model, method: Method, layout: Layout, path: Path) -> dict[str, int]:
     """Save the adapter in peft's format (for full fine-tuning, the whole model and its tokenizer, loadable on its
-    own), whole or not at all; returns the bytes saved before the tokenizer."""
-    sizes = []
+    own), whole or not at all; returns the size of each file that makes the adapter: its weights and its config, not
+    peft's generated README nor the tokenizer."""
+    counted: dict[str, int] = {}
 
     def fill(staging: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
-        sizes.append(directory_size(staging))
+        counted.update({f.name: f.stat().st_size for f in sorted(staging.iterdir())
+                        if f.suffix == ".safetensors" or f.name in ADAPTER_CONFIGS})  # fmt: skip
         if method.peft_config is None:
             layout.tokenizer.save_pretrained(staging)
 
     rundir.write_directory(path, fill)
-    return sizes[0]
+    return counted
 
 
 def write_results(directory: MethodDir, result: MethodResult, test: list[Example], predictions: list[str]) -> None:

@@ -7,7 +7,6 @@ merges into the weights, its default learning rate, and (rarely) its own optimiz
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,8 +14,9 @@ import torch
 from peft import PeftConfig
 from torch import nn
 
-from peftbench import optimizers, peft_configs
+from peftbench import optimizers, parallel, peft_configs
 from peftbench.config import ConfigError, RunConfig
+from peftbench.data import steps_per_epoch
 from peftbench.families import Family, Options
 
 # Layer classes peft can wrap, by class name, and their kind (bitsandbytes' quantized linears are Linear too).
@@ -47,7 +47,7 @@ class MethodSettings:
             owner: {key: value for key in OPTION_KEYS if (value := getattr(config, f"{owner}_{key}", None)) is not None}
             for owner in TARGET_OWNERS
         }
-        batches = math.ceil(config.train_size / config.batch_size)
+        per_epoch = steps_per_epoch(config.train_size, config.batch_size * config.grad_accum, parallel.processes())
         return cls(
             lora_r=config.lora_r,
             lora_alpha=config.lora_alpha,
@@ -57,7 +57,7 @@ class MethodSettings:
             weight_decay=config.weight_decay,
             gradient_checkpointing=config.gradient_checkpointing,
             quantize=config.quantize,
-            total_steps=math.ceil(batches / config.grad_accum) * config.epochs,
+            total_steps=per_epoch * config.epochs,
             overrides=overrides,
         )
 
@@ -79,6 +79,7 @@ class Method:
     quantizable: bool = False  # trains on a 4-bit or 8-bit base (--quantize)
     optimizer: OptimizerBuilder = optimizers.adamw
     patch: Callable[[nn.Module], None] | None = None  # adjusts the peft model once built: library workarounds
+    loss_term: Callable[[nn.Module], torch.Tensor] | None = None  # added to each step's loss (a regulariser)
     settings: tuple[str, ...] = ()  # the RunConfig fields it uses besides lr and targets (recorded, and reported)
 
     @property
@@ -160,6 +161,7 @@ METHODS: dict[str, Method] = {
             targets_from="lora",
             quantizable=True,
             optimizer=optimizers.adalora,
+            loss_term=optimizers.adalora_regularizer,
             settings=LORA,
         ),
         Method(

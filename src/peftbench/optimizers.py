@@ -1,5 +1,6 @@
-"""Optimizers: AdamW over the trainable parameters for most methods; LoRA+'s learning-rate groups; AdaLoRA's rank
-allocation and regulariser as optimizer hooks, so the training loop is the same for every method."""
+"""Optimizers and what some methods add to the training loop: AdamW over the trainable parameters for most methods;
+LoRA+'s learning-rate groups; AdaLoRA's rank allocation as optimizer hooks and its orthogonal regulariser as a loss
+term, so the training loop is the same for every method."""
 
 from __future__ import annotations
 
@@ -39,20 +40,19 @@ def _orthogonality(tuner) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def adalora(model: nn.Module, lr: float, settings: MethodSettings) -> torch.optim.Optimizer:
-    """AdamW, plus AdaLoRA's two training-loop duties as optimizer hooks, so the loop stays the same for every method.
+def adalora_regularizer(model: nn.Module) -> torch.Tensor:
+    """AdaLoRA's orthogonal regulariser, weighted as configured: peft adds it to the loss when the model computes the
+    loss from labels, which peftbench's loss never asks for, so the trainer adds it (once per step, inside
+    clipping)."""
+    tuner = model.base_model
+    return tuner.peft_config[tuner.trainable_adapter_name].orth_reg_weight * _orthogonality(tuner)
 
-    Before each step: the orthogonal regulariser's gradient (peft adds it to the loss only when the model computes
-    the loss from labels, which peftbench's loss never asks for). After each step, before the gradients are
-    cleared: update_and_allocate, which scores and prunes ranks.
-    """
+
+def adalora(model: nn.Module, lr: float, settings: MethodSettings) -> torch.optim.Optimizer:
+    """AdamW, with AdaLoRA's rank allocation as an optimizer hook, so the loop stays the same for every method:
+    after each step, before the gradients are cleared, update_and_allocate scores and prunes ranks."""
     optimizer = adamw(model, lr, settings)
     tuner = model.base_model
-    weight = tuner.peft_config[tuner.trainable_adapter_name].orth_reg_weight
-
-    def add_regulariser_gradient(*_) -> None:
-        with torch.enable_grad():
-            (weight * _orthogonality(tuner)).backward()
 
     def allocate_ranks(*_) -> None:
         # The step index from AdamW's own state, so a run resumed from a checkpoint continues the rank schedule.
@@ -76,7 +76,6 @@ def adalora(model: nn.Module, lr: float, settings: MethodSettings) -> torch.opti
         config.rank_pattern = saved["rank_pattern"]
         return state_dict
 
-    optimizer.register_step_pre_hook(add_regulariser_gradient)
     optimizer.register_step_post_hook(allocate_ranks)
     optimizer.register_state_dict_post_hook(save_allocation)
     optimizer.register_load_state_dict_pre_hook(load_allocation)

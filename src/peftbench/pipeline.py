@@ -9,10 +9,12 @@ import multiprocessing
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -20,29 +22,49 @@ from peftbench import checkpoint, lifecycle, parallel, rundir
 from peftbench.config import RunConfig
 from peftbench.data import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
-from peftbench.method_run import run_method
+from peftbench.method_run import epoch_line, run_method, run_zero_shot
 from peftbench.preflight import check_before_loading, dry_run, preflight
 from peftbench.report import write_report, write_summary
-from peftbench.results import MethodResult
-from peftbench.rundir import MethodDir
+from peftbench.results import EpochMetrics
+from peftbench.rundir import ZERO_SHOT, MethodDir
+
+T = TypeVar("T")
 
 
-def run_method_isolated(name: str, splits: Splits, config: RunConfig, directory: MethodDir) -> MethodResult:
-    """run_method in a fresh process, so that one method's memory peak cannot leak into another's figures.
+def isolated(config: RunConfig, function: Callable[..., T], *args) -> T:
+    """function(*args) in a fresh process, so that one method's memory peak cannot leak into another's figures.
 
-    Under torchrun or accelerate launch the methods run in the launched processes, which form the process group.
-    The method's process ends with this one, however this one ends.
+    Under torchrun or accelerate launch the work runs in the launched processes, which form the process group;
+    with --in-process, in this one. The fresh process ends with this one, however this one ends.
     """
     if config.in_process or parallel.processes() > 1:
-        return run_method(name, splits, config, directory)
+        return function(*args)
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                              initializer=lifecycle.die_with_parent, initargs=(os.getpid(),)) as pool:  # fmt: skip
-        future = pool.submit(run_method, name, splits, config, directory)
+        future = pool.submit(function, *args)
         try:
             return future.result()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the method now; its last checkpoint resumes it
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the work now; a method's last checkpoint resumes it
             lifecycle.stop_workers(pool)
             raise
+
+
+def zero_shot_recorded(splits: Splits, config: RunConfig, comparison: Path) -> EpochMetrics:
+    """The base model's validation scores for this seed (every method's epoch 0): read back when this configuration
+    already evaluated it here (and it reads), else evaluated (in its own process) and written."""
+    directory = rundir.zero_shot_dir(comparison)
+    readable = directory.finished() and directory.unreadable_result() is None
+    if not config.force and readable and checkpoint.matches(directory, config):
+        return directory.read_result().epochs[0]
+    result = isolated(config, run_zero_shot, splits, config)
+    if parallel.is_main():
+        directory.remove()
+        checkpoint.write_fingerprint(directory, config)
+        directory.write_result(result)
+        if not config.quiet:
+            print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}")
+    parallel.wait_for_everyone()
+    return result.epochs[0]
 
 
 @dataclass
@@ -70,7 +92,8 @@ def describe_failure(exc: BaseException, config: RunConfig) -> Failure:
     return Failure(f"{type(exc).__name__}: {exc}", False)
 
 
-def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory: MethodDir) -> None:
+def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory: MethodDir,
+                        zero_shot: EpochMetrics | Exception) -> None:  # fmt: skip
     """run_method_isolated, unless the method already finished here (check_output made sure it is this config's);
     a failure leaves failed.json in its directory (then propagates) for the summary and the report."""
     main = parallel.is_main()  # the one process that writes; the others read what it wrote (a shared filesystem)
@@ -93,7 +116,9 @@ def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory:
         checkpoint.write_fingerprint(directory, config)
     parallel.wait_for_everyone()  # and before the others look for a checkpoint to resume from
     try:
-        run_method_isolated(name, splits, config, directory)
+        if isinstance(zero_shot, Exception):  # the base model's evaluation failed: no method can start without it
+            raise zero_shot
+        isolated(config, run_method, name, splits, config, directory, zero_shot)
     except Exception as exc:
         if main:
             directory.write_failure(name, config.model, config.seed, describe_failure(exc, config).message)
@@ -108,9 +133,15 @@ def run_seed(config: RunConfig, splits: Splits, comparison: Path) -> dict[str, F
     A failing method does not stop the others: it is reported, marked failed in the summary, and returned.
     """
     failures = {}
+    pending = [name for name in config.methods if config.force or not rundir.method_dir(comparison, name).finished()]
+    zero_shot: EpochMetrics | Exception | None = None
+    try:
+        zero_shot = zero_shot_recorded(splits, config, comparison) if pending else None
+    except Exception as exc:  # reported as each pending method's failure, below
+        zero_shot = exc
     for name in config.methods:
         try:
-            run_method_recorded(name, splits, config, rundir.method_dir(comparison, name))
+            run_method_recorded(name, splits, config, rundir.method_dir(comparison, name), zero_shot)
         except Exception as exc:  # one method's failure must not cost the others their results
             failures[name] = describe_failure(exc, config)
             if not failures[name].user_facing:

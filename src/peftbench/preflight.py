@@ -21,7 +21,7 @@ from peftbench.adapt import apply_method, check_method, count_parameters
 from peftbench.config import ConfigError, RunConfig
 from peftbench.data import Splits
 from peftbench.families import position_limit
-from peftbench.layout import TokenLimits
+from peftbench.layout import PromptOptions, TokenLimits
 from peftbench.measure import matmul_flops_per_s
 from peftbench.methods import METHODS, MethodSettings, check_method_names, learning_rate
 from peftbench.models import fresh_skeleton, quantization_config, skeleton
@@ -56,6 +56,9 @@ def check_processes(config: RunConfig) -> None:
             f"--batch-size {config.batch_size} is one step's batch across all {count} processes and must divide "
             f"evenly among them: use a multiple of {count}"
         )
+    if config.train_size < count:
+        raise ConfigError(f"--train-size {config.train_size} leaves some of the {count} processes no example: use at "
+                          f"least {count}")  # fmt: skip
     if config.output is None:
         raise ConfigError(f"with {count} processes, give --output: each would otherwise name its own directory")
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
@@ -96,7 +99,7 @@ class Plan:
 
 def preflight(config: RunConfig, splits: Splits) -> Plan:
     """Check the model, lengths and every method against the model's architecture; count parameters and tokens."""
-    loaded = skeleton(config.model, config.trust_remote_code, config.allow_pickle)
+    loaded = skeleton(config.model, config.trust_remote_code, config.allow_pickle, PromptOptions.from_config(config))
     limits = TokenLimits(config.max_source_tokens, config.max_target_tokens)
     generated = {"--max-new-tokens": config.max_new_tokens, "--latency-new-tokens": config.latency_new_tokens}
     loaded.layout.check_lengths(limits, generated, position_limit(loaded.family, loaded.model.config))

@@ -478,7 +478,8 @@ def _hyperparameters(section: Section) -> str:
         f"{config['grad_accum']}, warmup {config['warmup_ratio']:g}, weight decay {config['weight_decay']:g}, "
         f"clipping {config['max_grad_norm']:g}; tokens: source {config['max_source_tokens']}, target "
         f"{config['max_target_tokens']}, generated {config['max_new_tokens']} "
-        f"({_plural(config['num_beams'], 'beam')}); precision {config['precision']}"
+        f"({_plural(config['num_beams'], 'beam')}); precision {config.get('compute_precision', config['precision'])}; "
+        f"prompt format: {config.get('prompt_format', 'plain')}"
     )
 
 

@@ -48,7 +48,8 @@ class Efficiency:
     latency_new_tokens: int
     # Merged vs unmerged on the latency prompts: same greedy tokens, and the largest absolute logit difference.
     merge_check: dict[str, float | bool] | None
-    adapter_size_bytes: int  # saved adapter on disk; for full, the saved model
+    adapter_size_bytes: int  # the saved adapter's weights and config on disk; for full, the saved model's
+    adapter_files: list[str] | None = None  # the files adapter_size_bytes counts (None in older results)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
     OUTPUT/                          one comparison (one seed), or several seeds:
       summary.md, report.md, report.html, report_files/, trackers/, .peftbench.lock
+      zero-shot/                     the base model before any method (every method's epoch 0), as a MethodDir
       <method>/                      one method at one seed (MethodDir)
         metrics.json predictions.jsonl curves.png adapter/ fingerprint.json failed.json checkpoint/
       seed-<s>/                      with several seeds: a one-seed comparison each, laid out as OUTPUT above
@@ -32,7 +33,9 @@ from peftbench.results import MethodResult
 
 SUMMARY_FILE = "summary.md"
 TRACKERS_DIR = "trackers"
-REPORT_MARKDOWN, REPORT_HTML, REPORT_FIGURES = "report.md", "report.html", "report_files"
+ZERO_SHOT = "zero-shot"  # the base model before any method: every method's epoch 0, evaluated once per seed
+REPORT_MARKDOWN, REPORT_HTML, REPORT_FILES = "report.md", "report.html", "report_files"
+RESERVED = (ZERO_SHOT, TRACKERS_DIR, REPORT_FILES)  # directories of a comparison that are not methods
 LOCK_FILE = ".peftbench.lock"
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
@@ -315,10 +318,16 @@ def comparisons(output: Path) -> list[tuple[Path, int | None]]:
 
 
 def method_dirs(comparison: Path) -> list[MethodDir]:
-    """Every subdirectory of one comparison directory, by name, as a MethodDir (callers ask what each holds)."""
+    """Every method's directory of one comparison directory, by name (callers ask what each holds)."""
     if not comparison.is_dir():
         return []
-    return [MethodDir(path) for path in sorted(comparison.iterdir()) if path.is_dir()]
+    paths = sorted(path for path in comparison.iterdir() if path.is_dir() and path.name not in RESERVED)
+    return [MethodDir(path) for path in paths]
+
+
+def zero_shot_dir(comparison: Path) -> MethodDir:
+    """Where one seed's zero-shot evaluation of the base model is kept."""
+    return MethodDir(inside(comparison, ZERO_SHOT, "zero-shot directory"))
 
 
 def summary_path(comparison: Path) -> Path:
@@ -333,7 +342,7 @@ def trackers_dir(comparison: Path) -> Path:
 def report_paths(destination: Path) -> tuple[Path, Path, Path]:
     """report.md, report.html and the figures folder beside them."""
     markdown, html, figures = (inside(destination, name, "report") for name in (REPORT_MARKDOWN, REPORT_HTML,
-                                                                                 REPORT_FIGURES))  # fmt: skip
+                                                                                 REPORT_FILES))  # fmt: skip
     return markdown, html, figures
 
 
@@ -344,6 +353,7 @@ def check_paths(output: Path, seeds: list[int], methods: list[str]) -> None:
         comparison = seed_dir(output, seed, several)
         summary_path(comparison)
         trackers_dir(comparison)
+        zero_shot_dir(comparison).check()
         for name in methods:
             method_dir(comparison, name).check()
     summary_path(output)

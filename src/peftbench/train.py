@@ -6,12 +6,13 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from torch.utils.data import DataLoader
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -41,6 +42,16 @@ def mixed_precision(precision: str) -> str:
     return precision
 
 
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The compute precision (mixed_precision's value) as a context: every model call of a method's run (training
+    forward, evaluation, generation, latency, the merge check, the base model's too) runs inside it, so that all of
+    them compute at the one recorded precision."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+
+
 def show_progress(quiet: bool) -> bool:
     """Progress bars: on an interactive terminal, in the main process, unless --quiet."""
     return not quiet and sys.stderr.isatty() and parallel.is_main()
@@ -57,41 +68,46 @@ class TrainOptions:
     max_grad_norm: float
     seed: int
     gradient_checkpointing: bool
-    precision: str
+    precision: str  # accelerate's mixed_precision: "no", "bf16" or "fp16" (see mixed_precision)
     progress: bool  # show progress bars
 
     @classmethod
-    def from_config(cls, config: RunConfig) -> TrainOptions:
+    def from_config(cls, config: RunConfig, precision: str) -> TrainOptions:
         return cls(config.epochs, config.batch_size, config.grad_accum, config.warmup_ratio, config.max_grad_norm,
-                   config.seed, config.gradient_checkpointing, config.precision,
-                   show_progress(config.quiet))  # fmt: skip
+                   config.seed, config.gradient_checkpointing, precision, show_progress(config.quiet))  # fmt: skip
 
 
 class Trainer:
     """Linear warmup and decay, clipping and accumulation around the optimizer it is given; one epoch per call.
 
+    One optimizer step takes one batch of the sampler (--batch-size x --grad-accum examples across all processes):
+    each process takes its share and runs it as micro-batches of --batch-size / processes. The step's gradient is
+    the mean over every target token of all its micro-batches and processes, so accumulation changes memory, never
+    the result. extra_loss (a method's regulariser, e.g. AdaLoRA's) is added once per step, inside clipping.
+
     Keeps the training-only figures: seconds, real tokens, samples and peak memory (evaluation excluded); with
     several processes, tokens and samples of all of them and the highest peak of any one. Its state (counters,
-    optimizer, scheduler, sampler) goes to and from checkpoints through state_dict / load_state_dict, and the
-    trainable weights through trainable_weights / load_trainable_weights.
+    optimizer, scheduler) goes to and from checkpoints through state_dict / load_state_dict, and the trainable
+    weights through trainable_weights / load_trainable_weights.
     """
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, items: list[Encoded], layout: Layout,
-                 options: TrainOptions):  # fmt: skip
-        self.options, self.layout = options, layout
-        # split_batches: --batch-size is one step's batch across all processes (each trains on its share), so
-        # the scheduler steps once per optimizer step, as with one process.
+                 options: TrainOptions, extra_loss: Callable[[nn.Module], torch.Tensor] | None = None):  # fmt: skip
+        self.options, self.layout, self.items, self.extra_loss = options, layout, items, extra_loss
+        # split_batches: one scheduler step per optimizer step, however many processes (accelerate would otherwise
+        # step the schedule once per process).
         self.accelerator = Accelerator(
             cpu=parallel.cpu_group(),  # as parallel.state()
-            mixed_precision=mixed_precision(options.precision),
+            mixed_precision=options.precision,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
         )
         if options.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.sampler = LengthGroupedBatches([it.length for it in items], options.batch_size, options.seed,
-                                            processes=parallel.processes(), rank=parallel.rank())  # fmt: skip
-        self.loader = DataLoader(items, batch_sampler=self.sampler, collate_fn=layout.collate)
-        total_steps = math.ceil(len(self.sampler) / options.grad_accum) * options.epochs
+        step_batch = options.batch_size * options.grad_accum
+        self.sampler = LengthGroupedBatches([it.length for it in items], step_batch, options.seed,
+                                            processes=parallel.processes())  # fmt: skip
+        self.micro_batch = options.batch_size // parallel.processes()  # preflight: batch size divides evenly
+        total_steps = len(self.sampler) * options.epochs
         warmup = round(options.warmup_ratio * total_steps)
         scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
@@ -102,54 +118,65 @@ class Trainer:
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler)
+
     def train_epoch(self) -> float:
         """Train one epoch; return the mean loss per target token."""
-        self.sampler.set_epoch(self.epoch)  # from the trainer's count, which a resumed run restores
+        steps = self.sampler.batches(self.epoch)  # from the trainer's count, which a resumed run restores
         self.epoch += 1
         self.model.train()
         loss_sum, token_count, tokens, samples = 0.0, 0, 0, 0
-        batches, accumulate = len(self.loader), self.options.grad_accum
-        bar = tqdm(self.loader, desc=f"train epoch {self.epoch}/{self.options.epochs}", unit="batch",
+        bar = tqdm(steps, desc=f"train epoch {self.epoch}/{self.options.epochs}", unit="step",
                    disable=not self.options.progress, leave=False)  # fmt: skip
         reset_peak_memory()
         started = time.perf_counter()
-        for index, batch in enumerate(bar):
-            batch = to_device(batch, self.accelerator.device)
-            update = (index + 1) % accumulate == 0 or index + 1 == batches  # the last batch never waits
-            with contextlib.nullcontext() if update else self.accelerator.no_sync(self.model):
-                summed, n_tokens = self.layout.token_loss(self.model, batch)
-                # The one host sync per step; with several processes, the whole batch's loss and target count.
-                step_loss, step_tokens = parallel.totals(summed.item(), n_tokens)
-                # Per target token of the whole batch: DDP averages the processes' gradients, hence the factor.
-                self.accelerator.backward(summed * parallel.processes() / max(step_tokens, 1) / accumulate)
-            if update:
-                self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad()
-            step = (self.epoch - 1) * batches + index + 1
+        for index, step_batch in enumerate(bar):
+            step_tokens = sum(len(self.items[i].target) for i in step_batch)  # every process's share: no exchange
+            share = parallel.share(step_batch)
+            micro_batches = [share[i : i + self.micro_batch] for i in range(0, len(share), self.micro_batch)]
+            summed_total = torch.zeros((), device=self.accelerator.device)
+            for position, indices in enumerate(micro_batches):
+                batch = to_device(self.layout.collate([self.items[i] for i in indices]), self.accelerator.device)
+                last = position == len(micro_batches) - 1
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                    summed, _ = self.layout.token_loss(self.model, batch)
+                    # Per target token of the whole step: DDP averages the processes' gradients, hence the factor.
+                    loss = summed * parallel.processes() / step_tokens
+                    if last and self.extra_loss is not None:
+                        loss = loss + self.extra_loss(self.unwrapped)
+                    self.accelerator.backward(loss)
+                summed_total += summed.detach()
+                tokens += self.layout.real_tokens(batch)
+                samples += len(indices)
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+            (step_loss,) = parallel.totals(summed_total.item())  # the one host sync per step
+            step = (self.epoch - 1) * len(steps) + index + 1
             if not math.isfinite(step_loss):  # every process sees the same total, so all of them stop here
                 lr = self.optimizer.param_groups[0]["initial_lr"]
                 raise NonFiniteLoss(
-                    f"training loss is {step_loss} at batch {step} (epoch {self.epoch}): training diverged; "
+                    f"training loss is {step_loss} at step {step} (epoch {self.epoch}): training diverged; "
                     f"lower --lr (now {lr:g}), or check the data"
                 )
             if self.accelerator.trackers:  # --report-to (none by default)
-                now = {"train/loss": step_loss / max(step_tokens, 1), "train/lr": self.scheduler.get_last_lr()[0]}
+                now = {"train/loss": step_loss / step_tokens, "train/lr": self.scheduler.get_last_lr()[0]}
                 self.accelerator.log(now, step=step)
             loss_sum += step_loss
             token_count += step_tokens
-            tokens += self.layout.real_tokens(batch)
-            samples += len(batch["input_ids"])
-            bar.set_postfix(loss=f"{step_loss / max(step_tokens, 1):.3f}")
+            bar.set_postfix(loss=f"{step_loss / step_tokens:.3f}")
         self.seconds += time.perf_counter() - started
         tokens, samples = parallel.totals(tokens, samples)
         self.tokens, self.samples = self.tokens + int(tokens), self.samples + int(samples)
         self.peak_memory = max(self.peak_memory, int(parallel.highest(peak_memory_bytes())))
-        return loss_sum / max(token_count, 1)
+        return loss_sum / token_count
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, optimizer, scheduler and sampler: tensors, numbers and dicts (torch.load(weights_only=True))."""
+        """Counters, optimizer and scheduler: tensors, numbers and dicts (torch.load(weights_only=True)); the
+        sampler's batches follow from the epoch."""
         return {
             "epoch": self.epoch,
             "seconds": self.seconds,
@@ -158,13 +185,11 @@ class Trainer:
             "peak_memory": self.peak_memory,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
         self.epoch = state["epoch"]
         self.seconds, self.tokens = state["seconds"], state["tokens"]
         self.samples, self.peak_memory = state["samples"], state["peak_memory"]
