@@ -6,6 +6,7 @@ import csv
 import json
 from collections import Counter
 
+import pytest
 import torch
 
 from peftbench.config import RunConfig
@@ -106,24 +107,43 @@ ROWS = [{"article": f"Article {i}, first line.\nSecond line of article {i}, \"qu
         for i in range(60)]  # fmt: skip
 
 
-def test_csv_keeps_quoted_line_breaks_and_a_bom_names_no_column(tmp_path):
+ONE_LINE = [{**row, "article": row["article"].replace("\n", " ")} for row in ROWS]
+LONG = {"article": "A long document. " * 10_000, "highlights": "Long."}  # 170 kB: over the csv module's default limit
+# Each case alone, so that each fails on its own without the fix: rows, and whether the file starts with a BOM.
+CSV_CASES = {
+    "quoted line breaks": (ROWS, False),
+    "a byte-order mark": (ONE_LINE, True),
+    "a long field": ([LONG], False),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_CASES))
+def test_csv_is_read_by_the_csv_module(case, tmp_path):
+    """Quoted fields keep their line breaks (and quotes), a BOM is not part of the first column's name, and a field
+    may be longer than 128 KiB."""
+    rows, bom = CSV_CASES[case]
+    rows = [*ONE_LINE, *rows]
     path = tmp_path / "d.csv"
-    rows = [*ROWS, {"article": "A long document. " * 10_000, "highlights": "Long."}]  # 170 kB: over csv's default limit
-    with path.open("w", newline="", encoding="utf-8-sig") as stream:  # a BOM, and \r\n between rows (csv's default)
+    with path.open("w", newline="", encoding="utf-8-sig" if bom else "utf-8") as stream:  # \r\n ends rows (csv's way)
         writer = csv.DictWriter(stream, ["article", "highlights"])
         writer.writeheader()
         writer.writerows(rows)
     splits = load_splits(RunConfig(dataset=str(path), train_size=40, eval_size=1, test_size=1))
     sources = {row["article"].strip() for row in rows}
-    assert all(ex.source in sources for ex in _every(splits))  # line breaks kept, quotes unescaped
+    assert all(ex.source in sources for ex in _every(splits))
     assert splits.rows.read == len(rows) and not splits.rows.dropped
 
 
-def test_jsonl_lines_end_at_newlines_only_and_a_bom_is_accepted(tmp_path):
+JSONL_CASES = {"U+2028 inside a string": ("\u2028", False), "a byte-order mark": (" ", True)}
+
+
+@pytest.mark.parametrize("case", list(JSONL_CASES))
+def test_jsonl_lines_end_at_newlines_only_and_a_bom_is_accepted(case, tmp_path):
+    separator, bom = JSONL_CASES[case]
     path = tmp_path / "d.jsonl"
-    rows = [{**row, "article": row["article"].replace("\n", "\u2028")} for row in ROWS]  # raw U+2028 in a string
+    rows = [{**row, "article": row["article"].replace("\n", separator)} for row in ROWS]  # raw: ensure_ascii=False
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    path.write_bytes(b"\xef\xbb\xbf" * bom + text.encode("utf-8"))
     sources = {row["article"] for row in rows}
     examples = _load(path)
-    assert examples and all(ex.source in sources and "\u2028" in ex.source for ex in examples)
+    assert examples and all(ex.source in sources and separator in ex.source for ex in examples)

@@ -363,6 +363,8 @@ LINKS = {
     "checkpoints": ("lora/checkpoint", []),
     "adapter": ("lora/adapter", []),
     "trackers": ("trackers", ["--report-to", "tensorboard"]),
+    "zero-shot": ("zero-shot", []),
+    "lock file": (".peftbench.lock", []),
 }
 
 

@@ -53,8 +53,7 @@ def zero_shot_recorded(splits: Splits, config: RunConfig, comparison: Path) -> E
     """The base model's validation scores for this seed (every method's epoch 0): read back when this configuration
     already evaluated it here (and it reads), else evaluated (in its own process) and written."""
     directory = rundir.zero_shot_dir(comparison)
-    readable = directory.finished() and directory.unreadable_result() is None
-    if not config.force and readable and checkpoint.matches(directory, config):
+    if not config.force and directory.complete() and checkpoint.matches(directory, config):
         return directory.read_result().epochs[0]
     result = isolated(config, run_zero_shot, splits, config)
     if parallel.is_main():
@@ -133,7 +132,7 @@ def run_seed(config: RunConfig, splits: Splits, comparison: Path) -> dict[str, F
     A failing method does not stop the others: it is reported, marked failed in the summary, and returned.
     """
     failures = {}
-    pending = [name for name in config.methods if config.force or not rundir.method_dir(comparison, name).finished()]
+    pending = [name for name in config.methods if config.force or not rundir.method_dir(comparison, name).complete()]
     zero_shot: EpochMetrics | Exception | None = None
     try:
         zero_shot = zero_shot_recorded(splits, config, comparison) if pending else None

@@ -238,6 +238,10 @@ class MethodDir:
         """Whether the method's results are written (metrics.json is written last)."""
         return self.metrics.is_file()
 
+    def complete(self) -> bool:
+        """Whether its results are written and read back whole: an unreadable metrics.json is work to do again."""
+        return self.finished() and self.unreadable_result() is None
+
     def holds_results(self) -> bool:
         """Whether it holds something a rerun could lose: finished results or a checkpoint."""
         return self.finished() or self.checkpoints.is_dir()
