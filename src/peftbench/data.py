@@ -11,7 +11,7 @@ import importlib.util
 import json
 import random
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +39,16 @@ class Splits:
     validation: list[Example]
     test: list[Example]
     description: str
+    provenance: dict[str, str] = field(default_factory=dict)  # the data's file hash, or the hub dataset's revision
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -182,7 +192,7 @@ def _split_by_hash(examples: list[Example]) -> tuple[dict[str, list[Example]], d
     return {name: [ex for _, ex in sorted(pairs, key=lambda p: p[0])] for name, pairs in splits.items()}, dropped
 
 
-def _load_hub(config: RunConfig) -> tuple[dict[str, list[Example]], str]:
+def _load_hub(config: RunConfig) -> tuple[dict[str, list[Example]], str, dict[str, str]]:
     try:
         import datasets  # heavy; only needed for hub data
     except ImportError:
@@ -200,7 +210,8 @@ def _load_hub(config: RunConfig) -> tuple[dict[str, list[Example]], str]:
             raise ConfigError(f"dataset {config.dataset!r} has no {name!r} split; it has {list(loaded)}")
         rows = loaded[name].shuffle(seed=0).select(range(min(len(loaded[name]), _wanted(config, name))))
         splits[name] = _to_examples(list(rows), source, target, f"{name}-")
-    return splits, f"{config.dataset} ({config.dataset_config or 'default'}), hub splits"
+    fingerprints = {name: getattr(loaded[name], "_fingerprint", "") for name in SPLIT_NAMES}
+    return splits, f"{config.dataset} ({config.dataset_config or 'default'}), hub splits", fingerprints
 
 
 def _dropped_text(dropped: dict[str, int]) -> str:
@@ -218,6 +229,8 @@ def load_splits(config: RunConfig) -> Splits:
     """Load the configured dataset and cut the train/validation/test examples the config asks for."""
     if config.dataset == EMBEDDED:
         rows = _read_local(embedded_data_path())
+        provenance = {"file": f"{EMBEDDED_DATA_PACKAGE}:{EMBEDDED_DATA_FILE}",
+                      "sha256": file_hash(embedded_data_path())}  # fmt: skip
         examples = _to_examples(rows, "document", "right_summary", "halueval-")
         split_map, dropped = _split_by_hash(examples)
         description = (
@@ -229,12 +242,15 @@ def load_splits(config: RunConfig) -> Splits:
         if path.suffix not in LOCAL_SUFFIXES:
             raise ConfigError(f"dataset file {str(path)!r} must end in one of {', '.join(LOCAL_SUFFIXES)}")
         rows = _read_local(path)
+        provenance = {"file": path.name, "sha256": file_hash(path)}
         columns = list(dict.fromkeys(key for row in rows for key in row))
         source, target = _pick_columns(columns, config, f"dataset file {str(path)!r}")
         split_map, dropped = _split_by_hash(_to_examples(rows, source, target, "row-"))
         description = f"{path.name} (re-split 80/10/10 by content hash{_dropped_text(dropped)})"
     else:
-        split_map, description = _load_hub(config)
+        split_map, description, fingerprints = _load_hub(config)
+        provenance = {"hub_id": config.dataset, "config": config.dataset_config or "default"}
+        provenance |= {f"{name}_fingerprint": value for name, value in fingerprints.items()}
     chosen = {}
     for name in SPLIT_NAMES:
         wanted, available = _wanted(config, name), len(split_map[name])
@@ -242,7 +258,7 @@ def load_splits(config: RunConfig) -> Splits:
             flag = {"train": "--train-size", "validation": "--eval-size", "test": "--test-size"}[name]
             raise ConfigError(f"{flag} {wanted} is more than the {available} examples in the {name} split")
         chosen[name] = split_map[name][:wanted]
-    return Splits(chosen["train"], chosen["validation"], chosen["test"], description)
+    return Splits(chosen["train"], chosen["validation"], chosen["test"], description, provenance)
 
 
 # ---------------------------------------------------------------------------------------------- batching

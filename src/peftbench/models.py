@@ -7,6 +7,7 @@ The kind (causal or encoder-decoder) and the family come from the model's config
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -18,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from peftbench.config import EMBEDDED, ConfigError
+from peftbench.data import file_hash
 from peftbench.families import Family, family_of
 from peftbench.layout import Layout, PromptOptions, layout_for
 
@@ -194,6 +196,23 @@ def load_model(name: str, trust_remote_code: bool = False, allow_pickle: bool = 
         # Freezes the base and keeps norms in fp32; checkpointing stays with --gradient-checkpointing (the trainer).
         loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
     return loaded
+
+
+def model_provenance(name: str) -> dict[str, str]:
+    """Which weights exactly: a hub model's revision (commit), or for a local directory (the embedded model's
+    cache included) a sha256 over its config and safetensors files."""
+    path = Path(_path(name))
+    if not path.is_dir():
+        try:
+            revision = AutoConfig.from_pretrained(name)._commit_hash
+        except (OSError, ValueError):
+            revision = None
+        return {"hub_id": name, "revision": revision or "unknown"}
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name == "config.json"):
+        digest.update(file.name.encode())
+        digest.update(bytes.fromhex(file_hash(file)))
+    return {"path": _shown(name), "sha256": digest.hexdigest()}
 
 
 def skeleton(name: str, trust_remote_code: bool = False, allow_pickle: bool = False,

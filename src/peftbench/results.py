@@ -21,7 +21,7 @@ class EpochMetrics:
 
 @dataclass
 class TestMetrics:
-    loss: float
+    loss: float | None  # None for a reference with no model (Lead-3)
     rouge1: float
     rouge2: float
     rougeL: float
@@ -65,6 +65,8 @@ class MethodResult:
     efficiency: Efficiency | None = None
     # Where and with what it ran: library versions, platform, CPU count, CUDA device, date (None in older files).
     environment: dict[str, Any] | None = None
+    # What exactly ran: the model's revision or a hash of its weights files, and the data's (None in older files).
+    provenance: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,3 +105,14 @@ class Progress:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
         return cls(**{**data, "epochs": [EpochMetrics(**e) for e in data["epochs"]]})
+
+
+def prediction_rows(examples: list, predictions: list[str], per_example: dict[str, list[float]] | None) -> list[dict]:
+    """predictions.jsonl's rows, one per test example (data.Example): id, source, reference, prediction, and the
+    prediction's own scores (per_example: metric -> one value per example)."""
+    per_example = per_example or {}
+    return [
+        {"id": ex.id, "source": ex.source, "reference": ex.target, "prediction": prediction}
+        | {metric: values[index] for metric, values in per_example.items()}
+        for index, (ex, prediction) in enumerate(zip(examples, predictions, strict=True))
+    ]
