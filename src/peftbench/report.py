@@ -33,7 +33,7 @@ from peftbench.document import (  # noqa: E402
     to_markdown,
 )
 from peftbench.methods import METHODS  # noqa: E402
-from peftbench.results import MethodResult  # noqa: E402
+from peftbench.results import RANDOM_WEIGHTS, MethodResult  # noqa: E402
 from peftbench.rundir import MethodDir, write_atomic  # noqa: E402
 from peftbench.stats import CONFIDENCE, Estimate, estimate, overlaps  # noqa: E402
 
@@ -41,6 +41,7 @@ NO_DIFFERENCE = "no significant difference"
 EXAMPLES = 3
 SOURCE_EXCERPT = 300  # characters of each example's article shown
 LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are flagged as a busy machine
+MEANINGLESS = "n/a (random)"  # a quality cell of a model with random weights
 
 
 def plot_curves(result: MethodResult, path: Path) -> Path:
@@ -233,12 +234,14 @@ def _deployed_latency(r: MethodResult) -> float | None:
 
 @dataclass(frozen=True)
 class Column:
-    """One figure of the main table; better is 'high' or 'low', or None where no value is better than another."""
+    """One figure of the main table; better is 'high' or 'low', or None where no value is better than another.
+    A quality figure (loss, ROUGE, BLEU) means nothing for a model with random weights."""
 
     label: str
     value: Callable[[MethodResult], float | None]
     format: Callable[[float], str]
     better: str | None
+    quality: bool = False
 
 
 COLUMNS = [
@@ -250,13 +253,31 @@ COLUMNS = [
     Column("latency unmerged (ms)", _efficiency(lambda e: e.latency_ms["unmerged"]), _sig, "low"),
     Column("latency merged (ms)", _efficiency(lambda e: e.latency_ms.get("merged")), _sig, "low"),
     Column("adapter size (MiB)", _efficiency(lambda e: e.adapter_size_bytes / 2**20), _sig, "low"),
-    Column("final val loss", _final_val_loss, _fixed(4), "low"),
-    Column("test loss", _test("loss"), _fixed(4), "low"),
-    Column("test ROUGE-1", _test("rouge1"), _fixed(4), "high"),
-    Column("test ROUGE-2", _test("rouge2"), _fixed(4), "high"),
-    Column("test ROUGE-L", _rouge_l, _fixed(4), "high"),
-    Column("test BLEU", _test("bleu"), _fixed(2), "high"),
+    Column("final val loss", _final_val_loss, _fixed(4), "low", quality=True),
+    Column("test loss", _test("loss"), _fixed(4), "low", quality=True),
+    Column("test ROUGE-1", _test("rouge1"), _fixed(4), "high", quality=True),
+    Column("test ROUGE-2", _test("rouge2"), _fixed(4), "high", quality=True),
+    Column("test ROUGE-L", _rouge_l, _fixed(4), "high", quality=True),
+    Column("test BLEU", _test("bleu"), _fixed(2), "high", quality=True),
 ]
+
+
+def _random(results: list[MethodResult]) -> bool:
+    return any(result.random_weights for result in results)
+
+
+def _meaningless(runs: MethodRuns, column: Column) -> bool:
+    return column.quality and _random(runs.results)
+
+
+def _random_note(results: list[MethodResult]) -> Paragraph | None:
+    """What a model with random weights can tell, where one is in the table."""
+    if not _random(results):
+        return None
+    return Paragraph(
+        f"{MEANINGLESS}: {RANDOM_WEIGHTS}. A model given by its config alone starts from random weights, so its "
+        "speed, memory and size figures are real, while its loss, ROUGE and BLEU mean nothing and are not shown."
+    )
 
 
 def _cell(value: Estimate | None, column: Column) -> str:
@@ -285,7 +306,8 @@ def pick_best(values: list[Estimate | None], better: str, several_seeds: bool) -
 def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], several_seeds: bool) -> Table:
     """One row per method (its labels first, then with several seeds how many finished), then a 'best' row naming
     each column's winner or NO_DIFFERENCE."""
-    values = [[runs.estimate(column.value) for column in COLUMNS] for _, runs in rows]
+    values = [[None if _meaningless(runs, column) else runs.estimate(column.value) for column in COLUMNS]
+              for _, runs in rows]  # fmt: skip
     lead = [*labels, *(["seeds"] if several_seeds else [])]
     table = Table([*lead, *(column.label for column in COLUMNS)], [], verdict_row=True)
     verdicts = []
@@ -298,7 +320,8 @@ def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], s
             verdict = " / ".join(rows[index][0])
         verdicts.append(verdict)
     for (names, runs), row in zip(rows, values, strict=True):
-        cells = [_cell(value, column) for value, column in zip(row, COLUMNS, strict=True)]
+        cells = [MEANINGLESS if _meaningless(runs, column) else _cell(value, column)
+                 for value, column in zip(row, COLUMNS, strict=True)]  # fmt: skip
         if not runs.results:
             cells = ["failed/missing"] + ["-"] * (len(COLUMNS) - 1)
         counts = [f"{len(runs.results)} of {len(runs.runs)}"] if several_seeds else []
@@ -483,6 +506,7 @@ def _hyperparameters(section: Section) -> str:
         f"{config['max_target_tokens']}, generated {config['max_new_tokens']} "
         f"({_plural(config['num_beams'], 'beam')}); precision {config.get('compute_precision', config['precision'])}; "
         f"prompt format: {config.get('prompt_format', 'plain')}"
+        + (f"; base quantized to {config['quantize']}" if config.get("quantize") else "")
     )
 
 
@@ -511,9 +535,10 @@ def header(section: Section) -> Bullets:
     env = next((r.environment for r in results if r.environment), None)
     memory = first.efficiency.memory_measure if first.efficiency else "not recorded"
     seeds = ", ".join(map(str, section.seeds)) or "unknown"
+    weights = f"; {RANDOM_WEIGHTS}" if first.random_weights else ""
     return Bullets(
         [
-            f"Model: {first.model} ({config.get('model_kind', '?')}, {first.total_params:,} parameters)",
+            f"Model: {first.model} ({config.get('model_kind', '?')}, {first.total_params:,} parameters{weights})",
             f"Data: {first.dataset}; {config['train_size']} train / {config['eval_size']} validation / "
             f"{config['test_size']} test examples",
             f"Hyperparameters: {_hyperparameters(section)}",
@@ -571,9 +596,7 @@ def section_blocks(section: Section, index: int) -> list[Block]:
     several = _several_seeds([section])
     blocks: list[Block] = [Heading(2, f"Model: {section.model}"), header(section), Heading(3, "Results")]
     blocks.append(results_table([([runs.method], runs) for runs in section.methods], ["method"], several))
-    caution = latency_caution(section)
-    if caution is not None:
-        blocks.append(caution)
+    blocks += filter(None, [_random_note(section.results), latency_caution(section)])
     failures = _failures(section)
     if failures:
         blocks += [Paragraph("Failed or missing runs (left out of the figures above):"), Bullets(failures)]
@@ -586,10 +609,13 @@ def section_blocks(section: Section, index: int) -> list[Block]:
         Figure(
             f"{stem}-epochs.png", plot_epochs(section), f"Validation scores against epoch (0: before training){bars}"
         ),
-        Heading(3, "Quality against cost"),
-        Figure(f"{stem}-pareto.png", plot_pareto(section), f"Test ROUGE-L against three costs{bars}"),
-        _pareto_text(section),
     ]
+    if not _random(section.results):  # random weights: no quality to trade against cost
+        blocks += [
+            Heading(3, "Quality against cost"),
+            Figure(f"{stem}-pareto.png", plot_pareto(section), f"Test ROUGE-L against three costs{bars}"),
+            _pareto_text(section),
+        ]
     examples = examples_table(section)
     if examples is not None:
         blocks += [Heading(3, "Test examples" + (" (each method's first finished seed)" if several else "")), examples]
@@ -621,6 +647,7 @@ def report_blocks(sections: list[Section]) -> list[Block]:
     if len(sections) > 1:
         rows = [([section.label, runs.method], runs) for section in sections for runs in section.methods]
         blocks += [Heading(2, "All models"), results_table(rows, ["model", "method"], several)]
+        blocks += filter(None, [_random_note([r for section in sections for r in section.results])])
     for index, section in enumerate(sections, 1):
         blocks += section_blocks(section, index)
     return blocks
@@ -658,6 +685,7 @@ def write_summary(output: Path) -> str:
         table = results_table([([runs.method], runs) for runs in section.methods], ["method"], several)
         tables.append(table)
         blocks += [Heading(2, f"Model: {section.model}"), header(section), table]
+        blocks += filter(None, [_random_note(section.results)])
         failures = _failures(section)
         if failures:
             blocks += [Paragraph("Failed or missing runs (see <method>/failed.json):"), Bullets(failures)]
