@@ -45,7 +45,7 @@ from peftbench.measure import matmul_flops_per_s, peak_memory_bytes, reset_peak_
 from peftbench.method_run import quiet_libraries
 from peftbench.methods import METHODS, MethodSettings, check_method_names
 from peftbench.models import LoadedModel, load_model
-from peftbench.train import Trainer, TrainOptions
+from peftbench.train import Trainer, TrainOptions, mixed_precision
 
 FIXED_LENGTH = 512  # the original study padded every example to this many tokens (variant c)
 VARIANTS = {
@@ -178,7 +178,8 @@ class CountingCollator:
 
 def build_peftbench(model, loaded: LoadedModel, items: list[Encoded], config: RunConfig, optimizer):
     """Variant a. Returns (train callable, counter, loop timer or None)."""
-    trainer = Trainer(model, optimizer, items, loaded.layout, TrainOptions.from_config(config))
+    options = TrainOptions.from_config(config, mixed_precision(config.precision))
+    trainer = Trainer(model, optimizer, items, loaded.layout, options)
     # The sampler's first-epoch batches are exactly those the loop will consume; collating them here (outside the
     # timed call) counts the same positions and real tokens the model will see.
     counter = CountingCollator(loaded.layout.collate, loaded.layout)

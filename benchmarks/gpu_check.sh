@@ -18,6 +18,7 @@
 #   dtype-check    every method trains, evaluates, generates and is timed at one precision (benchmarks/dtype_check.py)
 #   bench-train    bench_train.py a/b (peftbench's loop against HF Trainer, bf16) on the 135M shape
 #   bench-generate bench_generate.py on the 135M shape
+#   ddp            LoRA through torchrun on two GPUs, where the machine has two or more
 # The rehearsal runs them all on CPU in fp32 with benchmarks/shapes/tiny-llama and small sizes, except QLoRA (no
 # CUDA there), and fails (exit 1) if any step does, so the script cannot rot between GPU sessions.
 #
@@ -26,7 +27,7 @@
 # (adapters, saved models, the random weights) stay in WORK (default: a new temporary folder, removed at the end).
 #
 # Environment: GPU_CHECK_KIT (default .gpu-kit), PYTHON (default python3: the machine's own, with CUDA torch), OUT,
-# WORK, GPU_CHECK_BUDGET (seconds for all steps; default 570, rehearsal 270).
+# WORK, GPU_CHECK_BUDGET (seconds for all steps; default 570, rehearsal 420).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REHEARSE=${GPU_CHECK_REHEARSE:-0}
@@ -44,7 +45,7 @@ FILES=(gpu-check.log compare-summary.md qlora-vs-lora.md dtype-check.json bench_
 for file in "${FILES[@]}"; do rm -f "${OUT:?}/$file"; done  # an earlier check's results are not this one's
 
 if [ "$REHEARSE" = 1 ]; then
-    BUDGET=${GPU_CHECK_BUDGET:-270}
+    BUDGET=${GPU_CHECK_BUDGET:-420}  # a cap for a busy machine: about 2 to 4 minutes on 2 cores
     PRECISION=fp32
     SMALL_SHAPE=tiny-llama
     LARGE_SHAPE=tiny-llama
@@ -190,6 +191,12 @@ main() {
         --variants a,b --json "$OUT/bench_train.json" "${TRAIN_SIZES[@]}"
     step bench-generate 90 "$PYTHON" benchmarks/bench_generate.py --model "$small" --dataset "$KIT/data.jsonl" \
         "${GENERATE_SIZES[@]}"
+    if [ "$REHEARSE" != 1 ] && [ "$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")" -ge 2 ]; then
+        step ddp 120 "$PYTHON" -m torch.distributed.run --nproc-per-node 2 "${run[@]:1}" --model "$small" \
+            --output "$WORK/runs/ddp" --methods lora
+    else
+        echo "== ddp: skipped: one GPU or none (two CPU processes run it in tests/test_parallel.py)"
+    fi
     "$PYTHON" -c "$COLLECT" "$WORK" "$OUT/results.json"
 
     echo "== summary: $((SECONDS)) s in all (budget ${BUDGET} s for the steps)"
