@@ -15,7 +15,9 @@ from html.parser import HTMLParser
 import pytest
 
 from peftbench.cli import main
+from peftbench.results import RANDOM_WEIGHTS
 from peftbench.stats import Estimate, estimate, holm
+from peftbench.table import COLUMNS, MEANINGLESS
 from tests.conftest import tiny_run_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -323,3 +325,26 @@ def test_inconsistent_base_latency_is_flagged(gpt2_run, tmp_path):
     report = (output / "report.md").read_text()
     assert "the base model's latency, measured the same way before every method, ranged from 110 to 400 ms" in report
     assert "(3.6x)" in report and "rerun on an idle machine" in (output / "report.html").read_text()
+
+
+def test_random_weights_are_marked_and_their_quality_is_not_shown(gpt2_shape, gpt2_run, articles, tmp_path):
+    output = tmp_path / "random"
+    assert main(tiny_run_args(gpt2_shape, articles, output, "--methods", "lora,ia3", *FAST)) == 0
+    summary, report = (output / "summary.md").read_text(), (output / "report.md").read_text()
+    rows = _rows(_tables(summary)[0])
+    quality = [column.label for column in COLUMNS if column.quality]
+    assert quality == ["final val loss", "test loss", "test ROUGE-1", "test ROUGE-2", "test ROUGE-L", "test BLEU"]
+    for method in ("lora", "ia3"):
+        metrics = _metrics(output / method)
+        assert metrics["config"]["model_weights"] == RANDOM_WEIGHTS
+        assert all(rows[method][column] == MEANINGLESS for column in quality)
+        assert _shown(metrics["efficiency"]["train_tokens_per_s"], rows[method]["train tokens/s"])
+    assert all(rows["best"][column] == "" for column in quality)  # no winner among meaningless figures
+    assert rows["best"]["trainable params"] == "ia3"
+    for text in (summary, report):
+        assert "parameters; random weights: speed and memory only)" in text  # the header's model line
+        assert f"{MEANINGLESS}: random weights: speed and memory only." in text
+    assert "Quality against cost" not in report and "Per-epoch scores" in report
+    # A pretrained model is recorded as such and keeps every column.
+    assert _metrics(gpt2_run / "lora")["config"]["model_weights"] == "pretrained"
+    assert MEANINGLESS not in (gpt2_run / "summary.md").read_text()

@@ -14,7 +14,8 @@ from peftbench.methods import METHODS
 
 DEFAULTS = RunConfig()
 HELP = {
-    "model": "hub id (gpt2, t5-small, ...) or local directory; default: the embedded SmolLM2-135M-Instruct",
+    "model": "hub id (gpt2, t5-small, ...), local directory, or a config.json alone (random weights: speed and memory "
+    "only); default: the embedded SmolLM2-135M-Instruct",
     "dataset": "hub dataset id (cnn_dailymail), or a local .jsonl/.json/.csv file; default: the embedded CNN/DM sample",
     "dataset_config": "hub dataset config, e.g. 3.0.0 for cnn_dailymail",
     "source_column": "column holding the article (known for cnn_dailymail and the embedded sample)",

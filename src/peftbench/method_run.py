@@ -27,7 +27,16 @@ from peftbench.measure import latency_ms, merge_agreement, merged_copy
 from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
 from peftbench.models import LoadedModel, load_model, model_provenance
 from peftbench.report import plot_curves
-from peftbench.results import Efficiency, EpochMetrics, MethodResult, Progress, TestMetrics, prediction_rows
+from peftbench.results import (
+    PRETRAINED,
+    RANDOM_WEIGHTS,
+    Efficiency,
+    EpochMetrics,
+    MethodResult,
+    Progress,
+    TestMetrics,
+    prediction_rows,
+)
 from peftbench.rundir import ZERO_SHOT, MethodDir
 from peftbench.train import Trainer, TrainOptions, autocast, mixed_precision, show_progress
 
@@ -230,6 +239,7 @@ def _model_settings(loaded: LoadedModel, precision: str) -> dict[str, str]:
     return {
         "model_kind": loaded.layout.kind,
         "model_family": loaded.family.name,
+        "model_weights": RANDOM_WEIGHTS if loaded.random_weights else PRETRAINED,
         "prompt_format": loaded.layout.prompt_format,  # as used: "auto" resolved
         "compute_precision": "fp32" if precision == "no" else precision,
     }

@@ -31,16 +31,18 @@ from peftbench.document import (  # noqa: E402
     to_markdown,
 )
 from peftbench.methods import METHODS  # noqa: E402
-from peftbench.results import MethodResult  # noqa: E402
+from peftbench.results import RANDOM_WEIGHTS, MethodResult  # noqa: E402
 from peftbench.rundir import write_atomic  # noqa: E402
 from peftbench.sections import MethodRuns, Run, Section, load_sections  # noqa: E402
 from peftbench.stats import Estimate, Interval, estimate  # noqa: E402
 from peftbench.table import (  # noqa: E402
+    MEANINGLESS,
     NO_DIFFERENCE,
     NOT_TESTED,
     deployed_latency,
     failures,
     peak_memory_mib,
+    random_weights,
     results_table,
     several_seeds,
     sig,
@@ -274,6 +276,7 @@ def _hyperparameters(section: Section) -> str:
         f"{config['max_target_tokens']}, generated {config['max_new_tokens']} "
         f"({_plural(config['num_beams'], 'beam')}); precision {config.get('compute_precision', config['precision'])}; "
         f"prompt format: {config.get('prompt_format', 'plain')}"
+        + (f"; base quantized to {config['quantize']}" if config.get("quantize") else "")
     )
 
 
@@ -302,9 +305,10 @@ def header(section: Section) -> Bullets:
     env = next((r.environment for r in results if r.environment), None)
     memory = first.efficiency.memory_measure if first.efficiency else "not recorded"
     seeds = ", ".join(map(str, section.seeds)) or "unknown"
+    weights = f"; {RANDOM_WEIGHTS}" if first.random_weights else ""
     return Bullets(
         [
-            f"Model: {first.model} ({config.get('model_kind', '?')}, {first.total_params:,} parameters)",
+            f"Model: {first.model} ({config.get('model_kind', '?')}, {first.total_params:,} parameters{weights})",
             f"Data: {first.dataset}; {config['train_size']} train / {config['eval_size']} validation / "
             f"{config['test_size']} test examples",
             f"Hyperparameters: {_hyperparameters(section)}",
@@ -361,8 +365,20 @@ def _pareto_text(section: Section, analysis: Analysis) -> Paragraph:
     )
 
 
+def random_note(results: list[MethodResult]) -> Paragraph | None:
+    """What a model with random weights can tell, where one is in the table."""
+    if not random_weights(results):
+        return None
+    return Paragraph(
+        f"{MEANINGLESS}: {RANDOM_WEIGHTS}. A model given by its config alone starts from random weights, so its "
+        "speed, memory and size figures are real, while its loss, ROUGE and BLEU mean nothing and are not shown."
+    )
+
+
 def verdict_blocks(section: Section, analysis: Analysis | None) -> list[Block]:
-    """The verdict, one bullet per sentence, and how its figures were computed."""
+    """The verdict, one bullet per sentence, and how its figures were computed; none for random weights."""
+    if random_weights(section.results):
+        return [Paragraph(f"No verdict: {RANDOM_WEIGHTS} (the model was given by its config alone).")]
     blocks: list[Block] = [Bullets(verdict_lines(section, analysis))]
     return blocks + ([Paragraph(analysis.note)] if analysis is not None else [])
 
@@ -374,9 +390,7 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
                            *verdict_blocks(section, analysis), Heading(3, "Results")]  # fmt: skip
     rows = [([runs.method], runs) for runs in section.methods]
     blocks.append(results_table(rows, ["method"], several, analysis))
-    caution = latency_caution(section)
-    if caution is not None:
-        blocks.append(caution)
+    blocks += filter(None, [random_note(section.results), latency_caution(section)])
     missing = failures(section)
     if missing:
         blocks += [Paragraph("Failed or missing runs (left out of the figures above):"), Bullets(missing)]
@@ -390,7 +404,7 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
             f"{stem}-epochs.png", plot_epochs(section), f"Validation scores against epoch (0: before training){bars}"
         ),
     ]
-    if analysis is not None:
+    if analysis is not None and not random_weights(section.results):  # random weights: no quality to show
         label = LABELS[PRIMARY]
         blocks += [
             Heading(3, f"Test {label} with intervals"),
@@ -435,6 +449,7 @@ def report_blocks(sections: list[Section], analyses: list[Analysis | None]) -> l
         blocks += [Heading(2, "All models"), results_table(rows, ["model", "method"], several, rank=False),
                    Paragraph("Each model's own section ranks its methods; across models the test sets and "
                              "intervals are the models' own.")]  # fmt: skip
+        blocks += filter(None, [random_note([r for section in sections for r in section.results])])
     for index, (section, analysis) in enumerate(zip(sections, analyses, strict=True), 1):
         blocks += section_blocks(section, analysis, index)
     return blocks
@@ -475,6 +490,7 @@ def write_summary(output: Path) -> str:
         verdict = verdict_blocks(section, analysis)
         shown += [Heading(2, f"Model: {section.model}"), table, Heading(3, "Verdict"), verdict[0]]
         blocks += [Heading(2, f"Model: {section.model}"), Heading(3, "Verdict"), *verdict, header(section), table]
+        blocks += filter(None, [random_note(section.results)])
         missing = failures(section)
         if missing:
             blocks += [Paragraph("Failed or missing runs (see <method>/failed.json):"), Bullets(missing)]

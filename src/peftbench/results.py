@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 2
+# config["model_weights"]: a pretrained model's, or random ones of a config's shape (older files: pretrained).
+PRETRAINED = "pretrained"
+RANDOM_WEIGHTS = "random weights: speed and memory only"
 
 
 @dataclass
@@ -68,6 +71,11 @@ class MethodResult:
     # What exactly ran: the model's revision or a hash of its weights files, and the data's (None in older files).
     provenance: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def random_weights(self) -> bool:
+        """Trained from random weights: its speed and memory figures hold, its loss, ROUGE and BLEU mean nothing."""
+        return self.config.get("model_weights", PRETRAINED) == RANDOM_WEIGHTS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

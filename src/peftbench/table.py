@@ -15,6 +15,7 @@ from peftbench.verdict import Analysis
 
 NO_DIFFERENCE = "no significant difference"
 NOT_TESTED = "one run: not tested"
+MEANINGLESS = "n/a (random)"  # a quality cell of a model with random weights
 
 
 def sig(x: float) -> str:
@@ -59,6 +60,7 @@ class Column:
     metric: a test metric with per-example scores (its cells and tests come from the bootstrap, verdict.Analysis).
     exact: the same on every run (counts, sizes), so one run compares as it is; other figures vary between runs and
     are compared only over several seeds (paired t-test).
+    quality: a loss or score, which means nothing for a model with random weights.
     """
 
     label: str
@@ -67,6 +69,7 @@ class Column:
     better: str | None
     exact: bool = False
     metric: str | None = None
+    quality: bool = False
 
 
 COLUMNS = [
@@ -79,16 +82,23 @@ COLUMNS = [
     Column("latency unmerged (ms)", _efficiency(lambda e: e.latency_ms["unmerged"]), sig, "low"),
     Column("latency merged (ms)", _efficiency(lambda e: e.latency_ms.get("merged")), sig, "low"),
     Column("adapter size (MiB)", _efficiency(lambda e: e.adapter_size_bytes / 2**20), sig, "low", exact=True),
-    Column("final val loss", _final_val_loss, _fixed(4), "low"),
-    Column("test loss", _test("loss"), _fixed(4), "low"),
-    Column("test ROUGE-1", _test("rouge1"), _fixed(4), "high", metric="rouge1"),
-    Column("test ROUGE-2", _test("rouge2"), _fixed(4), "high", metric="rouge2"),
-    Column("test ROUGE-L", _test("rougeL"), _fixed(4), "high", metric="rougeL"),
-    Column("test BLEU", _test("bleu"), _fixed(2), "high", metric="bleu"),
+    Column("final val loss", _final_val_loss, _fixed(4), "low", quality=True),
+    Column("test loss", _test("loss"), _fixed(4), "low", quality=True),
+    Column("test ROUGE-1", _test("rouge1"), _fixed(4), "high", metric="rouge1", quality=True),
+    Column("test ROUGE-2", _test("rouge2"), _fixed(4), "high", metric="rouge2", quality=True),
+    Column("test ROUGE-L", _test("rougeL"), _fixed(4), "high", metric="rougeL", quality=True),
+    Column("test BLEU", _test("bleu"), _fixed(2), "high", metric="bleu", quality=True),
 ]
 
 
+def random_weights(results: list[MethodResult]) -> bool:
+    """Whether any of these results comes from a model with random weights (its quality figures mean nothing)."""
+    return any(result.random_weights for result in results)
+
+
 def _cell(runs: MethodRuns, column: Column, analysis: Analysis | None) -> str:
+    if column.quality and random_weights(runs.results):
+        return MEANINGLESS
     if column.metric and analysis is not None and runs.method in analysis.scores:
         interval = analysis.scores[runs.method][column.metric]
         return f"{column.format(interval.value)} ({column.format(interval.low)}–{column.format(interval.high)})"
@@ -142,9 +152,11 @@ def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], s
     if not rank:
         return table
     trained = [runs for _, runs in rows if not runs.reference]
+    meaningless = random_weights([result for runs in trained for result in runs.results])
     verdicts = []
     for c, column in enumerate(COLUMNS):
-        best, verdict = _tested_best(column, trained, analysis) if column.better else (None, "")
+        ranked = column.better and not (column.quality and meaningless)  # no winner among meaningless figures
+        best, verdict = _tested_best(column, trained, analysis) if ranked else (None, "")
         if best is not None:
             index = next(i for i, (_, runs) in enumerate(rows) if runs.method == best)
             table.best.add((index, len(lead) + c))
