@@ -1,9 +1,10 @@
-# One command each: `make run` (set up, then the default comparison) and `make test` (set up, then the tests).
+# One command each: `make run` (set up, then the default comparison) and `make test` (set up, then the tests);
+# `make gpu-rehearsal` rehearses the GPU check on CPU (CI runs it).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test gpu-rehearsal lint clean
 
 # torch goes first and pinned: on the offline dev machines that is the local CPU build, and the project's range
 # accepts it, so the second install adds nothing to torch (elsewhere it is simply a supported release).
@@ -24,5 +25,10 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# benchmarks/gpu_check.sh end to end on CPU (tiny shape, fp32, no QLoRA), from its kit (built here from PyPI).
+gpu-rehearsal: setup
+	PYTHON=$(abspath $(BIN))/python bash benchmarks/gpu_kit.sh .gpu-kit
+	GPU_CHECK_REHEARSE=1 PYTHON=$(abspath $(BIN))/python OUT=runs/gpu-rehearsal bash benchmarks/gpu_check.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .gpu-kit

@@ -1,11 +1,12 @@
 """Generation speed, side by side in one process: per-example vs batched, and base vs unmerged vs merged adapter.
 
-    python benchmarks/bench_generate.py [--model M] [--method lora|ia3] [--batch-size 16] [--new-tokens 64]
+    python benchmarks/bench_generate.py [--model M] [--dataset D] [--method lora|ia3] [--batch-size 16]
+        [--new-tokens 64]
 
 Every variant generates exactly --new-tokens tokens (EOS ignored) for the same test prompts of the embedded
-CNN/DailyMail sample. Rounds alternate the variants and figures are medians over rounds, so that a noisy machine
-shifts all variants alike. Goals: merged latency within 5% of the base model's; batched throughput at least 5x
-per-example throughput at batch 16.
+CNN/DailyMail sample (or --dataset). Rounds alternate the variants and figures are medians over rounds, so that a
+noisy machine shifts all variants alike. Goals: merged latency within 5% of the base model's; batched throughput at
+least 5x per-example throughput at batch 16.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MERGEABLE = [name for name, method in METHODS.items() if method.mergeable]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=EMBEDDED, help="hub id, local directory, or the embedded model")
+    parser.add_argument("--dataset", default=EMBEDDED, help="as peftbench run's (default: the embedded CNN/DM sample)")
     parser.add_argument("--method", default="lora", choices=MERGEABLE)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts in the batched run")
     parser.add_argument("--latency-prompts", type=int, default=6, help="prompts timed one by one per round")
@@ -65,7 +67,7 @@ def main() -> None:
     args = parse_args()
     quiet_libraries()
     test_size = max(args.batch_size, args.latency_prompts)
-    config = RunConfig(model=args.model, train_size=1, eval_size=1, test_size=test_size)
+    config = RunConfig(model=args.model, dataset=args.dataset, train_size=1, eval_size=1, test_size=test_size)
     splits = load_splits(config)
     loaded = load_model(args.model)
     layout = loaded.layout

@@ -11,8 +11,9 @@ Every (method, variant) runs in its own freshly spawned process, one at a time, 
 across runs and no run competes with another for the CPU. Real tokens (non-padding) are identical for all
 variants, so real tokens/s compares them directly.
 
-    python benchmarks/bench_train.py [--model M] [--methods full,lora,ia3] [--steps 6] [--batch-size 4]
-        [--max-source-tokens 384] [--max-target-tokens 64] [--variants a,b,c] [--truncate] [--json PATH]
+    python benchmarks/bench_train.py [--model M] [--dataset D] [--methods full,lora,ia3] [--steps 6]
+        [--batch-size 4] [--max-source-tokens 384] [--max-target-tokens 64] [--variants a,b,c] [--truncate]
+        [--json PATH]
 
 Examples are whole articles that fit --max-source-tokens (lengths vary as in real data); --truncate uses the
 first articles cut to that length instead, where nearly every row is equally long and padding barely exists.
@@ -44,7 +45,7 @@ from peftbench.measure import matmul_flops_per_s, peak_memory_bytes, reset_peak_
 from peftbench.method_run import quiet_libraries
 from peftbench.methods import METHODS, MethodSettings, check_method_names
 from peftbench.models import LoadedModel, load_model
-from peftbench.train import Trainer, TrainOptions
+from peftbench.train import Trainer, TrainOptions, mixed_precision
 
 FIXED_LENGTH = 512  # the original study padded every example to this many tokens (variant c)
 VARIANTS = {
@@ -68,11 +69,13 @@ class Settings:
     max_target_tokens: int
     whole_articles: bool = True
     seed: int = 0
+    dataset: str = EMBEDDED
 
     def run_config(self) -> RunConfig:
         # train_size = steps x batch_size with one epoch and no accumulation: exactly `steps` optimizer steps.
         config = RunConfig(
             model=self.model,
+            dataset=self.dataset,
             train_size=self.steps * self.batch_size,
             eval_size=1,
             test_size=1,
@@ -175,7 +178,8 @@ class CountingCollator:
 
 def build_peftbench(model, loaded: LoadedModel, items: list[Encoded], config: RunConfig, optimizer):
     """Variant a. Returns (train callable, counter, loop timer or None)."""
-    trainer = Trainer(model, optimizer, items, loaded.layout, TrainOptions.from_config(config))
+    options = TrainOptions.from_config(config, mixed_precision(config.precision))
+    trainer = Trainer(model, optimizer, items, loaded.layout, options)
     # The sampler's first-epoch batches are exactly those the loop will consume; collating them here (outside the
     # timed call) counts the same positions and real tokens the model will see.
     counter = CountingCollator(loaded.layout.collate, loaded.layout)
@@ -311,6 +315,7 @@ def in_fresh_process(fn, *args):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=EMBEDDED, help="hub id or local directory (default: embedded SmolLM2)")
+    parser.add_argument("--dataset", default=EMBEDDED, help="as peftbench run's (default: the embedded CNN/DM sample)")
     parser.add_argument("--methods", default="full,lora,ia3", help="comma list (default: full,lora,ia3)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (default: 6)")
     parser.add_argument("--batch-size", type=int, default=4, help="examples per step (default: 4)")
@@ -349,9 +354,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    return Settings(
-        args.model, args.steps, args.batch_size, args.max_source_tokens, args.max_target_tokens, not args.truncate
-    )
+    return Settings(args.model, args.steps, args.batch_size, args.max_source_tokens, args.max_target_tokens,
+                    not args.truncate, dataset=args.dataset)  # fmt: skip
 
 
 def device_name() -> str:

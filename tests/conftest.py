@@ -226,6 +226,19 @@ def without_dropout(model: Path, directory: Path) -> Path:
     return directory
 
 
+@pytest.fixture
+def gpt2_shape(tmp_path, tiny_gpt2, monkeypatch) -> Path:
+    """Tiny GPT-2's config and tokenizer without its weights (a model given by its config alone); the random
+    weights drawn for it go to a cache of the test's own."""
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+    directory = tmp_path / "gpt2-shape"
+    directory.mkdir()
+    for path in tiny_gpt2.iterdir():
+        if path.suffix != ".safetensors":
+            shutil.copy(path, directory / path.name)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def articles(tmp_path_factory) -> Path:
     """100 real CNN/DailyMail rows from the embedded sample, shortened, under cnn_dailymail's column names."""

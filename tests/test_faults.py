@@ -364,6 +364,8 @@ LINKS = {
     "adapter": ("lora/adapter", []),
     "trackers": ("trackers", ["--report-to", "tensorboard"]),
     "zero-shot": ("zero-shot", []),
+    "Lead-3": ("lead-3", []),
+    "results table": ("results.csv", []),
     "lock file": (".peftbench.lock", []),
 }
 

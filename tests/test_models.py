@@ -1,16 +1,19 @@
-"""Model loading and the causal/seq2seq loss; the embedded SmolLM2 loader."""
+"""Model loading and the causal/seq2seq loss; the embedded SmolLM2 loader; models given by their config alone."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import pytest
 import torch
 
 from peftbench.adapt import apply_method, count_parameters
-from peftbench.config import EMBEDDED, RunConfig
+from peftbench.config import EMBEDDED, ConfigError, RunConfig
 from peftbench.data import Example
 from peftbench.layout import TokenLimits
 from peftbench.methods import METHODS, MethodSettings
-from peftbench.models import load_model
+from peftbench.models import load_model, skeleton
 
 SETTINGS = MethodSettings.from_config(RunConfig())
 
@@ -66,7 +69,52 @@ def test_embedded_model_converts_once_and_loads_from_cache(tmp_path, monkeypatch
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from peftbench.config import ConfigError
-
     with pytest.raises(ConfigError, match="cannot load model"):
         load_model(str(tmp_path / "nowhere"))
+
+
+def _weights(loaded) -> dict[str, torch.Tensor]:
+    return loaded.model.state_dict()
+
+
+def test_a_config_alone_gives_random_weights_drawn_with_a_fixed_seed(gpt2_shape, tiny_gpt2, tmp_path):
+    loaded = load_model(str(gpt2_shape))
+    assert loaded.random_weights and loaded.layout.kind == "causal" and loaded.family.name == "gpt2"
+    assert not load_model(str(tiny_gpt2)).random_weights
+    [drawn] = list((tmp_path / "cache" / "random-weights").iterdir())  # drawn once, kept as safetensors only
+    assert sorted(f.suffix for f in drawn.iterdir() if f.suffix not in (".json",)) == [".safetensors"]
+    # The config file itself names the same model; the same weights, whether from the cache or drawn anew.
+    again = load_model(str(gpt2_shape / "config.json"))
+    shutil.rmtree(tmp_path / "cache")
+    redrawn = load_model(str(gpt2_shape))
+    for name, weight in _weights(loaded).items():
+        assert torch.equal(_weights(again)[name], weight) and torch.equal(_weights(redrawn)[name], weight)
+    attention = _weights(loaded)["transformer.h.0.attn.c_attn.weight"]
+    assert attention.std().item() == pytest.approx(0.02, rel=0.1)  # the config's initializer_range: random
+    meta = skeleton(str(gpt2_shape))
+    assert meta.random_weights and next(meta.model.parameters()).device.type == "meta"
+
+
+def test_a_config_alone_never_runs_code(gpt2_shape, tmp_path):
+    """Code named by the config (auto_map) is not imported, even with --trust-remote-code."""
+    marker = tmp_path / "ran"
+    (gpt2_shape / "shape_code.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((gpt2_shape / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "shape_code.Config", "AutoModelForCausalLM": "shape_code.Model"}
+    (gpt2_shape / "config.json").write_text(json.dumps(config))
+    loaded = load_model(str(gpt2_shape), trust_remote_code=True)
+    assert type(loaded.model).__name__ == "GPT2LMHeadModel" and loaded.random_weights
+    assert not marker.exists()
+
+
+def test_a_config_alone_needs_its_own_tokenizer_beside_it(gpt2_shape, tmp_path):
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(gpt2_shape / "config.json", lone / "config.json")
+    with pytest.raises(ConfigError, match="no tokenizer files in") as error:
+        load_model(str(lone))
+    assert "a config.json with its tokenizer's files beside it" in str(error.value)
+    config = json.loads((gpt2_shape / "config.json").read_text())
+    (gpt2_shape / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    with pytest.raises(ConfigError, match="50,257 tokens, more than the config's vocab_size 1,000"):
+        load_model(str(gpt2_shape))

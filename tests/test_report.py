@@ -15,8 +15,9 @@ from html.parser import HTMLParser
 import pytest
 
 from peftbench.cli import main
-from peftbench.report import NO_DIFFERENCE, pick_best
-from peftbench.stats import Estimate, estimate, overlaps, t_cdf, t_quantile
+from peftbench.results import RANDOM_WEIGHTS
+from peftbench.stats import Estimate, estimate, holm
+from peftbench.table import COLUMNS, MEANINGLESS
 from tests.conftest import tiny_run_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -71,13 +72,18 @@ def _rows(table: list[list[str]]) -> dict[str, dict[str, str]]:
     return {row[header.index("method")]: dict(zip(header, row, strict=True)) for row in table[1:]}
 
 
+def _lead(cell: str) -> str:
+    """A cell's value: before its ± half-width or its (low–high) interval."""
+    return cell.split("±")[0].split(" (")[0].strip().replace(",", "")
+
+
 def _number(cell: str) -> float:
-    return float(cell.split("±")[0].replace(",", ""))
+    return float(_lead(cell))
 
 
 def _shown(value: float, cell: str) -> bool:
     """Whether cell shows value rounded to the cell's own number of decimals."""
-    text = cell.split("±")[0].strip().replace(",", "")
+    text = _lead(cell)
     decimals = len(text.split(".")[1]) if "." in text else 0
     return _number(cell) == pytest.approx(round(value, decimals), abs=10**-decimals / 2 + 1e-12)
 
@@ -142,7 +148,7 @@ def test_report_files_images_and_numbers(gpt2_run):
         assert (gpt2_run / method / "curves.png").is_file()
 
     pngs = _embedded_pngs(page)
-    assert len(pngs) == 2 + 3  # per-epoch overlay, Pareto plots, one curves.png per method
+    assert len(pngs) == 3 + 3  # per-epoch overlay, scores with intervals, Pareto plots; one curves.png per method
     for png in pngs:
         _check_png(png)
     for name in re.findall(r"\]\((report_files/[^)]+)\)", report):
@@ -160,6 +166,11 @@ def test_report_files_images_and_numbers(gpt2_run):
         merged, cell = metrics["efficiency"]["latency_ms"]["merged"], rows[method]["latency merged (ms)"]
         assert cell == "-" if merged is None else _shown(merged, cell)
 
+    for reference in ("zero-shot", "lead-3"):  # reference rows, scored on the same test examples
+        metrics = _metrics(gpt2_run / reference)
+        cell = rows[f"{reference} (reference)"]["test ROUGE-L"]
+        assert _shown(metrics["test"]["rougeL"], cell) and re.search(r"\(\d\.\d{4}–\d\.\d{4}\)", cell)
+    assert "Verdict" in report and "Recommendation:" in report
     # The best of each column is bold in Markdown, has class "best" in HTML and is named in the 'best' row.
     fewest = min(("full", "lora", "ia3"), key=lambda m: _metrics(gpt2_run / m)["trainable_params"])
     assert rows["best"]["trainable params"] == fewest
@@ -176,34 +187,16 @@ def test_environment_recorded(gpt2_run):
     assert env["cuda_device"] is None and env["cpu_count"] >= 1
 
 
-def test_t_quantiles_and_confidence_interval_by_hand():
-    for df, expected in ((1, 12.706205), (2, 4.302653), (4, 2.776445), (9, 2.262157), (30, 2.042272)):
-        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
-    assert t_cdf(0, 5) == 0.5 and t_cdf(-2.015048, 5) == pytest.approx(0.05, abs=1e-7)
-
-    result = estimate([1, 2, 3])  # mean 2, sd 1, standard error 1/sqrt(3)
+def test_t_interval_and_holm_by_hand():
+    result = estimate([1, 2, 3])  # mean 2, sd 1, standard error 1/sqrt(3), t(0.975, 2) = 4.302653
     assert result.mean == 2 and result.n == 3
     assert result.half_width == pytest.approx(4.302653 / math.sqrt(3), abs=1e-6)
-    assert result.half_width == pytest.approx(2.484138, abs=1e-6)
     pair = estimate([0.5, 0.7])  # sd 0.141421, t(0.975, 1) = 12.706205
     assert pair.half_width == pytest.approx(12.706205 * 0.141421356 / math.sqrt(2), abs=1e-6)
     assert estimate([4.0]) == Estimate(4.0, None, 1)
-    assert overlaps(Estimate(1, 0.5, 3), Estimate(1.4, 0.1, 3)) and not overlaps(
-        Estimate(1, 0.1, 3), Estimate(2, 0.5, 3)
-    )
-
-
-def test_best_is_marked_only_without_overlap():
-    apart, near, far = Estimate(0.5, 0.01, 3), Estimate(0.45, 0.02, 3), Estimate(0.1, 0.5, 3)
-    assert pick_best([near, apart, None], "high", True) == (1, "")
-    assert pick_best([near, apart], "low", True) == (0, "")
-    # The runner-up (near) is clear of the best, but a wide third interval reaches it: no winner.
-    assert pick_best([apart, near, far], "high", True) == (None, NO_DIFFERENCE)
-    # With several seeds, one run has no interval; where every method ran once, values compare as they are.
-    single = Estimate(0.9, None, 1)
-    assert pick_best([apart, single], "high", True) == (None, NO_DIFFERENCE)
-    assert pick_best([Estimate(0.5, None, 1), single], "high", False) == (1, "")
-    assert pick_best([single, None], "high", False) == (None, "")
+    # Holm: sorted 0.01, 0.02, 0.04 times 3, 2, 1, each at least the one before: 0.03, 0.04, 0.04.
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_several_seeds_layout_and_intervals(seeds_run):
@@ -219,7 +212,7 @@ def test_several_seeds_layout_and_intervals(seeds_run):
         rows = _rows(_tables((seeds_run / name).read_text())[0])
         for method, metrics in runs.items():
             assert rows[method]["seeds"] == "2 of 2"
-            for column in ("test ROUGE-L", "final val loss", "train tokens/s", "latency unmerged (ms)"):
+            for column in ("final val loss", "train tokens/s", "latency unmerged (ms)"):
                 values = [FIGURES[column](m) for m in metrics]
                 cell = rows[method][column]
                 assert _shown(sum(values) / 2, cell), (column, cell, values)
@@ -227,29 +220,16 @@ def test_several_seeds_layout_and_intervals(seeds_run):
                     half = float(cell.split("±")[1].replace(",", ""))
                     expected = 12.706205 * abs(values[0] - values[1]) / 2
                     assert half == pytest.approx(expected, rel=0.01, abs=1e-4), (column, cell)
-        # Two seeds give wide intervals: a best is named only where they do not overlap.
+            # Test scores: the mean over seeds, with a bootstrap interval over seeds and examples.
+            cell = rows[method]["test ROUGE-L"]
+            assert _shown(sum(m["test"]["rougeL"] for m in metrics) / 2, cell) and "–" in cell
         for column in ("test ROUGE-L", "final val loss"):
-            assert rows["best"][column] in ("lora", "ia3", "no significant difference")
-        assert rows["best"]["trainable params"] in ("lora", "ia3")  # identical over seeds: no interval at all
+            assert rows["best"][column] in ("lora", "ia3") or rows["best"][column].startswith("no significant")
+        assert rows["best"]["trainable params"] in ("lora", "ia3")  # identical over seeds: exact
     page = (seeds_run / "report.html").read_text()
-    assert "95% confidence interval" in page
+    assert "seeds, then test examples within each seed" in page
     for png in _embedded_pngs(page):
         _check_png(png)
-
-
-def test_overlapping_intervals_declare_no_winner(seeds_run, tmp_path):
-    output = tmp_path / "seeds"
-    shutil.copytree(seeds_run, output)
-    for seed, rouge in ((0, 0.30), (1, 0.10)):  # lora 0.20 ± 1.27, ia3 0.21 ± 1.27: no winner
-        for method, shift in (("lora", 0.0), ("ia3", 0.01)):
-            path = output / f"seed-{seed}" / method / "metrics.json"
-            metrics = json.loads(path.read_text())
-            metrics["test"]["rougeL"] = rouge + shift
-            path.write_text(json.dumps(metrics))
-    assert main(["report", str(output)]) == 0
-    rows = _rows(_tables((output / "report.md").read_text())[0])
-    assert rows["best"]["test ROUGE-L"] == "no significant difference"
-    assert _number(rows["ia3"]["test ROUGE-L"]) == pytest.approx(0.21)
 
 
 def test_failed_and_missing_methods_are_reported(gpt2_run, seeds_run, tmp_path, capsys):
@@ -297,14 +277,16 @@ def test_two_models_one_report(gpt2_run, t5_run, tmp_path, tiny_models, capsys):
     assert f"## Model: {tiny_models['gpt2']}" in report and f"## Model: {tiny_models['t5']}" in report
     combined = _tables(report)[0]
     assert combined[0][:2] == ["model", "method"]
-    labels = {(row[0], row[1]) for row in combined[1:-1]}
+    trained = [row for row in combined[1:] if "(reference)" not in row[1]]  # unranked: no 'best' row
+    assert len(trained) < len(combined) - 1  # each model's references are rows too
+    labels = {(row[0], row[1]) for row in trained}
     gpt2, t5 = tiny_models["gpt2"].name, tiny_models["t5"].name
     assert labels == {(gpt2, "full"), (gpt2, "lora"), (gpt2, "ia3"), (t5, "lora"), (t5, "ia3")}
-    for row in combined[1:-1]:
+    for row in trained:
         metrics = _metrics((gpt2_run if row[0] == gpt2 else t5_run) / row[1])
         assert _shown(metrics["test"]["rougeL"], row[combined[0].index("test ROUGE-L")])
     page = (destination / "report.html").read_text()
-    assert len(_embedded_pngs(page)) == (2 + 3) + (2 + 2)
+    assert len(_embedded_pngs(page)) == (3 + 3) + (3 + 2)
     assert str(tiny_models["t5"]) not in (gpt2_run / "report.md").read_text()  # written to --output only
 
 
@@ -343,3 +325,26 @@ def test_inconsistent_base_latency_is_flagged(gpt2_run, tmp_path):
     report = (output / "report.md").read_text()
     assert "the base model's latency, measured the same way before every method, ranged from 110 to 400 ms" in report
     assert "(3.6x)" in report and "rerun on an idle machine" in (output / "report.html").read_text()
+
+
+def test_random_weights_are_marked_and_their_quality_is_not_shown(gpt2_shape, gpt2_run, articles, tmp_path):
+    output = tmp_path / "random"
+    assert main(tiny_run_args(gpt2_shape, articles, output, "--methods", "lora,ia3", *FAST)) == 0
+    summary, report = (output / "summary.md").read_text(), (output / "report.md").read_text()
+    rows = _rows(_tables(summary)[0])
+    quality = [column.label for column in COLUMNS if column.quality]
+    assert quality == ["final val loss", "test loss", "test ROUGE-1", "test ROUGE-2", "test ROUGE-L", "test BLEU"]
+    for method in ("lora", "ia3"):
+        metrics = _metrics(output / method)
+        assert metrics["config"]["model_weights"] == RANDOM_WEIGHTS
+        assert all(rows[method][column] == MEANINGLESS for column in quality)
+        assert _shown(metrics["efficiency"]["train_tokens_per_s"], rows[method]["train tokens/s"])
+    assert all(rows["best"][column] == "" for column in quality)  # no winner among meaningless figures
+    assert rows["best"]["trainable params"] == "ia3"
+    for text in (summary, report):
+        assert "parameters; random weights: speed and memory only)" in text  # the header's model line
+        assert f"{MEANINGLESS}: random weights: speed and memory only." in text
+    assert "Quality against cost" not in report and "Per-epoch scores" in report
+    # A pretrained model is recorded as such and keeps every column.
+    assert _metrics(gpt2_run / "lora")["config"]["model_weights"] == "pretrained"
+    assert MEANINGLESS not in (gpt2_run / "summary.md").read_text()

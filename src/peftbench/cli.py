@@ -15,7 +15,8 @@ from peftbench.methods import METHODS
 
 DEFAULTS = RunConfig()
 HELP = {
-    "model": "hub id (gpt2, t5-small, ...) or local directory; default: the embedded SmolLM2-135M-Instruct",
+    "model": "hub id (gpt2, t5-small, ...), local directory, or a config.json alone (random weights: speed and memory "
+    "only); default: the embedded SmolLM2-135M-Instruct",
     "dataset": "hub dataset id (cnn_dailymail), or a local .jsonl/.json/.csv file; default: the embedded CNN/DM sample",
     "dataset_config": "hub dataset config, e.g. 3.0.0 for cnn_dailymail",
     "source_column": "column holding the article (known for cnn_dailymail and the embedded sample)",
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("outputs", nargs="+", metavar="OUTPUT", help="output directory of peftbench run")
     report.add_argument("--output", metavar="DIR", help="where to write the report (default: the first OUTPUT)")
+    report.add_argument("--format", default="md,html", metavar="FORMATS",
+                        help=f"comma list of {', '.join(REPORT_FORMATS)}: md and html write report.md and "
+                        "report.html; csv and json write results.csv and results.jsonl, one row per model x method "
+                        "x seed (default: md,html)")  # fmt: skip
     methods = commands.add_parser(
         "methods",
         help="list the fine-tuning methods; with --model, each one's trainable parameters on that model",
@@ -124,10 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _report(args: argparse.Namespace) -> None:
-    from peftbench.report import write_report  # matplotlib only when reporting
+REPORT_FORMATS = ("md", "html", "csv", "json")
 
-    for path in write_report([Path(p) for p in args.outputs], Path(args.output) if args.output else None):
+
+def _report(args: argparse.Namespace) -> None:
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in REPORT_FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"--format {args.format!r}: choose a comma list of {', '.join(REPORT_FORMATS)}")
+    from peftbench.export import write_exports  # matplotlib and the statistics only when reporting
+    from peftbench.report import write_report
+
+    outputs = [Path(p) for p in args.outputs]
+    destination = Path(args.output) if args.output else outputs[0]
+    written = []
+    if {"md", "html"} & set(formats):
+        written += [p for p in write_report(outputs, destination) if p.suffix.lstrip(".") in formats]
+    exports = tuple(kind for kind in ("csv", "json") if kind in formats)
+    if exports:
+        written += write_exports(outputs, destination, exports)
+    for path in written:
         print(path)
 
 

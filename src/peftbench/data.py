@@ -72,6 +72,16 @@ class Splits:
     test: list[Example]
     description: str
     rows: Rows  # what reading kept and dropped
+    provenance: dict[str, str] = field(default_factory=dict)  # the data's file hash, or the hub dataset's revision
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -236,7 +246,7 @@ def _split_by_hash(examples: list[Example]) -> tuple[dict[str, list[Example]], d
     return {name: [ex for _, ex in sorted(pairs, key=lambda p: p[0])] for name, pairs in splits.items()}, dropped
 
 
-def _load_hub(config: RunConfig, counted: Rows) -> tuple[dict[str, list[Example]], str]:
+def _load_hub(config: RunConfig, counted: Rows) -> tuple[dict[str, list[Example]], str, dict[str, str]]:
     try:
         import datasets  # heavy; only needed for hub data
     except ImportError:
@@ -254,7 +264,8 @@ def _load_hub(config: RunConfig, counted: Rows) -> tuple[dict[str, list[Example]
             raise ConfigError(f"dataset {config.dataset!r} has no {name!r} split; it has {list(loaded)}")
         rows = loaded[name].shuffle(seed=0).select(range(min(len(loaded[name]), _wanted(config, name))))
         splits[name] = _to_examples(list(rows), source, target, f"{name}-", counted)
-    return splits, f"{config.dataset} ({config.dataset_config or 'default'}), hub splits"
+    fingerprints = {name: getattr(loaded[name], "_fingerprint", "") for name in SPLIT_NAMES}
+    return splits, f"{config.dataset} ({config.dataset_config or 'default'}), hub splits", fingerprints
 
 
 def _dropped_text(dropped: dict[str, int]) -> str:
@@ -273,6 +284,8 @@ def load_splits(config: RunConfig) -> Splits:
     counted = Rows(Path(config.dataset).name if config.dataset != EMBEDDED else "the embedded sample")
     if config.dataset == EMBEDDED:
         rows = _read_local(embedded_data_path())
+        provenance = {"file": f"{EMBEDDED_DATA_PACKAGE}:{EMBEDDED_DATA_FILE}",
+                      "sha256": file_hash(embedded_data_path())}  # fmt: skip
         examples = _to_examples(rows, "document", "right_summary", "halueval-", counted)
         split_map, dropped = _split_by_hash(examples)
         description = (
@@ -284,12 +297,15 @@ def load_splits(config: RunConfig) -> Splits:
         if path.suffix not in LOCAL_SUFFIXES:
             raise ConfigError(f"dataset file {str(path)!r} must end in one of {', '.join(LOCAL_SUFFIXES)}")
         rows = _read_local(path)
+        provenance = {"file": path.name, "sha256": file_hash(path)}
         columns = list(dict.fromkeys(key for row in rows for key in row))
         source, target = _pick_columns(columns, config, f"dataset file {str(path)!r}")
         split_map, dropped = _split_by_hash(_to_examples(rows, source, target, "row-", counted))
         description = f"{path.name} (re-split 80/10/10 by content hash{_dropped_text(dropped)})"
     else:
-        split_map, description = _load_hub(config, counted)
+        split_map, description, fingerprints = _load_hub(config, counted)
+        provenance = {"hub_id": config.dataset, "config": config.dataset_config or "default"}
+        provenance |= {f"{name}_fingerprint": value for name, value in fingerprints.items()}
     chosen = {}
     for name in SPLIT_NAMES:
         wanted, available = _wanted(config, name), len(split_map[name])
@@ -297,7 +313,7 @@ def load_splits(config: RunConfig) -> Splits:
             flag = {"train": "--train-size", "validation": "--eval-size", "test": "--test-size"}[name]
             raise ConfigError(f"{flag} {wanted} is more than the {available} examples in the {name} split")
         chosen[name] = split_map[name][:wanted]
-    return Splits(chosen["train"], chosen["validation"], chosen["test"], description, counted)
+    return Splits(chosen["train"], chosen["validation"], chosen["test"], description, counted, provenance)
 
 
 # ---------------------------------------------------------------------------------------------- batching

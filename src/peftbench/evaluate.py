@@ -1,21 +1,18 @@
-"""Evaluation: loss over target tokens, batched generation, ROUGE (rouge-score) and corpus BLEU (sacrebleu)."""
+"""Evaluation: loss over target tokens, batched generation, and the text metrics of what was generated."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-import sacrebleu
 import torch
-from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 
 from peftbench import parallel
 from peftbench.config import RunConfig
 from peftbench.data import to_device
 from peftbench.layout import Encoded, Layout
-
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+from peftbench.metrics import text_metrics
 
 
 @dataclass
@@ -27,21 +24,6 @@ class Scores:
     rouge2: float
     rougeL: float
     bleu: float
-
-
-def text_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """ROUGE-1/2/L F1 (stemmed) averaged over all examples, and corpus BLEU."""
-    if len(predictions) != len(references) or not predictions:
-        raise ValueError(f"need equally many predictions and references, got {len(predictions)} and {len(references)}")
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references, strict=True):
-        scores = scorer.score(reference, prediction)
-        for kind in ROUGE_TYPES:
-            totals[kind] += scores[kind].fmeasure
-    metrics = {kind: total / len(predictions) for kind, total in totals.items()}
-    metrics["bleu"] = sacrebleu.corpus_bleu(predictions, [references]).score
-    return metrics
 
 
 def _batches_by_length(items: list[Encoded], size: int, key) -> list[list[int]]:
@@ -60,6 +42,7 @@ class Generation:
     predictions: list[str]
     new_tokens: int
     seconds: float
+    per_example: dict[str, list[float]] | None = None  # each prediction's text metrics, once scored
 
 
 @dataclass(frozen=True)
@@ -126,4 +109,5 @@ class Evaluator:
         loss = self.loss(model, items)
         count = len(items) if generate_count is None else min(generate_count, len(items))
         generation = self.generate(generation_model or model, items[:count], desc)
-        return Scores(loss=loss, **text_metrics(generation.predictions, references[:count])), generation
+        metrics, generation.per_example = text_metrics(generation.predictions, references[:count])
+        return Scores(loss=loss, **metrics), generation

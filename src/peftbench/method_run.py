@@ -27,9 +27,18 @@ from peftbench.evaluate import EvalOptions, Evaluator
 from peftbench.layout import Encoded, Layout, PromptOptions, TokenLimits
 from peftbench.measure import latency_ms, merge_agreement, merged_copy
 from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
-from peftbench.models import LoadedModel, load_model
+from peftbench.models import LoadedModel, load_model, model_provenance
 from peftbench.report import plot_curves
-from peftbench.results import Efficiency, EpochMetrics, MethodResult, Progress, TestMetrics
+from peftbench.results import (
+    PRETRAINED,
+    RANDOM_WEIGHTS,
+    Efficiency,
+    EpochMetrics,
+    MethodResult,
+    Progress,
+    TestMetrics,
+    prediction_rows,
+)
 from peftbench.rundir import ZERO_SHOT, MethodDir
 from peftbench.train import Trainer, TrainOptions, autocast, mixed_precision, show_progress
 
@@ -118,6 +127,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     result.test = TestMetrics(**vars(scores))
     result.environment = environment()
     result.data = splits.rows.record()
+    result.provenance = provenance(config, splits)
 
     # Measure and write: the main process alone (the others hold the same results).
     if parallel.is_main():
@@ -126,7 +136,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
                                                    final, config.latency_new_tokens)  # fmt: skip
         trainer.accelerator.log({f"test/{k}": v for k, v in vars(scores).items()} | _numbers(result.efficiency))
         tracking.finish(trainer.accelerator)
-        write_results(directory, result, test.examples, generation.predictions)
+        write_results(directory, result, prediction_rows(test.examples, generation.predictions, generation.per_example))
         checkpoint.remove(directory)  # after metrics.json: from now on the method counts as finished
     del final
     parallel.wait_for_everyone()  # no process starts the next method while the main one writes this one's
@@ -138,14 +148,16 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     return result
 
 
-def run_zero_shot(splits: Splits, config: RunConfig) -> MethodResult:
-    """The base model as loaded, before any method touches it (no adapter, no virtual tokens), on the validation
-    split: the epoch 0 that every method of this seed shares, evaluated once."""
+def run_zero_shot(splits: Splits, config: RunConfig) -> tuple[MethodResult, list[dict[str, Any]]]:
+    """The base model as loaded, before any method touches it (no adapter, no virtual tokens): on the validation
+    split, the epoch 0 that every method of this seed shares, evaluated once; on the test split, a reference row.
+    Returns its result and its test predictions."""
     quiet_libraries()
     set_seed(config.seed)
     loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
                         PromptOptions.from_config(config))  # fmt: skip
-    validation = EncodedSplit(splits.validation, loaded.layout.encode(splits.validation, token_limits(config)))
+    validation, test = (EncodedSplit(split, loaded.layout.encode(split, token_limits(config)))
+                        for split in (splits.validation, splits.test))  # fmt: skip
     device = parallel.state().device
     if not config.quantize:
         loaded.model.to(device)
@@ -154,12 +166,21 @@ def run_zero_shot(splits: Splits, config: RunConfig) -> MethodResult:
     with autocast(precision, device):
         s, _ = evaluator.evaluate(loaded.model, validation.items, validation.references, None,
                                   config.eval_generate_size, "zero-shot validation")  # fmt: skip
+        scores, generation = evaluator.evaluate(loaded.model, test.items, test.references, None, None,
+                                                "zero-shot test")  # fmt: skip
     _, total = count_parameters(loaded.model)
     resolved = config.to_dict() | _model_settings(loaded, precision)
     result = MethodResult(ZERO_SHOT, loaded.name, splits.description, 0, total, resolved)
     result.epochs = [EpochMetrics(0, None, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu)]
+    result.test = TestMetrics(**vars(scores))
     result.environment = environment()
-    return result
+    result.provenance = provenance(config, splits)
+    return result, prediction_rows(test.examples, generation.predictions, generation.per_example)
+
+
+def provenance(config: RunConfig, splits: Splits) -> dict[str, Any]:
+    """What exactly was compared: the model's revision or a hash of its weights, and the data's."""
+    return {"model": model_provenance(config.model), "dataset": splits.provenance}
 
 
 def token_limits(config: RunConfig) -> TokenLimits:
@@ -225,6 +246,7 @@ def _model_settings(loaded: LoadedModel, precision: str) -> dict[str, str]:
     return {
         "model_kind": loaded.layout.kind,
         "model_family": loaded.family.name,
+        "model_weights": RANDOM_WEIGHTS if loaded.random_weights else PRETRAINED,
         "prompt_format": loaded.layout.prompt_format,  # as used: "auto" resolved
         "compute_precision": "fp32" if precision == "no" else precision,
     }
@@ -300,12 +322,8 @@ def save_adapter(model, method: Method, layout: Layout, path: Path) -> dict[str,
     return counted
 
 
-def write_results(directory: MethodDir, result: MethodResult, test: list[Example], predictions: list[str]) -> None:
+def write_results(directory: MethodDir, result: MethodResult, rows: list[dict[str, Any]]) -> None:
     """predictions.jsonl, curves.png, then metrics.json last: its presence means the method finished."""
-    rows = [
-        {"id": ex.id, "source": ex.source, "reference": ex.target, "prediction": prediction}
-        for ex, prediction in zip(test, predictions, strict=True)
-    ]
     directory.write_predictions(rows)
     plot_curves(result, directory.curves)
     directory.write_result(result)

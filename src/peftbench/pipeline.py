@@ -22,11 +22,13 @@ from peftbench import checkpoint, lifecycle, parallel, rundir
 from peftbench.config import RunConfig
 from peftbench.data import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
+from peftbench.export import EXPORT_KINDS, write_exports
 from peftbench.method_run import epoch_line, run_method, run_zero_shot
 from peftbench.preflight import check_before_loading, dry_run, preflight
+from peftbench.references import lead_3
 from peftbench.report import write_report, write_summary
-from peftbench.results import EpochMetrics
-from peftbench.rundir import ZERO_SHOT, MethodDir
+from peftbench.results import EpochMetrics, MethodResult
+from peftbench.rundir import LEAD_3, ZERO_SHOT, MethodDir
 
 T = TypeVar("T")
 
@@ -49,21 +51,30 @@ def isolated(config: RunConfig, function: Callable[..., T], *args) -> T:
             raise
 
 
-def zero_shot_recorded(splits: Splits, config: RunConfig, comparison: Path) -> EpochMetrics:
-    """The base model's validation scores for this seed (every method's epoch 0): read back when this configuration
-    already evaluated it here (and it reads), else evaluated (in its own process) and written."""
-    directory = rundir.zero_shot_dir(comparison)
-    if not config.force and directory.complete() and checkpoint.matches(directory, config):
-        return directory.read_result().epochs[0]
-    result = isolated(config, run_zero_shot, splits, config)
+def references_recorded(splits: Splits, config: RunConfig, comparison: Path) -> EpochMetrics:
+    """This seed's reference rows, read back where this configuration already wrote them, else computed and written:
+    the zero-shot base model (in its own process: its validation is every method's epoch 0, which is returned) and,
+    for summarisation, Lead-3."""
+    zero_shot, lead = (rundir.reference_dir(comparison, name) for name in (ZERO_SHOT, LEAD_3))
+    if config.force or not (zero_shot.complete() and checkpoint.matches(zero_shot, config)):
+        result, rows = isolated(config, run_zero_shot, splits, config)
+        _write_reference(zero_shot, config, result, rows)
+        if not config.quiet and parallel.is_main():
+            print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test ROUGE-L {result.test.rougeL:.4f}")
+    result = zero_shot.read_result()
+    if config.force or not (lead.complete() and checkpoint.matches(lead, config)):
+        _write_reference(lead, config, *lead_3(splits, result.model, config.to_dict()))
+    parallel.wait_for_everyone()
+    return result.epochs[0]
+
+
+def _write_reference(directory: MethodDir, config: RunConfig, result: MethodResult, rows: list[dict]) -> None:
     if parallel.is_main():
         directory.remove()
         checkpoint.write_fingerprint(directory, config)
+        directory.write_predictions(rows)
         directory.write_result(result)
-        if not config.quiet:
-            print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}")
     parallel.wait_for_everyone()
-    return result.epochs[0]
 
 
 @dataclass
@@ -132,10 +143,9 @@ def run_seed(config: RunConfig, splits: Splits, comparison: Path) -> dict[str, F
     A failing method does not stop the others: it is reported, marked failed in the summary, and returned.
     """
     failures = {}
-    pending = [name for name in config.methods if config.force or not rundir.method_dir(comparison, name).complete()]
-    zero_shot: EpochMetrics | Exception | None = None
+    zero_shot: EpochMetrics | Exception
     try:
-        zero_shot = zero_shot_recorded(splits, config, comparison) if pending else None
+        zero_shot = references_recorded(splits, config, comparison)
     except Exception as exc:  # reported as each pending method's failure, below
         zero_shot = exc
     for name in config.methods:
@@ -148,9 +158,9 @@ def run_seed(config: RunConfig, splits: Splits, comparison: Path) -> dict[str, F
             if parallel.is_main():
                 print(f"peftbench: {name} failed: {failures[name].message}", file=sys.stderr)
     if parallel.is_main():
-        table = write_summary(comparison)
+        shown = write_summary(comparison)
         if not config.quiet:
-            print("\n" + table + f"\nResults in {comparison}/")
+            print("\n" + shown + f"\nResults in {comparison}/")
     return failures
 
 
@@ -196,8 +206,11 @@ def compare(config: RunConfig, output: Path) -> Path:
         failed = run_seed(dataclasses.replace(config, seed=seed, output=str(comparison)), splits, comparison)
         failures |= {(f"{name} (seed {seed})" if several else name): f for name, f in failed.items()}
     if several and parallel.is_main():
-        write_summary(output)
+        shown = write_summary(output)
+        if not config.quiet:
+            print("\nOver all seeds:\n\n" + shown)
     if parallel.is_main():
+        write_exports([output], output, EXPORT_KINDS)
         markdown, page = write_report([output])
         if not config.quiet:
             print(f"Report: {markdown} and {page}")

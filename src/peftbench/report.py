@@ -7,9 +7,7 @@ from the output directories of finished (or partly failed) runs.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -32,11 +30,24 @@ from peftbench.document import (  # noqa: E402
     to_markdown,
 )
 from peftbench.methods import METHODS  # noqa: E402
-from peftbench.results import MethodResult  # noqa: E402
-from peftbench.rundir import UNREADABLE, MethodDir, write_atomic, write_files  # noqa: E402
-from peftbench.stats import CONFIDENCE, Estimate, estimate, overlaps  # noqa: E402
+from peftbench.results import RANDOM_WEIGHTS, MethodResult  # noqa: E402
+from peftbench.rundir import write_atomic, write_files  # noqa: E402
+from peftbench.sections import MethodRuns, Run, Section, load_sections  # noqa: E402
+from peftbench.stats import Estimate, Interval, estimate  # noqa: E402
+from peftbench.table import (  # noqa: E402
+    MEANINGLESS,
+    NO_DIFFERENCE,
+    NOT_TESTED,
+    deployed_latency,
+    failures,
+    peak_memory_mib,
+    random_weights,
+    results_table,
+    several_seeds,
+    sig,
+)
+from peftbench.verdict import LABELS, PRIMARY, Analysis, analyse, verdict_lines  # noqa: E402
 
-NO_DIFFERENCE = "no significant difference"
 EXAMPLES = 3
 SOURCE_EXCERPT = 300  # characters of each example's article shown
 LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are flagged as a busy machine
@@ -66,257 +77,6 @@ def plot_curves(result: MethodResult, path: Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------- loading
-
-
-@dataclass
-class Run:
-    """One method at one seed: its results, or why there are none (error)."""
-
-    method: str
-    seed: int | None
-    model: str | None
-    result: MethodResult | None = None
-    directory: MethodDir | None = None
-    error: str | None = None
-
-
-@dataclass
-class MethodRuns:
-    """One method of one model, over all seeds; runs without a result are failed or missing."""
-
-    method: str
-    runs: list[Run]
-
-    @property
-    def results(self) -> list[MethodResult]:
-        return [run.result for run in self.runs if run.result is not None]
-
-    @property
-    def first(self) -> Run | None:
-        """The successful run with the lowest seed (its predictions and curves are shown)."""
-        done = [run for run in self.runs if run.result is not None]
-        return min(done, key=lambda run: run.seed or 0) if done else None
-
-    def estimate(self, value: Callable[[MethodResult], float | None]) -> Estimate | None:
-        """Mean and confidence interval of one figure over the successful runs (None where no run has it)."""
-        values = [v for v in map(value, self.results) if v is not None]
-        return estimate(values) if values else None
-
-
-@dataclass
-class Section:
-    """One model from one OUTPUT directory: its methods, each over the seeds run."""
-
-    model: str
-    output: Path
-    seeds: list[int]
-    methods: list[MethodRuns]
-    label: str = ""  # short name in the combined table
-
-    @property
-    def results(self) -> list[MethodResult]:
-        return [result for runs in self.methods for result in runs.results]
-
-
-def _load_run(directory: MethodDir) -> Run:
-    """A method directory: its metrics.json, else what failed.json says, else 'failed or missing'."""
-    if directory.finished():
-        try:
-            result = directory.read_result()
-            return Run(result.method, result.config.get("seed"), result.model, result, directory)
-        except UNREADABLE as exc:
-            return Run(directory.name, None, None, None, directory, f"failed: unreadable metrics.json ({exc})")
-    failure = directory.read_failure()
-    error = failure.get("error", "no metrics.json (the run failed or was interrupted)")
-    return Run(directory.name, failure.get("seed"), failure.get("model"), None, directory, f"failed: {error}")
-
-
-def _load_comparison(comparison: Path) -> list[Run]:
-    """The runs of one single-seed comparison directory. Failures take the model of their siblings (failed.json
-    has the model as given, e.g. 'embedded', not as loaded), and their seed where failed.json lacks one."""
-    runs = [_load_run(directory) for directory in rundir.method_dirs(comparison) if directory.has_results()]
-    known = next((run for run in runs if run.result is not None), None)
-    for run in runs:
-        run.model = known.model if known else run.model or "unknown model"
-        run.seed = run.seed if run.seed is not None or known is None else known.seed
-    return runs
-
-
-def _order(method: str) -> tuple[int, str]:
-    """The registry's order (the baseline first); methods it does not know after them, by name."""
-    names = list(METHODS)
-    return (names.index(method) if method in names else len(names)), method
-
-
-def _section(output: Path, model: str, runs: list[Run]) -> Section:
-    """Group one model's runs by method; a method without a run for one of the section's seeds is 'missing'."""
-    seeds = {run.seed for run in runs if run.seed is not None}
-    for run in runs:
-        if run.result is not None:
-            seeds.update(run.result.config.get("seeds") or [])
-    methods = []
-    for method in sorted({run.method for run in runs}, key=_order):
-        mine = [run for run in runs if run.method == method]
-        absent = seeds - {run.seed for run in mine}
-        mine += [Run(method, seed, model, error="missing: no directory for this seed") for seed in sorted(absent)]
-        methods.append(MethodRuns(method, sorted(mine, key=lambda run: run.seed or 0)))
-    return Section(model, output, sorted(seeds), methods)
-
-
-def load_sections(outputs: list[Path]) -> list[Section]:
-    """Every model's results under each OUTPUT (OUTPUT/<method>/ and OUTPUT/seed-<s>/<method>/), one section each."""
-    sections = []
-    for output in outputs:
-        if not output.is_dir():
-            raise ConfigError(f"{str(output)!r} is not a directory; give peftbench run's output directory")
-        runs = [run for comparison, _ in rundir.comparisons(output) for run in _load_comparison(comparison)]
-        if not runs:
-            raise ConfigError(
-                f"no results in {str(output)!r}: expected <method>/metrics.json or seed-<s>/<method>/metrics.json "
-                "(the output directory of peftbench run)"
-            )
-        for model in dict.fromkeys(run.model for run in runs):
-            sections.append(_section(output, model, [run for run in runs if run.model == model]))
-    _label(sections)
-    return sections
-
-
-def _label(sections: list[Section]) -> None:
-    """Short names for the combined table: the model's last path component, with its OUTPUT where ambiguous."""
-    short = [section.model.rstrip("/").split("/")[-1] for section in sections]
-    for section, name in zip(sections, short, strict=True):
-        section.label = name if short.count(name) == 1 else f"{name} ({section.output})"
-
-
-# ---------------------------------------------------------------------------------------------- the table
-
-
-def _sig(x: float) -> str:
-    """Three significant digits without an exponent, thousands separated: 12,345 / 540 / 5.40 / 0.0123."""
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}"
-    decimals = max(0, 2 - math.floor(math.log10(abs(x))))
-    return f"{x:,.{decimals}f}"
-
-
-def _fixed(decimals: int) -> Callable[[float], str]:
-    return lambda x: f"{x:,.{decimals}f}"
-
-
-def _efficiency(get: Callable) -> Callable[[MethodResult], float | None]:
-    return lambda r: None if r.efficiency is None else get(r.efficiency)
-
-
-def _test(name: str) -> Callable[[MethodResult], float | None]:
-    return lambda r: None if r.test is None else getattr(r.test, name)
-
-
-def _final_val_loss(r: MethodResult) -> float | None:
-    return r.epochs[-1].val_loss if r.epochs else None
-
-
-_peak_memory_mib = _efficiency(lambda e: e.peak_train_memory_bytes / 2**20)
-_rouge_l = _test("rougeL")
-
-
-def _deployed_latency(r: MethodResult) -> float | None:
-    """Inference latency as deployed: merged where the method can merge, else as trained."""
-    if r.efficiency is None:
-        return None
-    latency = r.efficiency.latency_ms
-    return latency["merged"] if latency.get("merged") is not None else latency["unmerged"]
-
-
-@dataclass(frozen=True)
-class Column:
-    """One figure of the main table; better is 'high' or 'low', or None where no value is better than another."""
-
-    label: str
-    value: Callable[[MethodResult], float | None]
-    format: Callable[[float], str]
-    better: str | None
-
-
-COLUMNS = [
-    Column("trainable params", lambda r: r.trainable_params, _fixed(0), "low"),
-    Column("trainable %", lambda r: 100 * r.trainable_params / r.total_params, _sig, None),
-    Column("peak train memory (MiB)", _peak_memory_mib, _sig, "low"),
-    Column("train tokens/s", _efficiency(lambda e: e.train_tokens_per_s), _sig, "high"),
-    Column("latency base (ms)", _efficiency(lambda e: e.latency_ms["base"]), _sig, None),
-    Column("latency unmerged (ms)", _efficiency(lambda e: e.latency_ms["unmerged"]), _sig, "low"),
-    Column("latency merged (ms)", _efficiency(lambda e: e.latency_ms.get("merged")), _sig, "low"),
-    Column("adapter size (MiB)", _efficiency(lambda e: e.adapter_size_bytes / 2**20), _sig, "low"),
-    Column("final val loss", _final_val_loss, _fixed(4), "low"),
-    Column("test loss", _test("loss"), _fixed(4), "low"),
-    Column("test ROUGE-1", _test("rouge1"), _fixed(4), "high"),
-    Column("test ROUGE-2", _test("rouge2"), _fixed(4), "high"),
-    Column("test ROUGE-L", _rouge_l, _fixed(4), "high"),
-    Column("test BLEU", _test("bleu"), _fixed(2), "high"),
-]
-
-
-def _cell(value: Estimate | None, column: Column) -> str:
-    if value is None:
-        return "-"
-    if not value.half_width:  # one run, or every run gave the same value
-        return column.format(value.mean)
-    return f"{column.format(value.mean)} ± {column.format(value.half_width)}"
-
-
-def pick_best(values: list[Estimate | None], better: str, several_seeds: bool) -> tuple[int | None, str]:
-    """The index of the best value, or None and a verdict: NO_DIFFERENCE where the best interval overlaps any
-    other, "" where fewer than two values compete. With several seeds a single run's interval is unknown, so it
-    never differs significantly; where every method ran once, the values compare as they are."""
-    present = [i for i, value in enumerate(values) if value is not None]
-    if len(present) < 2:
-        return None, ""
-    if several_seeds:
-        values = [v if v is None or v.n > 1 else Estimate(v.mean, math.inf, v.n) for v in values]
-    best = (max if better == "high" else min)(present, key=lambda i: values[i].mean)
-    if any(overlaps(values[best], values[i]) for i in present if i != best):
-        return None, NO_DIFFERENCE
-    return best, ""
-
-
-def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], several_seeds: bool) -> Table:
-    """One row per method (its labels first, then with several seeds how many finished), then a 'best' row naming
-    each column's winner or NO_DIFFERENCE."""
-    values = [[runs.estimate(column.value) for column in COLUMNS] for _, runs in rows]
-    lead = [*labels, *(["seeds"] if several_seeds else [])]
-    table = Table([*lead, *(column.label for column in COLUMNS)], [], verdict_row=True)
-    verdicts = []
-    for c, column in enumerate(COLUMNS):
-        index, verdict = None, ""
-        if column.better:
-            index, verdict = pick_best([row[c] for row in values], column.better, several_seeds)
-        if index is not None:
-            table.best.add((index, len(lead) + c))
-            verdict = " / ".join(rows[index][0])
-        verdicts.append(verdict)
-    for (names, runs), row in zip(rows, values, strict=True):
-        cells = [_cell(value, column) for value, column in zip(row, COLUMNS, strict=True)]
-        if not runs.results:
-            cells = ["failed/missing"] + ["-"] * (len(COLUMNS) - 1)
-        counts = [f"{len(runs.results)} of {len(runs.runs)}"] if several_seeds else []
-        table.rows.append([*names, *counts, *cells])
-    table.rows.append(["best", *[""] * (len(lead) - 1), *verdicts])
-    return table
-
-
-def _several_seeds(sections: list[Section]) -> bool:
-    return any(len(runs.runs) > 1 for section in sections for runs in section.methods)
-
-
-def _failures(section: Section) -> list[str]:
-    return [
-        f"{run.method}, seed {run.seed}: {run.error}"
-        for runs in section.methods
-        for run in runs.runs
-        if run.result is None
-    ]
-
-
 # ---------------------------------------------------------------------------------------------- figures
 
 
@@ -344,11 +104,11 @@ EPOCH_PANELS = (
 
 
 def plot_epochs(section: Section) -> bytes:
-    """Validation loss, ROUGE-L and BLEU against epoch (0 = before training), one line per method;
-    error bars are 95% confidence intervals over seeds."""
+    """Validation loss, ROUGE-L and BLEU against epoch (0 = the zero-shot base model), one line per method; error
+    bars are 95% confidence intervals over seeds."""
     figure, axes = plt.subplots(1, len(EPOCH_PANELS), figsize=(13, 3.8))
     colors = _colors(section)
-    for runs in section.methods:
+    for runs in section.trained:
         epochs = sorted({e.epoch for result in runs.results for e in result.epochs})
         for ax, (metric, _) in zip(axes, EPOCH_PANELS, strict=True):
             values = [
@@ -368,8 +128,8 @@ def plot_epochs(section: Section) -> bytes:
 
 PARETO_PANELS = [
     ("trainable parameters", lambda r: r.trainable_params, True),
-    ("peak training memory (MiB)", _peak_memory_mib, False),
-    ("inference latency (ms; merged where possible)", _deployed_latency, False),
+    ("peak training memory (MiB)", peak_memory_mib, False),
+    ("inference latency (ms; merged where possible)", deployed_latency, False),
 ]
 
 
@@ -380,44 +140,77 @@ def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
     ]
 
 
-def _pareto_points(section: Section, cost: Callable) -> list[tuple[str, Estimate, Estimate]]:
+def _pareto_points(section: Section, analysis: Analysis, cost: Callable) -> list[tuple[str, Estimate, Interval]]:
+    """(method, its cost over seeds, its primary score and interval) for every trained method with both."""
     points = []
-    for runs in section.methods:
-        x, y = runs.estimate(cost), runs.estimate(_rouge_l)
-        if x is not None and y is not None:
-            points.append((runs.method, x, y))
+    for runs in section.trained:
+        x = runs.estimate(cost)
+        if x is not None and runs.method in analysis.scores:
+            points.append((runs.method, x, analysis.scores[runs.method][PRIMARY]))
     return points
 
 
-def pareto_sets(section: Section) -> dict[str, list[str]]:
-    """For each cost axis, the methods on the Pareto front of test ROUGE-L (higher) against that cost (lower)."""
+def pareto_sets(section: Section, analysis: Analysis) -> dict[str, list[str]]:
+    """For each cost axis, the methods on the Pareto front of the primary score (higher) against that cost (lower)."""
     fronts = {}
     for label, cost, _ in PARETO_PANELS:
-        points = _pareto_points(section, cost)
-        optimal = pareto_optimal([(x.mean, y.mean) for _, x, y in points])
+        points = _pareto_points(section, analysis, cost)
+        optimal = pareto_optimal([(x.mean, y.value) for _, x, y in points])
         fronts[label] = [method for (method, _, _), best in zip(points, optimal, strict=True) if best]
     return fronts
 
 
-def plot_pareto(section: Section) -> bytes:
-    """Test ROUGE-L against each cost; Pareto-optimal methods (on the means) are filled stars joined by a line."""
+def _y_error(interval: Interval) -> list[list[float]]:
+    return [[interval.value - interval.low], [interval.high - interval.value]]
+
+
+def plot_pareto(section: Section, analysis: Analysis) -> bytes:
+    """The primary test score against each cost, with its bootstrap interval (and the cost's interval over seeds);
+    Pareto-optimal methods (on the point values) are filled stars joined by a line; references are dashed lines."""
     figure, axes = plt.subplots(1, len(PARETO_PANELS), figsize=(13, 4))
     colors = _colors(section)
-    for ax, (label, cost, log) in zip(axes, PARETO_PANELS, strict=True):
-        points = _pareto_points(section, cost)
-        optimal = pareto_optimal([(x.mean, y.mean) for _, x, y in points])
+    label = LABELS[PRIMARY]
+    for ax, (cost_label, cost, log) in zip(axes, PARETO_PANELS, strict=True):
+        points = _pareto_points(section, analysis, cost)
+        optimal = pareto_optimal([(x.mean, y.value) for _, x, y in points])
         for index, ((method, x, y), best) in enumerate(zip(points, optimal, strict=True)):
             marker = dict(fmt="*", markersize=14) if best else dict(fmt="o", markersize=8, markerfacecolor="white")
-            ax.errorbar(x.mean, y.mean, xerr=_half(x), yerr=_half(y), capsize=3, color=colors[method], **marker)
+            ax.errorbar(x.mean, y.value, xerr=_half(x), yerr=_y_error(y), capsize=3, color=colors[method], **marker)
             # Alternate label heights: methods with close figures would otherwise print over each other.
-            ax.annotate(method, (x.mean, y.mean), textcoords="offset points", xytext=(8, 6 - 18 * (index % 2)))
-        front = sorted((x.mean, y.mean) for (_, x, y), best in zip(points, optimal, strict=True) if best)
+            ax.annotate(method, (x.mean, y.value), textcoords="offset points", xytext=(8, 6 - 18 * (index % 2)))
+        front = sorted((x.mean, y.value) for (_, x, y), best in zip(points, optimal, strict=True) if best)
         if len(front) > 1:
             ax.plot(*zip(*front, strict=True), "--", color="grey", alpha=0.6, zorder=0)
-        ax.set(xlabel=label, ylabel="test ROUGE-L", xscale="log" if log else "linear")
+        for runs in section.methods:
+            if runs.reference and runs.method in analysis.scores:
+                ax.axhline(analysis.scores[runs.method][PRIMARY].value, linestyle=":", color=colors[runs.method],
+                           label=runs.label)  # fmt: skip
+        ax.set(xlabel=cost_label, ylabel=f"test {label}", xscale="log" if log else "linear")
         ax.xaxis.set_minor_formatter(NullFormatter())  # log axes: decades only, no crowded minor labels
         ax.grid(alpha=0.3)
-    figure.suptitle(f"Quality against cost: {section.label} (stars: Pareto-optimal)")
+    if any(runs.reference for runs in section.methods):
+        axes[0].legend(loc="lower left", fontsize="small")
+    figure.suptitle(f"Quality against cost: {section.label} (stars: Pareto-optimal; bars: 95% intervals)")
+    return _png(figure)
+
+
+def plot_scores(section: Section, analysis: Analysis) -> bytes:
+    """The primary test score of every method and reference, with its bootstrap interval: one bar each."""
+    names = [runs.method for runs in section.methods if runs.method in analysis.scores]
+    references = {runs.method for runs in section.methods if runs.reference}
+    colors = _colors(section)
+    figure, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    for position, name in enumerate(names):
+        interval = analysis.scores[name][PRIMARY]
+        ax.barh(position, interval.value, xerr=[[interval.value - interval.low], [interval.high - interval.value]],
+                capsize=4, color=colors[name], hatch="//" if name in references else None,
+                alpha=0.5 if name in references else 0.9)  # fmt: skip
+        ax.annotate(f"{interval.value:.4f}", (interval.high, position), textcoords="offset points", xytext=(6, -4))
+    ax.set_yticks(range(len(names)), [f"{n} (reference)" if n in references else n for n in names])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"test {LABELS[PRIMARY]} (95% bootstrap interval)")
+    ax.grid(alpha=0.3, axis="x")
+    figure.suptitle(f"Test {LABELS[PRIMARY]}: {section.label}")
     return _png(figure)
 
 
@@ -431,7 +224,7 @@ def _predictions(run: Run | None) -> dict[str, dict]:
 
 def examples_table(section: Section, count: int = EXAMPLES) -> Table | None:
     """The first test examples: source excerpt, reference and each method's prediction, side by side."""
-    predictions = {runs.method: _predictions(runs.first) for runs in section.methods}
+    predictions = {runs.label: _predictions(runs.first) for runs in section.methods}
     rows = next((rows for rows in predictions.values() if rows), {})
     table = Table(["source (excerpt)", "reference", *predictions], [], prose=True)
     for row in list(rows.values())[:count]:
@@ -471,8 +264,8 @@ def _plural(count: int, word: str) -> str:
 
 
 def _hyperparameters(section: Section) -> str:
-    """The training budget the methods share, from the first result's recorded config."""
-    config = section.results[0].config
+    """The training budget the methods share, from the first method's recorded config."""
+    config = next(r for runs in section.trained for r in runs.results).config
     return (
         f"{_plural(config['epochs'], 'epoch')}, batch size {config['batch_size']}, gradient accumulation "
         f"{config['grad_accum']}, warmup {config['warmup_ratio']:g}, weight decay {config['weight_decay']:g}, "
@@ -480,6 +273,7 @@ def _hyperparameters(section: Section) -> str:
         f"{config['max_target_tokens']}, generated {config['max_new_tokens']} "
         f"({_plural(config['num_beams'], 'beam')}); precision {config.get('compute_precision', config['precision'])}; "
         f"prompt format: {config.get('prompt_format', 'plain')}"
+        + (f"; base quantized to {config['quantize']}" if config.get("quantize") else "")
     )
 
 
@@ -501,20 +295,21 @@ def method_settings(result: MethodResult) -> str:
 
 def header(section: Section) -> Bullets:
     """Model, data, split sizes, hyperparameters, seeds, hardware, libraries and dates of one section."""
-    results = section.results
+    results = [result for runs in section.trained for result in runs.results]
     if not results:
         return Bullets([f"Output: {section.output}", "No method finished: nothing to describe."])
     first, config = results[0], results[0].config
     env = next((r.environment for r in results if r.environment), None)
     memory = first.efficiency.memory_measure if first.efficiency else "not recorded"
     seeds = ", ".join(map(str, section.seeds)) or "unknown"
+    weights = f"; {RANDOM_WEIGHTS}" if first.random_weights else ""
     return Bullets(
         [
-            f"Model: {first.model} ({config.get('model_kind', '?')}, {first.total_params:,} parameters)",
+            f"Model: {first.model} ({config.get('model_kind', '?')}, {first.total_params:,} parameters{weights})",
             f"Data: {first.dataset}; {config['train_size']} train / {config['eval_size']} validation / "
             f"{config['test_size']} test examples",
             f"Hyperparameters: {_hyperparameters(section)}",
-            "Methods: " + "; ".join(f"{runs.method}: {method_settings(runs.results[0])}" for runs in section.methods
+            "Methods: " + "; ".join(f"{runs.method}: {method_settings(runs.results[0])}" for runs in section.trained
                                     if runs.results),
             f"Seeds: {seeds}",
             f"Hardware: {_hardware(env)}; training memory measured as {memory}",
@@ -526,20 +321,21 @@ def header(section: Section) -> Bullets:
 
 
 def _how_to_read(several_seeds: bool) -> Paragraph:
-    text = (
-        "In each column the best value is marked in bold: highest ROUGE, BLEU and training tokens/s; lowest loss, "
-        "memory, latency, adapter size and trainable parameters. The 'best' row names the winner. "
+    over = "over seeds and test examples" if several_seeds else "over test examples"
+    spread = (
+        "Other cells are the mean ± the half-width of the 95% t-interval over seeds; they are compared with "
+        "paired t-tests over seeds (Holm-adjusted)."
+        if several_seeds
+        else "Other cells are one run's measurement: counts and sizes are exact and compared as they are; memory, "
+        f"speed, latency and losses vary between runs, and with one seed the 'best' row says '{NOT_TESTED}' "
+        "(run with --seeds 0,1,2 to test them)."
     )
-    if several_seeds:
-        return Paragraph(
-            text + f"Cells are the mean ± the half-width of the {CONFIDENCE:.0%} confidence interval over seeds "
-            "(t-distribution, n - 1 degrees of freedom). A best value is marked only when its interval overlaps no "
-            f"other method's (a single run has no interval and never counts as different); otherwise the 'best' row "
-            f"says {NO_DIFFERENCE}."
-        )
     return Paragraph(
-        text + "One seed only: there are no confidence intervals, so a marked difference may be run-to-run noise; "
-        f"run with --seeds 0,1,2 to test it (the 'best' row then says {NO_DIFFERENCE} where intervals overlap)."
+        f"Test ROUGE and BLEU cells are the score and its 95% bootstrap interval {over} (paired: every row resampled "
+        "on the same examples). A column's best value is in bold, and named in the 'best' row, only when a test says "
+        f"it beats every other method (Holm-adjusted p < 0.05); otherwise the row says '{NO_DIFFERENCE}' and lists "
+        f"the methods it cannot tell apart. {spread} Reference rows (zero-shot base model, Lead-3) train nothing "
+        "and are never ranked."
     )
 
 
@@ -552,28 +348,49 @@ def latency_caution(section: Section) -> Paragraph | None:
         return None
     return Paragraph(
         f"Caution: the base model's latency, measured the same way before every method, ranged from "
-        f"{_sig(min(base))} to {_sig(max(base))} ms ({max(base) / min(base):.1f}x). Something else was running "
+        f"{sig(min(base))} to {sig(max(base))} ms ({max(base) / min(base):.1f}x). Something else was running "
         "during some measurements, so latency differences of that size are noise: rerun on an idle machine."
     )
 
 
-def _pareto_text(section: Section) -> Paragraph:
-    fronts = pareto_sets(section)
+def _pareto_text(section: Section, analysis: Analysis) -> Paragraph:
+    fronts = pareto_sets(section, analysis)
     listed = "; ".join(f"against {label}: {', '.join(methods) or '-'}" for label, methods in fronts.items())
-    return Paragraph(f"Pareto-optimal (test ROUGE-L means; no other method is cheaper and at least as good) {listed}.")
+    return Paragraph(
+        f"Pareto-optimal (on the point values of test {LABELS[PRIMARY]}; no other method is cheaper and at least as "
+        f"good; the intervals show which of these differences are noise) {listed}."
+    )
 
 
-def section_blocks(section: Section, index: int) -> list[Block]:
-    """Everything about one model: header, table, failures, curves, trade-offs and examples."""
-    several = _several_seeds([section])
-    blocks: list[Block] = [Heading(2, f"Model: {section.model}"), header(section), Heading(3, "Results")]
-    blocks.append(results_table([([runs.method], runs) for runs in section.methods], ["method"], several))
-    caution = latency_caution(section)
-    if caution is not None:
-        blocks.append(caution)
-    failures = _failures(section)
-    if failures:
-        blocks += [Paragraph("Failed or missing runs (left out of the figures above):"), Bullets(failures)]
+def random_note(results: list[MethodResult]) -> Paragraph | None:
+    """What a model with random weights can tell, where one is in the table."""
+    if not random_weights(results):
+        return None
+    return Paragraph(
+        f"{MEANINGLESS}: {RANDOM_WEIGHTS}. A model given by its config alone starts from random weights, so its "
+        "speed, memory and size figures are real, while its loss, ROUGE and BLEU mean nothing and are not shown."
+    )
+
+
+def verdict_blocks(section: Section, analysis: Analysis | None) -> list[Block]:
+    """The verdict, one bullet per sentence, and how its figures were computed; none for random weights."""
+    if random_weights(section.results):
+        return [Paragraph(f"No verdict: {RANDOM_WEIGHTS} (the model was given by its config alone).")]
+    blocks: list[Block] = [Bullets(verdict_lines(section, analysis))]
+    return blocks + ([Paragraph(analysis.note)] if analysis is not None else [])
+
+
+def section_blocks(section: Section, analysis: Analysis | None, index: int) -> list[Block]:
+    """Everything about one model: header, verdict, table, failures, scores, curves, trade-offs and examples."""
+    several = several_seeds([section])
+    blocks: list[Block] = [Heading(2, f"Model: {section.model}"), header(section), Heading(3, "Verdict"),
+                           *verdict_blocks(section, analysis), Heading(3, "Results")]  # fmt: skip
+    rows = [([runs.method], runs) for runs in section.methods]
+    blocks.append(results_table(rows, ["method"], several, analysis))
+    blocks += filter(None, [random_note(section.results), latency_caution(section)])
+    missing = failures(section)
+    if missing:
+        blocks += [Paragraph("Failed or missing runs (left out of the figures above):"), Bullets(missing)]
     if not section.results:
         return blocks
     stem = f"{index}-{''.join(ch if ch.isalnum() else '-' for ch in section.label)[:40]}"
@@ -583,14 +400,22 @@ def section_blocks(section: Section, index: int) -> list[Block]:
         Figure(
             f"{stem}-epochs.png", plot_epochs(section), f"Validation scores against epoch (0: before training){bars}"
         ),
-        Heading(3, "Quality against cost"),
-        Figure(f"{stem}-pareto.png", plot_pareto(section), f"Test ROUGE-L against three costs{bars}"),
-        _pareto_text(section),
     ]
+    if analysis is not None and not random_weights(section.results):  # random weights: no quality to show
+        label = LABELS[PRIMARY]
+        blocks += [
+            Heading(3, f"Test {label} with intervals"),
+            Figure(f"{stem}-scores.png", plot_scores(section, analysis),
+                   f"Test {label} of every method and reference, with its 95% bootstrap interval"),  # fmt: skip
+            Heading(3, "Quality against cost"),
+            Figure(f"{stem}-pareto.png", plot_pareto(section, analysis), f"Test {label} against three costs; "
+                   "vertical bars: 95% bootstrap intervals; horizontal bars: 95% intervals over seeds"),  # fmt: skip
+            _pareto_text(section, analysis),
+        ]
     examples = examples_table(section)
     if examples is not None:
         blocks += [Heading(3, "Test examples" + (" (each method's first finished seed)" if several else "")), examples]
-    curves = [_curves(runs, stem) for runs in section.methods]
+    curves = [_curves(runs, stem) for runs in section.trained]
     if any(curves):
         blocks += [Heading(3, "Learning curves per run"), *filter(None, curves)]
     return blocks
@@ -606,9 +431,10 @@ def _curves(runs: MethodRuns, stem: str) -> Figure | None:
     return Figure(f"{stem}-{runs.method}-curves.png", path.read_bytes(), caption)
 
 
-def report_blocks(sections: list[Section]) -> list[Block]:
-    """The whole report: how to read it, a combined table where there are several models, then a section each."""
-    several = _several_seeds(sections)
+def report_blocks(sections: list[Section], analyses: list[Analysis | None]) -> list[Block]:
+    """The whole report: how to read it, the verdict per model, a combined table where there are several models,
+    then a section each."""
+    several = several_seeds(sections)
     sources = ", ".join(map(str, dict.fromkeys(section.output for section in sections)))
     blocks: list[Block] = [
         Heading(1, "peftbench comparison report"),
@@ -617,9 +443,12 @@ def report_blocks(sections: list[Section]) -> list[Block]:
     ]
     if len(sections) > 1:
         rows = [([section.label, runs.method], runs) for section in sections for runs in section.methods]
-        blocks += [Heading(2, "All models"), results_table(rows, ["model", "method"], several)]
-    for index, section in enumerate(sections, 1):
-        blocks += section_blocks(section, index)
+        blocks += [Heading(2, "All models"), results_table(rows, ["model", "method"], several, rank=False),
+                   Paragraph("Each model's own section ranks its methods; across models the test sets and "
+                             "intervals are the models' own.")]  # fmt: skip
+        blocks += filter(None, [random_note([r for section in sections for r in section.results])])
+    for index, (section, analysis) in enumerate(zip(sections, analyses, strict=True), 1):
+        blocks += section_blocks(section, analysis, index)
     return blocks
 
 
@@ -631,7 +460,7 @@ def write_report(outputs: list[Path], destination: Path | None = None) -> list[P
     the first OUTPUT), all files or none of them; returns both paths."""
     sections = load_sections(outputs)
     destination = destination or outputs[0]
-    blocks = report_blocks(sections)
+    blocks = report_blocks(sections, [analyse(section) for section in sections])
     markdown, html, figures = rundir.report_paths(destination)
     files = {rundir.inside(figures, block.name, "figure"): block.png for block in blocks if isinstance(block, Figure)}
     try:
@@ -642,18 +471,22 @@ def write_report(outputs: list[Path], destination: Path | None = None) -> list[P
 
 
 def write_summary(output: Path) -> str:
-    """OUTPUT/summary.md: the header, the comparison table (over the seeds where there are several) and the failed
-    runs, for each model in OUTPUT; returns the tables as Markdown (what `peftbench run` prints at the end)."""
+    """OUTPUT/summary.md: for each model in OUTPUT the verdict, the header, the comparison table (over the seeds where
+    there are several) and the failed runs; returns the verdict and the tables as Markdown (what `peftbench run`
+    prints at the end)."""
     sections = load_sections([output])
-    several = _several_seeds(sections)
-    blocks: list[Block] = [Heading(1, "peftbench summary"), _how_to_read(several)]
-    tables = []
+    several = several_seeds(sections)
+    blocks: list[Block] = [Heading(1, "peftbench summary")]
+    shown: list[Block] = []
     for section in sections:
-        table = results_table([([runs.method], runs) for runs in section.methods], ["method"], several)
-        tables.append(table)
-        blocks += [Heading(2, f"Model: {section.model}"), header(section), table]
-        failures = _failures(section)
-        if failures:
-            blocks += [Paragraph("Failed or missing runs (see <method>/failed.json):"), Bullets(failures)]
-    write_atomic(rundir.summary_path(output), to_markdown(blocks))
-    return to_markdown(tables)
+        analysis = analyse(section)
+        table = results_table([([runs.method], runs) for runs in section.methods], ["method"], several, analysis)
+        verdict = verdict_blocks(section, analysis)
+        shown += [Heading(2, f"Model: {section.model}"), table, Heading(3, "Verdict"), verdict[0]]
+        blocks += [Heading(2, f"Model: {section.model}"), Heading(3, "Verdict"), *verdict, header(section), table]
+        blocks += filter(None, [random_note(section.results)])
+        missing = failures(section)
+        if missing:
+            blocks += [Paragraph("Failed or missing runs (see <method>/failed.json):"), Bullets(missing)]
+    write_atomic(rundir.summary_path(output), to_markdown([*blocks, _how_to_read(several)]))
+    return to_markdown(shown)

@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 2
+# config["model_weights"]: a pretrained model's, or random ones of a config's shape (older files: pretrained).
+PRETRAINED = "pretrained"
+RANDOM_WEIGHTS = "random weights: speed and memory only"
 
 
 @dataclass
@@ -21,7 +24,7 @@ class EpochMetrics:
 
 @dataclass
 class TestMetrics:
-    loss: float
+    loss: float | None  # None for a reference with no model (Lead-3)
     rouge1: float
     rouge2: float
     rougeL: float
@@ -68,7 +71,14 @@ class MethodResult:
     # The rows read from the data and those dropped, by reason: {"rows": 786, "dropped": {"no 'highlights'": 3}}
     # (None in older files).
     data: dict[str, Any] | None = None
+    # What exactly ran: the model's revision or a hash of its weights files, and the data's (None in older files).
+    provenance: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def random_weights(self) -> bool:
+        """Trained from random weights: its speed and memory figures hold, its loss, ROUGE and BLEU mean nothing."""
+        return self.config.get("model_weights", PRETRAINED) == RANDOM_WEIGHTS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,3 +116,14 @@ class Progress:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
         return cls(**{**data, "epochs": [EpochMetrics(**e) for e in data["epochs"]]})
+
+
+def prediction_rows(examples: list, predictions: list[str], per_example: dict[str, list[float]] | None) -> list[dict]:
+    """predictions.jsonl's rows, one per test example (data.Example): id, source, reference, prediction, and the
+    prediction's own scores (per_example: metric -> one value per example)."""
+    per_example = per_example or {}
+    return [
+        {"id": ex.id, "source": ex.source, "reference": ex.target, "prediction": prediction}
+        | {metric: values[index] for metric, values in per_example.items()}
+        for index, (ex, prediction) in enumerate(zip(examples, predictions, strict=True))
+    ]

@@ -2,7 +2,9 @@
 
     OUTPUT/                          one comparison (one seed), or several seeds:
       summary.md, report.md, report.html, report_files/, trackers/, .peftbench.lock
-      zero-shot/                     the base model before any method (every method's epoch 0), as a MethodDir
+      results.csv, results.jsonl     every model x method x seed as one row (export.py)
+      zero-shot/, lead-3/            reference rows (MethodDir each): the base model before any method (also every
+                                     method's epoch 0), and each source's first three sentences
       <method>/                      one method at one seed (MethodDir)
         metrics.json predictions.jsonl curves.png adapter/ fingerprint.json failed.json checkpoint/
       seed-<s>/                      with several seeds: a one-seed comparison each, laid out as OUTPUT above
@@ -33,9 +35,12 @@ from peftbench.results import MethodResult
 
 SUMMARY_FILE = "summary.md"
 TRACKERS_DIR = "trackers"
-ZERO_SHOT = "zero-shot"  # the base model before any method: every method's epoch 0, evaluated once per seed
+ZERO_SHOT = "zero-shot"  # the base model before any method: every method's epoch 0, and a reference on the test split
+LEAD_3 = "lead-3"  # summarisation's extractive reference: each source's first three sentences
+REFERENCES = (ZERO_SHOT, LEAD_3)  # reference rows, which cost no training
 REPORT_MARKDOWN, REPORT_HTML, REPORT_FILES = "report.md", "report.html", "report_files"
-RESERVED = (ZERO_SHOT, TRACKERS_DIR, REPORT_FILES)  # directories of a comparison that are not methods
+RESERVED = (*REFERENCES, TRACKERS_DIR, REPORT_FILES)  # directories of a comparison that are not methods
+EXPORTS = {"csv": "results.csv", "json": "results.jsonl"}  # one row per model x method x seed
 LOCK_FILE = ".peftbench.lock"
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
@@ -329,9 +334,18 @@ def method_dirs(comparison: Path) -> list[MethodDir]:
     return [MethodDir(path) for path in paths]
 
 
-def zero_shot_dir(comparison: Path) -> MethodDir:
-    """Where one seed's zero-shot evaluation of the base model is kept."""
-    return MethodDir(inside(comparison, ZERO_SHOT, "zero-shot directory"))
+def reference_dir(comparison: Path, name: str) -> MethodDir:
+    """Where one seed's reference row (REFERENCES) is kept."""
+    return MethodDir(inside(comparison, name, "reference directory"))
+
+
+def reference_dirs(comparison: Path) -> list[MethodDir]:
+    return [reference_dir(comparison, name) for name in REFERENCES]
+
+
+def export_path(output: Path, kind: str) -> Path:
+    """Where the results table of kind ("csv" or "json") goes, beside summary.md."""
+    return inside(output, EXPORTS[kind], "results table")
 
 
 def summary_path(comparison: Path) -> Path:
@@ -357,8 +371,11 @@ def check_paths(output: Path, seeds: list[int], methods: list[str]) -> None:
         comparison = seed_dir(output, seed, several)
         summary_path(comparison)
         trackers_dir(comparison)
-        zero_shot_dir(comparison).check()
+        for reference in reference_dirs(comparison):
+            reference.check()
         for name in methods:
             method_dir(comparison, name).check()
     summary_path(output)
     report_paths(output)
+    for kind in EXPORTS:
+        export_path(output, kind)

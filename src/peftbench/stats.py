@@ -1,56 +1,26 @@
-"""Statistics for several seeds: mean, 95% confidence interval from the t-distribution, and an overlap test.
-
-No scipy: the t-distribution's CDF for an integer number of degrees of freedom has a closed form (Abramowitz and
-Stegun 26.7.3-4), and its quantile is found by bisection on it.
+"""Statistics: bootstrap intervals and paired tests over test examples (and seeds), Holm's correction for many
+comparisons, and t-intervals and paired t-tests over seeds. scipy.stats does the resampling over examples, the t
+quantiles and the t-tests; what it has no method for lives here: resampling seeds and then examples within them,
+p-values from a bootstrap distribution, and Holm's step-down adjustment.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from scipy import stats as scipy_stats
+
 CONFIDENCE = 0.95
-
-
-def t_cdf(t: float, df: int) -> float:
-    """P(T <= t) for Student's t with df (a positive integer) degrees of freedom."""
-    theta = math.atan(abs(t) / math.sqrt(df))
-    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
-    # A = P(|T| <= |t|) as a finite series in cos^2(theta); odd and even df have different series.
-    term, series = 1.0, 1.0
-    if df % 2 == 0:
-        for k in range(1, df // 2):
-            term *= cos2 * (2 * k - 1) / (2 * k)
-            series += term
-        inside = sin * series
-    else:
-        for k in range(1, (df - 1) // 2):
-            term *= cos2 * (2 * k) / (2 * k + 1)
-            series += term
-        inside = 2 / math.pi * (theta + (sin * math.cos(theta) * series if df > 1 else 0.0))
-    return 0.5 + math.copysign(inside / 2, t)
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The t such that P(T <= t) = p, for 0.5 <= p < 1 (bisection to machine precision)."""
-    if not 0.5 <= p < 1 or df < 1:
-        raise ValueError(f"t_quantile needs 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
-    low, high = 0.0, 1.0
-    while t_cdf(high, df) < p:
-        low, high = high, 2 * high
-    for _ in range(200):
-        middle = (low + high) / 2
-        if middle in (low, high):
-            break
-        low, high = (middle, high) if t_cdf(middle, df) < p else (low, middle)
-    return (low + high) / 2
+RESAMPLES = 2000  # bootstrap resamples: intervals and p-values to about +-0.005 of their level
+RANDOM_SEED = 0  # every bootstrap is seeded: the same results give the same intervals
+ALPHA = 1 - CONFIDENCE
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over n runs with the half-width of its confidence interval (None with fewer than two runs)."""
+    """A mean over n runs with the half-width of its t confidence interval (None with fewer than two runs)."""
 
     mean: float
     half_width: float | None
@@ -69,13 +39,90 @@ def estimate(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimat
     """Mean and t-based confidence interval: mean +- t((1 + confidence) / 2, n - 1) * sd / sqrt(n)."""
     if not values:
         raise ValueError("estimate needs at least one value")
-    mean = statistics.fmean(values)
+    mean = float(np.mean(values))
     if len(values) < 2:
         return Estimate(mean, None, len(values))
-    standard_error = statistics.stdev(values) / math.sqrt(len(values))
-    return Estimate(mean, t_quantile((1 + confidence) / 2, len(values) - 1) * standard_error, len(values))
+    quantile = scipy_stats.t.ppf((1 + confidence) / 2, len(values) - 1)
+    return Estimate(mean, float(quantile * scipy_stats.sem(values)), len(values))
 
 
-def overlaps(a: Estimate, b: Estimate) -> bool:
-    """Whether the two intervals share a point; a single run counts as the interval of its one value."""
-    return a.low <= b.high and b.low <= a.high
+def paired_t_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of a paired t-test (scipy.stats.ttest_rel); 1 where the differences are all equal."""
+    differences = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(differences) < 2 or np.allclose(differences, differences[0]):
+        return 1.0 if np.allclose(differences, 0) or len(differences) < 2 else 0.0
+    return float(scipy_stats.ttest_rel(a, b).pvalue)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A figure on the full sample and its bootstrap confidence interval (percentile method)."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+# A statistic maps resampled indices to figures: (seeds [B, S], examples [B, S, N]) -> array [K, B]. The full sample
+# is seeds = [0, 1, ..., S-1] and examples = [0, 1, ..., N-1] in every seed.
+Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _full_sample(seeds: int, examples: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(seeds)[None, :], np.broadcast_to(np.arange(examples), (1, seeds, examples))
+
+
+def bootstrap_distribution(statistic: Statistic, seeds: int, examples: int, resamples: int = RESAMPLES,
+                           random_seed: int = RANDOM_SEED) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The statistic's figures on the full sample [K] and over bootstrap resamples [K, B].
+
+    One seed: examples are resampled with scipy.stats.bootstrap, the same indices for every figure, so that figures
+    of several methods (and their differences) are paired. Several seeds: seeds are resampled, then examples within
+    each chosen seed (a two-level bootstrap), so that the intervals carry both the training noise between seeds and
+    the sampling noise of the test set.
+    """
+    rng = np.random.default_rng(random_seed)
+    full = statistic(*_full_sample(seeds, examples))[:, 0]
+    if seeds == 1:
+
+        def over_examples(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+            indices = np.moveaxis(indices, axis, -1)
+            flat = indices.reshape(-1, 1, examples)
+            figures = statistic(np.zeros((len(flat), 1), dtype=int), flat)
+            return figures.reshape(len(figures), *indices.shape[:-1])
+
+        result = scipy_stats.bootstrap((np.arange(examples),), over_examples, n_resamples=resamples,
+                                       method="percentile", vectorized=True, rng=rng)  # fmt: skip
+        return full, np.asarray(result.bootstrap_distribution).reshape(len(full), resamples)
+    chosen_seeds = rng.integers(0, seeds, size=(resamples, seeds))
+    chosen_examples = rng.integers(0, examples, size=(resamples, seeds, examples))
+    return full, statistic(chosen_seeds, chosen_examples)
+
+
+def intervals(full: np.ndarray, distribution: np.ndarray, confidence: float = CONFIDENCE) -> list[Interval]:
+    """Percentile intervals of each figure."""
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(distribution, [tail, 100 - tail], axis=1)
+    return [Interval(float(v), float(lo), float(hi)) for v, lo, hi in zip(full, low, high, strict=True)]
+
+
+def bootstrap_p(distribution: np.ndarray) -> np.ndarray:
+    """Two-sided p-value of "the difference is zero", for each row of a bootstrap distribution of differences: twice
+    the smaller share of resamples on either side of zero (the level at which the percentile interval would just
+    touch zero). Differences that are zero in every resample have p = 1."""
+    below, above = (distribution <= 0).mean(axis=1), (distribution >= 0).mean(axis=1)
+    return np.minimum(1.0, 2 * np.minimum(below, above))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment: the family-wise error of all the comparisons stays at the level tested."""
+    order = np.argsort(p_values, kind="stable")
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()

@@ -1,0 +1,333 @@
+"""The verdict: test scores with intervals, differences to full fine-tuning and to the best method with paired tests
+(Holm-corrected), and in plain sentences what each method buys against full fine-tuning and which one to use."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+
+from peftbench.metrics import ROUGE_TYPES, bleu_score
+from peftbench.results import MethodResult
+from peftbench.rundir import LEAD_3, ZERO_SHOT
+from peftbench.sections import ExampleScores, MethodRuns, Section
+from peftbench.stats import ALPHA, CONFIDENCE, RESAMPLES, Interval, bootstrap_distribution, bootstrap_p, holm, intervals
+
+QUALITY = (*ROUGE_TYPES, "bleu")
+PRIMARY = "rougeL"
+LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
+ANCHOR = "full"  # differences are taken against full fine-tuning where it ran, else against the best method
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A row's score minus another's, with its interval and its paired test's p-value (raw and Holm-adjusted)."""
+
+    interval: Interval
+    p: float
+    p_holm: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < ALPHA
+
+
+_REFERENCE_NAMES = (ZERO_SHOT, LEAD_3)
+
+
+@dataclass
+class Analysis:
+    """The statistics of one section's test scores. figures holds each row's value and bootstrap distribution per
+    metric; with paired rows the distributions come from the same resamples, so any two rows' difference is
+    paired."""
+
+    rows: list[str]  # rows (methods and references) with per-example test scores, in the section's order
+    seeds: int  # seeds every row has (the bootstrap resamples them when there are several)
+    examples: int
+    paired: bool  # every row scored on the same test examples
+    figures: dict[str, dict[str, tuple[float, np.ndarray]]]  # row -> metric -> (value, bootstrap distribution)
+    scores: dict[str, dict[str, Interval]]  # row -> metric -> value and interval
+    trained: list[str]  # the rows that are methods (not references)
+    best: dict[str, str]  # metric -> the trained method with the highest value
+    anchor: str | None  # the row differences are taken against: full fine-tuning, else the best method
+    note: str  # how the figures were computed, for the report
+
+    def compare(self, against: dict[str, str], rows: list[str] | None = None) -> dict[str, dict[str, Difference]]:
+        """Each row's difference to against[metric] on every metric, with p-values adjusted with Holm's method over
+        the rows compared on that metric (rows: these only; default every row)."""
+        rows = self.rows if rows is None else rows
+        result: dict[str, dict[str, Difference]] = {name: {} for name in rows}
+        for metric, other in against.items():
+            compared = [name for name in rows if name != other]
+            if other not in self.figures or not compared:
+                continue
+            value = np.array([self.figures[n][metric][0] - self.figures[other][metric][0] for n in compared])
+            spread = np.stack([self.figures[n][metric][1] - self.figures[other][metric][1] for n in compared])
+            raw = bootstrap_p(spread)
+            for name, span, p, q in zip(compared, intervals(value, spread), raw, holm(raw.tolist()), strict=True):
+                result[name][metric] = Difference(span, float(p), q)
+        return {name: values for name, values in result.items() if values}
+
+    @property
+    def vs_anchor(self) -> dict[str, dict[str, Difference]]:
+        return self.compare(dict.fromkeys(QUALITY, self.anchor)) if self.anchor else {}
+
+    @property
+    def vs_best(self) -> dict[str, dict[str, Difference]]:
+        return self.compare(self.best)
+
+    def indistinguishable(self, metric: str) -> list[str]:
+        """The methods whose value is not significantly below the best one's (the best included)."""
+        below = self.compare({metric: self.best[metric]}, self.trained)
+        return [name for name in self.trained if name not in below or not below[name][metric].significant]
+
+
+def _stacked(runs: MethodRuns, seeds: list[int], ids: list[str] | None) -> ExampleScores | None:
+    """A row's per-example scores over the given seeds, stacked [seed, example] (in the order of ids)."""
+    by_seed = {run.seed: run.examples for run in runs.finished if run.examples is not None}
+    if runs.reference:  # references do not depend on the seed: one run stands for all
+        by_seed = dict.fromkeys(seeds, next(iter(by_seed.values()), None))
+    if any(by_seed.get(seed) is None for seed in seeds):
+        return None
+    scores = [by_seed[seed] if ids is None else by_seed[seed].reordered(ids) for seed in seeds]
+    return ExampleScores(scores[0].ids, {k: np.stack([s.rouge[k] for s in scores]) for k in ROUGE_TYPES},
+                         np.stack([s.bleu for s in scores]))  # fmt: skip
+
+
+def _statistic(rows: list[ExampleScores]):
+    """Every row's four metrics from resampled indices: ROUGE means, corpus BLEU per seed averaged over seeds."""
+
+    def figures(seeds: np.ndarray, examples: np.ndarray) -> np.ndarray:
+        out = []
+        for row in rows:
+            picked = (seeds[..., None], examples)
+            out += [row.rouge[kind][picked].mean(axis=(-2, -1)) for kind in ROUGE_TYPES]
+            sums = row.bleu[picked].sum(axis=-2)  # [B, S, statistics]: one corpus per resampled seed
+            bleu = np.array([[bleu_score(corpus) for corpus in resample] for resample in sums])
+            out.append(bleu.mean(axis=-1))
+        return np.stack(out)
+
+    return figures
+
+
+def _common_seeds(section: Section) -> list[int]:
+    trained = [runs for runs in section.trained if runs.finished]
+    sets = [{run.seed for run in runs.finished if run.examples is not None} for runs in trained]
+    common = set.intersection(*sets) if sets else set()
+    return sorted(seed for seed in common if seed is not None) or sorted(common, key=lambda s: s or 0)
+
+
+def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
+    """Bootstrap intervals of every row's test scores and of its differences to the anchor and the best method, with
+    paired tests and Holm's correction per metric and family; None where no row has per-example scores."""
+    seeds = _common_seeds(section)
+    candidates = [runs for runs in section.methods if runs.finished]
+    raw = {runs.method: _stacked(runs, seeds, None) for runs in candidates} if seeds else {}
+    raw = {name: scores for name, scores in raw.items() if scores is not None}
+    if not raw:
+        return None
+    id_sets = {frozenset(scores.ids) for scores in raw.values()}
+    paired = len(id_sets) == 1
+    if paired:
+        order = next(iter(raw.values())).ids
+        raw = {name: _stacked(next(r for r in candidates if r.method == name), seeds, order) for name in raw}
+    names = list(raw)
+    full, distribution = _joint_distribution([raw[name] for name in names], len(seeds), paired, resamples)
+    span = intervals(full, distribution)
+    k = len(QUALITY)
+    figures = {name: {metric: (float(full[i * k + m]), distribution[i * k + m]) for m, metric in enumerate(QUALITY)}
+               for i, name in enumerate(names)}  # fmt: skip
+    scores = {name: {metric: span[i * k + m] for m, metric in enumerate(QUALITY)} for i, name in enumerate(names)}
+    trained = [name for name in names if name not in _REFERENCE_NAMES]
+    best = {metric: max(trained, key=lambda name: scores[name][metric].value) for metric in QUALITY} if trained else {}
+    anchor = ANCHOR if ANCHOR in trained else best.get(PRIMARY)
+    level = "seeds, then test examples within each seed" if len(seeds) > 1 else "test examples"
+    note = (
+        f"Test scores: {CONFIDENCE:.0%} percentile bootstrap intervals over {level} ({resamples:,} resamples, "
+        f"seeded), {'paired: every row resampled on the same examples' if paired else 'UNPAIRED'}. Differences: "
+        "the same resamples of both rows; p-values from the bootstrap distribution of the difference, adjusted with "
+        "Holm's method over all rows compared to the same method on the same metric; a difference is significant "
+        f"when the adjusted p is below {ALPHA:g}."
+    )
+    if not paired:
+        note += (
+            " The rows were scored on different test examples (their example ids differ), so paired statistics "
+            "are refused: each row is resampled on its own, and differences compare independent resamples."
+        )
+    return Analysis(names, len(seeds), len(next(iter(raw.values())).ids), paired, figures, scores, trained, best,
+                    anchor, note)  # fmt: skip
+
+
+def _joint_distribution(rows: list[ExampleScores], seeds: int, paired: bool,
+                        resamples: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    if paired:
+        return bootstrap_distribution(_statistic(rows), seeds, len(rows[0].ids), resamples)
+    parts = [bootstrap_distribution(_statistic([row]), seeds, len(row.ids), resamples, random_seed=index)
+             for index, row in enumerate(rows)]  # fmt: skip
+    return np.concatenate([full for full, _ in parts]), np.concatenate([dist for _, dist in parts])
+
+
+# ---------------------------------------------------------------------------------------------- sentences
+
+
+def _mean(runs: MethodRuns, value) -> float | None:
+    values = [v for v in (value(r) for r in runs.results) if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _memory(r: MethodResult) -> float | None:
+    return r.efficiency.peak_train_memory_bytes if r.efficiency else None
+
+
+def _speed(r: MethodResult) -> float | None:
+    return r.efficiency.train_tokens_per_s if r.efficiency else None
+
+
+def _deployed_over_base(r: MethodResult) -> float | None:
+    if r.efficiency is None or not r.efficiency.latency_ms.get("base"):
+        return None
+    latency = r.efficiency.latency_ms
+    deployed = latency["merged"] if latency.get("merged") is not None else latency["unmerged"]
+    return deployed / latency["base"]
+
+
+def _size(r: MethodResult) -> float | None:
+    return r.efficiency.adapter_size_bytes if r.efficiency else None
+
+
+def _points(x: float) -> str:
+    return f"{x:+.4f}" if abs(x) < 1 else f"{x:+.2f}"
+
+
+def _value(metric: str, x: float) -> str:
+    return f"{x:.2f}" if metric == "bleu" else f"{x:.4f}"
+
+
+def _span(metric: str, interval: Interval) -> str:
+    return f"[{_value(metric, interval.low)}, {_value(metric, interval.high)}]"
+
+
+def _difference_text(difference: Difference, other: str) -> str:
+    span = f"[{_points(difference.interval.low)}, {_points(difference.interval.high)}]"
+    if difference.significant:
+        direction = "better" if difference.interval.value > 0 else "worse"
+        p = "p < 0.001" if difference.p_holm < 0.001 else f"p = {difference.p_holm:.3f}"
+        judged = f"significantly {direction} than {other} (adjusted {p})"
+    else:
+        judged = f"not significantly different from {other} (adjusted p = {difference.p_holm:.2f})"
+    return f"{_points(difference.interval.value)} {span}: {judged}"
+
+
+def _cost_text(runs: MethodRuns, anchor: MethodRuns | None) -> str:
+    """What a method costs, against the anchor's figures where there is one."""
+    parts = []
+    result = runs.results[0]
+    parts.append(f"trains {100 * result.trainable_params / result.total_params:.3g}% of the parameters")
+    if anchor is not None and anchor is not runs:
+        for label, value, fmt in (("peak training memory", _memory, "{:.2f}x"), ("training speed", _speed,
+                                                                                   "{:.2f}x")):  # fmt: skip
+            mine, theirs = _mean(runs, value), _mean(anchor, value)
+            if mine and theirs:
+                parts.append(f"{label} {fmt.format(mine / theirs)} {anchor.method}'s")
+    ratio = _mean(runs, _deployed_over_base)
+    if ratio:
+        parts.append(f"inference latency {ratio:.2f}x the base model's ({'merged' if _merges(runs) else 'as trained'})")
+    size = _mean(runs, _size)
+    if size:
+        parts.append(f"adapter {size / 2**20:,.2f} MiB on disk")
+    return ", ".join(parts)
+
+
+def _merges(runs: MethodRuns) -> bool:
+    return any(r.efficiency and r.efficiency.latency_ms.get("merged") is not None for r in runs.results)
+
+
+def verdict_lines(section: Section, analysis: Analysis | None) -> list[str]:
+    """The verdict in plain sentences: each method against full fine-tuning (or the best method), the
+    recommendation, then the cautions that apply."""
+    if analysis is None or not analysis.anchor:
+        return ["No test scores with per-example predictions: no verdict (rerun with this peftbench)."]
+    label = LABELS[PRIMARY]
+    by_name = {runs.method: runs for runs in section.methods}
+    anchor = by_name[analysis.anchor]
+    anchor_score = analysis.scores[analysis.anchor][PRIMARY]
+    vs_anchor = analysis.vs_anchor
+    lines = [f"{analysis.anchor}: {label} {_value(PRIMARY, anchor_score.value)} {_span(PRIMARY, anchor_score)}; "
+             f"{_cost_text(anchor, None)}."]  # fmt: skip
+    for name in analysis.rows:
+        if name == analysis.anchor or by_name[name].reference:
+            continue
+        score = analysis.scores[name][PRIMARY]
+        difference = vs_anchor[name][PRIMARY]
+        compared = _difference_text(difference, analysis.anchor)
+        lines.append(f"{name}: {label} {_value(PRIMARY, score.value)} {_span(PRIMARY, score)}, {compared}; "
+                     f"{_cost_text(by_name[name], anchor)}.")  # fmt: skip
+    lines.append(recommendation(section, analysis))
+    return lines + cautions(section, analysis)
+
+
+def recommendation(section: Section, analysis: Analysis) -> str:
+    """The cheapest method (by trainable parameters, then training memory) whose primary score is statistically
+    indistinguishable from the best method's; or that none matches full fine-tuning."""
+    label = LABELS[PRIMARY]
+    by_name = {runs.method: runs for runs in section.methods}
+    matching = analysis.indistinguishable(PRIMARY)
+    best = analysis.best[PRIMARY]
+    if analysis.anchor == ANCHOR and matching == [ANCHOR]:
+        return (f"Recommendation: no method matches full fine-tuning here: every other method's {label} is "
+                "significantly below full fine-tuning's.")  # fmt: skip
+
+    def cost(name: str) -> tuple[float, float]:
+        return (by_name[name].results[0].trainable_params, _mean(by_name[name], _memory) or float("inf"))
+
+    choice = min(matching, key=cost)
+    others = [name for name in matching if name != choice]
+    tied = f" (also indistinguishable: {', '.join(others)})" if others else ""
+    return (f"Recommendation: {choice}: the cheapest method (trainable parameters, then training memory) whose "
+            f"{label} is statistically indistinguishable from the best ({best}, "
+            f"{_value(PRIMARY, analysis.scores[best][PRIMARY].value)}){tied}.")  # fmt: skip
+
+
+def cautions(section: Section, analysis: Analysis) -> list[str]:
+    """What limits the verdict: references that score well, untuned learning rates, few examples, one seed."""
+    label, notes = LABELS[PRIMARY], []
+    trained = [name for name in analysis.rows if name not in _REFERENCE_NAMES]
+    for reference, what in ((LEAD_3, "Lead-3 (each article's first three sentences, no model)"),
+                            (ZERO_SHOT, "the zero-shot base model (no fine-tuning)")):  # fmt: skip
+        if reference not in analysis.scores:
+            continue
+        score = analysis.scores[reference][PRIMARY]
+        beaten = [n for n in trained if analysis.scores[n][PRIMARY].value < score.value]
+        if reference == LEAD_3 and beaten:
+            share = "every fine-tuned method" if len(beaten) == len(trained) else ", ".join(beaten)
+            below = analysis.compare({PRIMARY: reference}, beaten)
+            clear = [n for n in beaten if below[n][PRIMARY].significant]
+            tested = (f"significantly above {', '.join(clear)}" if clear else "none of these differences is "
+                      "significant")  # fmt: skip
+            notes.append(f"Caution: {what} scores {label} {_value(PRIMARY, score.value)} {_span(PRIMARY, score)}, "
+                         f"above {share} ({tested}).")  # fmt: skip
+        if reference == ZERO_SHOT:
+            above = analysis.compare({PRIMARY: reference}, trained)
+            gains = {n: above[n][PRIMARY] for n in trained}
+            no_gain = [n for n, gain in gains.items() if not (gain.significant and gain.interval.value > 0)]
+            if no_gain:
+                notes.append(f"Caution: {', '.join(no_gain)} {'is' if len(no_gain) == 1 else 'are'} not "
+                             f"significantly better than {what} ({label} {_value(PRIMARY, score.value)}).")  # fmt: skip
+    configs = [r.config for runs in section.trained for r in runs.results]
+    if configs and not any(config.get("search") for config in configs):
+        rates = ", ".join(f"{runs.method} {runs.results[0].config['lr']:g}" for runs in section.trained if runs.results)
+        notes.append(f"Caution: learning rates were not tuned per method ({rates}); a method's ranking may reflect "
+                     "how well its default suits this task.")  # fmt: skip
+    widths = [analysis.scores[name][PRIMARY].width for name in trained]
+    if widths:
+        width = statistics.median(widths)
+        notes.append(f"Caution: {analysis.examples} test examples: a method's {CONFIDENCE:.0%} interval of {label} is "
+                     f"about {100 * width:.1f} {label} points wide ({width:.4f} on the 0-1 scale); smaller "
+                     "differences cannot be told apart here. Raise --test-size to narrow it.")  # fmt: skip
+    if analysis.seeds < 2:
+        notes.append("Caution: one seed: the intervals cover the test set's sampling noise, not the training noise "
+                     "between seeds; run with --seeds 0,1,2 to include it.")  # fmt: skip
+    if not analysis.paired:
+        notes.append("Caution: the rows were scored on different test examples: differences are unpaired.")
+    return notes

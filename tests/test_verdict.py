@@ -1,0 +1,178 @@
+"""The verdict's statistics on fixed results: bootstrap intervals against an independent recomputation, a verdict
+that flips when a method's predictions are made worse, several seeds, unpaired fallback, exports."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import sacrebleu
+from scipy import stats
+
+import peftbench
+from peftbench import results, rundir
+from peftbench.cli import main
+from peftbench.config import RunConfig
+from peftbench.data import load_splits
+from peftbench.metrics import rouge_per_example
+from peftbench.references import lead, sentences
+from peftbench.results import Efficiency, EpochMetrics, MethodResult, prediction_rows
+from peftbench.sections import load_sections
+from peftbench.stats import RESAMPLES
+from peftbench.verdict import analyse, verdict_lines
+
+# 40 real CNN/DailyMail highlights: the references every row is scored against.
+EXAMPLES = load_splits(RunConfig(train_size=1, eval_size=1, test_size=40)).test
+SIZES = {"full": (1000, 900.0), "lora": (10, 600.0), "ia3": (2, 550.0)}  # trainable parameters, peak memory MiB
+
+
+def _write(comparison, method: str, predictions: list[str], seed: int = 0, examples=EXAMPLES) -> None:
+    """A finished method (or reference) with these test predictions, as peftbench run would leave it."""
+    references = [ex.target for ex in examples]
+    scores = rouge_per_example(predictions, references)
+    trainable, memory = SIZES.get(method, (0, 0.0))
+    config = RunConfig(seed=seed).to_dict() | {"lr": 1e-3, "model_kind": "causal", "prompt_format": "plain"}
+    result = MethodResult(method, "tiny", "fixed data", trainable, 1000, config)
+    result.test = results.TestMetrics(1.0, *(float(np.mean(scores[k])) for k in ("rouge1", "rouge2", "rougeL")),
+                              sacrebleu.corpus_bleu(predictions, [references]).score)  # fmt: skip
+    if method in SIZES:
+        result.epochs = [EpochMetrics(0, None, 2.0, 0, 0, 0, 0), EpochMetrics(1, 1.5, 1.8, 0, 0, 0, 0)]
+        latency = {"base": 100.0, "unmerged": 110.0, "merged": None if method == "full" else 101.0}
+        speed = 100.0 + trainable / 100
+        result.efficiency = Efficiency(trainable, 100 * trainable / 1000, int(memory * 2**20), "peak_rss", 10.0,
+                                       speed, 1.0, 50.0, latency, 32, None, trainable * 4)  # fmt: skip
+    directory = (rundir.reference_dir(comparison, method) if method in rundir.REFERENCES
+                 else rundir.method_dir(comparison, method))  # fmt: skip
+    directory.path.mkdir(parents=True, exist_ok=True)
+    directory.write_predictions(prediction_rows(examples, predictions, scores))
+    directory.write_result(result)
+
+
+def _good(seed: int = 0) -> list[str]:
+    """Close to the references: most words kept, one changed per example (varying with the seed)."""
+    out = []
+    for index, ex in enumerate(EXAMPLES):
+        words = ex.target.split()
+        words[(index + seed) % len(words)] = "something"
+        out.append(" ".join(words))
+    return out
+
+
+def _bad() -> list[str]:
+    """Another example's reference: fluent text that does not summarise this article."""
+    return [EXAMPLES[(i + 7) % len(EXAMPLES)].target for i in range(len(EXAMPLES))]
+
+
+def test_bootstrap_intervals_match_an_independent_recomputation(tmp_path):
+    _write(tmp_path, "full", _good())
+    _write(tmp_path, "lora", _bad())
+    analysis = analyse(load_sections([tmp_path])[0])
+    references = [ex.target for ex in EXAMPLES]
+    for name, predictions in (("full", _good()), ("lora", _bad())):
+        rouge = np.array(rouge_per_example(predictions, references)["rougeL"])
+        direct = stats.bootstrap((rouge,), np.mean, n_resamples=RESAMPLES, method="percentile",
+                                 rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+        interval = analysis.scores[name]["rougeL"]
+        assert interval.value == pytest.approx(rouge.mean(), abs=1e-12)
+        assert (interval.low, interval.high) == pytest.approx((direct.low, direct.high), abs=1e-12)
+
+    def corpus_bleu(indices):  # BLEU recomputed as a corpus score on every resample, by sacrebleu itself
+        chosen = [int(i) for i in indices]
+        return sacrebleu.corpus_bleu([_good()[i] for i in chosen], [[references[i] for i in chosen]]).score
+
+    direct = stats.bootstrap((np.arange(len(references)),), corpus_bleu, n_resamples=RESAMPLES, vectorized=False,
+                             method="percentile", rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    interval = analysis.scores["full"]["bleu"]
+    assert (interval.low, interval.high) == pytest.approx((direct.low, direct.high), abs=1e-9)
+
+
+def test_verdict_flips_when_predictions_are_made_worse(tmp_path):
+    same = tmp_path / "same"
+    for method in ("full", "lora", "ia3"):
+        _write(same, method, _good())  # three methods that generate the same text: indistinguishable
+    section = load_sections([same])[0]
+    lines = verdict_lines(section, analyse(section))
+    lora = next(line for line in lines if line.startswith("lora:"))
+    assert "not significantly different from full" in lora and "trains 1% of the parameters" in lora
+    assert "Recommendation: ia3" in next(line for line in lines if line.startswith("Recommendation"))
+
+    worse = tmp_path / "worse"
+    _write(worse, "full", _good())
+    for method in ("lora", "ia3"):
+        _write(worse, method, _bad())
+    section = load_sections([worse])[0]
+    lines = verdict_lines(section, analyse(section))
+    lora = next(line for line in lines if line.startswith("lora:"))
+    assert "significantly worse than full" in lora and "not significantly" not in lora
+    assert "no method matches full fine-tuning" in next(line for line in lines if line.startswith("Recommendation"))
+    assert any("one seed" in line for line in lines) and any("not tuned per method" in line for line in lines)
+
+
+def test_references_are_rows_and_cautions(tmp_path):
+    _write(tmp_path, "full", _bad())
+    _write(tmp_path, "lora", _bad())
+    _write(tmp_path, "lead-3", _good())  # an extractive reference that beats every fine-tuned method
+    _write(tmp_path, "zero-shot", _bad())
+    section = load_sections([tmp_path])[0]
+    assert [runs.label for runs in section.methods] == ["full", "lora", "zero-shot (reference)", "lead-3 (reference)"]
+    lines = verdict_lines(section, analyse(section))
+    assert any(line.startswith("Caution: Lead-3") and "above every fine-tuned method" in line for line in lines)
+    assert any("not significantly better than the zero-shot base model" in line for line in lines)
+    assert not any(line.startswith("Recommendation: lead-3") for line in lines)  # references are never recommended
+
+
+def test_several_seeds_resample_seeds_then_examples(tmp_path):
+    for seed in (0, 1, 2):
+        for method in ("full", "lora"):
+            _write(tmp_path / f"seed-{seed}", method, _good(seed) if method == "full" else _bad(), seed=seed)
+    analysis = analyse(load_sections([tmp_path])[0])
+    assert analysis.seeds == 3 and analysis.paired and "seeds, then test examples" in analysis.note
+    full = analysis.scores["full"]["rougeL"]
+    per_seed = [np.mean(rouge_per_example(_good(s), [ex.target for ex in EXAMPLES])["rougeL"]) for s in (0, 1, 2)]
+    assert full.value == pytest.approx(np.mean(per_seed)) and full.low < full.value < full.high
+    assert analysis.vs_anchor["lora"]["rougeL"].significant
+
+
+def test_different_test_sets_fall_back_to_unpaired(tmp_path, capsys):
+    _write(tmp_path, "full", _good())
+    _write(tmp_path, "lora", _bad()[:30], examples=EXAMPLES[:30])  # another test set
+    assert main(["report", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "UNPAIRED" in report and "different test examples" in report
+    assert "paired statistics are refused" in report
+
+
+def test_exports_one_row_per_run_with_provenance(tmp_path, capsys):
+    for method in ("full", "lora"):
+        _write(tmp_path, method, _good())
+    _write(tmp_path, "lead-3", _bad())
+    path = rundir.method_dir(tmp_path, "lora").metrics
+    metrics = json.loads(path.read_text())
+    metrics["provenance"] = {"model": {"sha256": "abc"}, "dataset": {"sha256": "def"}}
+    path.write_text(json.dumps(metrics))
+    assert main(["report", str(tmp_path), "--format", "csv,json"]) == 0
+    printed = capsys.readouterr().out
+    assert "results.csv" in printed and "results.jsonl" in printed and "report.md" not in printed
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(row["method"], row["reference"]) for row in rows] == [("full", "False"), ("lora", "False"),
+                                                                   ("lead-3", "True")]  # fmt: skip
+    lora = next(row for row in rows if row["method"] == "lora")
+    assert lora["provenance_model_sha256"] == "abc" and lora["provenance_dataset_sha256"] == "def"
+    assert float(lora["test_rougeL"]) == pytest.approx(metrics["test"]["rougeL"])
+    assert lora["config_lr"] == "0.001" and lora["efficiency_latency_ms_merged"] == "101.0"
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["method"] for line in lines] == ["full", "lora", "lead-3"]
+    frame = peftbench.load_results(tmp_path)
+    assert list(frame["method"]) == ["full", "lora", "lead-3"] and frame["test_rougeL"].notna().all()
+    assert main(["report", str(tmp_path), "--format", "pdf"]) == 2
+    assert "choose a comma list of md, html, csv, json" in capsys.readouterr().err
+
+
+def test_lead_sentences():
+    text = 'Mr. Smith went to Washington. He met Dr. J. Doe at 5 p.m. on Monday. "It was great," he said. Then more.'
+    assert sentences(text) == ["Mr. Smith went to Washington.", "He met Dr. J. Doe at 5 p.m. on Monday.",
+                               '"It was great," he said.', "Then more."]  # fmt: skip
+    assert lead(text) == 'Mr. Smith went to Washington. He met Dr. J. Doe at 5 p.m. on Monday. "It was great," he said.'
+    assert lead("No full stop at all") == "No full stop at all"
