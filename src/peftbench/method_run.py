@@ -18,7 +18,8 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from peftbench import checkpoint, parallel, rundir, tracking
-from peftbench.adapt import apply_method, count_parameters, module_options
+from peftbench.adapt import apply_method, count_parameters, given_options, module_options
+from peftbench.card import render as model_card
 from peftbench.config import RunConfig
 from peftbench.data import Example, Splits
 from peftbench.evaluate import EvalOptions, Evaluator
@@ -28,6 +29,7 @@ from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
 from peftbench.models import LoadedModel, load_model, model_provenance
 from peftbench.report import plot_curves
 from peftbench.results import (
+    GIVEN,
     PRETRAINED,
     RANDOM_WEIGHTS,
     Efficiency,
@@ -82,15 +84,16 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
 
     # Apply the method, and build what trains and evaluates it.
     settings = MethodSettings.from_config(config)
+    lr = learning_rate(method, config.lr)
+    resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
     model = apply_method(method, loaded, settings)
     trainable, total = count_parameters(model)
-    lr = learning_rate(method, config.lr)
     optimizer = method.optimizer(model, lr, settings)
     options = TrainOptions.from_config(config, precision)
-    trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term)
+    log = directory.append_log if parallel.is_main() else (lambda _record: None)  # log.jsonl: the main process's
+    trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term, log)
     evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
-    result = MethodResult(method.name, loaded.name, splits.description, trainable, total,
-                          resolved_config(config, method, loaded, settings, lr, precision))  # fmt: skip
+    result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
     tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.path.parent),
                    f"{name}-seed{config.seed}", result.config)  # fmt: skip
     say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
@@ -100,16 +103,22 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     if resume:
         progress = checkpoint.restore(resume, trainer)
         say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume}")
-    else:
+    if parallel.is_main():
+        directory.keep_log(progress.log_lines)  # no line twice, none lost: the log as of the checkpoint
+    if not resume:
         progress.epochs.append(zero_shot)
         trainer.accelerator.log(_validation_figures(zero_shot), step=0)
+        log(log_record("validation", 0, 0, zero_shot))
     for epoch in range(trainer.epoch + 1, config.epochs + 1):
         train_loss = trainer.train_epoch()
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             with compute:
                 validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch,
                          train_loss)  # fmt: skip
+            log(log_record("validation", epoch, epoch * trainer.steps_per_epoch, progress.epochs[-1]))
             say(f"[{name}] {epoch_line(progress.epochs[-1])}")
+        if parallel.is_main():
+            progress.log_lines = len(directory.read_log())
         checkpoint.save(directory, trainer, progress)
     result.epochs = progress.epochs
 
@@ -119,6 +128,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.references, final, None, "test")
     progress.add_generation(generation.new_tokens, generation.seconds)
     result.test = TestMetrics(**vars(scores))
+    log(log_record("test", config.epochs, config.epochs * trainer.steps_per_epoch, result.test))
     result.environment = environment()
     result.provenance = provenance(config, splits)
 
@@ -215,6 +225,13 @@ def _validation_figures(scores: EpochMetrics) -> dict[str, float]:
     return {"val/loss": scores.val_loss} | {f"val/{k}": v for k, v in figures.items()}
 
 
+def log_record(split: str, epoch: int, step: int, scores: EpochMetrics | TestMetrics) -> dict[str, Any]:
+    """One evaluation as a line of log.jsonl: where in training it ran, and its scores (loss per target token)."""
+    loss = scores.val_loss if isinstance(scores, EpochMetrics) else scores.loss
+    figures = {k: v for k, v in asdict(scores).items() if k not in ("epoch", "val_loss", "loss")}
+    return {"split": split, "epoch": epoch, "step": step, "loss": loss} | figures
+
+
 def epoch_line(scores: EpochMetrics) -> str:
     shown = "-" if scores.train_loss is None else f"{scores.train_loss:.4f}"
     return (f"epoch {scores.epoch}: train loss {shown}, val loss {scores.val_loss:.4f}, ROUGE-L {scores.rougeL:.4f}, "
@@ -223,13 +240,16 @@ def epoch_line(scores: EpochMetrics) -> str:
 
 def resolved_config(config: RunConfig, method: Method, loaded: LoadedModel, settings: MethodSettings,
                     lr: float, precision: str) -> dict[str, Any]:  # fmt: skip
-    """The config as this method actually ran: effective learning rate, module options and compute precision."""
+    """The config as this method actually ran: effective learning rate, module options (resolved, and as given where
+    they differ: all-linear, a regular expression) and compute precision. Call it before peft wraps the model."""
     resolved = config.to_dict() | _model_settings(loaded, precision)
     resolved["lr"] = lr
     resolved["methods"] = [method.name]
     if method.peft_config is not None:
         for key, value in module_options(method, loaded, settings).items():
             resolved[f"{method.name}_{key}"] = value
+        for key, value in given_options(method, loaded, settings).items():
+            resolved[f"{method.name}_{key}{GIVEN}"] = value
     return resolved
 
 
@@ -312,9 +332,11 @@ def save_adapter(model, method: Method, layout: Layout, path: Path) -> dict[str,
 
 
 def write_results(directory: MethodDir, result: MethodResult, rows: list[dict[str, Any]]) -> None:
-    """predictions.jsonl, curves.png, then metrics.json last: its presence means the method finished."""
+    """predictions.jsonl, curves.png, the adapter's model card, then metrics.json last: its presence means the
+    method finished."""
     directory.write_predictions(rows)
-    plot_curves(result, directory.curves)
+    plot_curves(result, directory.curves, directory.read_log())
+    directory.write_card(model_card(result))  # without intervals: the comparison's statistics come later
     directory.write_result(result)
 
 

@@ -17,7 +17,8 @@ from typing import TypeVar
 import torch
 
 from peftbench import checkpoint, parallel, rundir
-from peftbench.config import RunConfig
+from peftbench.card import write_cards
+from peftbench.config import ALL_TRACKERS, TRACKERS, RunConfig
 from peftbench.data import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
 from peftbench.export import EXPORT_KINDS, write_exports
@@ -27,6 +28,7 @@ from peftbench.references import lead_3
 from peftbench.report import write_report, write_summary
 from peftbench.results import EpochMetrics, MethodResult
 from peftbench.rundir import LEAD_3, ZERO_SHOT, MethodDir
+from peftbench.tracking import resolve_trackers
 
 T = TypeVar("T")
 
@@ -146,6 +148,7 @@ def run_seed(config: RunConfig, splits: Splits, comparison: Path) -> dict[str, F
                 print(f"peftbench: {name} failed: {failures[name].message}", file=sys.stderr)
     if parallel.is_main():
         shown = write_summary(comparison)
+        write_cards(comparison)  # each adapter's card, now with the intervals of its test scores
         if not config.quiet:
             print("\n" + shown + f"\nResults in {comparison}/")
     return failures
@@ -159,6 +162,11 @@ def run(config: RunConfig) -> Path:
     OUTPUT/seed-<s>/, and OUTPUT/summary.md and the report give each figure's mean and confidence interval over the
     seeds. The data split is the same for every seed. Methods that fail are reported after the others finished.
     """
+    if config.report_to == [ALL_TRACKERS] and not config.quiet and parallel.is_main():
+        found = resolve_trackers(config.report_to)
+        print("peftbench: --report-to all: " + (f"reporting to {', '.join(found)} (the trackers installed)" if found
+              else f"none of {', '.join(TRACKERS)} is installed: results only in --output"))  # fmt: skip
+    config = dataclasses.replace(config, report_to=resolve_trackers(config.report_to))  # all, none: as named
     output = check_before_loading(config)
     splits = load_splits(config)  # bad data fails here, before a model is loaded
     plan = preflight(config, splits)  # the model's architecture only: targets, lengths, parameter and token counts

@@ -54,12 +54,19 @@ SOURCE_EXCERPT = 300  # characters of each example's article shown
 LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are flagged as a busy machine
 
 
-def plot_curves(result: MethodResult, path: Path) -> Path:
-    """Loss (train and validation), ROUGE-1/2/L and BLEU against epoch; epoch 0 is the base model."""
+def plot_curves(result: MethodResult, path: Path, log: list[dict] | None = None) -> Path:
+    """Loss (train and validation), ROUGE-1/2/L and BLEU against epoch; epoch 0 is the base model. With the method's
+    log.jsonl records, the training loss of every optimizer step too, placed within its epoch."""
     epochs = [e.epoch for e in result.epochs]
     figure, (loss_ax, rouge_ax, bleu_ax) = plt.subplots(1, 3, figsize=(13, 3.8))
+    steps = [record for record in log or [] if record.get("split") == "train"]
+    if steps:
+        per_epoch = {epoch: sum(r["epoch"] == epoch for r in steps) for epoch in {r["epoch"] for r in steps}}
+        first = {epoch: min(r["step"] for r in steps if r["epoch"] == epoch) for epoch in per_epoch}
+        where = [r["epoch"] - 1 + (r["step"] - first[r["epoch"]] + 1) / per_epoch[r["epoch"]] for r in steps]
+        loss_ax.plot(where, [r["loss"] for r in steps], "-", color="tab:blue", alpha=0.35, label="train, per step")
     trained = [e for e in result.epochs if e.train_loss is not None]
-    loss_ax.plot([e.epoch for e in trained], [e.train_loss for e in trained], "o-", label="train")
+    loss_ax.plot([e.epoch for e in trained], [e.train_loss for e in trained], "o-", label="train, epoch mean")
     loss_ax.plot(epochs, [e.val_loss for e in result.epochs], "s-", label="validation")
     loss_ax.set(title="Loss per target token", xlabel="epoch", ylabel="cross-entropy")
     for kind, label in (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L")):
