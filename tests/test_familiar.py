@@ -14,7 +14,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from peftbench import card
+from peftbench import card, results
 from peftbench.adapt import all_linear, apply_method, resolve_targets, targeted_layers
 from peftbench.cli import main
 from peftbench.config import ConfigError, RunConfig, build_config
@@ -247,8 +247,16 @@ def test_model_card_metadata_is_valid_for_the_hub(hf_run):
     assert parsed.data.base_model == "gpt2" and parsed.data.datasets == ["cnn_dailymail"]
     assert "base_model:adapter:gpt2" in parsed.data.tags
     scores = {r.metric_name: r.metric_value for r in parsed.data.eval_results}  # model-index, read back
-    assert scores["ROUGE-L"] == result.test.rougeL and scores["BLEU"] == result.test.bleu
+    assert scores["ROUGE-L"] == result.test.scores["rougeL"] and scores["BLEU"] == result.test.scores["bleu"]
     assert {r.dataset_type for r in parsed.data.eval_results} == {"cnn_dailymail"}
+    assert {r.task_type for r in parsed.data.eval_results} == {"summarization"}
+    qa = MethodResult.from_dict(result.to_dict())  # the embedded QA sample's task and metrics
+    qa.config |= {"dataset": "embedded-qa", "task": "qa", "metrics": ["exact_match", "f1"], "primary_metric": "f1"}
+    qa.test, qa.provenance = results.TestMetrics(2.5, {"exact_match": 0.25, "f1": 0.5}), None
+    evals = ModelCard(card.render(qa)).data.eval_results
+    assert {(r.task_type, r.dataset_type) for r in evals} == {("question-answering", "hotpot_qa")}
+    assert {(r.metric_type, r.metric_name, r.metric_value) for r in evals} == {
+        ("loss", "loss", 2.5), ("exact_match", "exact match", 0.25), ("f1", "F1", 0.5)}
     result.config["model_weights"] = "random weights: speed and memory only"
     assert ModelCard(card.render(result)).data.eval_results is None  # scores of random weights mean nothing
 

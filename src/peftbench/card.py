@@ -15,17 +15,21 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from peftbench.config import EMBEDDED, FIELDS, flags_for
 from peftbench.methods import METHODS
+from peftbench.metrics import METRICS
 from peftbench.models import EMBEDDED_MODEL_HUB_ID
 from peftbench.report import method_settings
 from peftbench.results import GIVEN, MethodResult
 from peftbench.sections import load_sections
 from peftbench.stats import Interval
-from peftbench.verdict import LABELS, analyse
+from peftbench.verdict import analyse
 
-TASK = "summarization"
+# The Hub's task names (pipeline tags and model-index task types) of peftbench's tasks.
+HUB_TASKS = {"summarization": "summarization", "qa": "question-answering", "classification": "text-classification"}
+# The Hub dataset each embedded dataset's rows come from (HaluEval rows of CNN/DailyMail and of HotpotQA, re-split).
+EMBEDDED_SOURCES = {"embedded": "cnn_dailymail", "embedded-qa": "hotpot_qa"}
 # Settings that decide where and how a run reports, not what it trains: left out of the command that reproduces it.
 NOT_REPRODUCED = ("output", "quiet", "in_process", "force", "dry_run", "report_to", "seeds")
-METRIC_TYPES = {"rouge1": "rouge", "rouge2": "rouge", "rougeL": "rouge", "bleu": "bleu", "loss": "loss"}
+METRIC_TYPES = {"rouge1": "rouge", "rouge2": "rouge", "rougeL": "rouge", "accuracy_ll": "accuracy"}  # else its name
 
 
 def base_model(result: MethodResult) -> str | None:
@@ -40,9 +44,17 @@ def _hub_dataset(result: MethodResult) -> str | None:
 
 
 def _evaluated_on(result: MethodResult) -> str | None:
-    """The Hub dataset type of the test split, where the Hub knows it: a hub dataset's id, or cnn_dailymail for the
-    embedded sample (CNN/DailyMail articles and highlights, re-split); None for local files."""
-    return "cnn_dailymail" if result.config.get("dataset") == EMBEDDED else _hub_dataset(result)
+    """The Hub dataset type of the test split, where the Hub knows it: a hub dataset's id, or the one an embedded
+    sample's rows come from; None for local files."""
+    return EMBEDDED_SOURCES.get(result.config.get("dataset")) or _hub_dataset(result)
+
+
+def _task(result: MethodResult) -> str:
+    return HUB_TASKS.get(result.config.get("task") or "summarization", "text-generation")
+
+
+def _label(metric: str) -> str:
+    return METRICS[metric].label if metric in METRICS else metric
 
 
 def command(result: MethodResult) -> str:
@@ -75,16 +87,17 @@ def metadata(result: MethodResult) -> ModelCardData:
     base, dataset = base_model(result), _evaluated_on(result)
     method = METHODS.get(result.method)
     peft = method is not None and method.peft_config is not None
-    tags = ["peftbench", result.method, TASK]
+    task = _task(result)
+    tags = ["peftbench", result.method, task]
     if base:
         tags.append(f"base_model:{'adapter' if peft else 'finetune'}:{base}")
     evals = []
     if result.test is not None and dataset is not None and not result.random_weights:
-        for metric, value in asdict(result.test).items():
+        for metric, value in result.test.to_dict().items():
             if value is not None:
-                evals.append(EvalResult(task_type=TASK, dataset_type=dataset, dataset_name=result.dataset,
+                evals.append(EvalResult(task_type=task, dataset_type=dataset, dataset_name=result.dataset,
                                         dataset_split="test", metric_type=METRIC_TYPES.get(metric, metric),
-                                        metric_name=LABELS.get(metric, metric), metric_value=value))  # fmt: skip
+                                        metric_name=_label(metric), metric_value=value))  # fmt: skip
     return ModelCardData(
         base_model=base,
         library_name="peft" if peft else "transformers",
@@ -100,11 +113,13 @@ def _scores(result: MethodResult, intervals: dict[str, Interval] | None, note: s
     if result.test is None:
         return ["No test scores were recorded."]
     lines = ["| metric | value | 95% interval |", "|---|---|---|"]
-    for metric, value in asdict(result.test).items():
+    for metric, value in result.test.to_dict().items():
         span = (intervals or {}).get(metric)
         shown = f"{_shown(span.low)} to {_shown(span.high)}" if span else "-"
-        lines.append(f"| {LABELS.get(metric, metric)} | {_shown(value)} | {shown} |")
-    scales = "Loss: mean cross-entropy per target token. ROUGE: F1 from 0 to 1. BLEU: corpus BLEU from 0 to 100."
+        lines.append(f"| {_label(metric)} | {_shown(value)} | {shown} |")
+    corpus = [_label(m) for m in result.test.scores if m in METRICS and METRICS[m].corpus]
+    scales = ("Loss: mean cross-entropy per target token. Scores are from 0 to 1"
+              + (f", {' and '.join(corpus)} from 0 to 100" if corpus else "") + "; higher is better.")  # fmt: skip
     if result.random_weights:
         return [*lines, "", f"Trained from random weights ({result.config.get('model_weights')}): these scores mean "
                 "nothing about the method's quality."]  # fmt: skip
@@ -135,7 +150,8 @@ def render(result: MethodResult, intervals: dict[str, Interval] | None = None, n
         f"- Method: {result.method}: {method_settings(result)}",
         f"- Trainable parameters: {result.trainable_params:,} of {result.total_params:,}",
         f"- Data: {result.dataset}; {config.get('train_size')} train / {config.get('eval_size')} validation / "
-        f"{config.get('test_size')} test examples; prompt format {config.get('prompt_format')}",
+        f"{config.get('test_size')} test examples; task {config.get('task') or 'summarization'} (primary metric "
+        f"{_label(result.primary_metric)}); prompt format {config.get('prompt_format')}",
         f"- Budget: {config.get('epochs')} epoch{'' if config.get('epochs') == 1 else 's'}, batch size "
         f"{config.get('batch_size')}{given_as} x gradient accumulation {config.get('grad_accum')}, warmup "
         f"{config.get('warmup_ratio')}, weight decay {config.get('weight_decay')}, clipping "
