@@ -73,12 +73,12 @@ def resolve_targets(model: nn.Module, spec: list[str], flag: str) -> list[str]:
         try:
             pattern = re.compile(spec[0])
         except re.error as exc:
-            raise ConfigError(f"{flag} {spec[0]!r} is not a valid regular expression: {exc}") from None
+            raise ConfigError(f"{flag} '{spec[0]}' is not a valid regular expression: {exc}") from None
         paths = [path for path in _layer_paths(model) if pattern.fullmatch(path)]
         if not paths:
             example = next(iter(_layer_paths(model)), "")
             raise ConfigError(
-                f"{flag} {spec[0]!r} matches no layer of this model: it must match a layer's whole path (e.g. "
+                f"{flag} '{spec[0]}' matches no layer of this model: it must match a layer's whole path (e.g. "
                 f"{example!r}); candidates: {', '.join(candidate_targets(model))}"
             )
     else:
