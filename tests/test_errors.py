@@ -95,9 +95,9 @@ def test_nonsense_values_are_refused_before_loading(case, capsys, articles, tmp_
 
 def test_unknown_yaml_key_suggests_the_nearest(capsys, tiny_models, articles, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("lora_rank: 4\n")
+    config.write_text("learning_rat: 1e-4\n")  # aliases count as names to suggest
     err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--config", str(config)))
-    assert "lora_rank" in err and "lora_r" in err
+    assert "'learning_rat'" in err and "did you mean 'learning_rate'?" in err
 
 
 def test_mixed_precision_on_cpu_is_refused_before_loading(capsys, articles, tmp_path):
@@ -134,7 +134,7 @@ def _write(name: str, content: bytes):
 
 
 BAD_INPUT = {
-    "unknown flag": ([], ["--lora-rank", "4"], ["unknown flag --lora-rank", "did you mean --lora-r?"]),
+    "unknown flag": ([], ["--lora-alfa", "4"], ["unknown flag --lora-alfa", "did you mean --lora-alpha?"]),
     "unknown method": ([], ["--methods", "lora,../evil"], ["unknown method", "../evil", "full"]),
     "too long for the model": ([], ["--max-source-tokens", "600"], ["--max-source-tokens 600", "512 positions"]),
     "prefix leaves no room": (["t5"], ["--max-source-tokens", "3"], ["--max-source-tokens 3", "'summarize: '"]),

@@ -85,6 +85,8 @@ def test_fingerprint_ignores_what_does_not_change_results():
     same = RunConfig(output="elsewhere", quiet=True, in_process=True, force=True, dry_run=True, methods=["lora"],
                      seeds=[0, 1], report_to=["tensorboard"], allow_pickle=True)  # fmt: skip
     assert checkpoint.fingerprinted(same) == base
+    per_device = RunConfig(per_device_batch_size=4)  # one process: the same global batch as the default 4
+    assert checkpoint.fingerprinted(per_device) == base
     for changed in (RunConfig(epochs=3), RunConfig(lora_r=4), RunConfig(seed=1), RunConfig(lr=1e-3)):
         assert checkpoint.fingerprint(checkpoint.fingerprinted(changed)) != checkpoint.fingerprint(base)
 
@@ -124,3 +126,33 @@ def test_each_family_resumes_exactly(tiny_models, articles, tmp_path, monkeypatc
     assert reference["epochs"][1]["val_loss"] != reference["epochs"][3]["val_loss"]  # it trained after epoch 1
     assert resumed["epochs"] == reference["epochs"]
     assert resumed["test"] == reference["test"]
+
+
+def test_resumed_log_has_every_step_once(tiny_models, articles, tmp_path, monkeypatch):
+    """A run that dies after logging epoch 2 but before its checkpoint resumes from epoch 1's: log.jsonl is cut back
+    to what that checkpoint had logged, so epoch 2 is logged once, as an uninterrupted run logs it."""
+
+    def args(output):
+        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
+                             "--seed", "5", "--in-process", *QUICK_LATENCY)  # fmt: skip
+
+    def log(output) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in MethodDir(output / "lora").read_log()]
+
+    assert main(args(tmp_path / "reference")) == 0
+    save, saves = checkpoint.save, []
+
+    def crash_before_second_save(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise Crash
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", crash_before_second_save)
+    output = tmp_path / "interrupted"
+    assert main(args(output)) == 1
+    assert [r["epoch"] for r in log(output) if r["split"] == "validation"] == [0, 1, 2]  # epoch 2 logged, not saved
+    monkeypatch.setattr(checkpoint, "save", save)
+    assert main(args(output)) == 0
+    assert log(output) == log(tmp_path / "reference")
+    assert [r["step"] for r in log(output) if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from peftbench import lifecycle
-from peftbench.config import FIELDS, ConfigError, RunConfig, build_config, load_yaml
+from peftbench.config import ALIASES, FIELDS, TRACKERS, ConfigError, RunConfig, build_config, load_yaml
 from peftbench.errors import UserError
 from peftbench.methods import METHODS
 from peftbench.metrics import METRICS
@@ -43,7 +43,8 @@ HELP = {
     "test_split": "a dataset's own split to test on",
     "methods": f"comma list from {','.join(METHODS)}",
     "epochs": "training epochs",
-    "batch_size": "examples per training step (per device)",
+    "batch_size": "examples per micro-batch across all processes (the global batch, not per device); one optimizer "
+    "step takes batch-size x grad-accum examples",
     "grad_accum": "micro-batches accumulated per optimizer step",
     "lr": "learning rate; default per method: " + ", ".join(f"{m.name} {m.default_lr:g}" for m in METHODS.values()),
     "warmup_ratio": "fraction of optimizer steps with linear warmup",
@@ -73,9 +74,13 @@ HELP = {
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA alpha (scale = alpha / r)",
     "lora_dropout": "dropout on LoRA's input",
-    "lora_targets": "comma list of module names for LoRA; default per model family",
-    "ia3_targets": "comma list of module names for IA3; default per model family",
-    "ia3_feedforward": "comma list of IA3 targets that are feed-forward layers (scale inputs, not outputs)",
+    "lora_targets": "comma list of module names for LoRA and the methods that adapt its targets; all-linear (alias "
+    "all): every linear layer but the output head, as peft defines it; or one regular expression matched in full "
+    "against each layer's path, as peft's target_modules string; default per model family",
+    "ia3_targets": "comma list of module names for IA3, all-linear, or one regular expression; default per model "
+    "family",
+    "ia3_feedforward": "comma list of IA3 targets that are feed-forward layers (scale inputs, not outputs), or one "
+    "regular expression",
     "loraplus_lr_ratio": "LoRA+: learning rate of the B matrices over that of the A matrices",
     "num_virtual_tokens": "virtual tokens of prefix and prompt tuning",
     "quantize": "4bit (NF4, double quantization) or 8bit: load the base model with bitsandbytes and train a "
@@ -91,9 +96,44 @@ HELP = {
     "estimated run time, then exit without training",
     "allow_pickle": "load models whose weights exist only as pickle files (pytorch_model.bin); loading a pickle "
     "can run code, so only for files you trust",
-    "report_to": "comma list of experiment trackers: tensorboard, mlflow, wandb (optional extras); default: none, "
-    "results only in --output",
+    "report_to": f"comma list of experiment trackers: {', '.join(TRACKERS)} (optional extras); all: every "
+    "installed one; none (the default): results only in --output",
+    "per_device_batch_size": "examples per micro-batch on each process (device), as HF Trainer's "
+    "per_device_train_batch_size: --batch-size becomes this x the number of processes; excludes --batch-size",
 }
+SPELLINGS: dict[str, list[str]] = {}  # field -> its aliases (config.ALIASES)
+for _alias, _name in ALIASES.items():
+    SPELLINGS.setdefault(_name, []).append(_alias)
+
+
+def option_strings(name: str) -> list[str]:
+    """A field's flag, then the same with underscores, then its aliases spelt both ways."""
+    strings = []
+    for key in [name, *SPELLINGS.get(name, [])]:
+        strings += ["--" + key.replace("_", "-"), "--" + key]
+    return list(dict.fromkeys(strings))
+
+
+class _Given(argparse.Action):
+    """Store a flag's value, and record it under the spelling used: config.build_config checks that two spellings of
+    one setting (an alias and its flag) agree. The same spelling twice: the last one counts, as usual."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values if self.nargs != 0 else True)
+        given = dict(getattr(namespace, "given", None) or {})
+        given[option_string] = values if self.nargs != 0 else True
+        namespace.given = given
+
+
+class _Formatter(argparse.HelpFormatter):
+    """The metavar once after all of an option's spellings (--lr, --learning-rate, --learning_rate LR), as Python
+    3.13 prints it, instead of after each spelling."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(action.option_strings) + " " + metavar
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -101,29 +141,34 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help="YAML file with the same keys as these flags; flags override it"
     )
     for name in FIELDS:
-        flag = "--" + name.replace("_", "-")
+        flags = option_strings(name)
         default = getattr(DEFAULTS, name)
         if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", default=None, help=HELP[name])
+            parser.add_argument(*flags, dest=name, action=_Given, nargs=0, default=None, help=HELP[name])
             continue
         shown = ",".join(default) if isinstance(default, list) else default
         suffix = f" (default: {shown})" if default is not None and name not in TASK_DEPENDENT else ""
-        parser.add_argument(
-            flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=HELP[name] + suffix
-        )
+        parser.add_argument(*flags, dest=name, action=_Given, default=None, metavar=name.split("_")[-1].upper(),
+                            help=HELP[name] + suffix)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peftbench",
-        description="Compare full fine-tuning and PEFT methods (LoRA, IA3) on the same model, data and budget.",
+        description=f"Compare full fine-tuning and {len(METHODS) - 1} PEFT methods (LoRA and its variants, LoHa, LoKr, "
+        "VeRA, OFT, IA3, prefix and prompt tuning) on the same model, data and budget.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
         help="fine-tune with each method, evaluate, and write a comparison",
         description="Fine-tune one model with each method on the same data; write metrics, "
-        "predictions, adapters, curves, summary.md and the report (report.md, report.html) under --output.",
+        "predictions, adapters with their model cards, per-step logs, curves, summary.md and the report (report.md, "
+        "report.html) under --output. Flags also take the names HF Trainer, peft and LLaMA-Factory use "
+        "(--learning_rate, --num_train_epochs, --output_dir, --lora_target, ...), and every flag its underscore "
+        "spelling.",
+        formatter_class=_Formatter,
+        allow_abbrev=False,  # a misspelt flag gets a suggestion, never a silent guess
     )
     _add_run_flags(run)
     report = commands.add_parser(
@@ -236,12 +281,12 @@ def main(argv: list[str] | None = None) -> int:
             args = _parse(build_parser(), argv)
             if args.command == "run":
                 from peftbench.method_run import quiet_libraries  # heavy imports only when running
+                from peftbench.parallel import processes
                 from peftbench.pipeline import run
 
                 quiet_libraries()
-
-                flags = {name: getattr(args, name) for name in FIELDS}
-                run(build_config(load_yaml(args.config) if args.config else {}, flags))
+                flags = getattr(args, "given", None) or {}
+                run(build_config(load_yaml(args.config) if args.config else {}, flags, processes()))
             elif args.command == "report":
                 _report(args)
             elif args.command == "methods":

@@ -20,6 +20,20 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZE = ("4bit", "8bit")
 PROMPT_FORMATS = ("auto", "chat", "plain")
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # --report-to; each is an optional extra (see tracking.py)
+ALL_TRACKERS, NO_TRACKER = "all", "none"  # --report-to as HF Trainer takes it: every installed tracker, or none
+ALL_LINEAR = "all-linear"  # --lora-targets as peft spells it: every linear layer but the output head
+TARGET_FIELDS = ("lora_targets", "ia3_targets", "ia3_feedforward")  # module names, all-linear, or one pattern
+# Other spellings of a key, as HF Trainer, peft and LLaMA-Factory name it (each with dashes or underscores).
+ALIASES = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "per_device_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "output_dir": "output",
+    "lora_rank": "lora_r",
+    "lora_target": "lora_targets",
+}
+TARGET_ALIASES = {"all": ALL_LINEAR}  # LLaMA-Factory's lora_target: all
 
 
 @dataclass
@@ -43,7 +57,8 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: ["full", "lora", "ia3"])
 
     epochs: int = 2
-    batch_size: int = 4
+    batch_size: int = 4  # examples per micro-batch across all processes (global): a step takes batch_size x grad_accum
+    per_device_batch_size: int | None = None  # instead of batch_size: batch_size = this x processes
     grad_accum: int = 1
     lr: float | None = None  # None: the method's own default (see methods.py)
     warmup_ratio: float = 0.1
@@ -125,11 +140,19 @@ class RunConfig:
             raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
         if not self.methods:
             raise ConfigError("--methods is empty; give a comma list such as full,lora,ia3")
+        self._validate_trackers()
+        for name in TARGET_FIELDS:
+            _check_target_spec(name, getattr(self, name))
+
+    def _validate_trackers(self) -> None:
+        choices = (*TRACKERS, ALL_TRACKERS, NO_TRACKER)
         for tracker in self.report_to or []:
-            if tracker not in TRACKERS:
-                close = difflib.get_close_matches(tracker, TRACKERS, n=1)
+            if tracker not in choices:
+                close = difflib.get_close_matches(tracker, choices, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"--report-to {tracker!r} is not a tracker: choose from {', '.join(TRACKERS)}{hint}")
+                raise ConfigError(f"--report-to {tracker!r} is not a tracker: choose from {', '.join(choices)}{hint}")
+        if len(self.report_to or []) > 1 and {ALL_TRACKERS, NO_TRACKER} & set(self.report_to):
+            raise ConfigError(f"--report-to {','.join(self.report_to)}: 'all' and 'none' stand alone")
 
     def _validate_task(self) -> None:
         if self.task not in TASKS:
@@ -169,7 +192,27 @@ class RunConfig:
             raise ConfigError(f"--seeds lists a seed twice: {','.join(map(str, self.seeds))}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, and which batch size the user gave (batch_size is the global one either way)."""
+        given_as = "global" if self.per_device_batch_size is None else "per_device"
+        return dataclasses.asdict(self) | {"batch_size_given_as": given_as}
+
+
+PATTERN_CHARACTERS = set("^$*+?()[]{}|\\")  # a target holding one is a regular expression
+
+
+def is_pattern(target: str) -> bool:
+    """Whether a target is a regular expression (peft's target_modules as a string) rather than a module name:
+    module names hold letters, digits, underscores and dots only."""
+    return any(char in PATTERN_CHARACTERS for char in target)
+
+
+def _check_target_spec(name: str, targets: list[str] | None) -> None:
+    """all-linear and a regular expression each stand alone: peft takes one or the other, not in a list."""
+    if targets and len(targets) > 1 and any(t == ALL_LINEAR or is_pattern(t) for t in targets):
+        raise ConfigError(
+            f"--{_flag(name)} {','.join(targets)}: {ALL_LINEAR} or a regular expression stands alone (join "
+            "alternatives in one expression with |, e.g. '.*\\.(q_proj|v_proj)')"
+        )
 
 
 @dataclass(frozen=True)
@@ -206,7 +249,9 @@ RANGES = {name: Range(1) for name in POSITIVE} | {
     "seed": Range(0),
     "warmup_ratio": Range(0, 1),
     "lora_dropout": Range(0, 1),
+    "per_device_batch_size": Range(1),
 }
+EXCLUSIVE = {"per_device_batch_size": "batch_size"}  # given together in one source, they are an error
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to", "metrics", "choices"}
 INT_LIST_FIELDS = {"seeds"}
@@ -221,7 +266,7 @@ def _kind(name: str) -> type:
     default = FIELDS[name].default
     if name == "lr":
         return float
-    if name == "eval_generate_size":
+    if name in ("eval_generate_size", "per_device_batch_size"):
         return int
     return type(default) if default is not None and default is not dataclasses.MISSING else str
 
@@ -234,10 +279,13 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError(f"{name} has no value; give one, or leave the key out for the default ({shown!r})")
         return None
     if name in LIST_FIELDS:
-        items = value.split(",") if isinstance(value, str) else value
+        whole = name in TARGET_FIELDS and isinstance(value, str) and is_pattern(value)  # commas of {m,n} stay
+        items = [value] if whole else value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
             raise ConfigError(f"{name} must be a comma list or a YAML list, got {value!r}")
         items = [str(item).strip() for item in items if str(item).strip()]
+        if name in TARGET_FIELDS:
+            items = [TARGET_ALIASES.get(item.lower(), item) for item in items]
         return _integers(name, items) if name in INT_LIST_FIELDS else items
     kind = _kind(name)
     if kind in (int, float) and isinstance(value, bool):  # YAML's yes/no/true/false: int(True) would be 1
@@ -266,7 +314,8 @@ def _integers(name: str, items: list[str]) -> list[int]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a flat dict of field names (hyphens or underscores accepted)."""
+    """Read a YAML config file into a flat dict of its keys as written (build_config accepts hyphens or underscores,
+    and the aliases)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -276,19 +325,69 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
-    return {str(key).replace("-", "_"): value for key, value in data.items()}
+    return {str(key): value for key, value in data.items()}
 
 
-def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
-    """Merge defaults < YAML file < flags (flags given as None are treated as absent) and validate."""
+def build_config(file_values: dict[str, Any], flag_values: dict[str, Any], processes: int = 1) -> RunConfig:
+    """Merge defaults < YAML file < flags and validate. Keys may be spelt with dashes or underscores, with a flag's
+    leading dashes, or as an alias (ALIASES); values given as None are treated as absent. processes is how many
+    processes share a step's batch (for --per-device-batch-size)."""
     merged: dict[str, Any] = {}
-    for source in (file_values, {k: v for k, v in flag_values.items() if v is not None}):
-        for key, value in source.items():
-            if key not in FIELDS:
-                close = difflib.get_close_matches(key, FIELDS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown config key {key!r}{hint}")
-            merged[key] = _coerce(key, value)
+    for source, spell in ((file_values, str), (flag_values, _as_flag)):
+        values = _canonical(source, spell)
+        for pair in EXCLUSIVE.items():  # a flag giving either of a pair overrides the file's one of them
+            merged = {k: v for k, v in merged.items() if not (set(pair) & set(values) and k in pair)}
+        merged |= values
     config = RunConfig(**merged)
     config.validate()
+    if config.per_device_batch_size is not None:
+        config.batch_size = config.per_device_batch_size * processes
     return config
+
+
+def _as_flag(key: str) -> str:
+    return key if key.startswith("-") else "--" + _flag(key)
+
+
+def _canonical(values: dict[str, Any], spell) -> dict[str, Any]:
+    """One source's values by field name; spellings of one field that disagree, or exclusive fields given together,
+    are a ConfigError naming both as the user spelt them (spell: how a key is shown)."""
+    found: dict[str, Any] = {}
+    given: dict[str, str] = {}  # field -> the spelling that set it
+    for key, value in values.items():
+        if value is None:
+            continue
+        name = key.lstrip("-").replace("-", "_")
+        name = ALIASES.get(name, name)
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, [*FIELDS, *ALIASES], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        coerced = _coerce(name, value)
+        if name in found and found[name] != coerced:
+            raise ConfigError(
+                f"{spell(given[name])} and {spell(key)} are two names for one setting and give it different values "
+                f"({found[name]!r} and {coerced!r}): give one of them"
+            )
+        found[name], given[name] = coerced, key
+    for name, other in EXCLUSIVE.items():
+        if name in found and other in found:
+            raise ConfigError(f"{spell(given[name])} and {spell(given[other])} exclude each other: give one of them")
+    return found
+
+
+def flags_for(values: dict[str, Any]) -> list[str]:
+    """Command-line flags that give these field values (those that differ from the defaults): how a recorded
+    config is run again."""
+    defaults = RunConfig()
+    flags: list[str] = []
+    for name, value in values.items():
+        if name not in FIELDS or value == getattr(defaults, name):
+            continue
+        if name == "batch_size" and values.get("per_device_batch_size") is not None:
+            continue  # the user gave it per device: batch_size is derived from that
+        if isinstance(value, bool):
+            flags += [f"--{_flag(name)}"] if value else []
+        else:
+            flags += [f"--{_flag(name)}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return flags

@@ -20,7 +20,8 @@ from torch import nn
 from tqdm import tqdm as std_tqdm
 
 from peftbench import checkpoint, parallel, rundir, tracking
-from peftbench.adapt import apply_method, count_parameters, module_options
+from peftbench.adapt import apply_method, count_parameters, given_options, module_options
+from peftbench.card import render as model_card
 from peftbench.config import RunConfig
 from peftbench.data import Example, Splits
 from peftbench.evaluate import EvalOptions, Evaluator, Generation
@@ -31,6 +32,7 @@ from peftbench.metrics import METRICS
 from peftbench.models import LoadedModel, load_model, model_provenance
 from peftbench.report import plot_curves
 from peftbench.results import (
+    GIVEN,
     PRETRAINED,
     RANDOM_WEIGHTS,
     Efficiency,
@@ -89,15 +91,16 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
 
     # Apply the method, and build what trains and evaluates it.
     settings = MethodSettings.from_config(config)
+    lr = learning_rate(method, config.lr)
+    resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
     model = apply_method(method, loaded, settings)
     trainable, total = count_parameters(model)
-    lr = learning_rate(method, config.lr)
     optimizer = method.optimizer(model, lr, settings)
     options = TrainOptions.from_config(config, precision)
-    trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term)
+    log = directory.append_log if parallel.is_main() else (lambda _record: None)  # log.jsonl: the main process's
+    trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term, log)
     evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
-    result = MethodResult(method.name, loaded.name, splits.description, trainable, total,
-                          resolved_config(config, method, loaded, settings, lr, precision))  # fmt: skip
+    result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
     tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.path.parent),
                    f"{name}-seed{config.seed}", result.config)  # fmt: skip
     say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
@@ -107,16 +110,22 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     if resume:
         progress = checkpoint.restore(resume, trainer)
         say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume.path}")
-    else:
+    if parallel.is_main():
+        directory.keep_log(progress.log_lines)  # no line twice, none lost: the log as of the checkpoint
+    if not resume:
         progress.epochs.append(zero_shot)
         trainer.accelerator.log(_validation_figures(zero_shot), step=0)
+        log(log_record("validation", 0, 0, zero_shot))
     for epoch in range(trainer.epoch + 1, config.epochs + 1):
         train_loss = trainer.train_epoch()
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             with compute:
                 validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch,
                          train_loss)  # fmt: skip
+            log(log_record("validation", epoch, epoch * trainer.steps_per_epoch, progress.epochs[-1]))
             say(f"[{name}] {epoch_line(progress.epochs[-1])}")
+        if parallel.is_main():
+            progress.log_lines = len(directory.read_log())
         checkpoint.save(directory, trainer, progress)
     result.epochs = progress.epochs
 
@@ -126,6 +135,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.examples, final, None, "test")
     progress.add_generation(generation.new_tokens, generation.seconds)
     result.test = TestMetrics(scores.loss, scores.metrics)
+    log(log_record("test", config.epochs, config.epochs * trainer.steps_per_epoch, result.test))
     result.environment = environment()
     result.data = splits.rows.record()
     result.provenance = provenance(config, splits)
@@ -223,6 +233,15 @@ def _scores_text(scores: dict[str, float]) -> str:
     return ", ".join(f"{METRICS[name].label} {value:.{METRICS[name].decimals}f}" for name, value in scores.items())
 
 
+def log_record(split: str, epoch: int, step: int, scores: EpochMetrics | TestMetrics) -> dict[str, Any]:
+    """One evaluation as a line of log.jsonl: where in training it ran, its loss per target token (validation: and
+    the epoch's mean training loss) and its task metrics."""
+    where = {"split": split, "epoch": epoch, "step": step}
+    if isinstance(scores, EpochMetrics):
+        return where | {"loss": scores.val_loss, "train_loss": scores.train_loss} | scores.scores
+    return where | {"loss": scores.loss} | scores.scores
+
+
 def epoch_line(scores: EpochMetrics) -> str:
     shown = "-" if scores.train_loss is None else f"{scores.train_loss:.4f}"
     return f"epoch {scores.epoch}: train loss {shown}, val loss {scores.val_loss:.4f}, {_scores_text(scores.scores)}"
@@ -235,13 +254,16 @@ def generation_rows(examples: list[Example], generation: Generation) -> list[dic
 
 def resolved_config(config: RunConfig, method: Method, loaded: LoadedModel, settings: MethodSettings,
                     lr: float, precision: str) -> dict[str, Any]:  # fmt: skip
-    """The config as this method actually ran: effective learning rate, module options and compute precision."""
+    """The config as this method actually ran: effective learning rate, module options (resolved, and as given where
+    they differ: all-linear, a regular expression) and compute precision. Call it before peft wraps the model."""
     resolved = config.to_dict() | _model_settings(loaded, precision)
     resolved["lr"] = lr
     resolved["methods"] = [method.name]
     if method.peft_config is not None:
         for key, value in module_options(method, loaded, settings).items():
             resolved[f"{method.name}_{key}"] = value
+        for key, value in given_options(method, loaded, settings).items():
+            resolved[f"{method.name}_{key}{GIVEN}"] = value
     return resolved
 
 
@@ -328,9 +350,11 @@ def save_adapter(model, method: Method, layout: Layout, path: Path) -> dict[str,
 
 
 def write_results(directory: MethodDir, result: MethodResult, rows: list[dict[str, Any]]) -> None:
-    """predictions.jsonl, curves.png, then metrics.json last: its presence means the method finished."""
+    """predictions.jsonl, curves.png, the adapter's model card, then metrics.json last: its presence means the
+    method finished."""
     directory.write_predictions(rows)
-    plot_curves(result, directory.curves)
+    plot_curves(result, directory.curves, directory.read_log())
+    directory.write_card(model_card(result))  # without intervals: the comparison's statistics come later
     directory.write_result(result)
 
 

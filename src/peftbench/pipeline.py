@@ -19,7 +19,8 @@ from typing import TypeVar
 import torch
 
 from peftbench import checkpoint, lifecycle, parallel, rundir
-from peftbench.config import RunConfig
+from peftbench.card import write_cards
+from peftbench.config import ALL_TRACKERS, TRACKERS, RunConfig
 from peftbench.data import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
 from peftbench.export import EXPORT_KINDS, write_exports
@@ -30,6 +31,7 @@ from peftbench.report import write_report, write_summary
 from peftbench.results import EpochMetrics, MethodResult
 from peftbench.rundir import LEAD_3, ZERO_SHOT, MethodDir
 from peftbench.tasks import TASKS
+from peftbench.tracking import resolve_trackers
 
 T = TypeVar("T")
 
@@ -162,6 +164,7 @@ def run_seed(config: RunConfig, splits: Splits, comparison: Path) -> dict[str, F
                 print(f"peftbench: {name} failed: {failures[name].message}", file=sys.stderr)
     if parallel.is_main():
         shown = write_summary(comparison)
+        write_cards(comparison)  # each adapter's card, now with the intervals of its test scores
         if not config.quiet:
             print("\n" + shown + f"\nResults in {comparison}/")
     return failures
@@ -176,6 +179,11 @@ def run(config: RunConfig) -> Path:
     seeds. The data split is the same for every seed. Methods that fail are reported after the others finished.
     One run at a time holds OUTPUT (the main process, for the whole run; not a dry run, which writes nothing).
     """
+    if config.report_to == [ALL_TRACKERS] and not config.quiet and parallel.is_main():
+        found = resolve_trackers(config.report_to)
+        print("peftbench: --report-to all: " + (f"reporting to {', '.join(found)} (the trackers installed)" if found
+              else f"none of {', '.join(TRACKERS)} is installed: results only in --output"))  # fmt: skip
+    config = dataclasses.replace(config, report_to=resolve_trackers(config.report_to))  # all, none: as named
     output = check_before_loading(config)
     with rundir.locked(output) if parallel.is_main() and not config.dry_run else contextlib.nullcontext():
         return compare(config, output)

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 
 from peftbench import checkpoint, parallel, rundir
-from peftbench.adapt import apply_method, check_method, count_parameters
+from peftbench.adapt import (
+    apply_method,
+    check_method,
+    count_parameters,
+    given_options,
+    module_options,
+    targeted_layers,
+)
 from peftbench.config import ConfigError, RunConfig
 from peftbench.data import Splits
 from peftbench.families import position_limit
@@ -85,6 +92,9 @@ class MethodPlan:
     trainable: int
     total: int
     lr: float
+    options: dict[str, list[str]] = field(default_factory=dict)  # module options as peft gets them (targets, ...)
+    given: dict[str, list[str]] = field(default_factory=dict)  # those the user gave otherwise (all-linear, a pattern)
+    layers: int = 0  # layers the targets select
 
 
 @dataclass
@@ -114,7 +124,12 @@ def preflight(config: RunConfig, splits: Splits) -> Plan:
         except Exception:  # noqa: BLE001 - e.g. a quantized base, which the meta device cannot hold: counted when run
             continue
         trainable, total = count_parameters(model)
-        methods.append(MethodPlan(name, trainable, total, learning_rate(method, config.lr)))
+        plan = MethodPlan(name, trainable, total, learning_rate(method, config.lr))
+        if method.adapts_layers:
+            plan.options = module_options(method, loaded, settings)
+            plan.given = given_options(method, loaded, settings)
+            plan.layers = len(targeted_layers(loaded.model, plan.options["targets"]))
+        methods.append(plan)
     tokens = {}
     for split, examples in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
         tokens[split] = sum(item.length for item in loaded.layout.encode(examples, limits))
@@ -158,6 +173,10 @@ def describe(config: RunConfig, plan: Plan) -> str:
             f"  {method.name:<8} {method.trainable:>14,} of {method.total:,} parameters trainable "
             f"({100 * method.trainable / method.total:.3f}%), lr {method.lr:g}, ~{_duration(seconds)}"
         )
+        for key, names in method.options.items():
+            given = f" from {','.join(method.given[key])}" if key in method.given else ""
+            layers = f" ({method.layers} layers{given})" if key == "targets" else given and f" ({given.strip()})"
+            lines.append(f"  {'':<8} {key}: {', '.join(names)}{layers}")
     counted = {method.name for method in plan.methods}
     lines += [f"  {name:<8} (cannot be built without weights: counted when it runs)" for name in config.methods
               if name not in counted]  # fmt: skip

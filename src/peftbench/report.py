@@ -54,16 +54,23 @@ SOURCE_EXCERPT = 300  # characters of each example's article shown
 LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are flagged as a busy machine
 
 
-def plot_curves(result: MethodResult, path: Path) -> Path:
+def plot_curves(result: MethodResult, path: Path, log: list[dict] | None = None) -> Path:
     """Loss (train and validation) and the validation metrics against epoch (scores on a 0-1 scale in one panel,
-    corpus scores on 0-100 in another); epoch 0 is the base model."""
+    corpus scores on 0-100 in another); epoch 0 is the base model. With the method's log.jsonl records, the training
+    loss of every optimizer step too, placed within its epoch."""
     epochs = [e.epoch for e in result.epochs]
     groups = [[m for m in result.metrics if not METRICS[m].corpus], [m for m in result.metrics if METRICS[m].corpus]]
     groups = [group for group in groups if group]
     figure, axes = plt.subplots(1, 1 + len(groups), figsize=(4.4 * (1 + len(groups)), 3.8), squeeze=False)
     loss_ax, *metric_axes = axes[0]
+    steps = [record for record in log or [] if record.get("split") == "train"]
+    if steps:
+        per_epoch = {epoch: sum(r["epoch"] == epoch for r in steps) for epoch in {r["epoch"] for r in steps}}
+        first = {epoch: min(r["step"] for r in steps if r["epoch"] == epoch) for epoch in per_epoch}
+        where = [r["epoch"] - 1 + (r["step"] - first[r["epoch"]] + 1) / per_epoch[r["epoch"]] for r in steps]
+        loss_ax.plot(where, [r["loss"] for r in steps], "-", color="tab:blue", alpha=0.35, label="train, per step")
     trained = [e for e in result.epochs if e.train_loss is not None]
-    loss_ax.plot([e.epoch for e in trained], [e.train_loss for e in trained], "o-", label="train")
+    loss_ax.plot([e.epoch for e in trained], [e.train_loss for e in trained], "o-", label="train, epoch mean")
     loss_ax.plot(epochs, [e.val_loss for e in result.epochs], "s-", label="validation")
     loss_ax.set(title="Loss per target token", xlabel="epoch", ylabel="cross-entropy")
     for ax, group in zip(metric_axes, groups, strict=True):

@@ -9,6 +9,9 @@ SCHEMA_VERSION = 2
 # config["model_weights"]: a pretrained model's, or random ones of a config's shape (older files: pretrained).
 PRETRAINED = "pretrained"
 RANDOM_WEIGHTS = "random weights: speed and memory only"
+# config["<method>_targets_given"] (and other module options): as the user gave them, where the recorded
+# config["<method>_targets"] is their resolution on the model (all-linear, a regular expression).
+GIVEN = "_given"
 
 
 @dataclass
@@ -127,6 +130,7 @@ class Progress:
     base_latency_ms: float | None = None  # the pretrained model's, measured before any adapter existed
     generated_tokens: int = 0  # batched evaluation generation so far: new tokens and seconds
     generation_seconds: float = 0.0
+    log_lines: int = 0  # lines of the method's log.jsonl so far: a resumed run cuts the log back to them
 
     def add_generation(self, tokens: int, seconds: float) -> None:
         self.generated_tokens += tokens

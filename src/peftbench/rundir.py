@@ -6,7 +6,8 @@
       zero-shot/, lead-3/            reference rows (MethodDir each): the base model before any method (also every
                                      method's epoch 0), and each source's first three sentences
       <method>/                      one method at one seed (MethodDir)
-        metrics.json predictions.jsonl curves.png adapter/ fingerprint.json failed.json checkpoint/
+        metrics.json predictions.jsonl log.jsonl curves.png adapter/ (with README.md, the model card)
+        fingerprint.json failed.json checkpoint/
       seed-<s>/                      with several seeds: a one-seed comparison each, laid out as OUTPUT above
 
 Every path handed out is checked to stay inside OUTPUT (no name holding a path, no symlink leading out), every file
@@ -49,7 +50,10 @@ FINGERPRINT_FILE = "fingerprint.json"
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 CURVES_FILE = "curves.png"
-METHOD_FILES = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, FINGERPRINT_FILE, CHECKPOINT_DIR, ADAPTER_DIR, CURVES_FILE)
+LOG_FILE = "log.jsonl"  # one line per optimizer step and per evaluation, as training goes
+CARD_FILE = "README.md"  # the model card, in the adapter folder (where the Hub and peft look for it)
+METHOD_FILES = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, FINGERPRINT_FILE, CHECKPOINT_DIR, ADAPTER_DIR, CURVES_FILE,
+                LOG_FILE)
 # What makes a directory a method's results, finished or failed.
 METHOD_MARKERS = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, ADAPTER_DIR)
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable file or checkpoint, set aside under its name plus this
@@ -229,6 +233,11 @@ class MethodDir:
     checkpoints = _inside_method(CHECKPOINT_DIR)
     adapter = _inside_method(ADAPTER_DIR)
     curves = _inside_method(CURVES_FILE)
+    log = _inside_method(LOG_FILE)
+
+    @property
+    def card(self) -> Path:
+        return self.adapter / CARD_FILE
 
     def check(self) -> None:
         """Refuse (ConfigError) a directory where a file or folder this method writes would lead out of it."""
@@ -301,6 +310,27 @@ class MethodDir:
     def write_predictions(self, rows: list[dict[str, Any]]) -> None:
         """One JSON object per test example."""
         write_atomic(self.predictions, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+    def append_log(self, record: dict[str, Any]) -> None:
+        """One line of log.jsonl (a step or an evaluation), written at once so that the log can be followed live."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def read_log(self) -> list[dict[str, Any]]:
+        if not self.log.is_file():
+            return []
+        return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def keep_log(self, lines: int) -> None:
+        """Cut log.jsonl back to its first `lines` lines: what was logged up to a checkpoint, before a resumed run
+        logs the rest again (0: a fresh start)."""
+        kept = self.log.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if self.log.is_file() else []
+        write_atomic(self.log, "".join(kept))
+
+    def write_card(self, text: str) -> None:
+        """The adapter's model card (README.md), replacing peft's placeholder."""
+        write_atomic(self.card, text)
 
     def remove(self) -> None:
         """Everything of an earlier run of this method here (--force starts over)."""

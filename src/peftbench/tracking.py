@@ -1,4 +1,5 @@
-"""Experiment trackers (--report-to tensorboard, mlflow, wandb) through accelerate; optional extras.
+"""Experiment trackers (--report-to tensorboard, mlflow, wandb; all or none, as HF Trainer takes them) through
+accelerate; optional extras.
 
 By default nothing is tracked and nothing is written outside OUTPUT. With trackers, their local files go to
 OUTPUT/trackers/ (TensorBoard: OUTPUT/trackers/<method>-seed<s>/; MLflow: OUTPUT/trackers/mlruns unless
@@ -14,10 +15,17 @@ from typing import Any
 from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
 from peftbench import parallel
-from peftbench.config import TRACKERS, ConfigError
+from peftbench.config import ALL_TRACKERS, NO_TRACKER, TRACKERS, ConfigError
 
 AVAILABLE = {"tensorboard": is_tensorboard_available, "mlflow": is_mlflow_available, "wandb": is_wandb_available}
 USER_MLFLOW_URI = os.environ.get("MLFLOW_TRACKING_URI")  # read before peftbench points it into each OUTPUT
+
+
+def resolve_trackers(report_to: list[str] | None) -> list[str] | None:
+    """The trackers --report-to names: `all` is every installed one (none installed: none), `none` is none."""
+    if report_to == [ALL_TRACKERS]:
+        return [name for name in TRACKERS if AVAILABLE[name]()] or None
+    return None if report_to == [NO_TRACKER] else report_to
 
 
 def check_trackers(report_to: list[str] | None) -> None:

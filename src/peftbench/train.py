@@ -86,14 +86,16 @@ class Trainer:
     the result. extra_loss (a method's regulariser, e.g. AdaLoRA's) is added once per step, inside clipping.
 
     Keeps the training-only figures: seconds, real tokens, samples and peak memory (evaluation excluded); with
-    several processes, tokens and samples of all of them and the highest peak of any one. Its state (counters,
-    optimizer, scheduler) goes to and from checkpoints through state_dict / load_state_dict, and the trainable
-    weights through trainable_weights / load_trainable_weights.
+    several processes, tokens and samples of all of them and the highest peak of any one. log, where given, receives
+    one record per optimizer step (epoch, step, loss, learning rate, gradient norm, tokens, seconds). Its state
+    (counters, optimizer, scheduler) goes to and from checkpoints through state_dict / load_state_dict, and the
+    trainable weights through trainable_weights / load_trainable_weights.
     """
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, items: list[Encoded], layout: Layout,
-                 options: TrainOptions, extra_loss: Callable[[nn.Module], torch.Tensor] | None = None):  # fmt: skip
-        self.options, self.layout, self.items, self.extra_loss = options, layout, items, extra_loss
+                 options: TrainOptions, extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+                 log: Callable[[dict[str, Any]], None] | None = None):  # fmt: skip
+        self.options, self.layout, self.items, self.extra_loss, self.log = options, layout, items, extra_loss, log
         # split_batches: one scheduler step per optimizer step, however many processes (accelerate would otherwise
         # step the schedule once per process).
         self.accelerator = Accelerator(
@@ -150,11 +152,16 @@ class Trainer:
                 summed_total += summed.detach()
                 tokens += self.layout.real_tokens(batch)
                 samples += len(indices)
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.max_grad_norm)
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's (LoRA+: the A matrices')
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad()
-            (step_loss,) = parallel.totals(summed_total.item())  # the one host sync per step
+            # The one host sync per step: the step's summed loss with its gradient norm (the same on every process).
+            figures = [summed_total] if norm is None else [summed_total, torch.as_tensor(norm).to(summed_total)]
+            host = torch.stack([figure.reshape(()) for figure in figures]).tolist()
+            (step_loss,) = parallel.totals(host[0])
+            grad_norm = host[1] if norm is not None else None
             step = (self.epoch - 1) * len(steps) + index + 1
             if not math.isfinite(step_loss):  # every process sees the same total, so all of them stop here
                 lr = self.optimizer.param_groups[0]["initial_lr"]
@@ -165,6 +172,11 @@ class Trainer:
             if self.accelerator.trackers:  # --report-to (none by default)
                 now = {"train/loss": step_loss / step_tokens, "train/lr": self.scheduler.get_last_lr()[0]}
                 self.accelerator.log(now, step=step)
+            if self.log is not None:  # the norm before clipping, as HF Trainer logs it
+                self.log({"split": "train", "epoch": self.epoch, "step": step, "loss": step_loss / step_tokens,
+                          "learning_rate": lr, "grad_norm": grad_norm,
+                          "tokens": sum(self.items[i].length for i in step_batch),
+                          "seconds": self.seconds + time.perf_counter() - started})  # fmt: skip
             loss_sum += step_loss
             token_count += step_tokens
             bar.set_postfix(loss=f"{step_loss / step_tokens:.3f}")
