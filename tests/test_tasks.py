@@ -153,7 +153,7 @@ def test_embedded_qa_dataset_uses_the_qa_preset():
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--prompt-template", "{knowledge}\nQ: {question}"), "knowledge is not a column"),
+        (("--prompt-template", "{knowledge}\nQ: {question}"), "'knowledge' is not a column"),
         (("--prompt-template", "  "), "--prompt-template is empty"),
         (("--prompt-template", "{0}"), "is not a column name"),
         (("--task", "classification", "--choices", "yes"), "at least two different choices"),

@@ -274,7 +274,7 @@ def recipe(columns: list[str], config: RunConfig, what: str) -> Recipe:
     if missing:
         flag = "--prompt-template" if config.prompt_template is not None else "--source-column"
         verb = "is not a column" if len(missing) == 1 else "are not columns"
-        raise ConfigError(f"{flag}: {', '.join(missing)} {verb} of {what}; columns are: {columns}")
+        raise ConfigError(f"{flag}: {', '.join(map(repr, missing))} {verb} of {what}; columns are: {columns}")
     target = config.target_column or next((name for name in task.targets if name in columns), None)
     if target is None:
         raise ConfigError(f"{what} has columns {columns}; name the answer column with --target-column")
