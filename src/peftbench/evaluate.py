@@ -12,6 +12,7 @@ from peftbench import parallel
 from peftbench.config import RunConfig
 from peftbench.data import to_device
 from peftbench.layout import Encoded, Layout
+from peftbench.measure import PhaseTimer
 from peftbench.metrics import text_metrics
 
 
@@ -101,13 +102,18 @@ class Evaluator:
         return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds)
 
     def evaluate(self, model, items: list[Encoded], references: list[str], generation_model=None,
-                 generate_count: int | None = None, desc: str = "evaluate") -> tuple[Scores, Generation]:  # fmt: skip
+                 generate_count: int | None = None, desc: str = "evaluate", timer: PhaseTimer | None = None,
+                 phase: str = "evaluation") -> tuple[Scores, Generation]:  # fmt: skip
         """Loss over all items; generation and text metrics over the first generate_count items (default all).
 
-        generation_model, when given, generates instead of model (e.g. a copy with the adapter merged in).
+        generation_model, when given, generates instead of model (e.g. a copy with the adapter merged in). timer,
+        when given, records the two parts as phases <phase>_loss and <phase>_generation (its text metrics included).
         """
-        loss = self.loss(model, items)
+        timer = timer or PhaseTimer()
+        with timer.phase(f"{phase}_loss"):
+            loss = self.loss(model, items)
         count = len(items) if generate_count is None else min(generate_count, len(items))
-        generation = self.generate(generation_model or model, items[:count], desc)
-        metrics, generation.per_example = text_metrics(generation.predictions, references[:count])
+        with timer.phase(f"{phase}_generation"):
+            generation = self.generate(generation_model or model, items[:count], desc)
+            metrics, generation.per_example = text_metrics(generation.predictions, references[:count])
         return Scores(loss=loss, **metrics), generation

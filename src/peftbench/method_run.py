@@ -7,7 +7,7 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -23,7 +23,7 @@ from peftbench.config import RunConfig
 from peftbench.data import Example, Splits
 from peftbench.evaluate import EvalOptions, Evaluator
 from peftbench.layout import Encoded, Layout, PromptOptions, TokenLimits
-from peftbench.measure import latency_ms, merge_agreement, merged_copy
+from peftbench.measure import PhaseTimer, latency_ms, merge_agreement, merged_copy
 from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
 from peftbench.models import LoadedModel, load_model, model_provenance
 from peftbench.report import plot_curves
@@ -60,34 +60,38 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     say = print if not config.quiet and parallel.is_main() else (lambda *_: None)
     resume = checkpoint.latest(directory)
     set_seed(config.seed)
+    started = time.perf_counter()
+    progress = Progress()
+    timer = PhaseTimer(progress.phase_seconds)
 
     # Load: the pretrained model, each split as token ids, and the base model's latency before anything changes it.
-    loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
-                        PromptOptions.from_config(config))  # fmt: skip
-    layout = loaded.layout
-    limits = token_limits(config)
-    train, validation, test = (EncodedSplit(split, layout.encode(split, limits))
-                               for split in (splits.train, splits.validation, splits.test))  # fmt: skip
+    with timer.phase("model_load"):
+        loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
+                            PromptOptions.from_config(config))  # fmt: skip
+        layout = loaded.layout
+        limits = token_limits(config)
+        train, validation, test = (EncodedSplit(split, layout.encode(split, limits))
+                                   for split in (splits.train, splits.validation, splits.test))  # fmt: skip
+        device = parallel.state().device
+        if not config.quantize:
+            loaded.model.to(device)  # a quantized model is placed on the GPU as it loads
     latency_items = test.items[: config.latency_prompts]
-    device = parallel.state().device
-    if not config.quantize:
-        loaded.model.to(device)  # a quantized model is placed on the GPU as it loads
     precision = mixed_precision(config.precision)
     compute = autocast(precision, device)  # every model call below computes at this one precision
-    progress = Progress()
     if not resume and parallel.is_main():  # latency is one request on one device: the main process measures it
-        with compute:
+        with compute, timer.phase("latency"):
             progress.base_latency_ms = latency_ms(loaded.model, latency_items, layout, config.latency_new_tokens,
                                                   device)  # fmt: skip
 
-    # Apply the method, and build what trains and evaluates it.
-    settings = MethodSettings.from_config(config)
-    model = apply_method(method, loaded, settings)
-    trainable, total = count_parameters(model)
-    lr = learning_rate(method, config.lr)
-    optimizer = method.optimizer(model, lr, settings)
-    options = TrainOptions.from_config(config, precision)
-    trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term)
+    # Apply the method, and build what trains and evaluates it (counted with loading: setting up before training).
+    with timer.phase("model_load"):
+        settings = MethodSettings.from_config(config)
+        model = apply_method(method, loaded, settings)
+        trainable, total = count_parameters(model)
+        lr = learning_rate(method, config.lr)
+        optimizer = method.optimizer(model, lr, settings)
+        options = TrainOptions.from_config(config, precision)
+        trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term)
     evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
     result = MethodResult(method.name, loaded.name, splits.description, trainable, total,
                           resolved_config(config, method, loaded, settings, lr, precision))  # fmt: skip
@@ -96,27 +100,35 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
 
     # Train: epoch 0 is the zero-shot base model; validation after every --eval-every epochs.
-    started = time.perf_counter()
     if resume:
+        session = progress.phase_seconds
         progress = checkpoint.restore(resume, trainer)
+        progress.add_phases(session)
+        timer.seconds = progress.phase_seconds
         say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume}")
     else:
         progress.epochs.append(zero_shot)
         trainer.accelerator.log(_validation_figures(zero_shot), step=0)
+    earlier_sessions = progress.wall_seconds
     for epoch in range(trainer.epoch + 1, config.epochs + 1):
-        train_loss = trainer.train_epoch()
+        with timer.phase("training"):
+            train_loss = trainer.train_epoch()
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             with compute:
                 validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch,
-                         train_loss)  # fmt: skip
+                         train_loss, timer)  # fmt: skip
             say(f"[{name}] {epoch_line(progress.epochs[-1])}")
-        checkpoint.save(directory, trainer, progress)
+        progress.wall_seconds = earlier_sessions + time.perf_counter() - started
+        with timer.phase("saving"):
+            checkpoint.save(directory, trainer, progress)
     result.epochs = progress.epochs
 
     # Test, on the merged copy where there is one; it then serves latency and the merge check too.
-    final = merged_model(trainer, method)
+    with timer.phase("merge_check"):
+        final = merged_model(trainer, method)
     with compute:
-        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.references, final, None, "test")
+        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.references, final, None, "test",
+                                                timer, "test")  # fmt: skip
     progress.add_generation(generation.new_tokens, generation.seconds)
     result.test = TestMetrics(**vars(scores))
     result.environment = environment()
@@ -125,8 +137,10 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     # Measure and write: the main process alone (the others hold the same results).
     if parallel.is_main():
         with compute:
-            result.efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory,
-                                                   final, config.latency_new_tokens)  # fmt: skip
+            efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory, final,
+                                            config.latency_new_tokens, timer)  # fmt: skip
+        result.efficiency = replace(efficiency, phase_seconds=dict(timer.seconds),
+                                    wall_seconds=earlier_sessions + time.perf_counter() - started)  # fmt: skip
         trainer.accelerator.log({f"test/{k}": v for k, v in vars(scores).items()} | _numbers(result.efficiency))
         tracking.finish(trainer.accelerator)
         write_results(directory, result, prediction_rows(test.examples, generation.predictions, generation.per_example))
@@ -136,7 +150,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     say(
         f"[{name}] test: loss {scores.loss:.4f}, ROUGE-L {scores.rougeL:.4f}, BLEU {scores.bleu:.2f}; "
         f"train {trainer.tokens / trainer.seconds:.1f} tok/s, peak {trainer.peak_memory / 2**20:,.0f} MiB "
-        f"({time.perf_counter() - started:.0f} s)"
+        f"({earlier_sessions + time.perf_counter() - started:.0f} s)"
     )
     return result
 
@@ -199,11 +213,13 @@ def merged_model(trainer: Trainer, method: Method) -> nn.Module | None:
 
 
 def validate(evaluator: Evaluator, trainer: Trainer, method: Method, split: EncodedSplit, generate_size: int | None,
-             progress: Progress, epoch: int, train_loss: float | None) -> None:  # fmt: skip
+             progress: Progress, epoch: int, train_loss: float | None, timer: PhaseTimer) -> None:  # fmt: skip
     """One epoch's validation, recorded in progress and sent to the trackers: loss over every example, text metrics
-    over the first generate_size examples generated."""
-    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.references,
-                                       merged_model(trainer, method), generate_size, f"validate epoch {epoch}")
+    over the first generate_size examples generated; its time in timer's validation phases."""
+    with timer.phase("validation_generation"):  # the merged copy serves generation alone
+        merged = merged_model(trainer, method)
+    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.references, merged, generate_size,
+                                       f"validate epoch {epoch}", timer, "validation")  # fmt: skip
     progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu))
     progress.add_generation(generation.new_tokens, generation.seconds)
     trainer.accelerator.log(_validation_figures(progress.epochs[-1]), step=epoch * trainer.steps_per_epoch)
@@ -260,9 +276,10 @@ def environment() -> dict[str, Any]:
 
 
 def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loaded: LoadedModel,
-                       items: list[Encoded], directory: MethodDir, merged: nn.Module | None,
-                       new_tokens: int) -> Efficiency:  # fmt: skip
-    """What the trained method costs: training figures, latencies (base from progress), merge agreement, adapter size.
+                       items: list[Encoded], directory: MethodDir, merged: nn.Module | None, new_tokens: int,
+                       timer: PhaseTimer) -> Efficiency:  # fmt: skip
+    """What the trained method costs: training figures, latencies (base from progress), merge agreement, adapter size
+    (the time of each of these three in timer; the caller adds the phase times).
 
     merged is the trained model's merged copy (None where the method cannot merge). Saves the adapter (for full
     fine-tuning, the whole model and tokenizer) into the method's directory to measure it.
@@ -273,10 +290,13 @@ def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loa
     def latency(model) -> float:
         return latency_ms(model, items, layout, new_tokens, device)
 
-    latencies = {"base": progress.base_latency_ms, "unmerged": latency(trained),
-                 "merged": latency(merged) if merged else None}  # fmt: skip
-    merge_check = merge_agreement(trained, merged, items, layout, 16, device) if merged is not None else None
-    adapter_files = save_adapter(trained, method, layout, directory.adapter)
+    with timer.phase("latency"):
+        latencies = {"base": progress.base_latency_ms, "unmerged": latency(trained),
+                     "merged": latency(merged) if merged else None}  # fmt: skip
+    with timer.phase("merge_check"):
+        merge_check = merge_agreement(trained, merged, items, layout, 16, device) if merged is not None else None
+    with timer.phase("saving"):
+        adapter_files = save_adapter(trained, method, layout, directory.adapter)
     trainable, total = count_parameters(trained)
     return Efficiency(
         trainable_params=trainable,

@@ -31,7 +31,7 @@ from peftbench.document import (  # noqa: E402
     to_markdown,
 )
 from peftbench.methods import METHODS  # noqa: E402
-from peftbench.results import RANDOM_WEIGHTS, MethodResult  # noqa: E402
+from peftbench.results import PHASES, RANDOM_WEIGHTS, MethodResult  # noqa: E402
 from peftbench.rundir import write_atomic  # noqa: E402
 from peftbench.sections import MethodRuns, Run, Section, load_sections  # noqa: E402
 from peftbench.stats import Estimate, Interval, estimate  # noqa: E402
@@ -214,6 +214,41 @@ def plot_scores(section: Section, analysis: Analysis) -> bytes:
     ax.set(xlabel=f"test {LABELS[PRIMARY]} (95% bootstrap interval)")
     ax.grid(alpha=0.3, axis="x")
     figure.suptitle(f"Test {LABELS[PRIMARY]}: {section.label}")
+    return _png(figure)
+
+
+def phase_means(runs: MethodRuns) -> tuple[dict[str, float], float] | None:
+    """A method's mean seconds per phase over its seeds (PHASES first, then any a newer version records), and its
+    mean wall time; None where no run recorded phases (older results)."""
+    timed = [r.efficiency for r in runs.results if r.efficiency and r.efficiency.phase_seconds]
+    if not timed:
+        return None
+    names = list(dict.fromkeys([*PHASES, *(name for e in timed for name in e.phase_seconds)]))
+    means = {name: sum(e.phase_seconds.get(name, 0.0) for e in timed) / len(timed) for name in names}
+    return {k: v for k, v in means.items() if v > 0}, sum(e.wall_seconds or 0.0 for e in timed) / len(timed)
+
+
+def plot_phases(section: Section) -> bytes | None:
+    """Where each method's wall time went: one stacked bar of its phases (mean over seeds), its wall time marked;
+    None where no method recorded phases."""
+    timed = [(runs.method, means) for runs in section.trained if (means := phase_means(runs))]
+    if not timed:
+        return None
+    names = list(dict.fromkeys(name for _, (phases, _) in timed for name in phases))
+    figure, ax = plt.subplots(figsize=(10, 0.5 * len(timed) + 2))
+    for position, (_, (phases, wall)) in enumerate(timed):
+        left = 0.0
+        for index, name in enumerate(names):
+            width = phases.get(name, 0.0)
+            ax.barh(position, width, left=left, color=f"C{index % 10}", label=name if position == 0 else None)
+            left += width
+        ax.plot([wall], [position], "k|", markersize=18, label="wall time" if position == 0 else None)
+    ax.set_yticks(range(len(timed)), [method for method, _ in timed])
+    ax.invert_yaxis()
+    ax.set(xlabel="seconds (mean over seeds)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False, fontsize="small")
+    figure.suptitle(f"Where the time went: {section.label}")
     return _png(figure)
 
 
@@ -404,6 +439,12 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
             f"{stem}-epochs.png", plot_epochs(section), f"Validation scores against epoch (0: before training){bars}"
         ),
     ]
+    phases = plot_phases(section)
+    if phases is not None:
+        blocks += [Heading(3, "Where the time went"),
+                   Figure(f"{stem}-phases.png", phases, "Each method's wall time by phase (metrics.json's "
+                          "efficiency.phase_seconds); the mark is its wall time. The zero-shot evaluation, shared "
+                          "by all methods, is not in any of them")]  # fmt: skip
     if analysis is not None and not random_weights(section.results):  # random weights: no quality to show
         label = LABELS[PRIMARY]
         blocks += [
