@@ -240,7 +240,7 @@ def plot_phases(section: Section) -> bytes | None:
     if not timed:
         return None
     names = list(dict.fromkeys(name for _, (phases, _) in timed for name in phases))
-    figure, ax = plt.subplots(figsize=(10, 0.5 * len(timed) + 2))
+    figure, ax = plt.subplots(figsize=(11, 0.5 * len(timed) + 2.5))
     for position, (_, (phases, wall)) in enumerate(timed):
         left = 0.0
         for index, name in enumerate(names):
@@ -252,7 +252,7 @@ def plot_phases(section: Section) -> bytes | None:
     ax.invert_yaxis()
     ax.set(xlabel="seconds (mean over seeds)")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False, fontsize="small")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize="small")  # beside the bars
     figure.suptitle(f"Where the time went: {section.label}")
     return _png(figure)
 
