@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 import pytest
 
 from peftbench.cli import main
-from peftbench.results import RANDOM_WEIGHTS
+from peftbench.results import PHASES, RANDOM_WEIGHTS
 from peftbench.stats import Estimate, estimate, holm
 from peftbench.table import MEANINGLESS, columns
 from tests.conftest import tiny_run_args
@@ -148,7 +148,8 @@ def test_report_files_images_and_numbers(gpt2_run):
         assert (gpt2_run / method / "curves.png").is_file()
 
     pngs = _embedded_pngs(page)
-    assert len(pngs) == 3 + 3  # per-epoch overlay, scores with intervals, Pareto plots; one curves.png per method
+    assert len(pngs) == 4 + 3  # per-epoch overlay, phases, scores with intervals, Pareto; one curves.png per method
+    assert "Where the time went" in report
     for png in pngs:
         _check_png(png)
     for name in re.findall(r"\]\((report_files/[^)]+)\)", report):
@@ -230,6 +231,19 @@ def test_several_seeds_layout_and_intervals(seeds_run):
     assert "seeds, then test examples within each seed" in page
     for png in _embedded_pngs(page):
         _check_png(png)
+
+
+def test_phase_times_add_up_to_at_most_the_wall_time(gpt2_run, t5_run):
+    """Every phase of a method's run is recorded once it ran, none negative, and together no more than its wall time
+    (which covers them all); epoch-by-epoch phases add up over the epochs."""
+    for output, methods in ((gpt2_run, ("full", "lora", "ia3")), (t5_run, ("lora", "ia3"))):
+        for method in methods:
+            efficiency = _metrics(output / method)["efficiency"]
+            phases, wall = efficiency["phase_seconds"], efficiency["wall_seconds"]
+            assert set(phases) == set(PHASES), (output, method)
+            assert all(seconds >= 0 for seconds in phases.values())
+            assert phases["training"] == pytest.approx(efficiency["train_seconds"], rel=0.05, abs=0.05)
+            assert 0 < sum(phases.values()) <= wall, (method, phases, wall)
 
 
 def test_failed_and_missing_methods_are_reported(gpt2_run, seeds_run, tmp_path, capsys):

@@ -12,6 +12,7 @@ from peftbench import parallel
 from peftbench.config import RunConfig
 from peftbench.data import Example, to_device
 from peftbench.layout import Encoded, Layout
+from peftbench.measure import PhaseTimer
 from peftbench.metrics import METRICS, normalise_answer, score
 
 
@@ -123,23 +124,28 @@ class Evaluator:
         return [best[index][1] for index in range(len(items))]
 
     def evaluate(self, model, items: list[Encoded], examples: list[Example], generation_model=None,
-                 generate_count: int | None = None, desc: str = "evaluate") -> tuple[Scores, Generation]:  # fmt: skip
+                 generate_count: int | None = None, desc: str = "evaluate", timer: PhaseTimer | None = None,
+                 phase: str = "evaluation") -> tuple[Scores, Generation]:  # fmt: skip
         """Loss over all items; generation and the task metrics over the first generate_count items (default all),
         against every reference of each example (and its choices).
 
         generation_model, when given, generates (and scores choices) instead of model (e.g. a copy with the adapter
-        merged in).
+        merged in). timer, when given, records the two parts as phases <phase>_loss and <phase>_generation (its
+        scoring included).
         """
-        loss = self.loss(model, items)
+        timer = timer or PhaseTimer()
+        with timer.phase(f"{phase}_loss"):
+            loss = self.loss(model, items)
         count = len(items) if generate_count is None else min(generate_count, len(items))
-        generator, shown = generation_model or model, examples[:count]
-        generation = self.generate(generator, items[:count], desc)
-        choices = [ex.choices for ex in shown] if all(ex.choices for ex in shown) else None
-        metrics, generation.per_example = score(list(self.options.metrics), generation.predictions,
-                                                [ex.references for ex in shown], choices)  # fmt: skip
-        if any(METRICS[name].likelihood for name in self.options.metrics):
-            generation.likely_choices = self.likely_choices(generator, items[:count], shown, f"{desc}: choices")
-            right = [float(normalise_answer(choice) == normalise_answer(ex.references[0]))
-                     for choice, ex in zip(generation.likely_choices, shown, strict=True)]  # fmt: skip
-            metrics["accuracy_ll"], generation.per_example["accuracy_ll"] = sum(right) / len(right), right
+        with timer.phase(f"{phase}_generation"):
+            generator, shown = generation_model or model, examples[:count]
+            generation = self.generate(generator, items[:count], desc)
+            choices = [ex.choices for ex in shown] if all(ex.choices for ex in shown) else None
+            metrics, generation.per_example = score(list(self.options.metrics), generation.predictions,
+                                                    [ex.references for ex in shown], choices)  # fmt: skip
+            if any(METRICS[name].likelihood for name in self.options.metrics):
+                generation.likely_choices = self.likely_choices(generator, items[:count], shown, f"{desc}: choices")
+                right = [float(normalise_answer(choice) == normalise_answer(ex.references[0]))
+                         for choice, ex in zip(generation.likely_choices, shown, strict=True)]  # fmt: skip
+                metrics["accuracy_ll"], generation.per_example["accuracy_ll"] = sum(right) / len(right), right
         return Scores(loss, {name: metrics[name] for name in self.options.metrics}), generation

@@ -1,12 +1,14 @@
-"""Measurement: peak memory, the matmul rate, latency and merged-vs-unmerged agreement."""
+"""Measurement: peak memory, the matmul rate, phase times, latency and merged-vs-unmerged agreement."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import resource
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -62,6 +64,24 @@ def sync_device() -> None:
     """Wait for queued GPU work, so wall-clock timings cover it; nothing to wait for on CPU."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+class PhaseTimer:
+    """Wall seconds per phase of a run (model load, training, validation, ...), added into seconds: a phase that runs
+    several times (validation each epoch) is summed, and a resumed run passes in what earlier sessions measured."""
+
+    def __init__(self, seconds: dict[str, float] | None = None):
+        self.seconds = {} if seconds is None else seconds
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        sync_device()  # queued GPU work belongs to the phase that queued it
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync_device()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def merged_copy(model):

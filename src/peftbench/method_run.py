@@ -8,7 +8,7 @@ import platform
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -26,7 +26,7 @@ from peftbench.config import RunConfig
 from peftbench.data import Example, Splits
 from peftbench.evaluate import EvalOptions, Evaluator, Generation
 from peftbench.layout import Encoded, Layout, PromptOptions, TokenLimits
-from peftbench.measure import latency_ms, merge_agreement, merged_copy
+from peftbench.measure import PhaseTimer, latency_ms, merge_agreement, merged_copy
 from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
 from peftbench.metrics import METRICS
 from peftbench.models import LoadedModel, load_model, model_provenance
@@ -69,36 +69,40 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     say = print if not config.quiet and parallel.is_main() else (lambda *_: None)
     resume = checkpoint.load_latest(directory)  # None: from scratch (an unreadable checkpoint is set aside)
     set_seed(config.seed)
+    started = time.perf_counter()
+    progress = Progress()
+    timer = PhaseTimer(progress.phase_seconds)
 
     # Load: the pretrained model, each split as token ids, and the base model's latency before anything changes it.
-    loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
-                        PromptOptions.from_config(config))  # fmt: skip
-    layout = loaded.layout
-    limits = token_limits(config)
-    train, validation, test = (EncodedSplit(split, layout.encode(split, limits))
-                               for split in (splits.train, splits.validation, splits.test))  # fmt: skip
+    with timer.phase("model_load"):
+        loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
+                            PromptOptions.from_config(config))  # fmt: skip
+        layout = loaded.layout
+        limits = token_limits(config)
+        train, validation, test = (EncodedSplit(split, layout.encode(split, limits))
+                                   for split in (splits.train, splits.validation, splits.test))  # fmt: skip
+        device = parallel.state().device
+        if not config.quantize:
+            loaded.model.to(device)  # a quantized model is placed on the GPU as it loads
     latency_items = test.items[: config.latency_prompts]
-    device = parallel.state().device
-    if not config.quantize:
-        loaded.model.to(device)  # a quantized model is placed on the GPU as it loads
     precision = mixed_precision(config.precision)
     compute = autocast(precision, device)  # every model call below computes at this one precision
-    progress = Progress()
     if not resume and parallel.is_main():  # latency is one request on one device: the main process measures it
-        with compute:
+        with compute, timer.phase("latency"):
             progress.base_latency_ms = latency_ms(loaded.model, latency_items, layout, config.latency_new_tokens,
                                                   device)  # fmt: skip
 
-    # Apply the method, and build what trains and evaluates it.
-    settings = MethodSettings.from_config(config)
-    lr = learning_rate(method, config.lr)
-    resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
-    model = apply_method(method, loaded, settings)
-    trainable, total = count_parameters(model)
-    optimizer = method.optimizer(model, lr, settings)
-    options = TrainOptions.from_config(config, precision)
-    log = directory.append_log if parallel.is_main() else (lambda _record: None)  # log.jsonl: the main process's
-    trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term, log)
+    # Apply the method, and build what trains and evaluates it (counted with loading: setting up before training).
+    with timer.phase("model_load"):
+        settings = MethodSettings.from_config(config)
+        lr = learning_rate(method, config.lr)
+        resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
+        model = apply_method(method, loaded, settings)
+        trainable, total = count_parameters(model)
+        optimizer = method.optimizer(model, lr, settings)
+        options = TrainOptions.from_config(config, precision)
+        log = directory.append_log if parallel.is_main() else (lambda _record: None)  # log.jsonl: the main process's
+        trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term, log)
     evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
     result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
     tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.path.parent),
@@ -106,9 +110,11 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
 
     # Train: epoch 0 is the zero-shot base model; validation after every --eval-every epochs.
-    started = time.perf_counter()
     if resume:
+        session = progress.phase_seconds
         progress = checkpoint.restore(resume, trainer)
+        progress.add_phases(session)
+        timer.seconds = progress.phase_seconds
         say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume.path}")
     if parallel.is_main():
         directory.keep_log(progress.log_lines)  # no line twice, none lost: the log as of the checkpoint
@@ -116,23 +122,29 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         progress.epochs.append(zero_shot)
         trainer.accelerator.log(_validation_figures(zero_shot), step=0)
         log(log_record("validation", 0, 0, zero_shot))
+    earlier_sessions = progress.wall_seconds
     for epoch in range(trainer.epoch + 1, config.epochs + 1):
-        train_loss = trainer.train_epoch()
+        with timer.phase("training"):
+            train_loss = trainer.train_epoch()
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             with compute:
                 validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch,
-                         train_loss)  # fmt: skip
+                         train_loss, timer)  # fmt: skip
             log(log_record("validation", epoch, epoch * trainer.steps_per_epoch, progress.epochs[-1]))
             say(f"[{name}] {epoch_line(progress.epochs[-1])}")
         if parallel.is_main():
             progress.log_lines = len(directory.read_log())
-        checkpoint.save(directory, trainer, progress)
+        progress.wall_seconds = earlier_sessions + time.perf_counter() - started
+        with timer.phase("saving"):
+            checkpoint.save(directory, trainer, progress)
     result.epochs = progress.epochs
 
     # Test, on the merged copy where there is one; it then serves latency and the merge check too.
-    final = merged_model(trainer, method)
+    with timer.phase("merge_check"):
+        final = merged_model(trainer, method)
     with compute:
-        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.examples, final, None, "test")
+        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.examples, final, None, "test",
+                                                timer, "test")  # fmt: skip
     progress.add_generation(generation.new_tokens, generation.seconds)
     result.test = TestMetrics(scores.loss, scores.metrics)
     log(log_record("test", config.epochs, config.epochs * trainer.steps_per_epoch, result.test))
@@ -143,8 +155,10 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     # Measure and write: the main process alone (the others hold the same results).
     if parallel.is_main():
         with compute:
-            result.efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory,
-                                                   final, config.latency_new_tokens)  # fmt: skip
+            efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory, final,
+                                            config.latency_new_tokens, timer)  # fmt: skip
+        result.efficiency = replace(efficiency, phase_seconds=dict(timer.seconds),
+                                    wall_seconds=earlier_sessions + time.perf_counter() - started)  # fmt: skip
         figures = {"test/loss": scores.loss} | {f"test/{k}": v for k, v in scores.metrics.items()}
         trainer.accelerator.log(figures | _numbers(result.efficiency))
         tracking.finish(trainer.accelerator)
@@ -155,7 +169,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     say(
         f"[{name}] test: loss {scores.loss:.4f}, {_scores_text(scores.metrics)}; "
         f"train {trainer.tokens / trainer.seconds:.1f} tok/s, peak {trainer.peak_memory / 2**20:,.0f} MiB "
-        f"({time.perf_counter() - started:.0f} s)"
+        f"({earlier_sessions + time.perf_counter() - started:.0f} s)"
     )
     return result
 
@@ -214,11 +228,13 @@ def merged_model(trainer: Trainer, method: Method) -> nn.Module | None:
 
 
 def validate(evaluator: Evaluator, trainer: Trainer, method: Method, split: EncodedSplit, generate_size: int | None,
-             progress: Progress, epoch: int, train_loss: float | None) -> None:  # fmt: skip
+             progress: Progress, epoch: int, train_loss: float | None, timer: PhaseTimer) -> None:  # fmt: skip
     """One epoch's validation, recorded in progress and sent to the trackers: loss over every example, text metrics
-    over the first generate_size examples generated."""
-    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.examples,
-                                       merged_model(trainer, method), generate_size, f"validate epoch {epoch}")
+    over the first generate_size examples generated; its time in timer's validation phases."""
+    with timer.phase("validation_generation"):  # the merged copy serves generation alone
+        merged = merged_model(trainer, method)
+    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.examples, merged, generate_size,
+                                       f"validate epoch {epoch}", timer, "validation")  # fmt: skip
     progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.metrics))
     progress.add_generation(generation.new_tokens, generation.seconds)
     trainer.accelerator.log(_validation_figures(progress.epochs[-1]), step=epoch * trainer.steps_per_epoch)
@@ -294,9 +310,10 @@ def environment() -> dict[str, Any]:
 
 
 def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loaded: LoadedModel,
-                       items: list[Encoded], directory: MethodDir, merged: nn.Module | None,
-                       new_tokens: int) -> Efficiency:  # fmt: skip
-    """What the trained method costs: training figures, latencies (base from progress), merge agreement, adapter size.
+                       items: list[Encoded], directory: MethodDir, merged: nn.Module | None, new_tokens: int,
+                       timer: PhaseTimer) -> Efficiency:  # fmt: skip
+    """What the trained method costs: training figures, latencies (base from progress), merge agreement, adapter size
+    (the time of each of these three in timer; the caller adds the phase times).
 
     merged is the trained model's merged copy (None where the method cannot merge). Saves the adapter (for full
     fine-tuning, the whole model and tokenizer) into the method's directory to measure it.
@@ -307,10 +324,13 @@ def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loa
     def latency(model) -> float:
         return latency_ms(model, items, layout, new_tokens, device)
 
-    latencies = {"base": progress.base_latency_ms, "unmerged": latency(trained),
-                 "merged": latency(merged) if merged else None}  # fmt: skip
-    merge_check = merge_agreement(trained, merged, items, layout, 16, device) if merged is not None else None
-    adapter_files = save_adapter(trained, method, layout, directory.adapter)
+    with timer.phase("latency"):
+        latencies = {"base": progress.base_latency_ms, "unmerged": latency(trained),
+                     "merged": latency(merged) if merged else None}  # fmt: skip
+    with timer.phase("merge_check"):
+        merge_check = merge_agreement(trained, merged, items, layout, 16, device) if merged is not None else None
+    with timer.phase("saving"):
+        adapter_files = save_adapter(trained, method, layout, directory.adapter)
     trainable, total = count_parameters(trained)
     return Efficiency(
         trainable_params=trainable,

@@ -31,7 +31,7 @@ from peftbench.document import (  # noqa: E402
 )
 from peftbench.methods import METHODS  # noqa: E402
 from peftbench.metrics import METRICS  # noqa: E402
-from peftbench.results import RANDOM_WEIGHTS, MethodResult  # noqa: E402
+from peftbench.results import PHASES, RANDOM_WEIGHTS, MethodResult  # noqa: E402
 from peftbench.rundir import write_atomic, write_files  # noqa: E402
 from peftbench.sections import MethodRuns, Run, Section, load_sections  # noqa: E402
 from peftbench.stats import Estimate, Interval, estimate  # noqa: E402
@@ -226,6 +226,41 @@ def plot_scores(section: Section, analysis: Analysis) -> bytes:
     return _png(figure)
 
 
+def phase_means(runs: MethodRuns) -> tuple[dict[str, float], float] | None:
+    """A method's mean seconds per phase over its seeds (PHASES first, then any a newer version records), and its
+    mean wall time; None where no run recorded phases (older results)."""
+    timed = [r.efficiency for r in runs.results if r.efficiency and r.efficiency.phase_seconds]
+    if not timed:
+        return None
+    names = list(dict.fromkeys([*PHASES, *(name for e in timed for name in e.phase_seconds)]))
+    means = {name: sum(e.phase_seconds.get(name, 0.0) for e in timed) / len(timed) for name in names}
+    return {k: v for k, v in means.items() if v > 0}, sum(e.wall_seconds or 0.0 for e in timed) / len(timed)
+
+
+def plot_phases(section: Section) -> bytes | None:
+    """Where each method's wall time went: one stacked bar of its phases (mean over seeds), its wall time marked;
+    None where no method recorded phases."""
+    timed = [(runs.method, means) for runs in section.trained if (means := phase_means(runs))]
+    if not timed:
+        return None
+    names = list(dict.fromkeys(name for _, (phases, _) in timed for name in phases))
+    figure, ax = plt.subplots(figsize=(11, 0.5 * len(timed) + 2.5))
+    for position, (_, (phases, wall)) in enumerate(timed):
+        left = 0.0
+        for index, name in enumerate(names):
+            width = phases.get(name, 0.0)
+            ax.barh(position, width, left=left, color=f"C{index % 10}", label=name if position == 0 else None)
+            left += width
+        ax.plot([wall], [position], "k|", markersize=18, label="wall time" if position == 0 else None)
+    ax.set_yticks(range(len(timed)), [method for method, _ in timed])
+    ax.invert_yaxis()
+    ax.set(xlabel="seconds (mean over seeds)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize="small")  # beside the bars
+    figure.suptitle(f"Where the time went: {section.label}")
+    return _png(figure)
+
+
 # ---------------------------------------------------------------------------------------------- examples
 
 
@@ -415,6 +450,12 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
         Figure(f"{stem}-epochs.png", plot_epochs(section, metrics),
                f"Validation scores against epoch (0: before training){bars}"),  # fmt: skip
     ]
+    phases = plot_phases(section)
+    if phases is not None:
+        blocks += [Heading(3, "Where the time went"),
+                   Figure(f"{stem}-phases.png", phases, "Each method's wall time by phase (metrics.json's "
+                          "efficiency.phase_seconds); the mark is its wall time. The zero-shot evaluation, shared "
+                          "by all methods, is not in any of them")]  # fmt: skip
     if analysis is not None and not random_weights(section.results):  # random weights: no quality to show
         label = METRICS[analysis.primary].label
         blocks += [

@@ -47,6 +47,12 @@ class TestMetrics:
         return cls(data.get("loss"), {k: v for k, v in data.items() if k != "loss"})
 
 
+# The phases of a method's run, in the order they first run. Zero-shot evaluation is not among them: it runs once per
+# seed for every method, in its own process (method_run.run_zero_shot).
+PHASES = ("model_load", "latency", "training", "validation_loss", "validation_generation", "test_loss",
+          "test_generation", "merge_check", "saving")  # fmt: skip
+
+
 @dataclass
 class Efficiency:
     """What a method costs. Memory: CUDA max_memory_allocated over training on a GPU, else the peak resident
@@ -69,6 +75,10 @@ class Efficiency:
     merge_check: dict[str, float | bool] | None
     adapter_size_bytes: int  # the saved adapter's weights and config on disk; for full, the saved model's
     adapter_files: list[str] | None = None  # the files adapter_size_bytes counts (None in older results)
+    # Wall seconds per phase of the method's run (PHASES; summed over its epochs and resumed sessions), and the run's
+    # own wall time, which they add up to at most: the rest is bookkeeping between phases (None in older results).
+    phase_seconds: dict[str, float] | None = None
+    wall_seconds: float | None = None
 
 
 @dataclass
@@ -131,6 +141,13 @@ class Progress:
     generated_tokens: int = 0  # batched evaluation generation so far: new tokens and seconds
     generation_seconds: float = 0.0
     log_lines: int = 0  # lines of the method's log.jsonl so far: a resumed run cuts the log back to them
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # Efficiency.phase_seconds so far
+    wall_seconds: float = 0.0  # the wall time of the sessions before this one, up to their last checkpoint
+
+    def add_phases(self, seconds: dict[str, float]) -> None:
+        """Add a session's phase times (measured before this progress was restored) to the recorded ones."""
+        for name, value in seconds.items():
+            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + value
 
     def add_generation(self, tokens: int, seconds: float) -> None:
         self.generated_tokens += tokens
