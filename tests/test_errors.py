@@ -31,9 +31,9 @@ def test_missing_column_lists_existing_columns(capsys, tiny_models, articles, tm
 
 def test_unknown_columns_without_names_ask_for_them(capsys, tiny_models, tmp_path):
     data = tmp_path / "d.csv"
-    data.write_text("text,summary\nan article,a summary\n")
+    data.write_text("body,gist\nan article,a summary\n")  # columns no task preset knows
     err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], data, tmp_path / "o"))
-    assert "--source-column" in err and "text" in err and "summary" in err
+    assert "--source-column" in err and "body" in err and "gist" in err
 
 
 def test_unknown_method_lists_valid_ones(capsys, tiny_models, articles, tmp_path):

@@ -300,7 +300,7 @@ def test_two_models_one_report(gpt2_run, t5_run, tmp_path, tiny_models, capsys):
         metrics = _metrics((gpt2_run if row[0] == gpt2 else t5_run) / row[1])
         assert _shown(metrics["test"]["rougeL"], row[combined[0].index("test ROUGE-L")])
     page = (destination / "report.html").read_text()
-    assert len(_embedded_pngs(page)) == (3 + 3) + (3 + 2)
+    assert len(_embedded_pngs(page)) == (4 + 3) + (4 + 2)  # per model: 4 comparison figures, one curve per method
     assert str(tiny_models["t5"]) not in (gpt2_run / "report.md").read_text()  # written to --output only
 
 

@@ -330,11 +330,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any], processes: int = 1) -> RunConfig:
     """Merge defaults < YAML file < flags and validate. Keys may be spelt with dashes or underscores, with a flag's
-    leading dashes, or as an alias (ALIASES); values given as None are treated as absent. processes is how many
+    leading dashes, or as an alias (ALIASES); a flag given as None is absent, a YAML key with no value an error (where
+    its default is not None). processes is how many
     processes share a step's batch (for --per-device-batch-size)."""
     merged: dict[str, Any] = {}
-    for source, spell in ((file_values, str), (flag_values, _as_flag)):
-        values = _canonical(source, spell)
+    for source, spell, none_is_absent in ((file_values, str, False), (flag_values, _as_flag, True)):
+        values = _canonical(source, spell, none_is_absent)
         for pair in EXCLUSIVE.items():  # a flag giving either of a pair overrides the file's one of them
             merged = {k: v for k, v in merged.items() if not (set(pair) & set(values) and k in pair)}
         merged |= values
@@ -349,13 +350,13 @@ def _as_flag(key: str) -> str:
     return key if key.startswith("-") else "--" + _flag(key)
 
 
-def _canonical(values: dict[str, Any], spell) -> dict[str, Any]:
+def _canonical(values: dict[str, Any], spell, none_is_absent: bool) -> dict[str, Any]:
     """One source's values by field name; spellings of one field that disagree, or exclusive fields given together,
     are a ConfigError naming both as the user spelt them (spell: how a key is shown)."""
     found: dict[str, Any] = {}
     given: dict[str, str] = {}  # field -> the spelling that set it
     for key, value in values.items():
-        if value is None:
+        if value is None and none_is_absent:
             continue
         name = key.lstrip("-").replace("-", "_")
         name = ALIASES.get(name, name)
@@ -364,6 +365,8 @@ def _canonical(values: dict[str, Any], spell) -> dict[str, Any]:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown config key {key!r}{hint}")
         coerced = _coerce(name, value)
+        if coerced is None:
+            continue  # a YAML key with no value where the default is None: the default
         if name in found and found[name] != coerced:
             raise ConfigError(
                 f"{spell(given[name])} and {spell(key)} are two names for one setting and give it different values "
