@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from peftbench.cli import main
-from peftbench.metrics import rouge_per_example
+from peftbench.metrics import per_example
 from tests.conftest import tiny_run_args
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "bleu"}
@@ -107,8 +107,8 @@ def test_run_all_methods_writes_documented_outputs(arch, tiny_models, articles, 
         assert len(rows) == 4
         keys = {"id", "source", "reference", "prediction", "rouge1", "rouge2", "rougeL"}
         assert all(set(row) == keys for row in rows)
-        recomputed = rouge_per_example([row["prediction"] for row in rows], [row["reference"] for row in rows])
-        assert [row["rougeL"] for row in rows] == pytest.approx(recomputed["rougeL"])  # each example's own score
+        recomputed = per_example("rougeL", [row["prediction"] for row in rows], [[row["reference"]] for row in rows])
+        assert [row["rougeL"] for row in rows] == pytest.approx(recomputed)  # each example's own score
         assert sum(row["rougeL"] for row in rows) / 4 == pytest.approx(metrics["test"]["rougeL"])
         assert len({row["id"] for row in rows}) == 4
 

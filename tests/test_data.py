@@ -40,7 +40,7 @@ def test_truncation_cuts_source_never_target_eos(tokenizer):
     long = Example("c", "word " * 500, "one two three four five six seven eight nine ten")
     layout, limits = CausalLayout(tokenizer), TokenLimits(source=20, target=6)
     (item,) = layout.encode([long], limits)
-    separator = tokenizer(CausalLayout.SEPARATOR, add_special_tokens=False).input_ids
+    separator = tokenizer("\nTL;DR:", add_special_tokens=False).input_ids  # the summarisation task's cue
     assert len(item.prompt) == 20 + len(separator) and item.prompt[-len(separator) :] == separator
     assert len(item.target) == 6 and item.target[-1] == tokenizer.eos_token_id
     (short,) = layout.encode([EXAMPLES[0]], limits)

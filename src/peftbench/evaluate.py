@@ -10,20 +10,17 @@ from tqdm.auto import tqdm
 
 from peftbench import parallel
 from peftbench.config import RunConfig
-from peftbench.data import to_device
+from peftbench.data import Example, to_device
 from peftbench.layout import Encoded, Layout
-from peftbench.metrics import text_metrics
+from peftbench.metrics import METRICS, normalise_answer, score
 
 
 @dataclass
 class Scores:
-    """Quality of one split. ROUGE F1 on a 0-1 scale, BLEU on sacrebleu's 0-100 scale."""
+    """Quality of one split: its loss per target token and its task metrics (metrics.METRICS name -> value)."""
 
     loss: float
-    rouge1: float
-    rouge2: float
-    rougeL: float
-    bleu: float
+    metrics: dict[str, float]
 
 
 def _batches_by_length(items: list[Encoded], size: int, key) -> list[list[int]]:
@@ -42,7 +39,8 @@ class Generation:
     predictions: list[str]
     new_tokens: int
     seconds: float
-    per_example: dict[str, list[float]] | None = None  # each prediction's text metrics, once scored
+    per_example: dict[str, list[float]] | None = None  # each prediction's own scores, once scored
+    likely_choices: list[str] | None = None  # the choice of each example the model finds most likely (accuracy_ll)
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,11 @@ class EvalOptions:
     batch_size: int
     max_new_tokens: int
     num_beams: int
+    metrics: tuple[str, ...]
 
     @classmethod
     def from_config(cls, config: RunConfig) -> EvalOptions:
-        return cls(config.eval_batch_size, config.max_new_tokens, config.num_beams)
+        return cls(config.eval_batch_size, config.max_new_tokens, config.num_beams, tuple(config.metrics))
 
 
 class Evaluator:
@@ -100,14 +99,47 @@ class Evaluator:
             predictions |= shares
         return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds)
 
-    def evaluate(self, model, items: list[Encoded], references: list[str], generation_model=None,
-                 generate_count: int | None = None, desc: str = "evaluate") -> tuple[Scores, Generation]:  # fmt: skip
-        """Loss over all items; generation and text metrics over the first generate_count items (default all).
+    @torch.inference_mode()
+    def likely_choices(self, model, items: list[Encoded], examples: list[Example],
+                       desc: str = "score choices") -> list[str]:  # fmt: skip
+        """Each example's choice of highest log-likelihood under the model as the answer to its prompt (as
+        lm-evaluation-harness scores multiple choice), all choices of a batch of examples in one forward pass."""
+        model.eval()
+        rows = [(index, choice, choice_item) for index, (item, ex) in enumerate(zip(items, examples, strict=True))
+                for choice, choice_item in zip(ex.choices, self.layout.choice_items(item, ex.choices), strict=True)]
+        scored: dict[int, float] = {}
+        batches = parallel.share(_batches_by_length([row[2] for row in rows], self.options.batch_size,
+                                                    lambda it: it.length))  # fmt: skip
+        for positions in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
+            batch = self.layout.collate([rows[p][2] for p in positions])
+            losses = self.layout.row_losses(model, to_device(batch, self.device)).tolist()
+            scored |= dict(zip(positions, losses, strict=True))
+        for shares in parallel.everyone(scored):
+            scored |= shares
+        best: dict[int, tuple[float, str]] = {}
+        for position, (index, choice, _) in enumerate(rows):
+            if index not in best or scored[position] < best[index][0]:  # the first of equally likely choices
+                best[index] = (scored[position], choice)
+        return [best[index][1] for index in range(len(items))]
 
-        generation_model, when given, generates instead of model (e.g. a copy with the adapter merged in).
+    def evaluate(self, model, items: list[Encoded], examples: list[Example], generation_model=None,
+                 generate_count: int | None = None, desc: str = "evaluate") -> tuple[Scores, Generation]:  # fmt: skip
+        """Loss over all items; generation and the task metrics over the first generate_count items (default all),
+        against every reference of each example (and its choices).
+
+        generation_model, when given, generates (and scores choices) instead of model (e.g. a copy with the adapter
+        merged in).
         """
         loss = self.loss(model, items)
         count = len(items) if generate_count is None else min(generate_count, len(items))
-        generation = self.generate(generation_model or model, items[:count], desc)
-        metrics, generation.per_example = text_metrics(generation.predictions, references[:count])
-        return Scores(loss=loss, **metrics), generation
+        generator, shown = generation_model or model, examples[:count]
+        generation = self.generate(generator, items[:count], desc)
+        choices = [ex.choices for ex in shown] if all(ex.choices for ex in shown) else None
+        metrics, generation.per_example = score(list(self.options.metrics), generation.predictions,
+                                                [ex.references for ex in shown], choices)  # fmt: skip
+        if any(METRICS[name].likelihood for name in self.options.metrics):
+            generation.likely_choices = self.likely_choices(generator, items[:count], shown, f"{desc}: choices")
+            right = [float(normalise_answer(choice) == normalise_answer(ex.references[0]))
+                     for choice, ex in zip(generation.likely_choices, shown, strict=True)]  # fmt: skip
+            metrics["accuracy_ll"], generation.per_example["accuracy_ll"] = sum(right) / len(right), right
+        return Scores(loss, {name: metrics[name] for name in self.options.metrics}), generation

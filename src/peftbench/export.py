@@ -36,7 +36,7 @@ def row_of(section: Section, run: Run, reference: bool) -> dict[str, Any]:
         return row
     row |= {"trainable_params": result.trainable_params, "total_params": result.total_params,
             "dataset": result.dataset}  # fmt: skip
-    row |= _flat("test", vars(result.test) if result.test else {})
+    row |= _flat("test", result.test.to_dict() if result.test else {})
     trained = [epoch for epoch in result.epochs if epoch.train_loss is not None]
     if trained:
         row |= {"final_val_loss": trained[-1].val_loss, "final_train_loss": trained[-1].train_loss}

@@ -23,7 +23,7 @@ class Family:
     name: str  # "gpt2", "t5", "llama", or the raw model_type of a model peftbench has no record for
     # Default module options per method whose targets depend on the architecture (LoRA's are shared by its variants).
     defaults: dict[str, Options] = field(default_factory=dict)
-    task_prefix: str = ""  # put before every source (T5 was trained with task prefixes)
+    task_prefixes: dict[str, str] = field(default_factory=dict)  # task -> text before every source (T5's training)
     conv1d: bool = False  # projections stored as Conv1D (transposed): peft's fan_in_fan_out
     position_limit: str | None = "max_position_embeddings"  # config attribute holding the longest sequence
     # The width of one layer's keys and values (prefix tuning's token_dim), where it is not hidden_size.
@@ -47,7 +47,7 @@ GPT2 = Family(
 T5 = Family(
     "t5",
     defaults={"lora": {"targets": ["q", "v"]}, "ia3": {"targets": ["k", "v", "wo"], "feedforward": ["wo"]}},
-    task_prefix="summarize: ",
+    task_prefixes={"summarization": "summarize: "},
     position_limit=None,  # relative position buckets: no fixed limit
     attention_width=_t5_attention_width,
 )

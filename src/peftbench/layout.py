@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
-from peftbench.config import DEFAULT_INSTRUCTION, ConfigError, RunConfig
+from peftbench.config import ConfigError, RunConfig
 from peftbench.data import Example
+from peftbench.tasks import TASKS
 
 IGNORE_INDEX = -100  # label positions the loss skips (prompt and padding)
 
@@ -35,16 +36,18 @@ class Encoded:
 
 @dataclass(frozen=True)
 class PromptOptions:
-    """How a causal model is prompted: `plain` text with a separator, or the tokenizer's `chat` template (a user
-    turn holding the instruction and the source, the target as the assistant's turn); `auto` is chat where the
-    tokenizer has a template."""
+    """How a causal model is prompted: `plain` text (the source, then the task's cue), or the tokenizer's `chat`
+    template (a user turn holding the instruction and the source, the target as the assistant's turn); `auto` is chat
+    where the tokenizer has a template. task names the task (a model family may put a prefix before its sources)."""
 
     format: str = "auto"
-    instruction: str = DEFAULT_INSTRUCTION
+    instruction: str = TASKS["summarization"].instruction
+    cue: str = TASKS["summarization"].cue
+    task: str = "summarization"
 
     @classmethod
     def from_config(cls, config: RunConfig) -> PromptOptions:
-        return cls(config.prompt_format, config.instruction)
+        return cls(config.prompt_format, config.instruction, TASKS[config.task].cue, config.task)
 
 
 @dataclass(frozen=True)
@@ -89,16 +92,53 @@ class Layout:
         """Tokenise examples. The source is truncated to fit; the target keeps its EOS, capped at limits.target."""
         raise NotImplementedError
 
+    def source_ids(self, examples: list[Example], budget: int) -> list[list[int]]:
+        """Each example's prompt text (the prefix, then its template's segments) as at most budget token ids: where it
+        is too long, the longest column texts are cut from their ends, never the template's own words."""
+        texts = [text for ex in examples for text, _ in [(self.prefix, False), *ex.segments]]
+        pieces = iter(self.tokenizer(texts, add_special_tokens=False).input_ids)
+        ids = []
+        for ex in examples:
+            segments = [(next(pieces), column) for _, column in [(self.prefix, False), *ex.segments]]
+            caps = _fit([len(piece) for piece, column in segments if column],
+                        budget - sum(len(piece) for piece, column in segments if not column))  # fmt: skip
+            kept, columns = [], iter(caps)
+            for piece, column in segments:
+                kept += piece[: next(columns)] if column else piece
+            ids.append(kept[:budget])  # the template's own words alone can exceed the budget
+        return ids
+
+    def answer_ids(self, text: str) -> list[int]:
+        """An answer's token ids as they follow the prompt, without the end token (for scoring choices)."""
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def choice_items(self, item: Encoded, choices: list[str]) -> list[Encoded]:
+        """One item per choice: the example's prompt, with the choice as the target to score."""
+        return [Encoded(item.prompt, self.answer_ids(choice)) for choice in choices]
+
+    def _logits_and_labels(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits at the target positions of a collated batch and the labels they predict."""
+        raise NotImplementedError
+
+    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Summed cross-entropy over the target tokens of a collated batch, and their count."""
+        logits, labels = self._logits_and_labels(model, batch)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum")  # fmt: skip
+        return loss, int((labels != IGNORE_INDEX).sum())
+
+    def row_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each row's summed cross-entropy over its target tokens: minus its target's log-likelihood."""
+        logits, labels = self._logits_and_labels(model, batch)
+        losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        return losses.sum(dim=1)
+
     def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
         """Pad a batch to its own longest example; generation batches (with_targets=False) hold the prompt only."""
         raise NotImplementedError
 
     def row(self, item: Encoded) -> dict[str, list[int]]:
         """One example as unpadded model inputs with labels (what HF's DataCollatorForSeq2Seq pads)."""
-        raise NotImplementedError
-
-    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Summed cross-entropy over the target tokens of a collated batch, and their count."""
         raise NotImplementedError
 
     def padded_positions(self, batch: dict[str, torch.Tensor]) -> int:
@@ -149,7 +189,8 @@ class Layout:
 class CausalLayout(Layout):
     """A decoder-only model reads prompt + target as one sequence, in one of two prompt formats:
 
-    - plain: `source + SEPARATOR + " " + target + EOS`;
+    - plain: `source + cue + " " + target + EOS` (the task's cue: "\\nTL;DR:" for summarisation, none where the
+      template ends in a cue of its own, such as "Answer:");
     - chat: the tokenizer's chat template, a user turn holding the instruction and the source, and the target as the
       assistant's turn; the labels cover the assistant's tokens and its end-of-turn token, and generation starts
       after the assistant header.
@@ -162,7 +203,6 @@ class CausalLayout(Layout):
     kind = "causal"
     model_class = AutoModelForCausalLM
     task_type = "CAUSAL_LM"
-    SEPARATOR = "\nTL;DR:"
     _SLOT = "\x00peftbench-slot\x00"  # stands for the text in a rendered chat template, to cut it into pieces
 
     def __init__(self, tokenizer, prefix: str = "", prompt: PromptOptions = PromptOptions()):
@@ -177,7 +217,7 @@ class CausalLayout(Layout):
             self._head, self._tail, self._end, self._lead = self._chat_pieces(prompt.instruction)
         else:
             self._head = self._ids("", special=True)  # BOS for tokenizers that add one
-            self._tail, self._end, self._lead = self._ids(self.SEPARATOR), [self.eos_id], " "
+            self._tail, self._end, self._lead = self._ids(prompt.cue), [self.eos_id], " "
 
     def _ids(self, text: str, special: bool = False) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special).input_ids
@@ -203,14 +243,17 @@ class CausalLayout(Layout):
         return list(dict.fromkeys([self.eos_id, self._end[-1]]))  # the end of the assistant's turn stops it too
 
     def encode(self, examples: list[Example], limits: TokenLimits) -> list[Encoded]:
-        sources = self.tokenizer([self.prefix + ex.source for ex in examples], add_special_tokens=False).input_ids
-        # A plain target follows the separator mid-text, so it is tokenised as a new word (leading space).
+        sources = self.source_ids(examples, limits.source)
+        # A plain target follows the cue mid-text, so it is tokenised as a new word (leading space).
         targets = self.tokenizer([self._lead + ex.target for ex in examples], add_special_tokens=False).input_ids
         keep = max(limits.target - len(self._end), 1)
         return [
-            Encoded(self._head + src[: limits.source] + self._tail, tgt[:keep] + self._end)
+            Encoded(self._head + src + self._tail, tgt[:keep] + self._end)
             for src, tgt in zip(sources, targets, strict=True)
         ]
+
+    def answer_ids(self, text: str) -> list[int]:
+        return self.tokenizer(self._lead + text, add_special_tokens=False).input_ids
 
     def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
         sequences = [it.prompt + it.target if with_targets else it.prompt for it in items]
@@ -226,12 +269,11 @@ class CausalLayout(Layout):
         ids, labels = item.prompt + item.target, [IGNORE_INDEX] * len(item.prompt) + item.target
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
-    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def _logits_and_labels(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         width = int((labels != IGNORE_INDEX).sum(-1).max())  # left padding: all targets in the last columns
-        logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
-        return _cross_entropy(logits, labels[:, -width:])
+        return model(**inputs, logits_to_keep=width + 1).logits[:, :-1], labels[:, -width:]
 
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())  # prompt and target are one sequence
@@ -270,11 +312,11 @@ class Seq2SeqLayout(Layout):
     task_type = "SEQ_2_SEQ_LM"
 
     def encode(self, examples: list[Example], limits: TokenLimits) -> list[Encoded]:
-        sources = self.tokenizer([self.prefix + ex.source for ex in examples], add_special_tokens=False).input_ids
+        sources = self.source_ids(examples, limits.source - 1)
         targets = self.tokenizer([ex.target for ex in examples], add_special_tokens=False).input_ids
         eos = self.eos_id
         return [
-            Encoded(src[: limits.source - 1] + [eos], tgt[: limits.target - 1] + [eos])
+            Encoded(src + [eos], tgt[: limits.target - 1] + [eos])
             for src, tgt in zip(sources, targets, strict=True)
         ]
 
@@ -288,13 +330,13 @@ class Seq2SeqLayout(Layout):
     def row(self, item: Encoded) -> dict[str, list[int]]:
         return {"input_ids": item.prompt, "attention_mask": [1] * len(item.prompt), "labels": item.target}
 
-    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def _logits_and_labels(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         # Decoder inputs from the labels ourselves: passing labels would make the model compute a loss we discard.
         owner = model.module if isinstance(model, DistributedDataParallel) else model  # DDP hides the helper
         decoder_input_ids = owner.prepare_decoder_input_ids_from_labels(labels=labels)
-        return _cross_entropy(model(**inputs, decoder_input_ids=decoder_input_ids).logits, labels)
+        return model(**inputs, decoder_input_ids=decoder_input_ids).logits, labels
 
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())
@@ -320,10 +362,23 @@ class Seq2SeqLayout(Layout):
         return 1  # the output starts with the decoder start token
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    n_tokens = int((labels != IGNORE_INDEX).sum())
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, n_tokens
+def _fit(lengths: list[int], budget: int) -> list[int]:
+    """How many tokens each column keeps so that together they take at most budget: the longest ones are cut to one
+    common length (the largest that fits), the shorter ones kept whole."""
+    if sum(lengths) <= budget:
+        return lengths
+    if budget <= 0:
+        return [0] * len(lengths)
+    low, high = 0, max(lengths)
+    while low < high:  # the largest cap whose columns fit
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if sum(min(n, middle) for n in lengths) <= budget else (low, middle - 1)
+    caps = [min(n, low) for n in lengths]
+    spare = budget - sum(caps)
+    for index, n in enumerate(lengths):  # what the common cap leaves over goes to the cut ones, in order
+        if spare and n > caps[index]:
+            caps[index], spare = caps[index] + 1, spare - 1
+    return caps
 
 
 def layout_for(model_config, tokenizer, prefix: str = "", prompt: PromptOptions = PromptOptions()) -> Layout:

@@ -22,7 +22,7 @@ from peftbench import checkpoint, parallel, rundir, tracking
 from peftbench.adapt import apply_method, count_parameters, module_options
 from peftbench.config import RunConfig
 from peftbench.data import Example, Splits
-from peftbench.evaluate import EvalOptions, Evaluator
+from peftbench.evaluate import EvalOptions, Evaluator, Generation
 from peftbench.layout import Encoded, Layout, PromptOptions, TokenLimits
 from peftbench.measure import (
     ServingCosts,
@@ -37,6 +37,7 @@ from peftbench.measure import (
     weights_bytes,
 )
 from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
+from peftbench.metrics import METRICS
 from peftbench.models import LoadedModel, load_model, model_provenance
 from peftbench.report import plot_curves
 from peftbench.results import (
@@ -129,9 +130,9 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     # Test, on the merged copy where there is one; it then serves latency and the merge check too.
     final = merged_model(trainer, method)
     with compute:
-        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.references, final, None, "test")
+        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.examples, final, None, "test")
     progress.add_generation(generation.new_tokens, generation.seconds)
-    result.test = TestMetrics(**vars(scores))
+    result.test = TestMetrics(scores.loss, scores.metrics)
     result.environment = environment()
     result.provenance = provenance(config, splits)
 
@@ -140,14 +141,15 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         with compute:
             result.efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory,
                                                    final, config.latency_new_tokens, base_loader(config, device))
-        trainer.accelerator.log({f"test/{k}": v for k, v in vars(scores).items()} | _numbers(result.efficiency))
+        figures = {"test/loss": scores.loss} | {f"test/{k}": v for k, v in scores.metrics.items()}
+        trainer.accelerator.log(figures | _numbers(result.efficiency))
         tracking.finish(trainer.accelerator)
-        write_results(directory, result, prediction_rows(test.examples, generation.predictions, generation.per_example))
+        write_results(directory, result, generation_rows(test.examples, generation))
         checkpoint.remove(directory)  # after metrics.json: from now on the method counts as finished
     del final
     parallel.wait_for_everyone()  # no process starts the next method while the main one writes this one's
     say(
-        f"[{name}] test: loss {scores.loss:.4f}, ROUGE-L {scores.rougeL:.4f}, BLEU {scores.bleu:.2f}; "
+        f"[{name}] test: loss {scores.loss:.4f}, {_scores_text(scores.metrics)}; "
         f"train {trainer.tokens / trainer.seconds:.1f} tok/s, peak {trainer.peak_memory / 2**20:,.0f} MiB "
         f"({time.perf_counter() - started:.0f} s)"
     )
@@ -170,18 +172,18 @@ def run_zero_shot(splits: Splits, config: RunConfig) -> tuple[MethodResult, list
     precision = mixed_precision(config.precision)
     evaluator = Evaluator(loaded.layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
     with autocast(precision, device):
-        s, _ = evaluator.evaluate(loaded.model, validation.items, validation.references, None,
+        s, _ = evaluator.evaluate(loaded.model, validation.items, validation.examples, None,
                                   config.eval_generate_size, "zero-shot validation")  # fmt: skip
-        scores, generation = evaluator.evaluate(loaded.model, test.items, test.references, None, None,
+        scores, generation = evaluator.evaluate(loaded.model, test.items, test.examples, None, None,
                                                 "zero-shot test")  # fmt: skip
     _, total = count_parameters(loaded.model)
     resolved = config.to_dict() | _model_settings(loaded, precision)
     result = MethodResult(ZERO_SHOT, loaded.name, splits.description, 0, total, resolved)
-    result.epochs = [EpochMetrics(0, None, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu)]
-    result.test = TestMetrics(**vars(scores))
+    result.epochs = [EpochMetrics(0, None, s.loss, s.metrics)]
+    result.test = TestMetrics(scores.loss, scores.metrics)
     result.environment = environment()
     result.provenance = provenance(config, splits)
-    return result, prediction_rows(test.examples, generation.predictions, generation.per_example)
+    return result, generation_rows(test.examples, generation)
 
 
 def provenance(config: RunConfig, splits: Splits) -> dict[str, Any]:
@@ -200,10 +202,6 @@ class EncodedSplit:
     examples: list[Example]
     items: list[Encoded]
 
-    @property
-    def references(self) -> list[str]:
-        return [ex.target for ex in self.examples]
-
 
 def merged_model(trainer: Trainer, method: Method) -> nn.Module | None:
     """A merged copy of the trained model where the method can merge, else None. Generation runs on it: no adapter
@@ -215,23 +213,30 @@ def validate(evaluator: Evaluator, trainer: Trainer, method: Method, split: Enco
              progress: Progress, epoch: int, train_loss: float | None) -> None:  # fmt: skip
     """One epoch's validation, recorded in progress and sent to the trackers: loss over every example, text metrics
     over the first generate_size examples generated."""
-    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.references,
+    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.examples,
                                        merged_model(trainer, method), generate_size, f"validate epoch {epoch}")
-    progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.rouge1, s.rouge2, s.rougeL, s.bleu))
+    progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.metrics))
     progress.add_generation(generation.new_tokens, generation.seconds)
     trainer.accelerator.log(_validation_figures(progress.epochs[-1]), step=epoch * trainer.steps_per_epoch)
 
 
 def _validation_figures(scores: EpochMetrics) -> dict[str, float]:
     """One epoch's validation scores as tracker figures (val/loss, val/rougeL, ...)."""
-    figures = {k: v for k, v in asdict(scores).items() if k not in ("epoch", "train_loss", "val_loss")}
-    return {"val/loss": scores.val_loss} | {f"val/{k}": v for k, v in figures.items()}
+    return {"val/loss": scores.val_loss} | {f"val/{k}": v for k, v in scores.scores.items()}
+
+
+def _scores_text(scores: dict[str, float]) -> str:
+    return ", ".join(f"{METRICS[name].label} {value:.{METRICS[name].decimals}f}" for name, value in scores.items())
 
 
 def epoch_line(scores: EpochMetrics) -> str:
     shown = "-" if scores.train_loss is None else f"{scores.train_loss:.4f}"
-    return (f"epoch {scores.epoch}: train loss {shown}, val loss {scores.val_loss:.4f}, ROUGE-L {scores.rougeL:.4f}, "
-            f"BLEU {scores.bleu:.2f}")  # fmt: skip
+    return f"epoch {scores.epoch}: train loss {shown}, val loss {scores.val_loss:.4f}, {_scores_text(scores.scores)}"
+
+
+def generation_rows(examples: list[Example], generation: Generation) -> list[dict[str, Any]]:
+    """predictions.jsonl's rows of a generation: each prediction with its own scores (and its most likely choice)."""
+    return prediction_rows(examples, generation.predictions, generation.per_example, generation.likely_choices)
 
 
 def resolved_config(config: RunConfig, method: Method, loaded: LoadedModel, settings: MethodSettings,

@@ -1,45 +1,162 @@
-"""Text metrics: ROUGE-1/2/L F1 per example (rouge-score, stemmed) and corpus BLEU (sacrebleu), with BLEU's
-per-example sufficient statistics so that resamples of examples can be scored as a corpus again."""
+"""Task metrics: the registry of names that --metrics and --primary-metric accept, and how each scores predictions
+against one or several references (or a set of choices). A metric is either the mean of per-example scores (ROUGE,
+exact match, F1, accuracy) or a corpus score computed from summed per-example statistics (BLEU, chrF, with
+sacrebleu), so that any resample of examples can be scored again exactly."""
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, CHRF
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-_BLEU = BLEU()  # sacrebleu's defaults: 13a tokenisation, exponential smoothing, 4-grams
+# sacrebleu's defaults (BLEU: 13a tokenisation, exponential smoothing, 4-grams; chrF: character 6-grams, beta 2).
+# Its per-sentence statistics (_extract_corpus_statistics) sum to the corpus score (_compute_score_from_stats): the
+# same pair of calls sacrebleu's own paired significance tests use.
+_CORPUS = {"bleu": BLEU(), "chrf": CHRF()}
 
 
-def _check(predictions: list[str], references: list[str]) -> None:
+@dataclass(frozen=True)
+class Metric:
+    """One task metric. Scores are on the metric's own scale (ROUGE, EM, F1, accuracy 0-1; BLEU, chrF 0-100);
+    higher is better for all."""
+
+    name: str
+    label: str
+    decimals: int  # shown in tables
+    corpus: bool = False  # from summed statistics; else the mean of per-example scores
+    choices: bool = False  # needs each example's choices (a label set or a column of options)
+    likelihood: bool = False  # from the model's log-likelihood of each choice, not from the generated text
+
+
+METRICS = {
+    m.name: m
+    for m in [
+        Metric("rouge1", "ROUGE-1", 4),
+        Metric("rouge2", "ROUGE-2", 4),
+        Metric("rougeL", "ROUGE-L", 4),
+        Metric("bleu", "BLEU", 2, corpus=True),
+        Metric("chrf", "chrF", 2, corpus=True),
+        Metric("exact_match", "exact match", 4),
+        Metric("f1", "F1", 4),
+        Metric("accuracy", "accuracy", 4, choices=True),
+        Metric("accuracy_ll", "accuracy (log-likelihood)", 4, choices=True, likelihood=True),
+    ]
+}
+GROUPS = {"rouge": ROUGE_TYPES}  # --metrics rouge means all three
+
+
+def expand(names: list[str]) -> list[str]:
+    """Metric names with groups spelled out, in the order given, each once (unknown names kept for the caller)."""
+    return list(dict.fromkeys(part for name in names for part in GROUPS.get(name, (name,))))
+
+
+# ---------------------------------------------------------------------------------------------- per example
+
+
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalise_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _exact_match(prediction: str, reference: str) -> float:
+    return float(normalise_answer(prediction) == normalise_answer(reference))
+
+
+def _f1(prediction: str, reference: str) -> float:
+    """SQuAD's token F1 between normalised answers."""
+    predicted, expected = normalise_answer(prediction).split(), normalise_answer(reference).split()
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if not predicted or not expected:
+        return float(predicted == expected)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def matched_choice(prediction: str, choices: list[str]) -> str | None:
+    """The choice a generated answer names: the one equal to it after normalisation, else the one it starts with
+    (the longest, so that 'no' does not take 'not sure'); None where it names none."""
+    said = normalise_answer(prediction)
+    normalised = {choice: normalise_answer(choice) for choice in choices}
+    exact = [choice for choice, text in normalised.items() if text == said]
+    if exact:
+        return exact[0]
+    starts = [choice for choice, text in normalised.items() if text and (said + " ").startswith(text + " ")]
+    return max(starts, key=lambda choice: len(normalised[choice])) if starts else None
+
+
+def _accurate(prediction: str, reference: str, choices: list[str]) -> float:
+    named = matched_choice(prediction, choices)
+    return float(named is not None and normalise_answer(named) == normalise_answer(reference))
+
+
+def _rouge(kind: str) -> Callable[[str, str], float]:
+    scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
+    return lambda prediction, reference: scorer.score(reference, prediction)[kind].fmeasure
+
+
+_PAIRWISE = {"exact_match": _exact_match, "f1": _f1} | {kind: _rouge(kind) for kind in ROUGE_TYPES}
+
+
+def per_example(name: str, predictions: list[str], references: list[list[str]],
+                choices: list[list[str]] | None = None) -> list[float]:  # fmt: skip
+    """Each example's score on a mean metric: the best over its references (ROUGE, EM, F1), or whether the generated
+    answer names the reference's choice (accuracy)."""
+    _check(predictions, references)
+    if name == "accuracy":
+        if choices is None:
+            raise ValueError("accuracy needs each example's choices")
+        return [_accurate(p, refs[0], options) for p, refs, options in zip(predictions, references, choices,
+                                                                            strict=True)]  # fmt: skip
+    score = _PAIRWISE[name]
+    return [max(score(prediction, reference) for reference in refs)
+            for prediction, refs in zip(predictions, references, strict=True)]  # fmt: skip
+
+
+def statistics(name: str, predictions: list[str], references: list[list[str]]) -> np.ndarray:
+    """Each example's sufficient statistics for a corpus metric, one row per example, over all its references:
+    summing any selection of rows and scoring the sum (corpus_score) is the corpus score of that selection."""
+    _check(predictions, references)
+    streams = max(len(refs) for refs in references)
+    # sacrebleu takes one stream per reference position; examples with fewer references have None there.
+    padded = [[refs[i] if i < len(refs) else None for refs in references] for i in range(streams)]
+    return np.asarray(_CORPUS[name]._extract_corpus_statistics(predictions, padded), dtype=np.int64)
+
+
+def corpus_score(name: str, summed: np.ndarray) -> float:
+    """A corpus metric (0 to 100) of summed statistics, as sacrebleu computes it."""
+    return _CORPUS[name]._compute_score_from_stats(np.asarray(summed).tolist()).score
+
+
+def _check(predictions: list[str], references: list[list[str]]) -> None:
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"need equally many predictions and references, got {len(predictions)} and {len(references)}")
 
 
-def rouge_per_example(predictions: list[str], references: list[str]) -> dict[str, list[float]]:
-    """ROUGE-1/2/L F1 (stemmed, 0 to 1) of each prediction against its reference."""
-    _check(predictions, references)
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    scores = [scorer.score(reference, prediction) for prediction, reference in zip(predictions, references,
-                                                                                    strict=True)]  # fmt: skip
-    return {kind: [score[kind].fmeasure for score in scores] for kind in ROUGE_TYPES}
-
-
-def bleu_statistics(predictions: list[str], references: list[str]) -> np.ndarray:
-    """Each example's BLEU sufficient statistics (n-gram matches and totals, lengths), one row per example: summing
-    any selection of rows and scoring the sum (bleu_score) is the corpus BLEU of that selection."""
-    _check(predictions, references)
-    return np.asarray(_BLEU._extract_corpus_statistics(predictions, [references]), dtype=np.int64)
-
-
-def bleu_score(statistics: np.ndarray) -> float:
-    """Corpus BLEU (0 to 100) of summed sufficient statistics, as sacrebleu computes it."""
-    return _BLEU._compute_score_from_stats(np.asarray(statistics).tolist()).score
-
-
-def text_metrics(predictions: list[str], references: list[str]) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """ROUGE-1/2/L F1 averaged over all examples and corpus BLEU; and each example's ROUGE-1/2/L."""
-    per_example = rouge_per_example(predictions, references)
-    metrics = {kind: sum(values) / len(values) for kind, values in per_example.items()}
-    metrics["bleu"] = bleu_score(bleu_statistics(predictions, references).sum(axis=0))
-    return metrics, per_example
+def score(names: list[str], predictions: list[str], references: list[list[str]],
+          choices: list[list[str]] | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:  # fmt: skip
+    """The generated text's scores on the given metrics (likelihood metrics are the evaluator's) over all examples,
+    and each example's own score on the mean metrics."""
+    means, examples = {}, {}
+    for name in names:
+        if METRICS[name].likelihood:
+            continue
+        if METRICS[name].corpus:
+            means[name] = corpus_score(name, statistics(name, predictions, references).sum(axis=0))
+        else:
+            values = per_example(name, predictions, references, choices)
+            means[name], examples[name] = sum(values) / len(values), values
+    return means, examples

@@ -223,7 +223,8 @@ def _open(name: str, trust_remote_code: bool, allow_pickle: bool, prompt: Prompt
             f"vocab_size {config.vocab_size:,}: put the model's own tokenizer there"
         )
     family = family_of(config.model_type)
-    layout = layout_for(config, tokenizer, family.task_prefix, prompt or PromptOptions())
+    prompt = prompt or PromptOptions()
+    layout = layout_for(config, tokenizer, family.task_prefixes.get(prompt.task, ""), prompt)
     loaded = LoadedModel(None, tokenizer, layout, family, _shown(name), random_weights=config_file is not None)
     return _Opened(loaded, config, path, config_file, trust)
 

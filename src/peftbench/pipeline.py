@@ -27,6 +27,7 @@ from peftbench.references import lead_3
 from peftbench.report import write_report, write_summary
 from peftbench.results import EpochMetrics, MethodResult
 from peftbench.rundir import LEAD_3, ZERO_SHOT, MethodDir
+from peftbench.tasks import TASKS
 
 T = TypeVar("T")
 
@@ -52,9 +53,11 @@ def references_recorded(splits: Splits, config: RunConfig, comparison: Path) -> 
         result, rows = isolated(config, run_zero_shot, splits, config)
         _write_reference(zero_shot, config, result, rows)
         if not config.quiet and parallel.is_main():
-            print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test ROUGE-L {result.test.rougeL:.4f}")
+            primary = config.primary_metric
+            print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} {result.test.scores[primary]:.4f}")
     result = zero_shot.read_result()
-    if config.force or not (lead.finished() and checkpoint.matches(lead, config)):
+    extractive = TASKS[config.task].extractive_reference
+    if extractive and (config.force or not (lead.finished() and checkpoint.matches(lead, config))):
         _write_reference(lead, config, *lead_3(splits, result.model, config.to_dict()))
     parallel.wait_for_everyone()
     return result.epochs[0]

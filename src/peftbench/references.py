@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from peftbench.data import Example, Splits
-from peftbench.metrics import text_metrics
+from peftbench.metrics import METRICS, score
 from peftbench.results import MethodResult, TestMetrics, prediction_rows
 from peftbench.rundir import LEAD_3
 
@@ -39,11 +39,12 @@ def lead(source: str, count: int = LEAD_SENTENCES) -> str:
 
 
 def lead_3(splits: Splits, model: str, config: dict[str, Any]) -> tuple[MethodResult, list[dict[str, Any]]]:
-    """Lead-3 on the test split, as a result (under model's name, so that it joins that model's comparison) and its
-    prediction rows."""
+    """Lead-3 on the test split, scored on the run's metrics (config["metrics"]), as a result (under model's name,
+    so that it joins that model's comparison) and its prediction rows."""
     test: list[Example] = splits.test
     predictions = [lead(ex.source) for ex in test]
-    metrics, per_example = text_metrics(predictions, [ex.target for ex in test])
-    result = MethodResult(LEAD_3, model, splits.description, 0, 0, config)
-    result.test = TestMetrics(loss=None, **metrics)
+    names = [name for name in config["metrics"] if not METRICS[name].likelihood]
+    metrics, per_example = score(names, predictions, [ex.references for ex in test])
+    result = MethodResult(LEAD_3, model, splits.description, 0, 0, config | {"metrics": names})
+    result.test = TestMetrics(None, metrics)
     return result, prediction_rows(test, predictions, per_example)

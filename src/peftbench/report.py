@@ -31,6 +31,7 @@ from peftbench.document import (  # noqa: E402
     to_markdown,
 )
 from peftbench.methods import METHODS  # noqa: E402
+from peftbench.metrics import METRICS  # noqa: E402
 from peftbench.results import RANDOM_WEIGHTS, Efficiency, MethodResult  # noqa: E402
 from peftbench.rundir import write_atomic  # noqa: E402
 from peftbench.sections import MethodRuns, Run, Section, load_sections  # noqa: E402
@@ -48,7 +49,7 @@ from peftbench.table import (  # noqa: E402
     several_seeds,
     sig,
 )
-from peftbench.verdict import LABELS, PRIMARY, Analysis, analyse, verdict_lines  # noqa: E402
+from peftbench.verdict import Analysis, analyse, verdict_lines  # noqa: E402
 
 EXAMPLES = 3
 SOURCE_EXCERPT = 300  # characters of each example's article shown
@@ -56,24 +57,28 @@ LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are 
 
 
 def plot_curves(result: MethodResult, path: Path) -> Path:
-    """Loss (train and validation), ROUGE-1/2/L and BLEU against epoch; epoch 0 is the base model."""
+    """Loss (train and validation) and the validation metrics against epoch (scores on a 0-1 scale in one panel,
+    corpus scores on 0-100 in another); epoch 0 is the base model."""
     epochs = [e.epoch for e in result.epochs]
-    figure, (loss_ax, rouge_ax, bleu_ax) = plt.subplots(1, 3, figsize=(13, 3.8))
+    groups = [[m for m in result.metrics if not METRICS[m].corpus], [m for m in result.metrics if METRICS[m].corpus]]
+    groups = [group for group in groups if group]
+    figure, axes = plt.subplots(1, 1 + len(groups), figsize=(4.4 * (1 + len(groups)), 3.8), squeeze=False)
+    loss_ax, *metric_axes = axes[0]
     trained = [e for e in result.epochs if e.train_loss is not None]
     loss_ax.plot([e.epoch for e in trained], [e.train_loss for e in trained], "o-", label="train")
     loss_ax.plot(epochs, [e.val_loss for e in result.epochs], "s-", label="validation")
     loss_ax.set(title="Loss per target token", xlabel="epoch", ylabel="cross-entropy")
-    for kind, label in (("rouge1", "ROUGE-1"), ("rouge2", "ROUGE-2"), ("rougeL", "ROUGE-L")):
-        rouge_ax.plot(epochs, [getattr(e, kind) for e in result.epochs], "o-", label=label)
-    rouge_ax.set(title="Validation ROUGE (F1)", xlabel="epoch", ylabel="F1 (0-1)")
-    bleu_ax.plot(epochs, [e.bleu for e in result.epochs], "o-", color="tab:purple")
-    bleu_ax.set(title="Validation BLEU", xlabel="epoch", ylabel="BLEU (0-100)")
-    for ax in (loss_ax, rouge_ax, bleu_ax):
+    for ax, group in zip(metric_axes, groups, strict=True):
+        for metric in group:
+            ax.plot(epochs, [e.scores.get(metric) for e in result.epochs], "o-", label=METRICS[metric].label)
+        scale = "0-100" if METRICS[group[0]].corpus else "0-1"
+        ax.set(title="Validation " + ", ".join(METRICS[m].label for m in group), xlabel="epoch", ylabel=scale)
+        # Under the axes: nearby rising lines leave no empty corner inside them.
+        ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.17), frameon=False)
+    for ax in axes[0]:
         ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
     loss_ax.legend()
-    # Under the axes: three nearby rising lines leave no empty corner inside them.
-    rouge_ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.17), frameon=False)
     figure.suptitle(f"{result.method} on {result.model}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -100,28 +105,27 @@ def _half(value: Estimate) -> float:
     return value.half_width or 0.0  # error bar: none for a single run
 
 
-EPOCH_PANELS = (
-    ("val_loss", "Validation loss per target token"),
-    ("rougeL", "Validation ROUGE-L"),
-    ("bleu", "Validation BLEU"),
-)
+def _epoch_value(epoch, metric: str) -> float | None:
+    return epoch.val_loss if metric == "val_loss" else epoch.scores.get(metric)
 
 
-def plot_epochs(section: Section) -> bytes:
-    """Validation loss, ROUGE-L and BLEU against epoch (0 = the zero-shot base model), one line per method; error
-    bars are 95% confidence intervals over seeds."""
-    figure, axes = plt.subplots(1, len(EPOCH_PANELS), figsize=(13, 3.8))
+def plot_epochs(section: Section, metrics: list[str]) -> bytes:
+    """Validation loss and up to two task metrics (the primary first) against epoch (0 = the zero-shot base model),
+    one line per method; error bars are 95% confidence intervals over seeds."""
+    panels = [("val_loss", "Validation loss per target token")]
+    panels += [(metric, f"Validation {METRICS[metric].label}") for metric in metrics[:2]]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False)
+    axes = axes[0]
     colors = _colors(section)
     for runs in section.trained:
         epochs = sorted({e.epoch for result in runs.results for e in result.epochs})
-        for ax, (metric, _) in zip(axes, EPOCH_PANELS, strict=True):
-            values = [
-                estimate([getattr(e, metric) for result in runs.results for e in result.epochs if e.epoch == epoch])
-                for epoch in epochs
-            ]
+        for ax, (metric, _) in zip(axes, panels, strict=True):
+            values = [estimate([v for result in runs.results for e in result.epochs if e.epoch == epoch
+                                and (v := _epoch_value(e, metric)) is not None] or [float("nan")])
+                      for epoch in epochs]  # fmt: skip
             means, halves = [v.mean for v in values], [_half(v) for v in values]
             ax.errorbar(epochs, means, yerr=halves, fmt="o-", capsize=3, color=colors[runs.method], label=runs.method)
-    for ax, (_, title) in zip(axes, EPOCH_PANELS, strict=True):
+    for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set(title=title, xlabel="epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -151,7 +155,7 @@ def _pareto_points(section: Section, analysis: Analysis, cost: Callable) -> list
     for runs in section.trained:
         x = runs.estimate(cost)
         if x is not None and runs.method in analysis.scores:
-            points.append((runs.method, x, analysis.scores[runs.method][PRIMARY]))
+            points.append((runs.method, x, analysis.scores[runs.method][analysis.primary]))
     return points
 
 
@@ -174,7 +178,7 @@ def plot_pareto(section: Section, analysis: Analysis) -> bytes:
     Pareto-optimal methods (on the point values) are filled stars joined by a line; references are dashed lines."""
     figure, axes = plt.subplots(1, len(PARETO_PANELS), figsize=(4.4 * len(PARETO_PANELS), 4))
     colors = _colors(section)
-    label = LABELS[PRIMARY]
+    label = METRICS[analysis.primary].label
     for ax, (cost_label, cost, log) in zip(axes, PARETO_PANELS, strict=True):
         points = _pareto_points(section, analysis, cost)
         optimal = pareto_optimal([(x.mean, y.value) for _, x, y in points])
@@ -187,9 +191,9 @@ def plot_pareto(section: Section, analysis: Analysis) -> bytes:
         if len(front) > 1:
             ax.plot(*zip(*front, strict=True), "--", color="grey", alpha=0.6, zorder=0)
         for runs in section.methods:
-            if runs.reference and runs.method in analysis.scores:
-                ax.axhline(analysis.scores[runs.method][PRIMARY].value, linestyle=":", color=colors[runs.method],
-                           label=runs.label)  # fmt: skip
+            if runs.reference and analysis.primary in analysis.scores.get(runs.method, {}):
+                level = analysis.scores[runs.method][analysis.primary].value
+                ax.axhline(level, linestyle=":", color=colors[runs.method], label=runs.label)
         ax.set(xlabel=cost_label, ylabel=f"test {label}", xscale="log" if log else "linear")
         ax.xaxis.set_minor_formatter(NullFormatter())  # log axes: decades only, no crowded minor labels
         ax.grid(alpha=0.3)
@@ -201,21 +205,22 @@ def plot_pareto(section: Section, analysis: Analysis) -> bytes:
 
 def plot_scores(section: Section, analysis: Analysis) -> bytes:
     """The primary test score of every method and reference, with its bootstrap interval: one bar each."""
-    names = [runs.method for runs in section.methods if runs.method in analysis.scores]
+    names = [runs.method for runs in section.methods if analysis.primary in analysis.scores.get(runs.method, {})]
     references = {runs.method for runs in section.methods if runs.reference}
     colors = _colors(section)
     figure, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
     for position, name in enumerate(names):
-        interval = analysis.scores[name][PRIMARY]
+        interval = analysis.scores[name][analysis.primary]
         ax.barh(position, interval.value, xerr=[[interval.value - interval.low], [interval.high - interval.value]],
                 capsize=4, color=colors[name], hatch="//" if name in references else None,
                 alpha=0.5 if name in references else 0.9)  # fmt: skip
         ax.annotate(f"{interval.value:.4f}", (interval.high, position), textcoords="offset points", xytext=(6, -4))
     ax.set_yticks(range(len(names)), [f"{n} (reference)" if n in references else n for n in names])
     ax.invert_yaxis()
-    ax.set(xlabel=f"test {LABELS[PRIMARY]} (95% bootstrap interval)")
+    label = METRICS[analysis.primary].label
+    ax.set(xlabel=f"test {label} (95% bootstrap interval)")
     ax.grid(alpha=0.3, axis="x")
-    figure.suptitle(f"Test {LABELS[PRIMARY]}: {section.label}")
+    figure.suptitle(f"Test {label}: {section.label}")
     return _png(figure)
 
 
@@ -336,7 +341,7 @@ def _how_to_read(several_seeds: bool) -> Paragraph:
         "(run with --seeds 0,1,2 to test them)."
     )
     return Paragraph(
-        f"Test ROUGE and BLEU cells are the score and its 95% bootstrap interval {over} (paired: every row resampled "
+        f"Test-metric cells are the score and its 95% bootstrap interval {over} (paired: every row resampled "
         "on the same examples). A column's best value is in bold, and named in the 'best' row, only when a test says "
         f"it beats every other method (Holm-adjusted p < 0.05); otherwise the row says '{NO_DIFFERENCE}' and lists "
         f"the methods it cannot tell apart. {spread} Reference rows (zero-shot base model, Lead-3) train nothing "
@@ -361,9 +366,10 @@ def latency_caution(section: Section) -> Paragraph | None:
 def _pareto_text(section: Section, analysis: Analysis) -> Paragraph:
     fronts = pareto_sets(section, analysis)
     listed = "; ".join(f"against {label}: {', '.join(methods) or '-'}" for label, methods in fronts.items())
+    label = METRICS[analysis.primary].label
     return Paragraph(
-        f"Pareto-optimal (on the point values of test {LABELS[PRIMARY]}; no other method is cheaper and at least as "
-        f"good; the intervals show which of these differences are noise) {listed}."
+        f"Pareto-optimal (on the point values of test {label}; no other method is cheaper and at least as good; the "
+        f"intervals show which of these differences are noise) {listed}."
     )
 
 
@@ -373,7 +379,7 @@ def random_note(results: list[MethodResult]) -> Paragraph | None:
         return None
     return Paragraph(
         f"{MEANINGLESS}: {RANDOM_WEIGHTS}. A model given by its config alone starts from random weights, so its "
-        "speed, memory and size figures are real, while its loss, ROUGE and BLEU mean nothing and are not shown."
+        "speed, memory and size figures are real, while its loss and task metrics mean nothing and are not shown."
     )
 
 
@@ -438,14 +444,15 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
         return blocks
     stem = f"{index}-{''.join(ch if ch.isalnum() else '-' for ch in section.label)[:40]}"
     bars = "; error bars: 95% confidence intervals over seeds" if several else ""
+    first = next((r for runs in section.trained for r in runs.results), None)
+    metrics = [first.primary_metric, *(m for m in first.metrics if m != first.primary_metric)] if first else []
     blocks += [
         Heading(3, "Per-epoch scores"),
-        Figure(
-            f"{stem}-epochs.png", plot_epochs(section), f"Validation scores against epoch (0: before training){bars}"
-        ),
+        Figure(f"{stem}-epochs.png", plot_epochs(section, metrics),
+               f"Validation scores against epoch (0: before training){bars}"),  # fmt: skip
     ]
     if analysis is not None and not random_weights(section.results):  # random weights: no quality to show
-        label = LABELS[PRIMARY]
+        label = METRICS[analysis.primary].label
         blocks += [
             Heading(3, f"Test {label} with intervals"),
             Figure(f"{stem}-scores.png", plot_scores(section, analysis),
@@ -470,7 +477,7 @@ def _curves(runs: MethodRuns, stem: str) -> Figure | None:
     path = run.directory.curves if run and run.directory else None
     if path is None or not path.is_file():
         return None
-    caption = f"{runs.method}, seed {run.seed}: loss, ROUGE and BLEU against epoch"
+    caption = f"{runs.method}, seed {run.seed}: loss and validation metrics against epoch"
     return Figure(f"{stem}-{runs.method}-curves.png", path.read_bytes(), caption)
 
 

@@ -13,22 +13,35 @@ RANDOM_WEIGHTS = "random weights: speed and memory only"
 
 @dataclass
 class EpochMetrics:
+    """One validation: its losses and its task metrics (metrics.METRICS name -> value), stored flat in JSON."""
+
     epoch: int  # 0 is the base model before any training
     train_loss: float | None
     val_loss: float
-    rouge1: float
-    rouge2: float
-    rougeL: float
-    bleu: float
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss, **self.scores}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpochMetrics:
+        own = ("epoch", "train_loss", "val_loss")
+        return cls(*(data[key] for key in own), {k: v for k, v in data.items() if k not in own})
 
 
 @dataclass
 class TestMetrics:
-    loss: float | None  # None for a reference with no model (Lead-3)
-    rouge1: float
-    rouge2: float
-    rougeL: float
-    bleu: float
+    """The test split's loss (None for a reference with no model: Lead-3) and task metrics, stored flat in JSON."""
+
+    loss: float | None
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, **self.scores}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TestMetrics:
+        return cls(data.get("loss"), {k: v for k, v in data.items() if k != "loss"})
 
 
 @dataclass
@@ -116,14 +129,27 @@ class MethodResult:
         """Trained from random weights: its speed and memory figures hold, its loss, ROUGE and BLEU mean nothing."""
         return self.config.get("model_weights", PRETRAINED) == RANDOM_WEIGHTS
 
+    @property
+    def metrics(self) -> list[str]:
+        """The task metrics it was scored on, in the order chosen (older results: ROUGE-1/2/L and BLEU)."""
+        return list(self.config.get("metrics") or (self.test.scores if self.test else {}))
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric its verdict and rankings use (older results: ROUGE-L)."""
+        return self.config.get("primary_metric") or "rougeL"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["epochs"] = [epoch.to_dict() for epoch in self.epochs]
+        data["test"] = self.test.to_dict() if self.test else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodResult:
         data = dict(data)
-        data["epochs"] = [EpochMetrics(**e) for e in data.get("epochs", [])]
-        data["test"] = TestMetrics(**data["test"]) if data.get("test") else None
+        data["epochs"] = [EpochMetrics.from_dict(e) for e in data.get("epochs", [])]
+        data["test"] = TestMetrics.from_dict(data["test"]) if data.get("test") else None
         data["efficiency"] = Efficiency(**data["efficiency"]) if data.get("efficiency") else None
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -148,19 +174,25 @@ class Progress:
         return self.generated_tokens / self.generation_seconds if self.generation_seconds else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"epochs": [epoch.to_dict() for epoch in self.epochs]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
-        return cls(**{**data, "epochs": [EpochMetrics(**e) for e in data["epochs"]]})
+        return cls(**{**data, "epochs": [EpochMetrics.from_dict(e) for e in data["epochs"]]})
 
 
-def prediction_rows(examples: list, predictions: list[str], per_example: dict[str, list[float]] | None) -> list[dict]:
-    """predictions.jsonl's rows, one per test example (data.Example): id, source, reference, prediction, and the
-    prediction's own scores (per_example: metric -> one value per example)."""
+def prediction_rows(examples: list, predictions: list[str], per_example: dict[str, list[float]] | None,
+                    likely_choices: list[str] | None = None) -> list[dict]:  # fmt: skip
+    """predictions.jsonl's rows, one per test example (data.Example): id, source, reference (the first), every
+    reference where there are several, the choices where there are any, the prediction, the choice the model finds
+    most likely where choices were scored, and the prediction's own scores (per_example: metric -> a value each)."""
     per_example = per_example or {}
-    return [
-        {"id": ex.id, "source": ex.source, "reference": ex.target, "prediction": prediction}
-        | {metric: values[index] for metric, values in per_example.items()}
-        for index, (ex, prediction) in enumerate(zip(examples, predictions, strict=True))
-    ]
+    rows = []
+    for index, (ex, prediction) in enumerate(zip(examples, predictions, strict=True)):
+        row = {"id": ex.id, "source": ex.source, "reference": ex.target}
+        row |= {"references": ex.references} if len(ex.references) > 1 else {}
+        row |= {"choices": ex.choices} if ex.choices else {}
+        row |= {"prediction": prediction}
+        row |= {"likely_choice": likely_choices[index]} if likely_choices else {}
+        rows.append(row | {name: values[index] for name, values in per_example.items()})
+    return rows

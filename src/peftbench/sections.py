@@ -13,7 +13,7 @@ import numpy as np
 from peftbench import rundir
 from peftbench.config import ConfigError
 from peftbench.methods import METHODS
-from peftbench.metrics import ROUGE_TYPES, bleu_statistics, rouge_per_example
+from peftbench.metrics import METRICS, per_example, statistics
 from peftbench.results import MethodResult
 from peftbench.rundir import REFERENCES, MethodDir
 from peftbench.stats import Estimate, estimate
@@ -21,31 +21,38 @@ from peftbench.stats import Estimate, estimate
 
 @dataclass
 class ExampleScores:
-    """One run's test examples, by id: each example's ROUGE-1/2/L and BLEU sufficient statistics."""
+    """One run's test examples, by id: each example's score on every mean metric, and its sufficient statistics on
+    every corpus metric (metrics.statistics), as arrays whose first axis is the example (after stacking seeds, the
+    seed and then the example)."""
 
     ids: list[str]
-    rouge: dict[str, np.ndarray]  # metric -> one value per example
-    bleu: np.ndarray  # one row of sufficient statistics per example (metrics.bleu_statistics)
+    values: dict[str, np.ndarray]  # mean metric -> one value per example
+    statistics: dict[str, np.ndarray]  # corpus metric -> one row of statistics per example
 
     def reordered(self, ids: list[str]) -> ExampleScores:
         """The same scores in the order of ids (which must be this run's ids)."""
         position = {example: index for index, example in enumerate(self.ids)}
         order = np.array([position[example] for example in ids])
-        return ExampleScores(ids, {k: v[order] for k, v in self.rouge.items()}, self.bleu[order])
+        return ExampleScores(ids, {k: v[order] for k, v in self.values.items()},
+                             {k: v[order] for k, v in self.statistics.items()})  # fmt: skip
 
 
-def _example_scores(rows: list[dict]) -> ExampleScores | None:
-    """Per-example scores from predictions.jsonl rows: ROUGE as stored (recomputed for older files), BLEU's
-    statistics from the texts."""
+def _example_scores(rows: list[dict], metrics: list[str]) -> ExampleScores | None:
+    """Per-example scores from predictions.jsonl rows: mean metrics as stored (those of the generated text recomputed
+    for older files), corpus metrics' statistics from the texts and every reference."""
     if not rows:
         return None
-    predictions, references = [row["prediction"] for row in rows], [row["reference"] for row in rows]
-    if all(kind in row for row in rows for kind in ROUGE_TYPES):
-        rouge = {kind: [row[kind] for row in rows] for kind in ROUGE_TYPES}
-    else:
-        rouge = rouge_per_example(predictions, references)
-    return ExampleScores([str(row["id"]) for row in rows], {k: np.asarray(v, dtype=float) for k, v in rouge.items()},
-                         bleu_statistics(predictions, references))  # fmt: skip
+    predictions = [row["prediction"] for row in rows]
+    references = [row.get("references") or [row["reference"]] for row in rows]
+    values, stats = {}, {}
+    for name in metrics:
+        if METRICS[name].corpus:
+            stats[name] = statistics(name, predictions, references)
+        elif all(name in row for row in rows):
+            values[name] = np.asarray([row[name] for row in rows], dtype=float)
+        elif not METRICS[name].likelihood and not METRICS[name].choices:
+            values[name] = np.asarray(per_example(name, predictions, references), dtype=float)
+    return ExampleScores([str(row["id"]) for row in rows], values, stats)
 
 
 @dataclass
@@ -64,7 +71,7 @@ class Run:
         """Its test examples' scores (None without predictions)."""
         if self.result is None or self.directory is None:
             return None
-        return _example_scores(self.directory.read_predictions())
+        return _example_scores(self.directory.read_predictions(), self.result.metrics)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from peftbench.document import Table
+from peftbench.metrics import METRICS
 from peftbench.results import MethodResult
 from peftbench.sections import MethodRuns, Section
 from peftbench.stats import ALPHA, holm, paired_t_p
@@ -34,8 +35,12 @@ def _efficiency(get: Callable) -> Callable[[MethodResult], float | None]:
     return lambda r: None if r.efficiency is None else get(r.efficiency)
 
 
-def _test(name: str) -> Callable[[MethodResult], float | None]:
-    return lambda r: None if r.test is None else getattr(r.test, name)
+def _test_loss(r: MethodResult) -> float | None:
+    return None if r.test is None else r.test.loss
+
+
+def _test(metric: str) -> Callable[[MethodResult], float | None]:
+    return lambda r: None if r.test is None else r.test.scores.get(metric)
 
 
 def _final_val_loss(r: MethodResult) -> float | None:
@@ -78,7 +83,7 @@ class Column:
     quality: bool = False
 
 
-COLUMNS = [
+COST_COLUMNS = [
     Column("trainable params", lambda r: r.trainable_params, _fixed(0), "low", exact=True),
     Column("trainable %", lambda r: 100 * r.trainable_params / r.total_params if r.total_params else None, sig, None,
            exact=True),  # fmt: skip
@@ -91,12 +96,19 @@ COLUMNS = [
     Column("adapter size (MiB)", _efficiency(lambda e: e.adapter_size_bytes / 2**20), sig, "low", exact=True),
     Column("adapter load (ms)", _efficiency(lambda e: e.adapter_load_ms), sig, "low"),
     Column("final val loss", _final_val_loss, _fixed(4), "low", quality=True),
-    Column("test loss", _test("loss"), _fixed(4), "low", quality=True),
-    Column("test ROUGE-1", _test("rouge1"), _fixed(4), "high", metric="rouge1", quality=True),
-    Column("test ROUGE-2", _test("rouge2"), _fixed(4), "high", metric="rouge2", quality=True),
-    Column("test ROUGE-L", _test("rougeL"), _fixed(4), "high", metric="rougeL", quality=True),
-    Column("test BLEU", _test("bleu"), _fixed(2), "high", metric="bleu", quality=True),
+    Column("test loss", _test_loss, _fixed(4), "low", quality=True),
 ]
+
+
+def columns(metrics: list[str]) -> list[Column]:
+    """The table's columns for results scored on these task metrics: the costs and losses, then one column each."""
+    return COST_COLUMNS + [Column(f"test {METRICS[m].label}", _test(m), _fixed(METRICS[m].decimals), "high",
+                                  metric=m, quality=True) for m in metrics]  # fmt: skip
+
+
+def metrics_of(rows: list[MethodRuns]) -> list[str]:
+    """The task metrics of these rows' results, in the order chosen (the union where runs differ)."""
+    return list(dict.fromkeys(metric for runs in rows for result in runs.results for metric in result.metrics))
 
 
 def random_weights(results: list[MethodResult]) -> bool:
@@ -150,11 +162,12 @@ def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], s
     """One row per method, then per reference (its labels first, then with several seeds how many finished); with
     rank, a last 'best' row naming each column's tested winner, or that there is none."""
     lead = [*labels, *(["seeds"] if several_seeds else [])]
-    table = Table([*lead, *(column.label for column in COLUMNS)], [], verdict_row=rank)
+    shown = columns(metrics_of([runs for _, runs in rows if not runs.reference]))
+    table = Table([*lead, *(column.label for column in shown)], [], verdict_row=rank)
     for names, runs in rows:
-        cells = [_cell(runs, column, analysis) for column in COLUMNS]
+        cells = [_cell(runs, column, analysis) for column in shown]
         if not runs.results:
-            cells = ["failed/missing"] + ["-"] * (len(COLUMNS) - 1)
+            cells = ["failed/missing"] + ["-"] * (len(shown) - 1)
         counts = [f"{len(runs.results)} of {len(runs.runs)}"] if several_seeds else []
         table.rows.append([*names[:-1], runs.label, *counts, *cells])  # the last label names the row
     if not rank:
@@ -162,7 +175,7 @@ def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], s
     trained = [runs for _, runs in rows if not runs.reference]
     meaningless = random_weights([result for runs in trained for result in runs.results])
     verdicts = []
-    for c, column in enumerate(COLUMNS):
+    for c, column in enumerate(shown):
         ranked = column.better and not (column.quality and meaningless)  # no winner among meaningless figures
         best, verdict = _tested_best(column, trained, analysis) if ranked else (None, "")
         if best is not None:

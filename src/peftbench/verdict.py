@@ -8,16 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peftbench.metrics import ROUGE_TYPES, bleu_score
+from peftbench.metrics import METRICS, corpus_score
 from peftbench.results import MethodResult
 from peftbench.rundir import LEAD_3, ZERO_SHOT
 from peftbench.sections import ExampleScores, MethodRuns, Section
 from peftbench.stats import ALPHA, CONFIDENCE, RESAMPLES, Interval, bootstrap_distribution, bootstrap_p, holm, intervals
 
-QUALITY = (*ROUGE_TYPES, "bleu")
-PRIMARY = "rougeL"
-LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU"}
+MIN_EXAMPLES = 2  # a bootstrap over one example has no spread to show
 ANCHOR = "full"  # differences are taken against full fine-tuning where it ran, else against the best method
+_REFERENCE_NAMES = (ZERO_SHOT, LEAD_3)
 
 
 @dataclass(frozen=True)
@@ -33,9 +32,6 @@ class Difference:
         return self.p_holm < ALPHA
 
 
-_REFERENCE_NAMES = (ZERO_SHOT, LEAD_3)
-
-
 @dataclass
 class Analysis:
     """The statistics of one section's test scores. figures holds each row's value and bootstrap distribution per
@@ -43,6 +39,8 @@ class Analysis:
     paired."""
 
     rows: list[str]  # rows (methods and references) with per-example test scores, in the section's order
+    metrics: list[str]  # the task metrics, in the order chosen
+    primary: str  # the metric the verdict and the rankings use
     seeds: int  # seeds every row has (the bootstrap resamples them when there are several)
     examples: int
     paired: bool  # every row scored on the same test examples
@@ -54,13 +52,13 @@ class Analysis:
     note: str  # how the figures were computed, for the report
 
     def compare(self, against: dict[str, str], rows: list[str] | None = None) -> dict[str, dict[str, Difference]]:
-        """Each row's difference to against[metric] on every metric, with p-values adjusted with Holm's method over
-        the rows compared on that metric (rows: these only; default every row)."""
+        """Each row's difference to against[metric] on every metric both have, with p-values adjusted with Holm's
+        method over the rows compared on that metric (rows: these only; default every row)."""
         rows = self.rows if rows is None else rows
         result: dict[str, dict[str, Difference]] = {name: {} for name in rows}
         for metric, other in against.items():
-            compared = [name for name in rows if name != other]
-            if other not in self.figures or not compared:
+            compared = [name for name in rows if name != other and metric in self.figures[name]]
+            if other not in self.figures or metric not in self.figures[other] or not compared:
                 continue
             value = np.array([self.figures[n][metric][0] - self.figures[other][metric][0] for n in compared])
             spread = np.stack([self.figures[n][metric][1] - self.figures[other][metric][1] for n in compared])
@@ -71,7 +69,7 @@ class Analysis:
 
     @property
     def vs_anchor(self) -> dict[str, dict[str, Difference]]:
-        return self.compare(dict.fromkeys(QUALITY, self.anchor)) if self.anchor else {}
+        return self.compare(dict.fromkeys(self.metrics, self.anchor)) if self.anchor else {}
 
     @property
     def vs_best(self) -> dict[str, dict[str, Difference]]:
@@ -80,7 +78,8 @@ class Analysis:
     def indistinguishable(self, metric: str) -> list[str]:
         """The methods whose value is not significantly below the best one's (the best included)."""
         below = self.compare({metric: self.best[metric]}, self.trained)
-        return [name for name in self.trained if name not in below or not below[name][metric].significant]
+        present = [name for name in self.trained if metric in self.scores[name]]
+        return [name for name in present if name not in below or not below[name][metric].significant]
 
 
 def _stacked(runs: MethodRuns, seeds: list[int], ids: list[str] | None) -> ExampleScores | None:
@@ -91,21 +90,22 @@ def _stacked(runs: MethodRuns, seeds: list[int], ids: list[str] | None) -> Examp
     if any(by_seed.get(seed) is None for seed in seeds):
         return None
     scores = [by_seed[seed] if ids is None else by_seed[seed].reordered(ids) for seed in seeds]
-    return ExampleScores(scores[0].ids, {k: np.stack([s.rouge[k] for s in scores]) for k in ROUGE_TYPES},
-                         np.stack([s.bleu for s in scores]))  # fmt: skip
+    return ExampleScores(scores[0].ids, {k: np.stack([s.values[k] for s in scores]) for k in scores[0].values},
+                         {k: np.stack([s.statistics[k] for s in scores]) for k in scores[0].statistics})  # fmt: skip
 
 
-def _statistic(rows: list[ExampleScores]):
-    """Every row's four metrics from resampled indices: ROUGE means, corpus BLEU per seed averaged over seeds."""
+def _statistic(pairs: list[tuple[ExampleScores, str]]):
+    """Each (row, metric) pair's figure from resampled indices: a mean metric's mean over the resampled examples; a
+    corpus metric's corpus score per resampled seed, averaged over the seeds."""
 
     def figures(seeds: np.ndarray, examples: np.ndarray) -> np.ndarray:
-        out = []
-        for row in rows:
-            picked = (seeds[..., None], examples)
-            out += [row.rouge[kind][picked].mean(axis=(-2, -1)) for kind in ROUGE_TYPES]
-            sums = row.bleu[picked].sum(axis=-2)  # [B, S, statistics]: one corpus per resampled seed
-            bleu = np.array([[bleu_score(corpus) for corpus in resample] for resample in sums])
-            out.append(bleu.mean(axis=-1))
+        picked, out = (seeds[..., None], examples), []
+        for row, metric in pairs:
+            if METRICS[metric].corpus:
+                sums = row.statistics[metric][picked].sum(axis=-2)  # [B, S, statistics]: one corpus per seed
+                out.append(np.array([[corpus_score(metric, c) for c in resample] for resample in sums]).mean(axis=-1))
+            else:
+                out.append(row.values[metric][picked].mean(axis=(-2, -1)))
         return np.stack(out)
 
     return figures
@@ -118,30 +118,40 @@ def _common_seeds(section: Section) -> list[int]:
     return sorted(seed for seed in common if seed is not None) or sorted(common, key=lambda s: s or 0)
 
 
+def _pairs(scores: ExampleScores, metrics: list[str]) -> list[str]:
+    return [m for m in metrics if m in scores.values or m in scores.statistics]
+
+
 def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
-    """Bootstrap intervals of every row's test scores and of its differences to the anchor and the best method, with
-    paired tests and Holm's correction per metric and family; None where no row has per-example scores."""
+    """Bootstrap intervals of every row's test scores on the task's metrics, and of its differences to the anchor and
+    the best method, with paired tests and Holm's correction per metric and family; None where no row has
+    per-example scores on at least MIN_EXAMPLES test examples."""
     seeds = _common_seeds(section)
     candidates = [runs for runs in section.methods if runs.finished]
     raw = {runs.method: _stacked(runs, seeds, None) for runs in candidates} if seeds else {}
     raw = {name: scores for name, scores in raw.items() if scores is not None}
-    if not raw:
+    first = next((r for runs in section.trained for r in runs.results), None)
+    if not raw or first is None or min(len(scores.ids) for scores in raw.values()) < MIN_EXAMPLES:
         return None
-    id_sets = {frozenset(scores.ids) for scores in raw.values()}
-    paired = len(id_sets) == 1
+    paired = len({frozenset(scores.ids) for scores in raw.values()}) == 1
     if paired:
         order = next(iter(raw.values())).ids
         raw = {name: _stacked(next(r for r in candidates if r.method == name), seeds, order) for name in raw}
-    names = list(raw)
-    full, distribution = _joint_distribution([raw[name] for name in names], len(seeds), paired, resamples)
+    metrics = first.metrics
+    pairs = [(name, metric) for name in raw for metric in _pairs(raw[name], metrics)]
+    full, distribution = _joint_distribution(raw, pairs, len(seeds), paired, resamples)
     span = intervals(full, distribution)
-    k = len(QUALITY)
-    figures = {name: {metric: (float(full[i * k + m]), distribution[i * k + m]) for m, metric in enumerate(QUALITY)}
-               for i, name in enumerate(names)}  # fmt: skip
-    scores = {name: {metric: span[i * k + m] for m, metric in enumerate(QUALITY)} for i, name in enumerate(names)}
+    figures: dict[str, dict[str, tuple[float, np.ndarray]]] = {name: {} for name in raw}
+    scores: dict[str, dict[str, Interval]] = {name: {} for name in raw}
+    for index, (name, metric) in enumerate(pairs):
+        figures[name][metric] = (float(full[index]), distribution[index])
+        scores[name][metric] = span[index]
+    names = list(raw)
     trained = [name for name in names if name not in _REFERENCE_NAMES]
-    best = {metric: max(trained, key=lambda name: scores[name][metric].value) for metric in QUALITY} if trained else {}
-    anchor = ANCHOR if ANCHOR in trained else best.get(PRIMARY)
+    best = {metric: max((n for n in trained if metric in scores[n]), key=lambda n: scores[n][metric].value)
+            for metric in metrics if any(metric in scores[n] for n in trained)}  # fmt: skip
+    primary = first.primary_metric if first.primary_metric in best else next(iter(best), first.primary_metric)
+    anchor = ANCHOR if ANCHOR in trained else best.get(primary)
     level = "seeds, then test examples within each seed" if len(seeds) > 1 else "test examples"
     note = (
         f"Test scores: {CONFIDENCE:.0%} percentile bootstrap intervals over {level} ({resamples:,} resamples, "
@@ -155,16 +165,21 @@ def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
             " The rows were scored on different test examples (their example ids differ), so paired statistics "
             "are refused: each row is resampled on its own, and differences compare independent resamples."
         )
-    return Analysis(names, len(seeds), len(next(iter(raw.values())).ids), paired, figures, scores, trained, best,
-                    anchor, note)  # fmt: skip
+    examples = len(next(iter(raw.values())).ids)
+    return Analysis(names, metrics, primary, len(seeds), examples, paired, figures, scores, trained, best, anchor,
+                    note)  # fmt: skip
 
 
-def _joint_distribution(rows: list[ExampleScores], seeds: int, paired: bool,
+def _joint_distribution(raw: dict[str, ExampleScores], pairs: list[tuple[str, str]], seeds: int, paired: bool,
                         resamples: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The figures of every (row, metric) pair over the same resamples (paired), or over each row's own."""
     if paired:
-        return bootstrap_distribution(_statistic(rows), seeds, len(rows[0].ids), resamples)
-    parts = [bootstrap_distribution(_statistic([row]), seeds, len(row.ids), resamples, random_seed=index)
-             for index, row in enumerate(rows)]  # fmt: skip
+        statistic = _statistic([(raw[name], metric) for name, metric in pairs])
+        return bootstrap_distribution(statistic, seeds, len(next(iter(raw.values())).ids), resamples)
+    parts = []
+    for index, name in enumerate(raw):
+        mine = [(raw[name], metric) for row, metric in pairs if row == name]
+        parts.append(bootstrap_distribution(_statistic(mine), seeds, len(raw[name].ids), resamples, random_seed=index))
     return np.concatenate([full for full, _ in parts]), np.concatenate([dist for _, dist in parts])
 
 
@@ -201,7 +216,7 @@ def _points(x: float) -> str:
 
 
 def _value(metric: str, x: float) -> str:
-    return f"{x:.2f}" if metric == "bleu" else f"{x:.4f}"
+    return f"{x:.{METRICS[metric].decimals}f}"
 
 
 def _span(metric: str, interval: Interval) -> str:
@@ -270,21 +285,23 @@ def verdict_lines(section: Section, analysis: Analysis | None) -> list[str]:
     """The verdict in plain sentences: each method against full fine-tuning (or the best method), the
     recommendation, then the cautions that apply."""
     if analysis is None or not analysis.anchor:
-        return ["No test scores with per-example predictions: no verdict (rerun with this peftbench)."]
-    label = LABELS[PRIMARY]
+        return [f"No verdict: it needs per-example test scores on at least {MIN_EXAMPLES} examples (rerun with this "
+                "peftbench, or with a larger --test-size)."]
+    primary = analysis.primary
+    label = METRICS[primary].label
     by_name = {runs.method: runs for runs in section.methods}
     anchor = by_name[analysis.anchor]
-    anchor_score = analysis.scores[analysis.anchor][PRIMARY]
+    anchor_score = analysis.scores[analysis.anchor][primary]
     vs_anchor = analysis.vs_anchor
-    lines = [f"{analysis.anchor}: {label} {_value(PRIMARY, anchor_score.value)} {_span(PRIMARY, anchor_score)}; "
+    lines = [f"{analysis.anchor}: {label} {_value(primary, anchor_score.value)} {_span(primary, anchor_score)}; "
              f"{_cost_text(anchor, None)}."]  # fmt: skip
     for name in analysis.rows:
         if name == analysis.anchor or by_name[name].reference:
             continue
-        score = analysis.scores[name][PRIMARY]
-        difference = vs_anchor[name][PRIMARY]
+        score = analysis.scores[name][primary]
+        difference = vs_anchor[name][primary]
         compared = _difference_text(difference, analysis.anchor)
-        lines.append(f"{name}: {label} {_value(PRIMARY, score.value)} {_span(PRIMARY, score)}, {compared}; "
+        lines.append(f"{name}: {label} {_value(primary, score.value)} {_span(primary, score)}, {compared}; "
                      f"{_cost_text(by_name[name], anchor)}.")  # fmt: skip
     lines.append(recommendation(section, analysis))
     return lines + cautions(section, analysis)
@@ -293,10 +310,11 @@ def verdict_lines(section: Section, analysis: Analysis | None) -> list[str]:
 def recommendation(section: Section, analysis: Analysis) -> str:
     """The cheapest method (by trainable parameters, then training memory) whose primary score is statistically
     indistinguishable from the best method's; or that none matches full fine-tuning."""
-    label = LABELS[PRIMARY]
+    primary = analysis.primary
+    label = METRICS[primary].label
     by_name = {runs.method: runs for runs in section.methods}
-    matching = analysis.indistinguishable(PRIMARY)
-    best = analysis.best[PRIMARY]
+    matching = analysis.indistinguishable(primary)
+    best = analysis.best[primary]
     if analysis.anchor == ANCHOR and matching == [ANCHOR]:
         return (f"Recommendation: no method matches full fine-tuning here: every other method's {label} is "
                 "significantly below full fine-tuning's.")  # fmt: skip
@@ -309,44 +327,46 @@ def recommendation(section: Section, analysis: Analysis) -> str:
     tied = f" (also indistinguishable: {', '.join(others)})" if others else ""
     return (f"Recommendation: {choice}: the cheapest method (trainable parameters, then training memory) whose "
             f"{label} is statistically indistinguishable from the best ({best}, "
-            f"{_value(PRIMARY, analysis.scores[best][PRIMARY].value)}){tied}.")  # fmt: skip
+            f"{_value(primary, analysis.scores[best][primary].value)}){tied}.")  # fmt: skip
 
 
 def cautions(section: Section, analysis: Analysis) -> list[str]:
     """What limits the verdict: references that score well, untuned learning rates, few examples, one seed."""
-    label, notes = LABELS[PRIMARY], []
+    primary, notes = analysis.primary, []
+    label = METRICS[primary].label
     trained = [name for name in analysis.rows if name not in _REFERENCE_NAMES]
     for reference, what in ((LEAD_3, "Lead-3 (each article's first three sentences, no model)"),
                             (ZERO_SHOT, "the zero-shot base model (no fine-tuning)")):  # fmt: skip
-        if reference not in analysis.scores:
+        if primary not in analysis.scores.get(reference, {}):
             continue
-        score = analysis.scores[reference][PRIMARY]
-        beaten = [n for n in trained if analysis.scores[n][PRIMARY].value < score.value]
+        score = analysis.scores[reference][primary]
+        beaten = [n for n in trained if analysis.scores[n][primary].value < score.value]
         if reference == LEAD_3 and beaten:
             share = "every fine-tuned method" if len(beaten) == len(trained) else ", ".join(beaten)
-            below = analysis.compare({PRIMARY: reference}, beaten)
-            clear = [n for n in beaten if below[n][PRIMARY].significant]
+            below = analysis.compare({primary: reference}, beaten)
+            clear = [n for n in beaten if below[n][primary].significant]
             tested = (f"significantly above {', '.join(clear)}" if clear else "none of these differences is "
                       "significant")  # fmt: skip
-            notes.append(f"Caution: {what} scores {label} {_value(PRIMARY, score.value)} {_span(PRIMARY, score)}, "
+            notes.append(f"Caution: {what} scores {label} {_value(primary, score.value)} {_span(primary, score)}, "
                          f"above {share} ({tested}).")  # fmt: skip
         if reference == ZERO_SHOT:
-            above = analysis.compare({PRIMARY: reference}, trained)
-            gains = {n: above[n][PRIMARY] for n in trained}
+            above = analysis.compare({primary: reference}, trained)
+            gains = {n: above[n][primary] for n in trained}
             no_gain = [n for n, gain in gains.items() if not (gain.significant and gain.interval.value > 0)]
             if no_gain:
                 notes.append(f"Caution: {', '.join(no_gain)} {'is' if len(no_gain) == 1 else 'are'} not "
-                             f"significantly better than {what} ({label} {_value(PRIMARY, score.value)}).")  # fmt: skip
+                             f"significantly better than {what} ({label} {_value(primary, score.value)}).")  # fmt: skip
     configs = [r.config for runs in section.trained for r in runs.results]
     if configs and not any(config.get("search") for config in configs):
         rates = ", ".join(f"{runs.method} {runs.results[0].config['lr']:g}" for runs in section.trained if runs.results)
         notes.append(f"Caution: learning rates were not tuned per method ({rates}); a method's ranking may reflect "
                      "how well its default suits this task.")  # fmt: skip
-    widths = [analysis.scores[name][PRIMARY].width for name in trained]
+    widths = [analysis.scores[name][primary].width for name in trained]
     if widths:
         width = statistics.median(widths)
+        points = width if METRICS[primary].corpus else 100 * width  # 0-1 scores read as points out of 100
         notes.append(f"Caution: {analysis.examples} test examples: a method's {CONFIDENCE:.0%} interval of {label} is "
-                     f"about {100 * width:.1f} {label} points wide ({width:.4f} on the 0-1 scale); smaller "
+                     f"about {points:.1f} points wide ({_value(primary, width)} on its own scale); smaller "
                      "differences cannot be told apart here. Raise --test-size to narrow it.")  # fmt: skip
     if analysis.seeds < 2:
         notes.append("Caution: one seed: the intervals cover the test set's sampling noise, not the training noise "

@@ -1,0 +1,70 @@
+"""Task presets: what --task sets unless a flag says otherwise: the prompt template (the first whose columns the data
+has), the target column, the metrics and the primary metric, the chat instruction, and the plain format's cue."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    templates: tuple[str, ...]  # Python format strings over columns, tried in order
+    targets: tuple[str, ...]  # target columns, tried in order
+    metrics: tuple[str, ...]
+    primary: str
+    instruction: str  # the chat format's request before the source ({choices}: the choice list, where fixed)
+    cue: str  # the plain format's text after the source (a template ending in a cue of its own needs none)
+    extractive_reference: bool = False  # Lead-3 is a meaningful reference row
+
+
+TASKS = {
+    task.name: task
+    for task in [
+        Task(
+            "summarization",
+            ("{article}", "{document}", "{text}"),
+            ("highlights", "right_summary", "summary"),
+            ("rouge1", "rouge2", "rougeL", "bleu"),
+            "rougeL",
+            "Summarize the following news article in three or four sentences.",
+            "\nTL;DR:",
+            extractive_reference=True,
+        ),
+        Task(
+            "qa",
+            ("{context}\nQuestion: {question}\nAnswer:", "{knowledge}\nQuestion: {question}\nAnswer:",
+             "Question: {question}\nAnswer:"),  # fmt: skip
+            ("answers", "answer", "right_answer"),
+            ("exact_match", "f1"),
+            "f1",
+            "Answer the question from the text given. Reply with the answer only, in a few words.",
+            "",
+        ),
+        Task(
+            "classification",
+            ("{text}\nAnswer:", "{sentence}\nAnswer:", "{question}\nAnswer:"),
+            ("label", "answer"),
+            ("accuracy", "accuracy_ll"),
+            "accuracy",
+            "Answer with one of: {choices}. Reply with the answer only.",
+            "",
+        ),
+    ]
+}
+EMBEDDED_TASKS = {"embedded": "summarization", "embedded-qa": "qa"}  # the task each embedded dataset is
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a format string fills in, in order; ValueError where it is not a valid format string."""
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    for name in names:
+        if not name or not name.isidentifier():
+            raise ValueError(f"{{{name}}} is not a column name (write {{column}}; a literal brace is {{{{ or }}}})")
+    return names
+
+
+def first_fitting(candidates: tuple[str, ...], columns: list[str]) -> str | None:
+    """The first template whose columns are all present."""
+    return next((t for t in candidates if set(template_fields(t)) <= set(columns)), None)
