@@ -54,6 +54,30 @@ def _check_efficiency(metrics: dict, directory) -> None:
         counted = [f for f in files if f.name != "README.md"]  # peft's generated card is not the adapter
         assert eff["adapter_size_bytes"] == sum(f.stat().st_size for f in counted)
         assert sorted(eff["adapter_files"]) == sorted(f.name for f in counted)
+    _check_serving(metrics)
+
+
+def _check_serving(metrics: dict) -> None:
+    """Inference memory of base, unmerged and merged models, and the serving costs of loading and swapping."""
+    eff, full = metrics["efficiency"], metrics["method"] == "full"
+    memory = eff["inference_memory"]
+    assert set(memory) == {"base", "unmerged", "merged"} and (memory["merged"] is None) == full
+    # fp32 parameters (tied ones once; these models have no buffers): the trained model's, of which the adapter's
+    # (trainable) are added to the base model's.
+    assert memory["unmerged"]["weights_bytes"] == 4 * metrics["total_params"]
+    base = memory["base"]["weights_bytes"]
+    added = 0 if full else 4 * metrics["trainable_params"]
+    assert memory["unmerged"]["weights_bytes"] == base + added
+    for model in filter(memory.get, memory):
+        assert memory[model]["peak_bytes"] > memory[model]["weights_bytes"] and memory[model]["increase_bytes"] >= 0
+    assert eff["adapter_load_ms"] > 0
+    if full:
+        assert eff["adapter_swap_ms"] is None and eff["merge_unmerge_ms"] is None
+        assert eff["adapter_memory_bytes"] is None
+    else:
+        assert memory["merged"]["weights_bytes"] == base
+        assert eff["adapter_swap_ms"] > 0 and eff["merge_unmerge_ms"] > 0
+        assert eff["adapter_memory_bytes"] == {"first": added, "next": added}
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])

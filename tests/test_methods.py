@@ -63,9 +63,14 @@ def test_every_method_runs_end_to_end(arch, tiny_models, articles, tmp_path):
         efficiency = metrics["efficiency"]
         if name in NOT_MERGEABLE:  # reported as not mergeable, not skipped
             assert efficiency["latency_ms"]["merged"] is None and efficiency["merge_check"] is None
+            assert efficiency["merge_unmerge_ms"] is None
         else:
             assert efficiency["latency_ms"]["merged"] > 0
             assert efficiency["merge_check"]["max_logit_diff"] < 1e-3, name
+            assert efficiency["merge_unmerge_ms"] > 0
+        # Every method serves from its saved adapter: loaded onto a base model, swapped with a second copy.
+        assert efficiency["adapter_load_ms"] > 0 and efficiency["adapter_swap_ms"] > 0, name
+        assert efficiency["adapter_memory_bytes"]["first"] > 0 and efficiency["adapter_memory_bytes"]["next"] > 0
         adapter = json.loads((output / name / "adapter" / "adapter_config.json").read_text())
         assert adapter["peft_type"] == PEFT_TYPE[name]
     configs = {name: json.loads((output / name / "adapter" / "adapter_config.json").read_text()) for name in names}

@@ -97,6 +97,12 @@ FIGURES = {
     "latency base (ms)": lambda m: m["efficiency"]["latency_ms"]["base"],
     "latency unmerged (ms)": lambda m: m["efficiency"]["latency_ms"]["unmerged"],
     "adapter size (MiB)": lambda m: m["efficiency"]["adapter_size_bytes"] / 2**20,
+    "adapter load (ms)": lambda m: m["efficiency"]["adapter_load_ms"],
+    # As deployed: merged where the method merges; its weights plus its generation's working memory.
+    "inference memory (MiB)": lambda m: sum(
+        m["efficiency"]["inference_memory"]["merged" if m["efficiency"]["latency_ms"]["merged"] else "unmerged"][k]
+        for k in ("weights_bytes", "increase_bytes")
+    ) / 2**20,
     "final val loss": lambda m: m["epochs"][-1]["val_loss"],
     "test loss": lambda m: m["test"]["loss"],
     "test ROUGE-1": lambda m: m["test"]["rouge1"],
@@ -180,6 +186,8 @@ def test_report_files_images_and_numbers(gpt2_run):
     for header in ("Model:", "Data:", "train /", "Hyperparameters:", "Hardware:", "Libraries:", "torch", "Run date:"):
         assert header in report
     assert "Pareto-optimal" in report and "source (excerpt)" in report
+    # Quality against inference memory is one of the Pareto panels, its front listed with the others.
+    assert re.search(r"against inference memory \(MiB; merged where possible\): [a-z0-9, -]+[;.]", report)
 
 
 def test_environment_recorded(gpt2_run):

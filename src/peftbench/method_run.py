@@ -8,6 +8,7 @@ import platform
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from importlib.metadata import version
@@ -26,7 +27,19 @@ from peftbench.config import RunConfig
 from peftbench.data import Example, Splits
 from peftbench.evaluate import EvalOptions, Evaluator, Generation
 from peftbench.layout import Encoded, Layout, PromptOptions, TokenLimits
-from peftbench.measure import PhaseTimer, latency_ms, merge_agreement, merged_copy
+from peftbench.measure import (
+    PhaseTimer,
+    ServingCosts,
+    adapter_costs,
+    in_memory_window,
+    latency_ms,
+    merge_agreement,
+    merged_copy,
+    model_load_costs,
+    read_weights,
+    warm_up,
+    weights_bytes,
+)
 from peftbench.methods import METHODS, Method, MethodSettings, learning_rate
 from peftbench.metrics import METRICS
 from peftbench.models import LoadedModel, load_model, model_provenance
@@ -89,8 +102,9 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     compute = autocast(precision, device)  # every model call below computes at this one precision
     if not resume and parallel.is_main():  # latency is one request on one device: the main process measures it
         with compute, timer.phase("latency"):
-            progress.base_latency_ms = latency_ms(loaded.model, latency_items, layout, config.latency_new_tokens,
-                                                  device)  # fmt: skip
+            progress.base_latency_ms, progress.base_memory = timed_generation(
+                loaded.model, latency_items, layout, config.latency_new_tokens, device
+            )
 
     # Apply the method, and build what trains and evaluates it (counted with loading: setting up before training).
     with timer.phase("model_load"):
@@ -156,7 +170,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     if parallel.is_main():
         with compute:
             efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory, final,
-                                            config.latency_new_tokens, timer)  # fmt: skip
+                                            config.latency_new_tokens, base_loader(config, device), timer)  # fmt: skip
         result.efficiency = replace(efficiency, phase_seconds=dict(timer.seconds),
                                     wall_seconds=earlier_sessions + time.perf_counter() - started)  # fmt: skip
         figures = {"test/loss": scores.loss} | {f"test/{k}": v for k, v in scores.metrics.items()}
@@ -309,28 +323,66 @@ def environment() -> dict[str, Any]:
     }
 
 
+def timed_generation(model, items: list[Encoded], layout: Layout, new_tokens: int,
+                     device) -> tuple[float, dict[str, int | None]]:  # fmt: skip
+    """The model's latency (latency_ms) and its inference memory (Efficiency.inference_memory's form) over the same
+    generation: the bytes of its weights, and the peak of a fresh memory window and its increase (after a warm-up
+    outside the window: weights read, compute paths set up)."""
+    warm_up(model, items, layout, device)
+    ms, window = in_memory_window(lambda: latency_ms(model, items, layout, new_tokens, device))
+    return ms, {"weights_bytes": weights_bytes(model), "peak_bytes": window.peak_bytes,
+                "increase_bytes": window.increase_bytes}  # fmt: skip
+
+
+def base_loader(config: RunConfig, device) -> Callable[[], nn.Module]:
+    """A function that loads the base model afresh, as the run loaded it, onto device: the base that adapter loads
+    are timed on (the run's own base carries the trained adapter by then)."""
+
+    def load() -> nn.Module:
+        model = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize).model
+        return read_weights(model if config.quantize else model.to(device))  # a quantized one is placed as it loads
+
+    return load
+
+
+def serving_costs(method: Method, layout: Layout, adapter: Path, load_base: Callable[[], nn.Module],
+                  device) -> ServingCosts:  # fmt: skip
+    """What serving the saved adapter costs (measure.adapter_costs, on bases from load_base); for full fine-tuning,
+    loading the saved model onto device, until its weights are read."""
+    if method.peft_config is None:
+
+        def load_saved() -> nn.Module:
+            model = layout.model_class.from_pretrained(adapter, dtype=torch.float32, use_safetensors=True)
+            return read_weights(model.to(device))
+
+        return model_load_costs(load_saved)
+    return adapter_costs(load_base, adapter, method.mergeable)
+
+
 def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loaded: LoadedModel,
                        items: list[Encoded], directory: MethodDir, merged: nn.Module | None, new_tokens: int,
-                       timer: PhaseTimer) -> Efficiency:  # fmt: skip
-    """What the trained method costs: training figures, latencies (base from progress), merge agreement, adapter size
-    (the time of each of these three in timer; the caller adds the phase times).
+                       load_base: Callable[[], nn.Module], timer: PhaseTimer) -> Efficiency:  # fmt: skip
+    """What the trained method costs: training figures, latencies and inference memory (base from progress), merge
+    agreement, adapter size, and serving costs (loading, swapping, merging; load_base gives a fresh base model); the
+    time of each in timer (the caller adds the phase times).
 
     merged is the trained model's merged copy (None where the method cannot merge). Saves the adapter (for full
     fine-tuning, the whole model and tokenizer) into the method's directory to measure it.
     """
     layout, trained = loaded.layout, trainer.unwrapped
     device = trainer.accelerator.device
-
-    def latency(model) -> float:
-        return latency_ms(model, items, layout, new_tokens, device)
-
     with timer.phase("latency"):
-        latencies = {"base": progress.base_latency_ms, "unmerged": latency(trained),
-                     "merged": latency(merged) if merged else None}  # fmt: skip
+        generations = {"unmerged": timed_generation(trained, items, layout, new_tokens, device), "merged": (None, None)}
+        if merged is not None:
+            generations["merged"] = timed_generation(merged, items, layout, new_tokens, device)
+    latencies = {"base": progress.base_latency_ms} | {model: ms for model, (ms, _) in generations.items()}
+    memory = {"base": progress.base_memory} | {model: used for model, (_, used) in generations.items()}
     with timer.phase("merge_check"):
         merge_check = merge_agreement(trained, merged, items, layout, 16, device) if merged is not None else None
     with timer.phase("saving"):
         adapter_files = save_adapter(trained, method, layout, directory.adapter)
+    with timer.phase("serving"):
+        serving = serving_costs(method, layout, directory.adapter, load_base, device)
     trainable, total = count_parameters(trained)
     return Efficiency(
         trainable_params=trainable,
@@ -346,6 +398,11 @@ def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loa
         merge_check=merge_check,
         adapter_size_bytes=sum(adapter_files.values()),
         adapter_files=sorted(adapter_files),
+        inference_memory=memory,
+        adapter_load_ms=serving.load_ms,
+        adapter_swap_ms=serving.swap_ms,
+        merge_unmerge_ms=serving.merge_unmerge_ms,
+        adapter_memory_bytes=serving.adapter_bytes,
     )
 
 

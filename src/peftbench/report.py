@@ -31,7 +31,7 @@ from peftbench.document import (  # noqa: E402
 )
 from peftbench.methods import METHODS  # noqa: E402
 from peftbench.metrics import METRICS  # noqa: E402
-from peftbench.results import PHASES, RANDOM_WEIGHTS, MethodResult  # noqa: E402
+from peftbench.results import PHASES, RANDOM_WEIGHTS, Efficiency, MethodResult  # noqa: E402
 from peftbench.rundir import write_atomic, write_files  # noqa: E402
 from peftbench.sections import MethodRuns, Run, Section, load_sections  # noqa: E402
 from peftbench.stats import Estimate, Interval, estimate  # noqa: E402
@@ -40,6 +40,7 @@ from peftbench.table import (  # noqa: E402
     NO_DIFFERENCE,
     NOT_TESTED,
     deployed_latency,
+    deployed_memory_mib,
     failures,
     peak_memory_mib,
     random_weights,
@@ -141,6 +142,7 @@ PARETO_PANELS = [
     ("trainable parameters", lambda r: r.trainable_params, True),
     ("peak training memory (MiB)", peak_memory_mib, False),
     ("inference latency (ms; merged where possible)", deployed_latency, False),
+    ("inference memory (MiB; merged where possible)", deployed_memory_mib, False),
 ]
 
 
@@ -178,7 +180,7 @@ def _y_error(interval: Interval) -> list[list[float]]:
 def plot_pareto(section: Section, analysis: Analysis) -> bytes:
     """The primary test score against each cost, with its bootstrap interval (and the cost's interval over seeds);
     Pareto-optimal methods (on the point values) are filled stars joined by a line; references are dashed lines."""
-    figure, axes = plt.subplots(1, len(PARETO_PANELS), figsize=(13, 4))
+    figure, axes = plt.subplots(1, len(PARETO_PANELS), figsize=(4.4 * len(PARETO_PANELS), 4))
     colors = _colors(section)
     label = METRICS[analysis.primary].label
     for ax, (cost_label, cost, log) in zip(axes, PARETO_PANELS, strict=True):
@@ -420,6 +422,43 @@ def random_note(results: list[MethodResult]) -> Paragraph | None:
     )
 
 
+SERVING_TASKS = (1, 10, 100)
+
+
+def _serving_sizes(runs: MethodRuns) -> Efficiency | None:
+    """The efficiency record of the first of runs' results that measured the sizes serving is derived from."""
+    return next((r.efficiency for r in runs.results if r.efficiency and r.efficiency.serving_bytes(1)), None)
+
+
+def serving_blocks(section: Section) -> list[Block]:
+    """Serving N tasks, derived from the measured sizes in memory (Efficiency.serving_bytes): one base model with N
+    adapters against N fully fine-tuned copies, for N in SERVING_TASKS; none where no method measured them."""
+    measured = {runs.method: sizes for runs in section.trained if (sizes := _serving_sizes(runs))}
+    if not measured:
+        return []
+    copies = [next(iter(measured.values())).serving_bytes(n)[1] for n in SERVING_TASKS]
+    header = ["method", "served as", *(f"{_plural(n, 'task')} (MiB)" for n in SERVING_TASKS)]
+    table = Table(header, [["full fine-tuning", "N fine-tuned copies", *(sig(c / 2**20) for c in copies)]])
+    for method, sizes in measured.items():
+        if sizes.adapter_memory_bytes is None:  # full fine-tuning: the copies row
+            continue
+        shared = [sizes.serving_bytes(n)[0] for n in SERVING_TASKS]
+        cells = [f"{sig(s / 2**20)} ({s / c:.1%})" for s, c in zip(shared, copies, strict=True)]
+        table.rows.append([method, "one base + N adapters", *cells])
+    return [
+        Heading(3, "Serving N tasks (derived)"),
+        table,
+        Paragraph(
+            "Derived, not measured as such: the weights held in memory to serve N tasks, from the measured sizes: "
+            "N fully fine-tuned copies of the base model's parameters and "
+            "buffers, against one base model plus the memory the first and each further loaded adapter added to it "
+            "(in parentheses: the share of the N copies). Adapters on a shared base run unmerged (their latency is "
+            "the unmerged one) or are merged and unmerged at each switch (the merge + unmerge time). The working "
+            "memory of each request (activations, KV cache) comes on top of both."
+        ),
+    ]
+
+
 def verdict_blocks(section: Section, analysis: Analysis | None) -> list[Block]:
     """The verdict, one bullet per sentence, and how its figures were computed; none for random weights."""
     if random_weights(section.results):
@@ -436,6 +475,7 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
     rows = [([runs.method], runs) for runs in section.methods]
     blocks.append(results_table(rows, ["method"], several, analysis))
     blocks += filter(None, [random_note(section.results), latency_caution(section)])
+    blocks += serving_blocks(section)
     missing = failures(section)
     if missing:
         blocks += [Paragraph("Failed or missing runs (left out of the figures above):"), Bullets(missing)]
@@ -463,7 +503,7 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
             Figure(f"{stem}-scores.png", plot_scores(section, analysis),
                    f"Test {label} of every method and reference, with its 95% bootstrap interval"),  # fmt: skip
             Heading(3, "Quality against cost"),
-            Figure(f"{stem}-pareto.png", plot_pareto(section, analysis), f"Test {label} against three costs; "
+            Figure(f"{stem}-pareto.png", plot_pareto(section, analysis), f"Test {label} against each cost; "
                    "vertical bars: 95% bootstrap intervals; horizontal bars: 95% intervals over seeds"),  # fmt: skip
             _pareto_text(section, analysis),
         ]

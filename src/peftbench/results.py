@@ -50,7 +50,7 @@ class TestMetrics:
 # The phases of a method's run, in the order they first run. Zero-shot evaluation is not among them: it runs once per
 # seed for every method, in its own process (method_run.run_zero_shot).
 PHASES = ("model_load", "latency", "training", "validation_loss", "validation_generation", "test_loss",
-          "test_generation", "merge_check", "saving")  # fmt: skip
+          "test_generation", "merge_check", "saving", "serving")  # fmt: skip
 
 
 @dataclass
@@ -79,6 +79,45 @@ class Efficiency:
     # own wall time, which they add up to at most: the rest is bookkeeping between phases (None in older results).
     phase_seconds: dict[str, float] | None = None
     wall_seconds: float | None = None
+    # Inference memory per model, keyed like latency_ms (None where not measured; the whole field None in older
+    # results), each over the generation of the latency prompts: weights_bytes (its parameters and buffers),
+    # peak_bytes (the peak of a fresh window, memory_measure's way: on a CPU the process's whole RSS, everything else
+    # it holds at that moment included), increase_bytes (that peak minus what the process held as the window opened:
+    # the generation's own working memory; None where no fresh window could be opened).
+    inference_memory: dict[str, dict[str, int | None] | None] | None = None
+    # Serving, medians of measure.SERVING_REPEATS timings (None where it does not apply, and in older results):
+    # PeftModel.from_pretrained of the saved adapter onto a loaded base model (for full, loading the saved model);
+    # set_adapter between two loaded adapters; merge_adapter + unmerge_adapter of the active one.
+    adapter_load_ms: float | None = None
+    adapter_swap_ms: float | None = None
+    merge_unmerge_ms: float | None = None
+    adapter_memory_bytes: dict[str, int] | None = None  # what the "first" and the "next" loaded adapter add in memory
+
+    @property
+    def deployed(self) -> str:
+        """The model as deployed: "merged" where the method merges, else "unmerged" (as trained)."""
+        return "merged" if self.latency_ms.get("merged") is not None else "unmerged"
+
+    def model_memory_bytes(self, model: str) -> int | None:
+        """What serving one model alone needs beyond the runtime: its weights plus its generation's working memory
+        (None where either was not measured)."""
+        record = (self.inference_memory or {}).get(model)
+        if not record or record.get("increase_bytes") is None:
+            return None
+        return record["weights_bytes"] + record["increase_bytes"]
+
+    def serving_bytes(self, tasks: int) -> tuple[int | None, int] | None:
+        """Derived: the weights held to serve `tasks` tasks, as (one base model plus `tasks` adapters, `tasks` fully
+        fine-tuned copies, each the base model's size); the first None for full fine-tuning; None where the sizes
+        were not measured. Per-request working memory (the KV cache) comes on top of both."""
+        base = (self.inference_memory or {}).get("base")
+        if not base:
+            return None
+        copies = tasks * base["weights_bytes"]
+        adapters = self.adapter_memory_bytes
+        if adapters is None:
+            return None, copies
+        return base["weights_bytes"] + adapters["first"] + (tasks - 1) * adapters["next"], copies
 
 
 @dataclass
@@ -138,6 +177,7 @@ class Progress:
 
     epochs: list[EpochMetrics] = field(default_factory=list)
     base_latency_ms: float | None = None  # the pretrained model's, measured before any adapter existed
+    base_memory: dict[str, int | None] | None = None  # its inference memory (Efficiency.inference_memory's form)
     generated_tokens: int = 0  # batched evaluation generation so far: new tokens and seconds
     generation_seconds: float = 0.0
     log_lines: int = 0  # lines of the method's log.jsonl so far: a resumed run cuts the log back to them

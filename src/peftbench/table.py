@@ -52,10 +52,16 @@ peak_memory_mib = _efficiency(lambda e: e.peak_train_memory_bytes / 2**20)
 
 def deployed_latency(r: MethodResult) -> float | None:
     """Inference latency as deployed: merged where the method can merge, else as trained."""
+    return None if r.efficiency is None else r.efficiency.latency_ms[r.efficiency.deployed]
+
+
+def deployed_memory_mib(r: MethodResult) -> float | None:
+    """Inference memory as deployed (merged where the method can merge, else as trained): the model's weights plus
+    its generation's working memory (results.Efficiency.model_memory_bytes)."""
     if r.efficiency is None:
         return None
-    latency = r.efficiency.latency_ms
-    return latency["merged"] if latency.get("merged") is not None else latency["unmerged"]
+    memory = r.efficiency.model_memory_bytes(r.efficiency.deployed)
+    return None if memory is None else memory / 2**20
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,9 @@ COST_COLUMNS = [
     Column("latency base (ms)", _efficiency(lambda e: e.latency_ms["base"]), sig, None),
     Column("latency unmerged (ms)", _efficiency(lambda e: e.latency_ms["unmerged"]), sig, "low"),
     Column("latency merged (ms)", _efficiency(lambda e: e.latency_ms.get("merged")), sig, "low"),
+    Column("inference memory (MiB)", deployed_memory_mib, sig, "low"),
     Column("adapter size (MiB)", _efficiency(lambda e: e.adapter_size_bytes / 2**20), sig, "low", exact=True),
+    Column("adapter load (ms)", _efficiency(lambda e: e.adapter_load_ms), sig, "low"),
     Column("final val loss", _final_val_loss, _fixed(4), "low", quality=True),
     Column("test loss", _test_loss, _fixed(4), "low", quality=True),
 ]

@@ -251,7 +251,30 @@ def _cost_text(runs: MethodRuns, anchor: MethodRuns | None) -> str:
     size = _mean(runs, _size)
     if size:
         parts.append(f"adapter {size / 2**20:,.2f} MiB on disk")
+    serving = _shared_base(runs)
+    if serving:
+        adapters, copies = serving
+        parts.append(f"for {SERVED_TASKS} tasks one base model with {SERVED_TASKS} adapters holds "
+                     f"{_bytes_text(adapters)} of weights against {_bytes_text(copies)} for {SERVED_TASKS} fully "
+                     "fine-tuned copies (derived from the measured sizes)")  # fmt: skip
     return ", ".join(parts)
+
+
+SERVED_TASKS = 100  # the verdict's serving figure: one base with this many adapters, against as many full copies
+
+
+def _shared_base(runs: MethodRuns) -> tuple[int, int] | None:
+    """(one base + SERVED_TASKS adapters, SERVED_TASKS full copies) in bytes, for a method served as adapters on a
+    shared base (not full fine-tuning), from its first result that measured them."""
+    for result in runs.results:
+        serving = result.efficiency.serving_bytes(SERVED_TASKS) if result.efficiency else None
+        if serving and serving[0] is not None:
+            return serving[0], serving[1]
+    return None
+
+
+def _bytes_text(size: float) -> str:
+    return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.1f} MiB"
 
 
 def _merges(runs: MethodRuns) -> bool:
