@@ -90,9 +90,20 @@ HELP = {
     "estimated run time, then exit without training",
     "allow_pickle": "load models whose weights exist only as pickle files (pytorch_model.bin); loading a pickle "
     "can run code, so only for files you trust",
+    "executor": "where the trials (each method at each seed) run: local (one after another, each in its own "
+    "process) or ray (all at once as tasks on a Ray cluster, a GPU each where it has GPUs; pip install "
+    "'peftbench[ray]')",
+    "ray_address": "with --executor ray: auto (a running Ray cluster, else a local one started for the run), local "
+    "(always a new local one) or HOST:PORT of a Ray head",
+    "gpus_per_trial": "with --executor ray: GPUs each trial reserves (default: 1 where the cluster has GPUs, else 0)",
+    "cpus_per_trial": "with --executor ray: CPUs each trial reserves (its torch threads)",
+    "ray_scratch": "with --executor ray: where a worker writes its trial before shipping the files back (default: "
+    "its node's temp folder); a folder on storage shared by every node lets a retried trial resume on any node",
     "report_to": "comma list of experiment trackers: tensorboard, mlflow, wandb (optional extras); default: none, "
     "results only in --output",
 }
+
+METAVARS = {"gpus_per_trial": "GPUS", "cpus_per_trial": "CPUS"}  # where the flag's last word does not name its value
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +119,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         shown = ",".join(default) if isinstance(default, list) else default
         suffix = f" (default: {shown})" if default is not None and name not in TASK_DEPENDENT else ""
         parser.add_argument(
-            flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=HELP[name] + suffix
+            flag, dest=name, default=None, metavar=METAVARS.get(name, name.split("_")[-1].upper()),
+            help=HELP[name] + suffix,
         )
 
 
