@@ -29,12 +29,13 @@ from peftbench.rundir import MethodDir
 WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters only: the adapter, or every weight for `full`
 STATE_FILE = "state.pt"  # the trainer's state and each process's RNG states: tensors, numbers, lists (weights_only)
 PROGRESS_FILE = "progress.json"  # what was measured so far (results.Progress)
-# Settings that change where and how a run reports, never its results; `methods` and `seeds` because each method
-# directory is one method at one seed (its seed is in the fingerprint); how the batch size was given, because
-# `batch_size` holds the global figure either way.
+# Settings that change where and how a run reports (or where its trials run), never its results; `methods` and
+# `seeds` because each method directory is one method at one seed (its seed is in the fingerprint); how the batch
+# size was given, because `batch_size` holds the global figure either way.
 NOT_FINGERPRINTED = (
     "output", "quiet", "in_process", "force", "dry_run", "report_to", "allow_pickle", "methods", "seeds",
-    "per_device_batch_size", "batch_size_given_as",
+    "per_device_batch_size", "batch_size_given_as", "executor", "ray_address", "gpus_per_trial", "cpus_per_trial",
+    "ray_scratch",
 )  # fmt: skip
 
 

@@ -100,6 +100,15 @@ HELP = {
     "installed one; none (the default): results only in --output",
     "per_device_batch_size": "examples per micro-batch on each process (device), as HF Trainer's "
     "per_device_train_batch_size: --batch-size becomes this x the number of processes; excludes --batch-size",
+    "executor": "where the trials (each method at each seed) run: local (one after another, each in its own "
+    "process) or ray (all at once as tasks on a Ray cluster, a GPU each where it has GPUs; pip install "
+    "'peftbench[ray]')",
+    "ray_address": "with --executor ray: auto (a running Ray cluster, else a local one started for the run), local "
+    "(always a new local one) or HOST:PORT of a Ray head",
+    "gpus_per_trial": "with --executor ray: GPUs each trial reserves (default: 1 where the cluster has GPUs, else 0)",
+    "cpus_per_trial": "with --executor ray: CPUs each trial reserves (its torch threads)",
+    "ray_scratch": "with --executor ray: where a worker writes its trial before shipping the files back (default: "
+    "its node's temp folder); a folder on storage shared by every node lets a retried trial resume on any node",
 }
 SPELLINGS: dict[str, list[str]] = {}  # field -> its aliases (config.ALIASES)
 for _alias, _name in ALIASES.items():
@@ -135,6 +144,8 @@ class _Formatter(argparse.HelpFormatter):
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
         return ", ".join(action.option_strings) + " " + metavar
 
+METAVARS = {"gpus_per_trial": "GPUS", "cpus_per_trial": "CPUS"}  # where the flag's last word does not name its value
+
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -148,8 +159,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             continue
         shown = ",".join(default) if isinstance(default, list) else default
         suffix = f" (default: {shown})" if default is not None and name not in TASK_DEPENDENT else ""
-        parser.add_argument(*flags, dest=name, action=_Given, default=None, metavar=name.split("_")[-1].upper(),
-                            help=HELP[name] + suffix)  # fmt: skip
+        metavar = METAVARS.get(name, name.split("_")[-1].upper())
+        parser.add_argument(*flags, dest=name, action=_Given, default=None, metavar=metavar, help=HELP[name] + suffix)
 
 
 def build_parser() -> argparse.ArgumentParser:

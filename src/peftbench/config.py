@@ -34,6 +34,7 @@ ALIASES = {
     "lora_target": "lora_targets",
 }
 TARGET_ALIASES = {"all": ALL_LINEAR}  # LLaMA-Factory's lora_target: all
+EXECUTORS = ("local", "ray")  # where the trials run (executor.py); ray is an optional extra
 
 
 @dataclass
@@ -103,6 +104,11 @@ class RunConfig:
     dry_run: bool = False  # print the plan (config, trainable parameters, tokens, time estimate) and exit
     allow_pickle: bool = False  # load pickle-only weights (.bin): unpickling a file from elsewhere can run code
     report_to: list[str] | None = None  # trackers (TRACKERS); None: log only to the output directory
+    executor: str = "local"  # EXECUTORS: one trial after another here, or all at once on a Ray cluster
+    ray_address: str = "auto"  # auto: an existing Ray cluster, else a local one; local: always a new one; HOST:PORT
+    gpus_per_trial: float | None = None  # Ray: None is 1 where the cluster has GPUs, else 0
+    cpus_per_trial: float = 1.0
+    ray_scratch: str | None = None  # Ray: where a worker writes its trial (default: its node's temp folder)
 
     def __post_init__(self) -> None:
         # What the task decides unless given: every RunConfig (a default one too) is complete from here on.
@@ -138,6 +144,7 @@ class RunConfig:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.quantize is not None and self.quantize not in QUANTIZE:
             raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}")
+        self._validate_executor()
         if not self.methods:
             raise ConfigError("--methods is empty; give a comma list such as full,lora,ia3")
         self._validate_trackers()
@@ -182,6 +189,16 @@ class RunConfig:
         for name in ("train_split", "validation_split", "test_split"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"--{_flag(name)} is empty; name a split, e.g. train or train[:2000]")
+
+    def _validate_executor(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(f"--cpus-per-trial must be a positive number, got {self.cpus_per_trial}")
+        if self.gpus_per_trial is not None and not self.gpus_per_trial >= 0:
+            raise ConfigError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial}")
+        if not self.ray_address.strip():
+            raise ConfigError("--ray-address is empty; give auto, local or HOST:PORT of a Ray head")
 
     def _validate_seeds(self) -> None:
         if not self.seeds:
@@ -264,7 +281,7 @@ def _flag(name: str) -> str:
 def _kind(name: str) -> type:
     """The type of a (not list) field's values."""
     default = FIELDS[name].default
-    if name == "lr":
+    if name in ("lr", "gpus_per_trial"):
         return float
     if name in ("eval_generate_size", "per_device_batch_size"):
         return int

@@ -1,28 +1,25 @@
-"""The comparison: every configured method at every seed on the same model, data and budget, each method in its own
-process; failures isolated per method, finished work skipped, and the summary and report written at the end."""
+"""The comparison: every configured method at every seed on the same model, data and budget, each a unit of work
+that the executor runs in its own process (here, or on a Ray cluster): the references of every seed first, then every
+method; failures isolated per method, finished work skipped, and the summary and report written at the end."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
-import os
 import sys
 import traceback
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
-from peftbench import checkpoint, lifecycle, parallel, rundir
+from peftbench import checkpoint, parallel, rundir
 from peftbench.card import write_cards
 from peftbench.config import ALL_TRACKERS, TRACKERS, RunConfig
 from peftbench.data import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
+from peftbench.executor import Executor, ExecutorOptions, Unit, WorkerDied, executor
 from peftbench.export import EXPORT_KINDS, write_exports
 from peftbench.method_run import epoch_line, run_method, run_zero_shot
 from peftbench.preflight import check_before_loading, dry_run, preflight
@@ -33,53 +30,76 @@ from peftbench.rundir import LEAD_3, ZERO_SHOT, MethodDir
 from peftbench.tasks import TASKS
 from peftbench.tracking import resolve_trackers
 
-T = TypeVar("T")
 
-
-def isolated(config: RunConfig, function: Callable[..., T], *args) -> T:
-    """function(*args) in a fresh process, so that one method's memory peak cannot leak into another's figures.
-
-    Under torchrun or accelerate launch the work runs in the launched processes, which form the process group;
-    with --in-process, in this one. The fresh process ends with this one, however this one ends.
-    """
-    if config.in_process or parallel.processes() > 1:
-        return function(*args)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=lifecycle.die_with_parent, initargs=(os.getpid(),)) as pool:  # fmt: skip
-        future = pool.submit(function, *args)
+def references_recorded(pool: Executor, splits: Splits,
+                        configs: list[RunConfig]) -> dict[int, EpochMetrics | Exception]:  # fmt: skip
+    """Every seed's reference rows, read back where this configuration already wrote them, else computed and
+    written: the zero-shot base model (a unit each, all seeds at once: its validation is every method's epoch 0,
+    which is returned per seed, or the exception that stopped it) and, for summarisation, Lead-3."""
+    units = []
+    for config in configs:
+        zero_shot = rundir.reference_dir(Path(config.output), ZERO_SHOT)
+        if config.force or not (zero_shot.complete() and checkpoint.matches(zero_shot, config)):
+            _start_reference(zero_shot, config)
+            units.append(Unit(_unit_name(ZERO_SHOT, config, configs), zero_shot, zero_shot_unit, (splits, config)))
+    parallel.wait_for_everyone()  # every process decided, and the directories are ready, before any unit runs
+    errors = pool.run_all(units)
+    parallel.wait_for_everyone()  # the main process wrote what the others read back
+    epochs: dict[int, EpochMetrics | Exception] = {}
+    for config in configs:
+        name = _unit_name(ZERO_SHOT, config, configs)
         try:
-            return future.result()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the work now; a method's last checkpoint resumes it
-            lifecycle.stop_workers(pool)
-            raise
-
-
-def references_recorded(splits: Splits, config: RunConfig, comparison: Path) -> EpochMetrics:
-    """This seed's reference rows, read back where this configuration already wrote them, else computed and written:
-    the zero-shot base model (in its own process: its validation is every method's epoch 0, which is returned) and,
-    for summarisation, Lead-3."""
-    zero_shot, lead = (rundir.reference_dir(comparison, name) for name in (ZERO_SHOT, LEAD_3))
-    if config.force or not (zero_shot.complete() and checkpoint.matches(zero_shot, config)):
-        result, rows = isolated(config, run_zero_shot, splits, config)
-        _write_reference(zero_shot, config, result, rows)
-        if not config.quiet and parallel.is_main():
-            primary = config.primary_metric
-            print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} {result.test.scores[primary]:.4f}")
-    result = zero_shot.read_result()
-    extractive = TASKS[config.task].extractive_reference
-    if extractive and (config.force or not (lead.complete() and checkpoint.matches(lead, config))):
-        _write_reference(lead, config, *lead_3(splits, result.model, config.to_dict()))
+            if errors.get(name) is not None:
+                raise errors[name]
+            result = rundir.reference_dir(Path(config.output), ZERO_SHOT).read_result()
+            if name in errors and not config.quiet and parallel.is_main():
+                primary = config.primary_metric
+                print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} "
+                      f"{result.test.scores[primary]:.4f}")  # fmt: skip
+            _lead_3_recorded(splits, config, result.model)
+            epochs[config.seed] = result.epochs[0]
+        except Exception as exc:  # reported as each pending method's failure
+            epochs[config.seed] = exc
     parallel.wait_for_everyone()
-    return result.epochs[0]
+    return epochs
 
 
-def _write_reference(directory: MethodDir, config: RunConfig, result: MethodResult, rows: list[dict]) -> None:
+def _lead_3_recorded(splits: Splits, config: RunConfig, model: str) -> None:
+    """For summarisation, the Lead-3 reference row (no model: computed here), unless already written."""
+    lead = rundir.reference_dir(Path(config.output), LEAD_3)
+    if TASKS[config.task].extractive_reference and (config.force or not (lead.complete()
+                                                                        and checkpoint.matches(lead, config))):
+        _start_reference(lead, config)
+        if parallel.is_main():
+            _write_reference(lead, *lead_3(splits, model, config.to_dict()))
+
+
+def zero_shot_unit(directory: MethodDir, splits: Splits, config: RunConfig) -> None:
+    """The zero-shot reference as a unit of work (method_run.run_zero_shot), written into directory."""
+    result, rows = run_zero_shot(splits, config)
+    if parallel.is_main():
+        _write_reference(directory, result, rows)
+
+
+def method_unit(directory: MethodDir, name: str, splits: Splits, config: RunConfig, zero_shot: EpochMetrics) -> None:
+    """One method at one seed as a unit of work (method_run.run_method), written into directory."""
+    run_method(name, splits, config, directory, zero_shot)
+
+
+def _start_reference(directory: MethodDir, config: RunConfig) -> None:
     if parallel.is_main():
         directory.remove()
         checkpoint.write_fingerprint(directory, config)
-        directory.write_predictions(rows)
-        directory.write_result(result)
-    parallel.wait_for_everyone()
+
+
+def _write_reference(directory: MethodDir, result: MethodResult, rows: list[dict]) -> None:
+    directory.write_predictions(rows)
+    directory.write_result(result)  # last: its presence means the reference is finished
+
+
+def _unit_name(name: str, config: RunConfig, configs: list[RunConfig]) -> str:
+    """A method's (or reference's) name, with its seed where the run has several."""
+    return f"{name} (seed {config.seed})" if len(configs) > 1 else name
 
 
 @dataclass
@@ -96,10 +116,10 @@ def describe_failure(exc: BaseException, config: RunConfig) -> Failure:
     )
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return Failure(f"out of GPU memory ({str(exc).splitlines()[0] if str(exc) else 'CUDA'}); {smaller}", True)
-    if isinstance(exc, BrokenProcessPool):
+    if isinstance(exc, BrokenProcessPool | WorkerDied):
+        how = str(exc) if isinstance(exc, WorkerDied) else "out of memory, or killed"
         return Failure(
-            f"its process died (out of memory, or killed); {smaller}. Rerunning the same command resumes it "
-            "from its last checkpoint",
+            f"its process died ({how}); {smaller}. Rerunning the same command resumes it from its last checkpoint",
             True,
         )
     if isinstance(exc, UserError):
@@ -107,10 +127,9 @@ def describe_failure(exc: BaseException, config: RunConfig) -> Failure:
     return Failure(f"{type(exc).__name__}: {exc}", False)
 
 
-def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory: MethodDir,
-                        zero_shot: EpochMetrics | Exception) -> None:  # fmt: skip
-    """run_method_isolated, unless the method already finished here (check_output made sure it is this config's);
-    a failure leaves failed.json in its directory (then propagates) for the summary and the report."""
+def method_pending(name: str, config: RunConfig, directory: MethodDir) -> bool:
+    """Whether the method must run here: not when it already finished (check_output made sure it is this config's).
+    A pending method's directory is made ready: emptied with --force, and its fingerprint written."""
     main = parallel.is_main()  # the one process that writes; the others read what it wrote (a shared filesystem)
     unreadable = None if config.force else directory.unreadable_result()
     finished = not config.force and directory.finished() and unreadable is None
@@ -120,7 +139,7 @@ def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory:
             checkpoint.remove(directory)  # left behind if the run was killed between metrics.json and its clean-up
             if not config.quiet:
                 print(f"[{name}] already finished in {directory.path}; skipped (--force reruns it)")
-        return
+        return False
     if main:
         if config.force:
             directory.remove()  # start over: no checkpoint, result or failure of before
@@ -130,44 +149,48 @@ def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory:
                   f"{aside.name}; {name} runs again", file=sys.stderr)  # fmt: skip
         checkpoint.write_fingerprint(directory, config)
     parallel.wait_for_everyone()  # and before the others look for a checkpoint to resume from
-    try:
-        if isinstance(zero_shot, Exception):  # the base model's evaluation failed: no method can start without it
-            raise zero_shot
-        isolated(config, run_method, name, splits, config, directory, zero_shot)
-    except Exception as exc:
+    return True
+
+
+def record_outcome(name: str, config: RunConfig, directory: MethodDir, error: Exception | None) -> Failure | None:
+    """A finished method clears an earlier failure in its directory; a failed one leaves failed.json there, for the
+    summary and the report, and is reported here."""
+    main = parallel.is_main()
+    if error is None:
         if main:
-            directory.write_failure(name, config.model, config.seed, describe_failure(exc, config).message)
-        raise
+            directory.clear_failure()  # a success replaces an earlier failure in the same place
+        return None
+    failure = describe_failure(error, config)
     if main:
-        directory.clear_failure()  # a success replaces an earlier failure in the same place
+        directory.write_failure(directory.name, config.model, config.seed, failure.message)
+    if not failure.user_facing:
+        traceback.print_exception(error)  # a bug: its traceback (the method process's too) helps fix it
+    if main:
+        print(f"peftbench: {name} failed: {failure.message}", file=sys.stderr)
+    return failure
 
 
-def run_seed(config: RunConfig, splits: Splits, comparison: Path) -> dict[str, Failure]:
-    """One complete comparison with config.seed: every method in its directory under comparison, then its summary.md.
-
-    A failing method does not stop the others: it is reported, marked failed in the summary, and returned.
-    """
-    failures = {}
-    zero_shot: EpochMetrics | Exception
-    try:
-        zero_shot = references_recorded(splits, config, comparison)
-    except Exception as exc:  # reported as each pending method's failure, below
-        zero_shot = exc
-    for name in config.methods:
-        try:
-            run_method_recorded(name, splits, config, rundir.method_dir(comparison, name), zero_shot)
-        except Exception as exc:  # one method's failure must not cost the others their results
-            failures[name] = describe_failure(exc, config)
-            if not failures[name].user_facing:
-                traceback.print_exception(exc)  # a bug: its traceback (the method process's too) helps fix it
-            if parallel.is_main():
-                print(f"peftbench: {name} failed: {failures[name].message}", file=sys.stderr)
-    if parallel.is_main():
-        shown = write_summary(comparison)
-        write_cards(comparison)  # each adapter's card, now with the intervals of its test scores
-        if not config.quiet:
-            print("\n" + shown + f"\nResults in {comparison}/")
-    return failures
+def methods_recorded(pool: Executor, splits: Splits, configs: list[RunConfig],
+                     zero_shots: dict[int, EpochMetrics | Exception]) -> dict[str, Failure]:  # fmt: skip
+    """Every method at every seed that has not finished yet, run as units all at once; a failing method does not
+    stop the others: it is reported, marked failed in the summary, and returned (by name, with its seed if several)."""
+    pending: dict[str, tuple[RunConfig, MethodDir]] = {}
+    units, errors = [], {}
+    for config in configs:
+        for method in config.methods:
+            name = _unit_name(method, config, configs)
+            directory = rundir.method_dir(Path(config.output), method)
+            if not method_pending(name, config, directory):
+                continue
+            pending[name] = (config, directory)
+            zero_shot = zero_shots[config.seed]
+            if isinstance(zero_shot, Exception):  # the base model's evaluation failed: no method can start without it
+                errors[name] = zero_shot
+            else:
+                units.append(Unit(name, directory, method_unit, (method, splits, config, zero_shot)))
+    errors |= pool.run_all(units)
+    failures = {name: record_outcome(name, *pending[name], errors[name]) for name in pending}
+    return {name: failure for name, failure in failures.items() if failure is not None}
 
 
 def run(config: RunConfig) -> Path:
@@ -210,12 +233,17 @@ def compare(config: RunConfig, output: Path) -> Path:
             f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}; output {output}"
             + ("" if config.output else " (to resume after an interruption, rerun with --output set to it)")
         )
-    failures = {}
     several = len(seeds) > 1
-    for seed in seeds:
-        comparison = rundir.seed_dir(output, seed, several)
-        failed = run_seed(dataclasses.replace(config, seed=seed, output=str(comparison)), splits, comparison)
-        failures |= {(f"{name} (seed {seed})" if several else name): f for name, f in failed.items()}
+    configs = [dataclasses.replace(config, seed=seed, output=str(rundir.seed_dir(output, seed, several)))
+               for seed in seeds]  # fmt: skip
+    with executor(ExecutorOptions.from_config(config)) as pool:
+        zero_shots = references_recorded(pool, splits, configs)  # first: every method's epoch 0
+        failures = methods_recorded(pool, splits, configs, zero_shots)
+    for comparison in [Path(c.output) for c in configs] if parallel.is_main() else []:
+        shown = write_summary(comparison)
+        write_cards(comparison)  # each adapter's card, now with the intervals of its test scores
+        if not config.quiet:
+            print("\n" + shown + f"\nResults in {comparison}/")
     if several and parallel.is_main():
         shown = write_summary(output)
         if not config.quiet:

@@ -27,6 +27,7 @@ from peftbench.adapt import (
 )
 from peftbench.config import ConfigError, RunConfig
 from peftbench.data import Splits
+from peftbench.executor import check_executor
 from peftbench.families import position_limit
 from peftbench.layout import PromptOptions, TokenLimits
 from peftbench.measure import matmul_flops_per_s
@@ -80,6 +81,7 @@ def check_before_loading(config: RunConfig) -> Path:
     mixed_precision(config.precision)  # an impossible --precision fails now, not after loading a model
     quantization_config(config.quantize)  # --quantize without CUDA and bitsandbytes
     check_processes(config)
+    check_executor(config)
     check_trackers(config.report_to)
     output = resolve_output(config)
     rundir.check_paths(output, config.seeds or [config.seed], config.methods)

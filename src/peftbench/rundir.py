@@ -337,6 +337,30 @@ class MethodDir:
         remove(self.path)
 
 
+def read_tree(folder: Path) -> dict[str, bytes]:
+    """Every file under folder, by its path relative to folder, but checkpoints (what a unit ships back from a Ray
+    worker: its results, not its resume state)."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not path.is_symlink() and CHECKPOINT_DIR not in relative.parts[:-1]:
+            files[relative.as_posix()] = path.read_bytes()
+    return files
+
+
+def write_tree(folder: Path, files: dict[str, bytes]) -> None:
+    """Write files (as read_tree gives them) under folder, each atomically; a path that would land outside folder
+    (absolute, .., a symlink away) is refused before anything is written."""
+    root = folder.resolve()
+    targets = {}
+    for name, content in files.items():
+        target = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not target.resolve().is_relative_to(root):
+            raise ConfigError(f"shipped file {name!r} would lie outside {str(folder)!r}")
+        targets[target] = content
+    write_files(targets)
+
+
 def seed_dir(output: Path, seed: int, several: bool) -> Path:
     """Where one seed's comparison goes: OUTPUT itself with one seed, OUTPUT/seed-<s> with several."""
     return inside(output, f"seed-{seed}", "seed directory") if several else output
