@@ -214,9 +214,10 @@ class ServingCosts:
     """What serving a trained method costs, medians over SERVING_REPEATS, in milliseconds: loading it (an adapter onto
     a loaded base model; for full fine-tuning the saved model), switching between two loaded adapters, and merging
     then unmerging the active adapter (None where it does not apply); and the bytes the first and a second loaded
-    adapter add to the base model in memory (None for full fine-tuning)."""
+    adapter add to the base model in memory (None for full fine-tuning); everything None where the saved adapter
+    does not load back."""
 
-    load_ms: float
+    load_ms: float | None = None
     swap_ms: float | None = None
     merge_unmerge_ms: float | None = None
     adapter_bytes: dict[str, int] | None = None

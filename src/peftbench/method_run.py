@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import threading
 import time
 import warnings
@@ -356,7 +357,12 @@ def serving_costs(method: Method, layout: Layout, adapter: Path, load_base: Call
             return read_weights(model.to(device))
 
         return model_load_costs(load_saved)
-    return adapter_costs(load_base, adapter, method.mergeable)
+    try:
+        return adapter_costs(load_base, adapter, method.mergeable)
+    except Exception as exc:  # peft cannot load every adapter it saves (AdaLoRA after rank pruning, on some models)
+        print(f"peftbench: warning: {method.name}'s saved adapter does not load back with PeftModel.from_pretrained "
+              f"({type(exc).__name__}: {exc}); its serving costs are not measured", file=sys.stderr)  # fmt: skip
+        return ServingCosts()
 
 
 def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loaded: LoadedModel,
