@@ -115,7 +115,7 @@ def main() -> int:
             recorder.start()
             try:
                 if zero_shot is None:  # the base model's epoch 0, which every method's run starts from
-                    zero_shot = method_run.run_zero_shot(splits, config).epochs[0]
+                    zero_shot = method_run.run_zero_shot(splits, config)[0].epochs[0]
                 else:
                     method_run.run_method(name, splits, config, rundir.method_dir(Path(output), name), zero_shot)
             except Exception as exc:  # noqa: BLE001 - one method's failure is reported with the others' results
