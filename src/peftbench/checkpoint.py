@@ -31,9 +31,12 @@ WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters only: the ada
 STATE_FILE = "state.pt"  # the trainer's state and each process's RNG states: tensors, numbers, lists (weights_only)
 PROGRESS_FILE = "progress.json"  # what was measured so far (results.Progress)
 # Settings that change where and how a run reports, never its results; `methods` and `seeds` because each method
-# directory is one method at one seed (its seed is in the fingerprint).
+# directory is one method at one seed (its seed is in the fingerprint); the search's grids and halving because they
+# decide which trials run, not what a trial gives (each trial's own lr and rank are in its fingerprint), so that a
+# grid point added later runs alone.
 NOT_FINGERPRINTED = (
-    "output", "quiet", "in_process", "force", "dry_run", "report_to", "allow_pickle", "methods", "seeds",
+    "output", "quiet", "in_process", "force", "dry_run", "report_to", "allow_pickle", "methods", "seeds", "lr_grid",
+    "rank_grid", "search_halving",
 )  # fmt: skip
 
 

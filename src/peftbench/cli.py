@@ -92,6 +92,17 @@ HELP = {
     "can run code, so only for files you trust",
     "report_to": "comma list of experiment trackers: tensorboard, mlflow, wandb (optional extras); default: none, "
     "results only in --output",
+    "search": "tune each method before comparing: lr, or lr,lora_r (the rank, for methods that have one); every grid "
+    "point is a trial trained and validated in OUTPUT/<method>/trials/, and the one best on validation alone is "
+    "tested and becomes the method's result",
+    "lr_grid": "comma list of learning rates for every method's search (YAML: one list per method); default: the "
+    "method's learning rate x 1/3, 1, 3",
+    "rank_grid": "comma list of ranks (lora_r) for methods that have one (YAML: one list per method); default: "
+    "--lora-r x 1/2, 1, 2",
+    "select_by": "what selects a search's trial: loss (validation loss, lower is better) or a metric of --metrics "
+    "on validation (higher is better)",
+    "search_halving": "successive halving: every trial trains one epoch, then only the better half goes on, epoch "
+    "by epoch",
 }
 
 

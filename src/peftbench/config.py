@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from peftbench.metrics import GROUPS, METRICS, expand
 from peftbench.tasks import EMBEDDED_TASKS, TASKS, template_fields
 
 EMBEDDED = "embedded"
+SEARCHABLE = ("lr", "lora_r")  # what --search can tune: the learning rate, and the rank of methods that have one
+GRIDS = {"lr_grid": "lr", "rank_grid": "lora_r"}  # each grid and the setting it searches
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZE = ("4bit", "8bit")
 PROMPT_FORMATS = ("auto", "chat", "plain")
@@ -88,6 +91,13 @@ class RunConfig:
     allow_pickle: bool = False  # load pickle-only weights (.bin): unpickling a file from elsewhere can run code
     report_to: list[str] | None = None  # trackers (TRACKERS); None: log only to the output directory
 
+    # Per-method search (search.py): each grid point is a trial, chosen on validation only.
+    search: list[str] | None = None  # settings searched (SEARCHABLE); None: each method at its one learning rate
+    lr_grid: list[float] | dict[str, list[float]] | None = None  # one grid, or one per method; None: default x 1/3,1,3
+    rank_grid: list[int] | dict[str, list[int]] | None = None  # lora_r values, for methods that have a rank
+    select_by: str = "loss"  # validation loss (lower is better) or a validation metric of --metrics (higher is better)
+    search_halving: bool = False  # successive halving: after each epoch only the better half of the trials continues
+
     def __post_init__(self) -> None:
         # What the task decides unless given: every RunConfig (a default one too) is complete from here on.
         self.task = self.task or EMBEDDED_TASKS.get(self.dataset, "summarization")
@@ -124,6 +134,7 @@ class RunConfig:
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         self._validate_task()
+        self._validate_search()
         if not self.instruction.strip():
             raise ConfigError("--instruction is empty; give the request the chat format puts before each source")
         if self.precision not in PRECISIONS:
@@ -169,6 +180,36 @@ class RunConfig:
             if not getattr(self, name).strip():
                 raise ConfigError(f"--{_flag(name)} is empty; name a split, e.g. train or train[:2000]")
 
+    def _validate_search(self) -> None:
+        """The search's own settings; what depends on the methods (ranks, per-method grids) is search.check's."""
+        for name in self.search or []:
+            if name not in SEARCHABLE:
+                what = "is not searchable" if name in FIELDS else "is not a setting"
+                raise ConfigError(f"--search {name} {what}; choose from {', '.join(SEARCHABLE)}")
+        if self.search is not None and not self.search:
+            raise ConfigError(f"--search is empty; give a comma list of {', '.join(SEARCHABLE)}")
+        for grid, setting in GRIDS.items():
+            values = getattr(self, grid)
+            if values is None:
+                continue
+            if setting not in (self.search or []):
+                raise ConfigError(f"--{_flag(grid)} is given but --search does not tune {setting}: add "
+                                  f"--search {','.join([*(self.search or []), setting])}")  # fmt: skip
+            for points in values.values() if isinstance(values, dict) else [values]:
+                if not points:
+                    raise ConfigError(f"--{_flag(grid)} is empty; give a comma list of positive numbers")
+                bad = [value for value in points if not (value > 0 and math.isfinite(value))]
+                if bad:
+                    raise ConfigError(f"--{_flag(grid)} {','.join(f'{value:g}' for value in points)}: {bad[0]:g} is "
+                                      "not a positive number; every grid value must be one")  # fmt: skip
+        valid = ("loss", *self.metrics)
+        if self.select_by not in valid:
+            raise ConfigError(f"--select-by {self.select_by!r} is not computed on validation; choose from "
+                              f"{', '.join(valid)} (loss: validation loss; a metric of --metrics)")  # fmt: skip
+        if self.search is None and (self.search_halving or self.select_by != "loss"):
+            flag = "--search-halving" if self.search_halving else "--select-by"
+            raise ConfigError(f"{flag} needs a search: add --search lr (or lr,lora_r)")
+
     def _validate_seeds(self) -> None:
         if not self.seeds:
             raise ConfigError("--seeds is empty; give a comma list such as 0,1,2")
@@ -187,8 +228,9 @@ POSITIVE = (
     "latency_new_tokens", "lora_r", "lora_alpha", "num_virtual_tokens",
 )  # fmt: skip
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to", "metrics", "choices"}
-INT_LIST_FIELDS = {"seeds"}
+LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to", "metrics", "choices",
+               "search"}  # fmt: skip
+NUMBER_LIST_FIELDS = {"seeds": int, "rank_grid": int, "lr_grid": float}  # comma lists of numbers; grids: or per method
 
 
 def _flag(name: str) -> str:
@@ -199,12 +241,14 @@ def _coerce(name: str, value: Any) -> Any:
     """Turn a YAML or flag value into the field's type, or raise ConfigError naming the key."""
     if value is None:
         return None
-    if name in LIST_FIELDS:
+    if name in GRIDS and isinstance(value, dict):  # YAML: a grid per method
+        return {str(method): _coerce(name, values) for method, values in value.items()}
+    if name in LIST_FIELDS or name in NUMBER_LIST_FIELDS:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
             raise ConfigError(f"{name} must be a comma list or a YAML list, got {value!r}")
         items = [str(item).strip() for item in items if str(item).strip()]
-        return _integers(name, items) if name in INT_LIST_FIELDS else items
+        return _numbers(name, items, NUMBER_LIST_FIELDS[name]) if name in NUMBER_LIST_FIELDS else items
     default = FIELDS[name].default
     kind = type(default) if default is not None and default is not dataclasses.MISSING else None
     if name == "lr":
@@ -229,11 +273,16 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
 
 
-def _integers(name: str, items: list[str]) -> list[int]:
-    try:
-        return [int(item) for item in items]
-    except ValueError:
-        raise ConfigError(f"{name} must be a comma list of integers, got {','.join(items)!r}") from None
+def _numbers(name: str, items: list[str], kind: type) -> list:
+    values = []
+    for item in items:
+        try:
+            values.append(kind(item))
+        except ValueError:
+            what = "integers" if kind is int else "numbers"
+            raise ConfigError(f"{name} must be a comma list of {what}: {item!r} in {','.join(items)!r} is not "
+                              "one") from None  # fmt: skip
+    return values
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ process; failures isolated per method, finished work skipped, and the summary an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import sys
 import traceback
@@ -21,12 +22,13 @@ from peftbench.config import RunConfig
 from peftbench.data import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
 from peftbench.export import EXPORT_KINDS, write_exports
-from peftbench.method_run import epoch_line, run_method, run_zero_shot
+from peftbench.method_run import WHOLE, Stage, epoch_line, run_method, run_zero_shot
 from peftbench.preflight import check_before_loading, dry_run, preflight
 from peftbench.references import lead_3
 from peftbench.report import write_report, write_summary
 from peftbench.results import EpochMetrics, MethodResult
 from peftbench.rundir import LEAD_3, ZERO_SHOT, MethodDir
+from peftbench.search import run_search
 from peftbench.tasks import TASKS
 
 T = TypeVar("T")
@@ -115,10 +117,18 @@ def run_method_recorded(name: str, splits: Splits, config: RunConfig, directory:
             directory.remove()  # start over: no checkpoint, result or failure of before
         checkpoint.write_fingerprint(directory, config)
     parallel.wait_for_everyone()  # and before the others look for a checkpoint to resume from
+    run_recorded(name, splits, zero_shot, config, directory)
+
+
+def run_recorded(name: str, splits: Splits, zero_shot: EpochMetrics | Exception, config: RunConfig,
+                 directory: MethodDir, stage: Stage = WHOLE) -> None:  # fmt: skip
+    """run_method (or the stage of it a search asks for) in its own process; a failure leaves failed.json in
+    directory (then propagates) for the summary and the report, a success removes an earlier one."""
+    main = parallel.is_main()
     try:
         if isinstance(zero_shot, Exception):  # the base model's evaluation failed: no method can start without it
             raise zero_shot
-        isolated(config, run_method, name, splits, config, directory, zero_shot)
+        isolated(config, run_method, name, splits, config, directory, zero_shot, stage)
     except Exception as exc:
         if main:
             directory.write_failure(name, config.model, config.seed, describe_failure(exc, config).message)
@@ -139,8 +149,12 @@ def run_seed(config: RunConfig, splits: Splits, comparison: Path) -> dict[str, F
     except Exception as exc:  # reported as each pending method's failure, below
         zero_shot = exc
     for name in config.methods:
+        directory = rundir.method_dir(comparison, name)
         try:
-            run_method_recorded(name, splits, config, rundir.method_dir(comparison, name), zero_shot)
+            if config.search:  # trials in their own processes, then the selected one tested (search.py)
+                run_search(name, config, directory, functools.partial(run_recorded, name, splits, zero_shot))
+            else:
+                run_method_recorded(name, splits, config, directory, zero_shot)
         except Exception as exc:  # one method's failure must not cost the others their results
             failures[name] = describe_failure(exc, config)
             if not failures[name].user_facing:

@@ -7,6 +7,8 @@
                                      method's epoch 0), and each source's first three sentences
       <method>/                      one method at one seed (MethodDir)
         metrics.json predictions.jsonl curves.png adapter/ fingerprint.json failed.json checkpoint/
+        trials/<trial>/              with --search: one grid point each (TrialDir), e.g. lr-5e-04 or lr-5e-04_r-8:
+          trial.json fingerprint.json failed.json checkpoint/     trained and validated, never tested
       seed-<s>/                      with several seeds: a one-seed comparison each, laid out as OUTPUT above
 
 Every path handed out is checked to stay inside OUTPUT, and every file is written atomically.
@@ -40,6 +42,8 @@ FINGERPRINT_FILE = "fingerprint.json"
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 CURVES_FILE = "curves.png"
+TRIALS_DIR = "trials"
+TRIAL_FILE = "trial.json"
 # What makes a directory a method's results, finished or failed.
 METHOD_MARKERS = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, ADAPTER_DIR)
 
@@ -73,6 +77,11 @@ class MethodDir:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def comparison(self) -> Path:
+        """The one-seed comparison directory it belongs to."""
+        return self.path.parent
+
     metrics = _inside_method(METRICS_FILE)
     failed = _inside_method(FAILED_FILE)
     predictions = _inside_method(PREDICTIONS_FILE)
@@ -80,6 +89,7 @@ class MethodDir:
     checkpoints = _inside_method(CHECKPOINT_DIR)
     adapter = _inside_method(ADAPTER_DIR)
     curves = _inside_method(CURVES_FILE)
+    trials = _inside_method(TRIALS_DIR)
 
     def has_results(self) -> bool:
         """Whether it holds a method's results, finished or failed."""
@@ -90,8 +100,8 @@ class MethodDir:
         return self.metrics.is_file()
 
     def holds_results(self) -> bool:
-        """Whether it holds something a rerun could lose: finished results or a checkpoint."""
-        return self.finished() or self.checkpoints.is_dir()
+        """Whether it holds something a rerun could lose: finished results, a checkpoint or a search's trials."""
+        return self.finished() or self.checkpoints.is_dir() or self.trials.is_dir()
 
     def read_result(self) -> MethodResult:
         return MethodResult.from_dict(json.loads(self.metrics.read_text()))
@@ -128,6 +138,33 @@ class MethodDir:
     def remove(self) -> None:
         """Everything of an earlier run of this method here (--force starts over)."""
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class TrialDir(MethodDir):
+    """One trial of a method's search: its directory holds what a method's does while it trains, and trial.json
+    (its validation figures so far, no test) instead of metrics.json."""
+
+    record = _inside_method(TRIAL_FILE)
+
+    @property
+    def comparison(self) -> Path:
+        return self.path.parents[2]  # <comparison>/<method>/trials/<trial>
+
+    def read_record(self) -> MethodResult | None:
+        """What the trial has trained and validated so far (None before its first stint ended, or unreadable)."""
+        try:
+            return MethodResult.from_dict(json.loads(self.record.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write_record(self, result: MethodResult) -> None:
+        write_atomic(self.record, json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def trial_dir(method: MethodDir, name: str) -> TrialDir:
+    """A trial's directory in its method's directory (the name comes from search.py's trial names)."""
+    return TrialDir(_inside(method.trials, method.trials / name, "trial directory"))
 
 
 def _inside(output: Path, path: Path, what: str) -> Path:
