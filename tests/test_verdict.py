@@ -109,6 +109,15 @@ def test_verdict_flips_when_predictions_are_made_worse(tmp_path):
     assert any("one seed" in line for line in lines) and any("not tuned per method" in line for line in lines)
 
 
+def test_one_test_example_gives_no_verdict_instead_of_failing(tmp_path):
+    one = EXAMPLES[:1]
+    for method in ("full", "lora"):
+        _write(tmp_path, method, [ex.target for ex in one], examples=one)
+    section = load_sections([tmp_path])[0]
+    assert analyse(section) is None
+    assert "at least 2 examples" in verdict_lines(section, None)[0]
+
+
 def test_references_are_rows_and_cautions(tmp_path):
     _write(tmp_path, "full", _bad())
     _write(tmp_path, "lora", _bad())

@@ -14,6 +14,7 @@ from peftbench.rundir import LEAD_3, ZERO_SHOT
 from peftbench.sections import ExampleScores, MethodRuns, Section
 from peftbench.stats import ALPHA, CONFIDENCE, RESAMPLES, Interval, bootstrap_distribution, bootstrap_p, holm, intervals
 
+MIN_EXAMPLES = 2  # a bootstrap over one example has no spread to show
 ANCHOR = "full"  # differences are taken against full fine-tuning where it ran, else against the best method
 _REFERENCE_NAMES = (ZERO_SHOT, LEAD_3)
 
@@ -124,13 +125,13 @@ def _pairs(scores: ExampleScores, metrics: list[str]) -> list[str]:
 def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
     """Bootstrap intervals of every row's test scores on the task's metrics, and of its differences to the anchor and
     the best method, with paired tests and Holm's correction per metric and family; None where no row has
-    per-example scores."""
+    per-example scores on at least MIN_EXAMPLES test examples."""
     seeds = _common_seeds(section)
     candidates = [runs for runs in section.methods if runs.finished]
     raw = {runs.method: _stacked(runs, seeds, None) for runs in candidates} if seeds else {}
     raw = {name: scores for name, scores in raw.items() if scores is not None}
     first = next((r for runs in section.trained for r in runs.results), None)
-    if not raw or first is None:
+    if not raw or first is None or min(len(scores.ids) for scores in raw.values()) < MIN_EXAMPLES:
         return None
     paired = len({frozenset(scores.ids) for scores in raw.values()}) == 1
     if paired:
@@ -261,7 +262,8 @@ def verdict_lines(section: Section, analysis: Analysis | None) -> list[str]:
     """The verdict in plain sentences: each method against full fine-tuning (or the best method), the
     recommendation, then the cautions that apply."""
     if analysis is None or not analysis.anchor:
-        return ["No test scores with per-example predictions: no verdict (rerun with this peftbench)."]
+        return [f"No verdict: it needs per-example test scores on at least {MIN_EXAMPLES} examples (rerun with this "
+                "peftbench, or with a larger --test-size)."]
     primary = analysis.primary
     label = METRICS[primary].label
     by_name = {runs.method: runs for runs in section.methods}
