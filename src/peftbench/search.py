@@ -165,7 +165,7 @@ class SearchRecord:
 
 # Runs one piece of a method (run_method with a Stage) in its own process, recording a failure in its directory:
 # pipeline.run_recorded, given (config, directory, stage).
-Runner = Callable[[RunConfig, MethodDir, Any], None]
+Runner = Callable[[RunConfig, MethodDir, Stage], None]
 
 
 def reached(directory: TrialDir, config: RunConfig) -> int:
