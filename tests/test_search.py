@@ -200,3 +200,15 @@ def test_per_method_grids_in_yaml(tmp_path, articles, capsys):
     assert names == {"full": ["lr-1.67e-05", "lr-5e-05", "lr-1.5e-04"],
                      "lora": ["lr-1e-04_r-4", "lr-1e-04_r-8", "lr-2e-04_r-4", "lr-2e-04_r-8"],
                      "ia3": ["lr-1e-02"]}  # fmt: skip
+
+
+def test_grids_and_halving_are_not_fingerprinted_but_the_search_and_its_rule_are():
+    from peftbench.checkpoint import fingerprinted
+    from peftbench.config import RunConfig
+
+    searched = fingerprinted(RunConfig(search=["lr"]))
+    grown = RunConfig(search=["lr", "lora_r"], lr_grid=[1e-4, 3e-4], rank_grid=[4], search_halving=True)
+    assert {k: v for k, v in fingerprinted(grown).items() if k != "search"} == {
+        k: v for k, v in searched.items() if k != "search"}  # fmt: skip
+    assert searched != fingerprinted(RunConfig())  # an untuned run's results are never taken for a search's
+    assert searched != fingerprinted(RunConfig(search=["lr"], select_by="rougeL"))
