@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -295,18 +296,30 @@ def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[st
     ]
 
 
-# A program that saves its first checkpoint, then waits to be killed (`python -c KILLABLE ARGS`, or a script under
-# torchrun): the kill lands after epoch 1 every time, however fast or slow this machine is (a real crash anywhere in
-# epoch 2 resumes from the same checkpoint).
+# A program that saves its first checkpoint (its KILL_AT_SAVE-th with that variable set), then waits to be killed
+# (`python -c KILLABLE ARGS`, or a script under torchrun): the kill lands after that epoch every time, however fast or
+# slow this machine is (a real crash anywhere in the next epoch resumes from the same checkpoint).
 KILLABLE = """
-import sys, time
+import os, sys, time
 from peftbench import checkpoint
-save = checkpoint.save
+save, saved = checkpoint.save, []
 def save_then_wait(*args, **kwargs):
-    path = save(*args, **kwargs)
-    time.sleep(600)
-    return path
+    saved.append(save(*args, **kwargs))
+    if len(saved) == int(os.environ.get("KILL_AT_SAVE", "1")):
+        time.sleep(600)
+    return saved[-1]
 checkpoint.save = save_then_wait
 from peftbench.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def killed_at(args: list[str], checkpoint: Path, saves: int = 1) -> None:
+    """Run peftbench with args in a child process (KILLABLE) and SIGKILL it once it wrote checkpoint, its saves-th."""
+    with launched([sys.executable, "-c", KILLABLE, *args], stderr=subprocess.PIPE, text=True,
+                  env={**os.environ, "KILL_AT_SAVE": str(saves)}) as child:  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not checkpoint.is_dir():
+            assert child.poll() is None, child.stderr.read()
+            assert time.monotonic() < deadline, f"no {checkpoint}"
+            time.sleep(0.1)

@@ -4,11 +4,6 @@ skipped; --force reruns them; an OUTPUT of another configuration is refused."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -16,7 +11,7 @@ from peftbench import checkpoint
 from peftbench.cli import main
 from peftbench.config import RunConfig
 from peftbench.rundir import MethodDir
-from tests.conftest import KILLABLE, QUICK_LATENCY, launched, tiny_run_args
+from tests.conftest import QUICK_LATENCY, killed_at, tiny_run_args
 
 
 def _metrics(output, method: str) -> dict:
@@ -30,15 +25,7 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tiny_models, articles, 
 
     assert main(args(tmp_path / "reference")) == 0
     output = tmp_path / "interrupted"
-    with launched([sys.executable, "-c", KILLABLE, *args(output)], stderr=subprocess.PIPE, text=True) as child:
-        first = output / "lora" / "checkpoint" / "epoch-1"
-        deadline = time.monotonic() + 300
-        while not first.is_dir():
-            assert child.poll() is None, child.stderr.read()
-            assert time.monotonic() < deadline, "no checkpoint after epoch 1"
-            time.sleep(0.1)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+    killed_at(args(output), output / "lora" / "checkpoint" / "epoch-1")
     assert not (output / "lora" / "metrics.json").exists()
     assert sorted(p.name for p in (output / "lora" / "checkpoint").iterdir()) == ["epoch-1"]
 

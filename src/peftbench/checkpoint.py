@@ -31,11 +31,13 @@ STATE_FILE = "state.pt"  # the trainer's state and each process's RNG states: te
 PROGRESS_FILE = "progress.json"  # what was measured so far (results.Progress)
 # Settings that change where and how a run reports (or where its trials run), never its results; `methods` and
 # `seeds` because each method directory is one method at one seed (its seed is in the fingerprint); how the batch
-# size was given, because `batch_size` holds the global figure either way.
+# size was given, because `batch_size` holds the global figure either way; the search's grids and halving because
+# they decide which trials run, not what a trial gives (each trial's own lr and rank are in its fingerprint), so that
+# a grid point added later runs alone.
 NOT_FINGERPRINTED = (
     "output", "quiet", "in_process", "force", "dry_run", "report_to", "allow_pickle", "methods", "seeds",
     "per_device_batch_size", "batch_size_given_as", "executor", "ray_address", "gpus_per_trial", "cpus_per_trial",
-    "ray_scratch",
+    "ray_scratch", "lr_grid", "rank_grid", "search_halving",
 )  # fmt: skip
 
 

@@ -100,15 +100,26 @@ HELP = {
     "installed one; none (the default): results only in --output",
     "per_device_batch_size": "examples per micro-batch on each process (device), as HF Trainer's "
     "per_device_train_batch_size: --batch-size becomes this x the number of processes; excludes --batch-size",
-    "executor": "where the trials (each method at each seed) run: local (one after another, each in its own "
-    "process) or ray (all at once as tasks on a Ray cluster, a GPU each where it has GPUs; pip install "
-    "'peftbench[ray]')",
+    "executor": "where the units of work (each method, or its whole --search, at each seed) run: local (one after "
+    "another, each in its own process) or ray (all at once as tasks on a Ray cluster, a GPU each where it has GPUs; "
+    "pip install 'peftbench[ray]')",
     "ray_address": "with --executor ray: auto (a running Ray cluster, else a local one started for the run), local "
     "(always a new local one) or HOST:PORT of a Ray head",
     "gpus_per_trial": "with --executor ray: GPUs each trial reserves (default: 1 where the cluster has GPUs, else 0)",
     "cpus_per_trial": "with --executor ray: CPUs each trial reserves (its torch threads)",
     "ray_scratch": "with --executor ray: where a worker writes its trial before shipping the files back (default: "
     "its node's temp folder); a folder on storage shared by every node lets a retried trial resume on any node",
+    "search": "tune each method before comparing: lr, or lr,lora_r (the rank, for methods that have one); every grid "
+    "point is a trial trained and validated in OUTPUT/<method>/trials/, and the one best on validation alone is "
+    "tested and becomes the method's result",
+    "lr_grid": "comma list of learning rates for every method's search (YAML: one list per method); default: the "
+    "method's learning rate x 1/3, 1, 3",
+    "rank_grid": "comma list of ranks (lora_r) for methods that have one (YAML: one list per method); default: "
+    "--lora-r x 1/2, 1, 2",
+    "select_by": "what selects a search's trial: loss (validation loss, lower is better) or a metric of --metrics "
+    "on validation (higher is better)",
+    "search_halving": "successive halving: every trial trains one epoch, then only the better half goes on, epoch "
+    "by epoch",
 }
 SPELLINGS: dict[str, list[str]] = {}  # field -> its aliases (config.ALIASES)
 for _alias, _name in ALIASES.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from peftbench.metrics import GROUPS, METRICS, expand
 from peftbench.tasks import EMBEDDED_TASKS, TASKS, template_fields
 
 EMBEDDED = "embedded"
+SEARCHABLE = ("lr", "lora_r")  # what --search can tune: the learning rate, and the rank of methods that have one
+GRIDS = {"lr_grid": "lr", "rank_grid": "lora_r"}  # each grid and the setting it searches
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZE = ("4bit", "8bit")
 PROMPT_FORMATS = ("auto", "chat", "plain")
@@ -110,6 +113,13 @@ class RunConfig:
     cpus_per_trial: float = 1.0
     ray_scratch: str | None = None  # Ray: where a worker writes its trial (default: its node's temp folder)
 
+    # Per-method search (search.py): each grid point is a trial, chosen on validation only.
+    search: list[str] | None = None  # settings searched (SEARCHABLE); None: each method at its one learning rate
+    lr_grid: list[float] | dict[str, list[float]] | None = None  # one grid, or one per method; None: default x 1/3,1,3
+    rank_grid: list[int] | dict[str, list[int]] | None = None  # lora_r values, for methods that have a rank
+    select_by: str = "loss"  # validation loss (lower is better) or a validation metric of --metrics (higher is better)
+    search_halving: bool = False  # successive halving: after each epoch only the better half of the trials continues
+
     def __post_init__(self) -> None:
         # What the task decides unless given: every RunConfig (a default one too) is complete from here on.
         self.task = self.task or EMBEDDED_TASKS.get(self.dataset, "summarization")
@@ -138,6 +148,7 @@ class RunConfig:
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         self._validate_task()
+        self._validate_search()
         if not self.instruction.strip():
             raise ConfigError("--instruction is empty; give the request the chat format puts before each source")
         if self.precision not in PRECISIONS:
@@ -193,12 +204,38 @@ class RunConfig:
     def _validate_executor(self) -> None:
         if self.executor not in EXECUTORS:
             raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if not self.cpus_per_trial > 0:
-            raise ConfigError(f"--cpus-per-trial must be a positive number, got {self.cpus_per_trial}")
-        if self.gpus_per_trial is not None and not self.gpus_per_trial >= 0:
-            raise ConfigError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial}")
         if not self.ray_address.strip():
             raise ConfigError("--ray-address is empty; give auto, local or HOST:PORT of a Ray head")
+
+    def _validate_search(self) -> None:
+        """The search's own settings; what depends on the methods (ranks, per-method grids) is search.check's."""
+        for name in self.search or []:
+            if name not in SEARCHABLE:
+                what = "is not searchable" if name in FIELDS else "is not a setting"
+                raise ConfigError(f"--search {name} {what}; choose from {', '.join(SEARCHABLE)}")
+        if self.search is not None and not self.search:
+            raise ConfigError(f"--search is empty; give a comma list of {', '.join(SEARCHABLE)}")
+        for grid, setting in GRIDS.items():
+            values = getattr(self, grid)
+            if values is None:
+                continue
+            if setting not in (self.search or []):
+                raise ConfigError(f"--{_flag(grid)} is given but --search does not tune {setting}: add "
+                                  f"--search {','.join([*(self.search or []), setting])}")  # fmt: skip
+            for points in values.values() if isinstance(values, dict) else [values]:
+                if not points:
+                    raise ConfigError(f"--{_flag(grid)} is empty; give a comma list of positive numbers")
+                bad = [value for value in points if not (value > 0 and math.isfinite(value))]
+                if bad:
+                    raise ConfigError(f"--{_flag(grid)} {','.join(f'{value:g}' for value in points)}: {bad[0]:g} is "
+                                      "not a positive number; every grid value must be one")  # fmt: skip
+        valid = ("loss", *self.metrics)
+        if self.select_by not in valid:
+            raise ConfigError(f"--select-by {self.select_by!r} is not computed on validation; choose from "
+                              f"{', '.join(valid)} (loss: validation loss; a metric of --metrics)")  # fmt: skip
+        if self.search is None and (self.search_halving or self.select_by != "loss"):
+            flag = "--search-halving" if self.search_halving else "--select-by"
+            raise ConfigError(f"{flag} needs a search: add --search lr (or lr,lora_r)")
 
     def _validate_seeds(self) -> None:
         if not self.seeds:
@@ -267,11 +304,15 @@ RANGES = {name: Range(1) for name in POSITIVE} | {
     "warmup_ratio": Range(0, 1),
     "lora_dropout": Range(0, 1),
     "per_device_batch_size": Range(1),
+    "cpus_per_trial": ABOVE_ZERO,
+    "gpus_per_trial": Range(0),
 }
 EXCLUSIVE = {"per_device_batch_size": "batch_size"}  # given together in one source, they are an error
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-LIST_FIELDS = {"methods", "seeds", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to", "metrics", "choices"}
-INT_LIST_FIELDS = {"seeds"}
+HINTS = typing.get_type_hints(RunConfig)
+NUMBER_LIST_FIELDS = {"seeds": int, "rank_grid": int, "lr_grid": float}  # comma lists of numbers; grids: or per method
+LIST_FIELDS = {"methods", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to", "metrics", "choices",
+               "search", *NUMBER_LIST_FIELDS}  # fmt: skip
 
 
 def _flag(name: str) -> str:
@@ -279,13 +320,9 @@ def _flag(name: str) -> str:
 
 
 def _kind(name: str) -> type:
-    """The type of a (not list) field's values."""
-    default = FIELDS[name].default
-    if name in ("lr", "gpus_per_trial"):
-        return float
-    if name in ("eval_generate_size", "per_device_batch_size"):
-        return int
-    return type(default) if default is not None and default is not dataclasses.MISSING else str
+    """The type of a (not list) field's values, as its annotation says (`float | None`: float)."""
+    hint = HINTS[name]
+    return next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -295,6 +332,8 @@ def _coerce(name: str, value: Any) -> Any:
             shown = getattr(RunConfig(), name)
             raise ConfigError(f"{name} has no value; give one, or leave the key out for the default ({shown!r})")
         return None
+    if name in GRIDS and isinstance(value, dict):  # YAML: a grid per method
+        return {str(method): _coerce(name, values) for method, values in value.items()}
     if name in LIST_FIELDS:
         whole = name in TARGET_FIELDS and isinstance(value, str) and is_pattern(value)  # commas of {m,n} stay
         items = [value] if whole else value.split(",") if isinstance(value, str) else value
@@ -303,7 +342,7 @@ def _coerce(name: str, value: Any) -> Any:
         items = [str(item).strip() for item in items if str(item).strip()]
         if name in TARGET_FIELDS:
             items = [TARGET_ALIASES.get(item.lower(), item) for item in items]
-        return _integers(name, items) if name in INT_LIST_FIELDS else items
+        return _numbers(name, items, NUMBER_LIST_FIELDS[name]) if name in NUMBER_LIST_FIELDS else items
     kind = _kind(name)
     if kind in (int, float) and isinstance(value, bool):  # YAML's yes/no/true/false: int(True) would be 1
         raise ConfigError(f"{name} must be a number, got {value!r}")
@@ -323,11 +362,16 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
 
 
-def _integers(name: str, items: list[str]) -> list[int]:
-    try:
-        return [int(item) for item in items]
-    except ValueError:
-        raise ConfigError(f"{name} must be a comma list of integers, got {','.join(items)!r}") from None
+def _numbers(name: str, items: list[str], kind: type) -> list:
+    values = []
+    for item in items:
+        try:
+            values.append(kind(item))
+        except ValueError:
+            what = "integers" if kind is int else "numbers"
+            raise ConfigError(f"{name} must be a comma list of {what}: {item!r} in {','.join(items)!r} is not "
+                              "one") from None  # fmt: skip
+    return values
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -44,6 +44,7 @@ class Unit:
     directory: MethodDir
     function: Callable[..., Any]
     args: tuple = ()
+    carried: dict[str, bytes] = field(default_factory=dict)  # files it resumes from, by path in its directory
 
 
 class WorkerDied(Exception):
@@ -151,13 +152,17 @@ def scratch_name(directory: MethodDir) -> str:
 
 def run_on_worker(unit: Unit, folder: str, scratch: str | None, fresh: bool, tracker: Any) -> dict[str, bytes]:
     """A Ray task: run the unit in a scratch copy of its comparison folder on this node (folder: scratch_name, made
-    by the driver), and return every file it wrote there (by path relative to that folder, checkpoints left out) for
-    the driver to write into --output."""
+    by the driver, starting from the files the unit carries), and return every file it wrote there (by path relative
+    to that folder, checkpoints left out) for the driver to write into --output."""
     tracker.started.remote(unit.name)
     comparison = Path(scratch or tempfile.gettempdir()) / folder
     if fresh:
         shutil.rmtree(comparison, ignore_errors=True)
-    unit.function(MethodDir(comparison / unit.directory.name), *unit.args)
+    directory = MethodDir(comparison / unit.directory.name)
+    # What the driver's copy holds (a search's finished trials), where this folder (left by a killed try) has none.
+    rundir.write_tree(directory.path, {name: content for name, content in unit.carried.items()
+                                       if not (directory.path / name).exists()})  # fmt: skip
+    unit.function(directory, *unit.args)
     files = rundir.read_tree(comparison)
     shutil.rmtree(comparison, ignore_errors=True)  # shipped: the driver owns them now
     return files

@@ -44,6 +44,8 @@ def row_of(section: Section, run: Run, reference: bool) -> dict[str, Any]:
         row |= {"zero_shot_val_loss": result.epochs[0].val_loss}
     row |= _flat("efficiency", vars(result.efficiency) if result.efficiency else {})
     row |= _flat("config", {k: v for k, v in result.config.items() if k not in ("methods", "seeds")})
+    chosen = ("settings", "select_by", "halving", "selected", "lr", "lora_r")  # every trial: metrics.json, report
+    row |= _flat("search", {k: v for k, v in result.search.items() if k in chosen} if result.search else {})
     row |= _flat("provenance", result.provenance or {})
     row |= _flat("environment", result.environment or {})
     return row

@@ -73,15 +73,35 @@ def quiet_libraries() -> None:
     std_tqdm.set_lock(threading.RLock())
 
 
-def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDir,
-               zero_shot: EpochMetrics) -> MethodResult:  # fmt: skip
+@dataclass(frozen=True)
+class Stage:
+    """Which part of a method's run to do: all of it (the default), or a search's share of it (search.py).
+
+    until_epoch: a trial's stint: train and validate up to this epoch, keep its checkpoint, write trial.json into the
+    (TrialDir) directory and stop, the test split untouched. resume_from: where the checkpoint to continue from lies
+    (the selected trial's directory), when it is not the directory written to; it is removed once the results are
+    written. search: the search's record (search.SearchRecord), kept in the result.
+    """
+
+    until_epoch: int | None = None
+    resume_from: MethodDir | None = None
+    search: dict[str, Any] | None = None
+
+
+WHOLE = Stage()  # a method's whole run
+
+
+def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDir, zero_shot: EpochMetrics,
+               stage: Stage = WHOLE) -> MethodResult:  # fmt: skip
     """Fine-tune one method from a freshly loaded base model (or resume it from its last checkpoint), checkpoint
     after every epoch, and write its results into directory. zero_shot is the base model's validation (epoch 0),
-    evaluated once per seed for every method (run_zero_shot)."""
+    evaluated once per seed for every method (run_zero_shot). stage: the part to do, for a search's trials."""
     quiet_libraries()
     method = METHODS[name]
+    trial = stage.until_epoch is not None
+    tag = f"{name} {directory.name}" if trial else name
     say = print if not config.quiet and parallel.is_main() else (lambda *_: None)
-    resume = checkpoint.load_latest(directory)  # None: from scratch (an unreadable checkpoint is set aside)
+    resume = checkpoint.load_latest(stage.resume_from or directory)  # None: from scratch (unreadable ones set aside)
     set_seed(config.seed)
     started = time.perf_counter()
     progress = Progress()
@@ -120,39 +140,49 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term, log)
     evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
     result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
-    tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.path.parent),
-                   f"{name}-seed{config.seed}", result.config)  # fmt: skip
-    say(f"[{name}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
+    tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.comparison),
+                   f"{tag.replace(' ', '-')}-seed{config.seed}", result.config)  # fmt: skip
+    say(f"[{tag}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
 
-    # Train: epoch 0 is the zero-shot base model; validation after every --eval-every epochs.
+    # Train: epoch 0 is the zero-shot base model; validation after every --eval-every epochs (and a trial's last).
     if resume:
         session = progress.phase_seconds
         progress = checkpoint.restore(resume, trainer)
         progress.add_phases(session)
         timer.seconds = progress.phase_seconds
-        say(f"[{name}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume.path}")
+        say(f"[{tag}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume.path}")
     if parallel.is_main():
+        if stage.resume_from:  # the selected trial's training log becomes the method's
+            rundir.write_atomic(directory.log, stage.resume_from.log.read_bytes() if stage.resume_from.log.is_file()
+                                else b"")  # fmt: skip
         directory.keep_log(progress.log_lines)  # no line twice, none lost: the log as of the checkpoint
     if not resume:
         progress.epochs.append(zero_shot)
         trainer.accelerator.log(_validation_figures(zero_shot), step=0)
         log(log_record("validation", 0, 0, zero_shot))
     earlier_sessions = progress.wall_seconds
-    for epoch in range(trainer.epoch + 1, config.epochs + 1):
+    last = stage.until_epoch or config.epochs
+    for epoch in range(trainer.epoch + 1, last + 1):
         with timer.phase("training"):
             train_loss = trainer.train_epoch()
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+        if epoch % config.eval_every == 0 or epoch in (last, config.epochs):
             with compute:
                 validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch,
                          train_loss, timer)  # fmt: skip
             log(log_record("validation", epoch, epoch * trainer.steps_per_epoch, progress.epochs[-1]))
-            say(f"[{name}] {epoch_line(progress.epochs[-1])}")
+            say(f"[{tag}] {epoch_line(progress.epochs[-1])}")
         if parallel.is_main():
             progress.log_lines = len(directory.read_log())
         progress.wall_seconds = earlier_sessions + time.perf_counter() - started
         with timer.phase("saving"):
             checkpoint.save(directory, trainer, progress)
     result.epochs = progress.epochs
+    if trial:  # validated and checkpointed: the search decides whether it goes on, and only its choice is tested
+        if parallel.is_main():
+            tracking.finish(trainer.accelerator)
+            directory.write_record(result)
+        parallel.wait_for_everyone()
+        return result
 
     # Test, on the merged copy where there is one; it then serves latency and the merge check too.
     with timer.phase("merge_check"):
@@ -166,6 +196,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     result.environment = environment()
     result.data = splits.rows.record()
     result.provenance = provenance(config, splits)
+    result.search = stage.search
 
     # Measure and write: the main process alone (the others hold the same results).
     if parallel.is_main():
@@ -178,11 +209,11 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         trainer.accelerator.log(figures | _numbers(result.efficiency))
         tracking.finish(trainer.accelerator)
         write_results(directory, result, generation_rows(test.examples, generation))
-        checkpoint.remove(directory)  # after metrics.json: from now on the method counts as finished
+        checkpoint.remove(stage.resume_from or directory)  # after metrics.json: now the method counts as finished
     del final
     parallel.wait_for_everyone()  # no process starts the next method while the main one writes this one's
     say(
-        f"[{name}] test: loss {scores.loss:.4f}, {_scores_text(scores.metrics)}; "
+        f"[{tag}] test: loss {scores.loss:.4f}, {_scores_text(scores.metrics)}; "
         f"train {trainer.tokens / trainer.seconds:.1f} tok/s, peak {trainer.peak_memory / 2**20:,.0f} MiB "
         f"({earlier_sessions + time.perf_counter() - started:.0f} s)"
     )

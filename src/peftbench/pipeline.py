@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import sys
 import traceback
 from concurrent.futures.process import BrokenProcessPool
@@ -19,14 +20,15 @@ from peftbench.card import write_cards
 from peftbench.config import ALL_TRACKERS, TRACKERS, RunConfig
 from peftbench.data import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
-from peftbench.executor import Executor, ExecutorOptions, Unit, WorkerDied, executor
+from peftbench.executor import Executor, ExecutorOptions, Unit, WorkerDied, executor, isolated
 from peftbench.export import EXPORT_KINDS, write_exports
-from peftbench.method_run import epoch_line, run_method, run_zero_shot
+from peftbench.method_run import Stage, epoch_line, run_method, run_zero_shot
 from peftbench.preflight import check_before_loading, dry_run, preflight
 from peftbench.references import lead_3
 from peftbench.report import write_report, write_summary
 from peftbench.results import EpochMetrics, MethodResult
 from peftbench.rundir import LEAD_3, ZERO_SHOT, MethodDir
+from peftbench.search import run_search, settled
 from peftbench.tasks import TASKS
 from peftbench.tracking import resolve_trackers
 
@@ -82,8 +84,26 @@ def zero_shot_unit(directory: MethodDir, splits: Splits, config: RunConfig) -> N
 
 
 def method_unit(directory: MethodDir, name: str, splits: Splits, config: RunConfig, zero_shot: EpochMetrics) -> None:
-    """One method at one seed as a unit of work (method_run.run_method), written into directory."""
-    run_method(name, splits, config, directory, zero_shot)
+    """One method at one seed as a unit of work, written into directory: method_run.run_method, or with --search the
+    method's search (search.run_search: every trial in a process of its own, then the selected one tested)."""
+    if config.search:
+        run_search(name, config, directory, functools.partial(stage_recorded, name, splits, zero_shot))
+    else:
+        run_method(name, splits, config, directory, zero_shot)
+
+
+def stage_recorded(name: str, splits: Splits, zero_shot: EpochMetrics, config: RunConfig, directory: MethodDir,
+                   stage: Stage) -> None:  # fmt: skip
+    """One stage of a search (a trial's stint, or the selected trial's test) in a process of its own, so that no
+    trial's memory peak reaches another's figures; a failure leaves failed.json in directory, then propagates."""
+    try:
+        isolated(run_method, name, splits, config, directory, zero_shot, stage, in_process=config.in_process)
+    except Exception as exc:
+        if parallel.is_main():
+            directory.write_failure(name, config.model, config.seed, describe_failure(exc, config).message)
+        raise
+    if parallel.is_main():
+        directory.clear_failure()
 
 
 def _start_reference(directory: MethodDir, config: RunConfig) -> None:
@@ -128,11 +148,13 @@ def describe_failure(exc: BaseException, config: RunConfig) -> Failure:
 
 
 def method_pending(name: str, config: RunConfig, directory: MethodDir) -> bool:
-    """Whether the method must run here: not when it already finished (check_output made sure it is this config's).
+    """Whether the method must run here: not when it already finished (check_output made sure it is this config's),
+    with --search over the grid asked for.
     A pending method's directory is made ready: emptied with --force, and its fingerprint written."""
     main = parallel.is_main()  # the one process that writes; the others read what it wrote (a shared filesystem)
     unreadable = None if config.force else directory.unreadable_result()
-    finished = not config.force and directory.finished() and unreadable is None
+    finished = (not config.force and directory.finished() and unreadable is None
+                and settled(config, directory.read_result()))  # a grown grid runs the search again  # fmt: skip
     parallel.wait_for_everyone()  # every process decided before the main one changes the directory
     if finished:
         if main:
@@ -187,7 +209,8 @@ def methods_recorded(pool: Executor, splits: Splits, configs: list[RunConfig],
             if isinstance(zero_shot, Exception):  # the base model's evaluation failed: no method can start without it
                 errors[name] = zero_shot
             else:
-                units.append(Unit(name, directory, method_unit, (method, splits, config, zero_shot)))
+                carried = directory.search_state() if config.search else {}  # a Ray worker resumes the search from it
+                units.append(Unit(name, directory, method_unit, (method, splits, config, zero_shot), carried))
     errors |= pool.run_all(units)
     failures = {name: record_outcome(name, *pending[name], errors[name]) for name in pending}
     return {name: failure for name, failure in failures.items() if failure is not None}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from peftbench import checkpoint, parallel, rundir
+from peftbench import checkpoint, parallel, rundir, search
 from peftbench.adapt import (
     apply_method,
     check_method,
@@ -83,6 +83,7 @@ def check_before_loading(config: RunConfig) -> Path:
     check_processes(config)
     check_executor(config)
     check_trackers(config.report_to)
+    search.check(config)
     output = resolve_output(config)
     rundir.check_paths(output, config.seeds or [config.seed], config.methods)
     return output
@@ -139,16 +140,20 @@ def preflight(config: RunConfig, splits: Splits) -> Plan:
     return Plan(config.model, methods, tokens, examples)
 
 
-def estimate_seconds(config: RunConfig, plan: Plan, method: MethodPlan, flops_per_s: float) -> float:
+def estimate_seconds(config: RunConfig, plan: Plan, method: MethodPlan, flops_per_s: float,
+                     trained_epochs: int | None = None) -> float:  # fmt: skip
     """A rough compute estimate: per parameter and token, 2 FLOPs forward and 4 backward for full fine-tuning (2 for
     frozen weights, whose activation gradients are still needed), 2 more with gradient checkpointing; evaluation
-    loss and generation (at most --max-new-tokens per example) forward only."""
+    loss and generation (at most --max-new-tokens per example) forward only. trained_epochs: the epochs a search's
+    trials train and validate in all (default: one run's), before the one test."""
     per_token = 2 + (4 if method.trainable == method.total else 2) + (2 if config.gradient_checkpointing else 0)
     validations = 1 + len({*range(config.eval_every, config.epochs + 1, config.eval_every), config.epochs})
     val_examples = plan.examples["validation"]
-    generated = validations * min(config.eval_generate_size or val_examples, val_examples) + plan.examples["test"]
-    forward = validations * plan.tokens["validation"] + plan.tokens["test"] + config.max_new_tokens * generated
-    flops = method.total * (per_token * config.epochs * plan.tokens["train"] + 2 * forward)
+    generated = validations * min(config.eval_generate_size or val_examples, val_examples)
+    validate = validations * plan.tokens["validation"] + config.max_new_tokens * generated
+    test = plan.tokens["test"] + config.max_new_tokens * plan.examples["test"]
+    runs = (trained_epochs or config.epochs) / config.epochs  # how many runs' worth of training and validation
+    flops = method.total * (runs * (per_token * config.epochs * plan.tokens["train"] + 2 * validate) + 2 * test)
     return flops / (flops_per_s * ASSUMED_UTILIZATION)
 
 
@@ -169,7 +174,9 @@ def describe(config: RunConfig, plan: Plan) -> str:
                  f"{ASSUMED_UTILIZATION:.0%} of this machine's {flops_per_s / 1e9:,.0f} GFLOP/s):")  # fmt: skip
     total = 0.0
     for method in plan.methods:
-        seconds = seeds * estimate_seconds(config, plan, method, flops_per_s)
+        trials = search.trials_of(config, METHODS[method.name]) if config.search else []
+        trained = search.trial_epochs(len(trials), config.epochs, config.search_halving) if trials else None
+        seconds = seeds * estimate_seconds(config, plan, method, flops_per_s, trained)
         total += seconds
         lines.append(
             f"  {method.name:<8} {method.trainable:>14,} of {method.total:,} parameters trainable "
@@ -179,11 +186,43 @@ def describe(config: RunConfig, plan: Plan) -> str:
             given = f" from {','.join(method.given[key])}" if key in method.given else ""
             layers = f" ({method.layers} layers{given})" if key == "targets" else given and f" ({given.strip()})"
             lines.append(f"  {'':<8} {key}: {', '.join(names)}{layers}")
+        if trials:
+            halving = f", halving: {trained} trial-epochs in all" if config.search_halving else ""
+            lines.append(f"  {'':<8} {len(trials)} trials ({', '.join(t.name for t in trials)}), "
+                         f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} each{halving}; the one selected "
+                         f"on validation {config.select_by} is tested")  # fmt: skip
     counted = {method.name for method in plan.methods}
     lines += [f"  {name:<8} (cannot be built without weights: counted when it runs)" for name in config.methods
               if name not in counted]  # fmt: skip
     lines.append(f"Estimated total: ~{_duration(total)} (model loading and latency timing not included)")
     return "\n".join(lines)
+
+
+def _method_state(config: RunConfig, directory: rundir.MethodDir) -> str:
+    """What the same command would do with a method's directory."""
+    if config.force:
+        return "runs from the start (--force)"
+    if directory.unreadable_result():
+        return "runs again (its metrics.json is unreadable: set aside when it runs)"
+    if directory.finished():
+        if search.settled(config, directory.read_result()):
+            return "already finished: skipped"
+        return "finished: its search goes on over the grid's new points"
+    return _resumes(directory)
+
+
+def _trial_state(config: RunConfig, place: rundir.TrialDir, trial: search.Trial) -> str:
+    """What the same command would do with a search's trial."""
+    if config.force:
+        return "runs from the start (--force)"
+    if search.reached(place, trial.config(config)) >= config.epochs:
+        return "trained: skipped"
+    return _resumes(place)
+
+
+def _resumes(directory: rundir.MethodDir) -> str:
+    last = checkpoint.latest(directory)
+    return f"resumes after {last.name.replace('-', ' ')}" if last is not None else "runs"
 
 
 def dry_run(config: RunConfig, plan: Plan, output: Path) -> None:
@@ -193,15 +232,9 @@ def dry_run(config: RunConfig, plan: Plan, output: Path) -> None:
     for seed in seeds:
         comparison = rundir.seed_dir(output, seed, len(seeds) > 1)
         for name in config.methods:
-            directory, state = rundir.method_dir(comparison, name), "runs"
-            last = checkpoint.latest(directory)
-            if config.force:
-                state = "runs from the start (--force)"
-            elif directory.unreadable_result():
-                state = "runs again (its metrics.json is unreadable: set aside when it runs)"
-            elif directory.finished():
-                state = "already finished: skipped"
-            elif last is not None:
-                state = f"resumes after {last.name.replace('-', ' ')}"
-            print(f"  {directory.path}: {state}")
+            directory = rundir.method_dir(comparison, name)
+            print(f"  {directory.path}: {_method_state(config, directory)}")
+            for trial in search.trials_of(config, METHODS[name]) if config.search else []:
+                place = rundir.trial_dir(directory, trial.name)
+                print(f"  {place.path}: {_trial_state(config, place, trial)}")
     print("Dry run: nothing trained or written.")

@@ -308,6 +308,101 @@ def _libraries(env: dict | None) -> str:
     )
 
 
+def _searches(section: Section) -> list[tuple[MethodRuns, Run]]:
+    """Each searched method with the run whose search is shown (its first finished seed)."""
+    return [(runs, runs.first) for runs in section.trained if runs.first and runs.first.result.search]
+
+
+def _select_label(select_by: str) -> str:
+    return "validation loss" if select_by == "loss" else f"validation {METRICS[select_by].label}"
+
+
+def _final_figure(trial: dict, select_by: str) -> float | None:
+    """A trial's selection figure after its last epoch (None where it failed, or halving stopped it earlier)."""
+    if trial["error"] or trial["stopped_after"] is not None or not trial["epochs"]:
+        return None
+    last = trial["epochs"][-1]
+    return last["val_loss"] if select_by == "loss" else last.get(select_by)
+
+
+def plot_sensitivity(section: Section) -> bytes:
+    """The search's selection figure against learning rate (log axis), one line per method and rank searched, the
+    selected trial ringed: how forgiving each method is of its learning rate."""
+    figure, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors, styles = _colors(section), ["-", "--", ":", "-."]
+    select_by = ""
+    for runs, run in _searches(section):
+        search = run.result.search
+        select_by = search["select_by"]
+        ranks = list(dict.fromkeys(trial["lora_r"] for trial in search["trials"]))
+        for index, rank in enumerate(ranks):
+            points = sorted((t["lr"], y, t["name"] == search["selected"]) for t in search["trials"]
+                            if t["lora_r"] == rank and (y := _final_figure(t, select_by)) is not None)  # fmt: skip
+            if not points:
+                continue
+            label = runs.method + (f", r {rank}" if rank is not None else "")
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o" + styles[index % len(styles)],
+                    color=colors[runs.method], label=label)  # fmt: skip
+            ax.plot([p[0] for p in points if p[2]], [p[1] for p in points if p[2]], "o", markersize=14,
+                    markerfacecolor="none", markeredgecolor="black")  # fmt: skip
+    ax.set(xscale="log", xlabel="learning rate", ylabel=_select_label(select_by))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    figure.suptitle(f"Learning-rate sensitivity (ringed: selected): {section.label}")
+    return _png(figure)
+
+
+def _outcome(trial: dict, selected: str) -> str:
+    if trial["error"]:
+        return f"failed: {trial['error']}"
+    if trial["stopped_after"] is not None:
+        return f"stopped after epoch {trial['stopped_after']} (halving)"
+    return "selected: tested" if trial["name"] == selected else "trained, not selected"
+
+
+def search_table(section: Section) -> Table:
+    """Every trial of every searched method (first finished seed): its settings, last validation and outcome."""
+    metrics = next(run.result.metrics for _, run in _searches(section))
+    table = Table(["method", "trial", "lr", "rank", "epochs", "val loss",
+                   *(f"val {METRICS[m].label}" for m in metrics), "outcome"], [])  # fmt: skip
+    for runs, run in _searches(section):
+        search = run.result.search
+        for trial in search["trials"]:
+            last = trial["epochs"][-1] if trial["epochs"] else {}
+            scores = [_score(m, last.get(m)) for m in metrics]
+            table.rows.append([runs.method, trial["name"], f"{trial['lr']:g}", _value(trial["lora_r"] or "-"),
+                               str(last.get("epoch", "-")), _score("val_loss", last.get("val_loss")), *scores,
+                               _outcome(trial, search["selected"])])  # fmt: skip
+    return table
+
+
+def _score(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric == "val_loss" else f"{value:.{METRICS[metric].decimals}f}"
+
+
+def search_blocks(section: Section, stem: str) -> list[Block]:
+    """The search's section: what was searched and how chosen, the sensitivity plot and every trial."""
+    searches = _searches(section)
+    if not searches:
+        return []
+    search = searches[0][1].result.search
+    seeds = {run.seed for _, run in searches}
+    shown = f" (seed {min(seeds)}; each seed searched on its own)" if len(section.seeds) > 1 else ""
+    halving = "; successive halving: after each epoch only the better half of the trials went on" if search[
+        "halving"] else ""  # fmt: skip
+    return [
+        Heading(3, "Search"),
+        Paragraph(f"Each method was trained at every point of its grid ({', '.join(search['settings'])}), each "
+                  f"trial on the training split; the one with the best {_select_label(search['select_by'])} after "
+                  f"the last epoch was selected and alone evaluated on the test split{halving}{shown}."),
+        Figure(f"{stem}-sensitivity.png", plot_sensitivity(section), f"{_select_label(search['select_by'])} after "
+               "the last epoch against learning rate, per method (and rank); ringed: the selected trial"),
+        search_table(section),
+    ]  # fmt: skip
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -507,6 +602,7 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
                    "vertical bars: 95% bootstrap intervals; horizontal bars: 95% intervals over seeds"),  # fmt: skip
             _pareto_text(section, analysis),
         ]
+    blocks += search_blocks(section, stem)
     examples = examples_table(section)
     if examples is not None:
         blocks += [Heading(3, "Test examples" + (" (each method's first finished seed)" if several else "")), examples]

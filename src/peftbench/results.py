@@ -138,6 +138,9 @@ class MethodResult:
     data: dict[str, Any] | None = None
     # What exactly ran: the model's revision or a hash of its weights files, and the data's (None in older files).
     provenance: dict[str, Any] | None = None
+    # With --search: the settings searched, the selection rule, the selected trial and every trial's validation
+    # figures (search.SearchRecord as a dict; None without a search).
+    search: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -8,6 +8,8 @@
       <method>/                      one method at one seed (MethodDir)
         metrics.json predictions.jsonl log.jsonl curves.png adapter/ (with README.md, the model card)
         fingerprint.json failed.json checkpoint/
+        trials/<trial>/              with --search: one grid point each (TrialDir), e.g. lr-5e-04 or lr-5e-04_r-8:
+          trial.json log.jsonl fingerprint.json failed.json checkpoint/     trained and validated, never tested
       seed-<s>/                      with several seeds: a one-seed comparison each, laid out as OUTPUT above
 
 Every path handed out is checked to stay inside OUTPUT (no name holding a path, no symlink leading out), every file
@@ -52,8 +54,10 @@ ADAPTER_DIR = "adapter"
 CURVES_FILE = "curves.png"
 LOG_FILE = "log.jsonl"  # one line per optimizer step and per evaluation, as training goes
 CARD_FILE = "README.md"  # the model card, in the adapter folder (where the Hub and peft look for it)
+TRIALS_DIR = "trials"  # with --search: the method's trials, a directory each (TrialDir)
+TRIAL_FILE = "trial.json"  # a trial's validation figures so far (it is never tested)
 METHOD_FILES = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, FINGERPRINT_FILE, CHECKPOINT_DIR, ADAPTER_DIR, CURVES_FILE,
-                LOG_FILE)
+                LOG_FILE, TRIALS_DIR)
 # What makes a directory a method's results, finished or failed.
 METHOD_MARKERS = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, ADAPTER_DIR)
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable file or checkpoint, set aside under its name plus this
@@ -226,6 +230,11 @@ class MethodDir:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def comparison(self) -> Path:
+        """The one-seed comparison directory it belongs to."""
+        return self.path.parent
+
     metrics = _inside_method(METRICS_FILE)
     failed = _inside_method(FAILED_FILE)
     predictions = _inside_method(PREDICTIONS_FILE)
@@ -234,6 +243,7 @@ class MethodDir:
     adapter = _inside_method(ADAPTER_DIR)
     curves = _inside_method(CURVES_FILE)
     log = _inside_method(LOG_FILE)
+    trials = _inside_method(TRIALS_DIR)
 
     @property
     def card(self) -> Path:
@@ -257,8 +267,8 @@ class MethodDir:
         return self.finished() and self.unreadable_result() is None
 
     def holds_results(self) -> bool:
-        """Whether it holds something a rerun could lose: finished results or a checkpoint."""
-        return self.finished() or self.checkpoints.is_dir()
+        """Whether it holds something a rerun could lose: finished results, a checkpoint or a search's trials."""
+        return self.finished() or self.checkpoints.is_dir() or self.trials.is_dir()
 
     def read_result(self) -> MethodResult:
         return MethodResult.from_dict(json.loads(self.metrics.read_text()))
@@ -336,6 +346,12 @@ class MethodDir:
         """Everything of an earlier run of this method here (--force starts over)."""
         remove(self.path)
 
+    def search_state(self) -> dict[str, bytes]:
+        """What a search goes on from, by path in this directory: its trials' files (no checkpoints: the trials that
+        can still win keep theirs where they ran) and metrics.json (the trial tested so far)."""
+        files = {f"{TRIALS_DIR}/{name}": content for name, content in read_tree(self.trials).items()}
+        return files | ({METRICS_FILE: self.metrics.read_bytes()} if self.metrics.is_file() else {})
+
 
 def read_tree(folder: Path) -> dict[str, bytes]:
     """Every file under folder, by its path relative to folder, but checkpoints (what a unit ships back from a Ray
@@ -359,6 +375,33 @@ def write_tree(folder: Path, files: dict[str, bytes]) -> None:
             raise ConfigError(f"shipped file {name!r} would lie outside {str(folder)!r}")
         targets[target] = content
     write_files(targets)
+
+
+@dataclass(frozen=True)
+class TrialDir(MethodDir):
+    """One trial of a method's search: its directory holds what a method's does while it trains, and trial.json
+    (its validation figures so far, no test) instead of metrics.json."""
+
+    record = _inside_method(TRIAL_FILE)
+
+    @property
+    def comparison(self) -> Path:
+        return self.path.parents[2]  # <comparison>/<method>/trials/<trial>
+
+    def read_record(self) -> MethodResult | None:
+        """What the trial has trained and validated so far (None before its first stint ended, or unreadable)."""
+        try:
+            return MethodResult.from_dict(json.loads(self.record.read_text()))
+        except UNREADABLE:
+            return None
+
+    def write_record(self, result: MethodResult) -> None:
+        write_atomic(self.record, json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def trial_dir(method: MethodDir, name: str) -> TrialDir:
+    """A trial's directory in its method's directory (the name comes from search.py's trial names)."""
+    return TrialDir(inside(method.trials, name, "trial directory"))
 
 
 def seed_dir(output: Path, seed: int, several: bool) -> Path:

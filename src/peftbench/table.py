@@ -4,7 +4,7 @@ where a test says the difference is real. summary.md, the terminal and the repor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from peftbench.document import Table
@@ -81,6 +81,7 @@ class Column:
     exact: bool = False
     metric: str | None = None
     quality: bool = False
+    choice: bool = False  # a setting a search chose: its distinct values over the runs, never ranked
 
 
 COST_COLUMNS = [
@@ -100,10 +101,26 @@ COST_COLUMNS = [
 ]
 
 
-def columns(metrics: list[str]) -> list[Column]:
-    """The table's columns for results scored on these task metrics: the costs and losses, then one column each."""
-    return COST_COLUMNS + [Column(f"test {METRICS[m].label}", _test(m), _fixed(METRICS[m].decimals), "high",
-                                  metric=m, quality=True) for m in metrics]  # fmt: skip
+def _searched(setting: str) -> Callable[[MethodResult], float | None]:
+    return lambda r: r.search[setting] if r.search and setting in r.search["settings"] else None
+
+
+SEARCH_COLUMNS = {"lr": Column("selected lr", _searched("lr"), "{:g}".format, None, choice=True),
+                  "lora_r": Column("selected rank", _searched("lora_r"), "{:g}".format, None, choice=True)}  # fmt: skip
+
+
+def columns(metrics: list[str], searched: Sequence[str] = ()) -> list[Column]:
+    """The table's columns for results scored on these task metrics: what a search chose (the settings searched),
+    the costs and losses, then one column each."""
+    chosen = [column for setting, column in SEARCH_COLUMNS.items() if setting in searched]
+    return chosen + COST_COLUMNS + [Column(f"test {METRICS[m].label}", _test(m), _fixed(METRICS[m].decimals), "high",
+                                           metric=m, quality=True) for m in metrics]  # fmt: skip
+
+
+def searched_settings(rows: list[MethodRuns]) -> list[str]:
+    """The settings any of these rows' results searched (--search), in the order searched."""
+    return list(dict.fromkeys(s for runs in rows for result in runs.results for s in (result.search or {}).get(
+        "settings", [])))  # fmt: skip
 
 
 def metrics_of(rows: list[MethodRuns]) -> list[str]:
@@ -117,6 +134,9 @@ def random_weights(results: list[MethodResult]) -> bool:
 
 
 def _cell(runs: MethodRuns, column: Column, analysis: Analysis | None) -> str:
+    if column.choice:  # each seed's search chose on its own: every value chosen, not their mean
+        chosen = [value for value in dict.fromkeys(map(column.value, runs.results)) if value is not None]
+        return "/".join(map(column.format, chosen)) or "-"
     if column.quality and random_weights(runs.results):
         return MEANINGLESS
     if column.metric and analysis is not None and runs.method in analysis.scores:
@@ -162,7 +182,8 @@ def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], s
     """One row per method, then per reference (its labels first, then with several seeds how many finished); with
     rank, a last 'best' row naming each column's tested winner, or that there is none."""
     lead = [*labels, *(["seeds"] if several_seeds else [])]
-    shown = columns(metrics_of([runs for _, runs in rows if not runs.reference]))
+    trained = [runs for _, runs in rows if not runs.reference]
+    shown = columns(metrics_of(trained), searched_settings(trained))
     table = Table([*lead, *(column.label for column in shown)], [], verdict_row=rank)
     for names, runs in rows:
         cells = [_cell(runs, column, analysis) for column in shown]
@@ -172,7 +193,6 @@ def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], s
         table.rows.append([*names[:-1], runs.label, *counts, *cells])  # the last label names the row
     if not rank:
         return table
-    trained = [runs for _, runs in rows if not runs.reference]
     meaningless = random_weights([result for runs in trained for result in runs.results])
     verdicts = []
     for c, column in enumerate(shown):

@@ -1,0 +1,214 @@
+"""The per-method search: trials trained and validated in their own directories, the best on validation selected and
+alone tested, resume and a grown grid redoing no finished trial, successive halving, the report's search section, and
+bad input refused before any model loads."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from peftbench import search
+from peftbench.cli import main
+from peftbench.evaluate import Evaluator
+from peftbench.results import EpochMetrics
+from peftbench.train import Trainer
+from tests.conftest import QUICK_LATENCY, killed_at, tiny_run_args
+
+GRID = ("--lr-grid", "1e-4,3e-3,3e-2")
+
+
+def _args(model, data, output, *extra: str) -> list[str]:
+    return tiny_run_args(model, data, output, "--methods", "lora", "--epochs", "1", "--search", "lr", *GRID,
+                         "--in-process", *QUICK_LATENCY, *extra)  # fmt: skip
+
+
+def _trials(output, method: str = "lora") -> dict[str, dict]:
+    """Each trial's record (trial.json), by trial name."""
+    records = sorted((output / method / "trials").glob("*/trial.json"))
+    return {path.parent.name: json.loads(path.read_text()) for path in records}
+
+
+@pytest.fixture
+def counted(monkeypatch) -> dict[str, list]:
+    """The real Trainer.train_epoch and Evaluator.evaluate, counted: epochs trained, and evaluations by name."""
+    calls: dict[str, list] = {"epochs": [], "evaluations": []}
+    train_epoch, evaluate = Trainer.train_epoch, Evaluator.evaluate
+
+    def counting_train_epoch(self):
+        calls["epochs"].append(self.epoch + 1)
+        return train_epoch(self)
+
+    def counting_evaluate(self, *args, **kwargs):
+        calls["evaluations"].append(kwargs.get("desc", args[5] if len(args) > 5 else "evaluate"))
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", counting_train_epoch)
+    monkeypatch.setattr(Evaluator, "evaluate", counting_evaluate)
+    return calls
+
+
+def test_search_selects_on_validation_and_tests_the_selected_trial_alone(tiny_gpt2, articles, tmp_path, counted):
+    output = tmp_path / "search"
+    assert main(_args(tiny_gpt2, articles, output)) == 0
+    trials = _trials(output)
+    assert set(trials) == {"lr-1e-04", "lr-3e-03", "lr-3e-02"}
+    losses = {name: record["epochs"][-1]["val_loss"] for name, record in trials.items()}
+    assert len(set(losses.values())) == 3  # the learning rates made a difference
+    metrics = json.loads((output / "lora" / "metrics.json").read_text())
+    assert metrics["search"]["selected"] == min(losses, key=losses.get)
+    assert metrics["config"]["lr"] == metrics["search"]["lr"] == trials[min(losses, key=losses.get)]["config"]["lr"]
+    assert metrics["epochs"] == trials[metrics["search"]["selected"]]["epochs"]
+    recorded = {trial["name"]: trial["epochs"][-1]["val_loss"] for trial in metrics["search"]["trials"]}
+    assert recorded == losses
+
+    # No trial touched the test split: one test evaluation (the selected trial's, from its checkpoint), and no
+    # trial holds a test figure or predictions.
+    assert counted["evaluations"].count("test") == 1
+    assert counted["epochs"] == [1, 1, 1]  # each trial trained its epoch once; finishing trained nothing
+    for name, record in trials.items():
+        assert record["test"] is None and record["efficiency"] is None
+        place = output / "lora" / "trials" / name
+        assert not (place / "predictions.jsonl").exists() and not (place / "metrics.json").exists()
+        assert (place / "fingerprint.json").is_file()
+        assert not (place / "checkpoint").exists()  # tested, or lost to it: nothing left to resume
+
+    # The selected trial's result is what a plain run at its learning rate gives.
+    plain = tmp_path / "plain"
+    lr = f"{metrics['search']['lr']:g}"
+    assert main(tiny_run_args(tiny_gpt2, articles, plain, "--methods", "lora", "--epochs", "1", "--lr", lr,
+                              "--in-process", *QUICK_LATENCY)) == 0  # fmt: skip
+    reference = json.loads((plain / "lora" / "metrics.json").read_text())
+    assert reference["epochs"] == metrics["epochs"] and reference["test"] == metrics["test"]
+
+    # The report: the chosen lr in the table, the sensitivity plot and every trial, no "not tuned" caution; the
+    # plain run keeps that caution.
+    summary = (output / "summary.md").read_text()
+    assert "selected lr" in summary and f"| {lr} |" in summary
+    assert "not tuned" not in summary and "not tuned" in (plain / "summary.md").read_text()
+    report = (output / "report.md").read_text()
+    assert "### Search" in report and "sensitivity.png" in report
+    assert report.count("trained, not selected") == 2 and report.count("selected: tested") == 1
+    exported = (output / "results.csv").read_text().splitlines()
+    assert "search_selected" in exported[0]
+
+
+
+def test_search_killed_midway_resumes_without_redoing_a_trial(tiny_gpt2, articles, tmp_path, counted, capsys):
+    output = tmp_path / "interrupted"
+    second = output / "lora" / "trials" / "lr-3e-03" / "checkpoint" / "epoch-1"
+    killed_at(_args(tiny_gpt2, articles, output), second, saves=2)  # the first trial done, the second checkpointed
+    first = output / "lora" / "trials" / "lr-1e-04" / "trial.json"
+    assert first.is_file() and not (second.parent.parent / "trial.json").exists()
+    assert not (output / "lora" / "metrics.json").exists()
+    before = first.stat().st_mtime_ns
+
+    assert main(_args(tiny_gpt2, articles, output)) == 0
+    assert counted["epochs"] == [1]  # the third trial's; the first was done, the second resumed from its checkpoint
+    assert counted["evaluations"].count("validate epoch 1") == 1 and counted["evaluations"].count("test") == 1
+    assert first.stat().st_mtime_ns == before
+    assert set(_trials(output)) == {"lr-1e-04", "lr-3e-03", "lr-3e-02"}
+    metrics = json.loads((output / "lora" / "metrics.json").read_text())
+    losses = {name: record["epochs"][-1]["val_loss"] for name, record in _trials(output).items()}
+    assert metrics["search"]["selected"] == min(losses, key=losses.get)
+
+    # A grid point added later trains alone; the result is re-tested only if the selection changes.
+    counted["epochs"].clear(), counted["evaluations"].clear()
+    assert main(_args(tiny_gpt2, articles, output, "--lr-grid", "1e-4,3e-3,3e-2,1e-6")) == 0
+    assert counted["epochs"] == [1]
+    grown = json.loads((output / "lora" / "metrics.json").read_text())
+    losses["lr-1e-06"] = _trials(output)["lr-1e-06"]["epochs"][-1]["val_loss"]
+    assert grown["search"]["selected"] == min(losses, key=losses.get)
+    assert [t["name"] for t in grown["search"]["trials"]] == ["lr-1e-06", "lr-1e-04", "lr-3e-03", "lr-3e-02"]
+    changed = grown["search"]["selected"] != metrics["search"]["selected"]
+    assert counted["evaluations"].count("test") == int(changed)
+    assert (grown["test"] == metrics["test"]) or changed
+
+    capsys.readouterr()
+    assert main(_args(tiny_gpt2, articles, output, "--lr-grid", "1e-4,3e-3,3e-2,1e-6,1e-1", "--dry-run")) == 0
+    plan = capsys.readouterr().out
+    assert "5 trials (lr-1e-06, lr-1e-04, lr-3e-03, lr-3e-02, lr-1e-01), 1 epoch each" in plan
+    assert plan.count(": trained: skipped") == 4 and "lr-1e-01: runs" in plan and "Estimated total" in plan
+
+
+def test_halving_stops_the_worse_half_after_each_epoch(tiny_gpt2, articles, tmp_path, counted):
+    output = tmp_path / "halving"
+    assert main(_args(tiny_gpt2, articles, output, "--epochs", "2", "--search-halving")) == 0
+    metrics = json.loads((output / "lora" / "metrics.json").read_text())
+    trials = {t["name"]: t for t in metrics["search"]["trials"]}
+    after_one = {name: t["epochs"][1]["val_loss"] for name, t in trials.items()}
+    worst = max(after_one, key=after_one.get)
+    assert trials[worst]["stopped_after"] == 1 and [e["epoch"] for e in trials[worst]["epochs"]] == [0, 1]
+    going_on = [name for name in trials if name != worst]  # 3 trials: the better two (half, rounded up) go on
+    assert all(trials[name]["stopped_after"] is None and trials[name]["epochs"][-1]["epoch"] == 2 for name in going_on)
+    assert metrics["search"]["selected"] == min(going_on, key=lambda name: trials[name]["epochs"][-1]["val_loss"])
+    assert sorted(counted["epochs"]) == [1, 1, 1, 2, 2]  # 3 trials x epoch 1, then the two kept x epoch 2
+    assert (output / "lora" / "trials" / worst / "checkpoint" / "epoch-1").is_dir()  # a larger grid may revive it
+    assert "stopped after epoch 1 (halving)" in (output / "report.md").read_text()
+
+
+def test_selection_is_on_the_validation_figure_lower_loss_higher_metric():
+    trials = [search.Trial(1e-4), search.Trial(1e-3), search.Trial(1e-2)]
+    epochs = [EpochMetrics(1, 1.0, 2.0, {"rougeL": 0.1}), EpochMetrics(1, 1.0, 1.5, {"rougeL": 0.05}),
+              EpochMetrics(1, 1.0, math.nan, {"rougeL": 0.3})]  # fmt: skip
+    loss = {t: search.figure(e, "loss") for t, e in zip(trials, epochs, strict=True)}
+    rouge = {t: search.figure(e, "rougeL") for t, e in zip(trials, epochs, strict=True)}
+    assert search.best_first(loss, "loss") == [trials[1], trials[0], trials[2]]  # NaN last
+    assert search.best_first(rouge, "rougeL") == [trials[2], trials[0], trials[1]]
+    assert [search.survivors(n) for n in (1, 2, 3, 4, 5)] == [1, 1, 2, 2, 3]
+    assert search.trial_epochs(3, 2, halving=True) == 5 and search.trial_epochs(3, 2, halving=False) == 6
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--search", "lr", "--lr-grid", "1e-4,0"], "--lr-grid 0.0001,0: 0 is not a positive number"),
+        (["--search", "lr", "--lr-grid", "1e-4,-3e-4"], "-0.0003 is not a positive number"),
+        (["--search", "lr", "--lr-grid", "1e-4,fast"], "'fast' in '1e-4,fast' is not"),
+        (["--search", "lr,lora_r", "--rank-grid", "4,8.5"], "'8.5' in '4,8.5' is not"),
+        (["--search", "epochs"], "--search epochs is not searchable; choose from lr, lora_r"),
+        (["--search", "lr,speed"], "--search speed is not a setting; choose from lr, lora_r"),
+        (["--search", "lr", "--select-by", "rougeX"], "--select-by 'rougeX' is not computed on validation; choose "
+         "from loss, rouge1, rouge2, rougeL"),  # fmt: skip
+        (["--search", "lr", "--select-by", "accuracy"], "--select-by 'accuracy' is not computed"),
+        (["--select-by", "rougeL"], "--select-by needs a search"),
+        (["--lr-grid", "1e-4"], "--lr-grid is given but --search does not tune lr"),
+        (["--search", "lora_r", "--methods", "full,ia3"], "none of --methods full,ia3 has a rank; methods with one: "
+         "lora, dora"),  # fmt: skip
+    ],
+)
+def test_bad_search_input_exits_2_before_any_model_loads(tmp_path, articles, capsys, flags, message):
+    missing = tmp_path / "no-such-model"  # loading it would fail with another message: the check comes first
+    assert main(tiny_run_args(missing, articles, tmp_path / "out", *flags)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_per_method_grids_in_yaml(tmp_path, articles, capsys):
+    config = tmp_path / "search.yaml"
+    config.write_text("search: [lr, lora_r]\nlr_grid:\n  lora: [1e-4, 2e-4]\n  ia3: [0.01]\nrank_grid:\n  ia3: [4]\n")
+    assert main(tiny_run_args(tmp_path / "none", articles, tmp_path / "out", "--config", str(config))) == 2
+    assert "rank_grid gives a grid for 'ia3', which has no rank" in capsys.readouterr().err
+    config.write_text("search: [lr, lora_r]\nlr_grid:\n  lora: [1e-4, 2e-4]\n  ia3: [0.01]\nrank_grid: [4, 8]\n")
+    from peftbench.config import build_config, load_yaml
+    from peftbench.methods import METHODS
+
+    loaded = build_config(load_yaml(config), {"methods": "full,lora,ia3"})
+    names = {m: [t.name for t in search.trials_of(loaded, METHODS[m])] for m in loaded.methods}
+    assert names == {"full": ["lr-1.67e-05", "lr-5e-05", "lr-1.5e-04"],
+                     "lora": ["lr-1e-04_r-4", "lr-1e-04_r-8", "lr-2e-04_r-4", "lr-2e-04_r-8"],
+                     "ia3": ["lr-1e-02"]}  # fmt: skip
+
+
+def test_grids_and_halving_are_not_fingerprinted_but_the_search_and_its_rule_are():
+    from peftbench.checkpoint import fingerprinted
+    from peftbench.config import RunConfig
+
+    searched = fingerprinted(RunConfig(search=["lr"]))
+    grown = RunConfig(search=["lr", "lora_r"], lr_grid=[1e-4, 3e-4], rank_grid=[4], search_halving=True)
+    assert {k: v for k, v in fingerprinted(grown).items() if k != "search"} == {
+        k: v for k, v in searched.items() if k != "search"}  # fmt: skip
+    assert searched != fingerprinted(RunConfig())  # an untuned run's results are never taken for a search's
+    assert searched != fingerprinted(RunConfig(search=["lr"], select_by="rougeL"))
