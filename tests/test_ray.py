@@ -227,3 +227,26 @@ def test_progress_line():
     )
     assert progress_line(0, 2, 2, 0, 5) == "[ray] trials: 0 done, 2 running, 2 queued, 0 failed; 5 s elapsed, ETA -"
     assert progress_line(3, 0, 0, 1, 61).endswith("1 failed; 1 min 01 s elapsed, all finished")
+
+
+@needs_ray
+def test_a_search_on_ray_goes_on_from_the_trials_in_output(tiny_gpt2, articles, tmp_path, ray_head):
+    def args(grid):
+        return tiny_run_args(tiny_gpt2, articles, tmp_path / "ray", "--methods", "ia3", "--epochs", "1", "--search",
+                             "lr", "--lr-grid", grid, "--executor", "ray", "--ray-address", ray_head,
+                             *QUICK_LATENCY)  # fmt: skip
+
+    assert main(args("1e-3,3e-2")) == 0
+    trials = tmp_path / "ray" / "ia3" / "trials"
+    assert sorted(path.name for path in trials.iterdir()) == ["lr-1e-03", "lr-3e-02"]
+    # A finished trial is not trained again on a worker: the record in --output is what the search goes on from
+    # (marked here with a validation loss no training gives, which then loses the selection).
+    record = trials / "lr-1e-03" / "trial.json"
+    marked = json.loads(record.read_text())
+    marked["epochs"][-1]["val_loss"] = 99.0
+    record.write_text(json.dumps(marked))
+    assert main(args("1e-3,3e-2,1e-2")) == 0
+    search = json.loads((tmp_path / "ray" / "ia3" / "metrics.json").read_text())["search"]
+    assert [trial["name"] for trial in search["trials"]] == ["lr-1e-03", "lr-1e-02", "lr-3e-02"]
+    assert search["trials"][0]["epochs"][-1]["val_loss"] == 99.0 and search["selected"] != "lr-1e-03"
+    assert (trials / "lr-1e-02" / "trial.json").is_file()

@@ -212,3 +212,21 @@ def test_grids_and_halving_are_not_fingerprinted_but_the_search_and_its_rule_are
         k: v for k, v in searched.items() if k != "search"}  # fmt: skip
     assert searched != fingerprinted(RunConfig())  # an untuned run's results are never taken for a search's
     assert searched != fingerprinted(RunConfig(search=["lr"], select_by="rougeL"))
+
+
+def test_trials_run_in_processes_of_their_own_and_the_selected_trial_log_becomes_the_method_log(
+    tiny_gpt2, articles, tmp_path
+):
+    output = tmp_path / "processes"
+    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "ia3", "--epochs", "1", "--search", "lr",
+                         "--lr-grid", "1e-3,3e-2", *QUICK_LATENCY)  # fmt: skip
+    assert main(args) == 0  # the local executor: the search in a process, each trial's stages in one of their own
+    trials = _trials(output, "ia3")
+    losses = {name: record["epochs"][-1]["val_loss"] for name, record in trials.items()}
+    metrics = json.loads((output / "ia3" / "metrics.json").read_text())
+    assert metrics["search"]["selected"] == min(losses, key=losses.get)
+    assert metrics["epochs"] == trials[metrics["search"]["selected"]]["epochs"]
+    selected_log = (output / "ia3" / "trials" / metrics["search"]["selected"] / "log.jsonl").read_text().splitlines()
+    method_log = (output / "ia3" / "log.jsonl").read_text().splitlines()
+    assert method_log[: len(selected_log)] == selected_log and json.loads(method_log[-1])["split"] == "test"
+    assert not list(output.rglob("checkpoint"))  # the losers' and the tested one's checkpoints are removed
