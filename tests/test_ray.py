@@ -159,7 +159,11 @@ def test_ray_asked_for_where_it_cannot_work(tiny_gpt2, articles, tmp_path, monke
     assert main([*args[:-2], "--executor", "dask"]) == 2
     assert "--executor must be one of local, ray, got 'dask'" in capsys.readouterr().err
     assert main([*args, "--cpus-per-trial", "0"]) == 2
-    assert "--cpus-per-trial must be a positive number, got 0.0" in capsys.readouterr().err
+    assert "--cpus-per-trial must be a finite number greater than 0, got 0.0" in capsys.readouterr().err
+    assert main([*args, "--cpus-per-trial", "inf"]) == 2  # no node has infinitely many
+    assert "--cpus-per-trial must be a finite number greater than 0, got inf" in capsys.readouterr().err
+    assert main([*args, "--gpus-per-trial", "-1"]) == 2
+    assert "--gpus-per-trial must be a finite number at least 0, got -1.0" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: importing it fails
     assert main(args) == 2
     assert "--executor ray needs Ray, which is not installed: pip install 'peftbench[ray]'" in capsys.readouterr().err
