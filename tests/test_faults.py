@@ -86,6 +86,27 @@ def test_a_killed_run_takes_its_method_process_along(signum, tiny_models, articl
     assert ia3["epochs"][-1]["epoch"] == 40 and not (output / "ia3" / "checkpoint").exists()
 
 
+def test_a_terminated_search_takes_its_unit_and_trial_processes_along(tiny_models, articles, tmp_path):
+    """SIGTERM to `peftbench run --search` while a trial trains: the search's process and the trial's own process
+    under it end with the run, and nobody writes into the trial afterwards."""
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "peftbench", *_long(tiny_models, articles, output), "--methods", "ia3",
+               "--search", "lr", "--lr-grid", "1e-3,1e-2"]  # fmt: skip
+    with launched(command, stderr=subprocess.PIPE, text=True) as run:
+        trial = output / "ia3" / "trials" / "lr-1e-03" / "checkpoint"
+        _wait_for(trial / "epoch-1", run)
+        (unit,) = [pid for pid in children(run.pid) if "resource_tracker" not in command_line(pid)]
+        (stage,) = [pid for pid in children(unit) if "resource_tracker" not in command_line(pid)]
+        os.kill(run.pid, signal.SIGTERM)
+        assert run.wait(timeout=60) == 128 + signal.SIGTERM
+        assert gone_within([unit, stage], 10), [command_line(unit), command_line(stage)]
+        left = sorted(p.name for p in trial.iterdir())
+        time.sleep(1)
+        assert sorted(p.name for p in trial.iterdir()) == left
+        assert "peftbench: terminated" in run.stderr.read()
+    assert not (output / "ia3" / "metrics.json").exists()
+
+
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(tiny_models, articles, tmp_path, capsys):
     """The first run holds OUTPUT (here: asleep after its first checkpoint); a second exits 2 naming it, a report
     may read meanwhile, and once the first is killed its lock is gone with it."""
