@@ -27,6 +27,7 @@ def test_missing_column_lists_existing_columns(capsys, tiny_models, articles, tm
         ),
     )
     assert "'story'" in err and "article" in err and "highlights" in err and "id" in err
+    assert not (tmp_path / "o").exists()  # the folder this run made, with nothing in it, is gone
 
 
 def test_unknown_columns_without_names_ask_for_them(capsys, tiny_models, tmp_path):

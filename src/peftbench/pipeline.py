@@ -230,9 +230,16 @@ def run(config: RunConfig) -> Path:
         print("peftbench: --report-to all: " + (f"reporting to {', '.join(found)} (the trackers installed)" if found
               else f"none of {', '.join(TRACKERS)} is installed: results only in --output"))  # fmt: skip
     config = dataclasses.replace(config, report_to=resolve_trackers(config.report_to))  # all, none: as named
+    given = Path(config.output) if config.output else None
+    existed = given is not None and given.exists()
     output = check_before_loading(config)
-    with rundir.locked(output) if parallel.is_main() and not config.dry_run else contextlib.nullcontext():
-        return compare(config, output)
+    try:
+        with rundir.locked(output) if parallel.is_main() and not config.dry_run else contextlib.nullcontext():
+            return compare(config, output)
+    except UserError:
+        if not existed and parallel.is_main():
+            rundir.remove_if_unused(output)  # bad data or model: no empty folder left behind
+        raise
 
 
 def compare(config: RunConfig, output: Path) -> Path:

@@ -212,6 +212,13 @@ def locked(output: Path) -> Iterator[None]:
         os.close(handle)  # releases the lock
 
 
+def remove_if_unused(output: Path) -> None:
+    """Remove OUTPUT if it holds nothing but its lock file (a run that failed before writing anything)."""
+    if output.is_dir() and {path.name for path in output.iterdir()} <= {LOCK_FILE}:
+        remove(output / LOCK_FILE)
+        output.rmdir()
+
+
 # ---------------------------------------------------------------------------------------------- methods
 
 
