@@ -257,6 +257,11 @@ def test_model_card_metadata_is_valid_for_the_hub(hf_run):
     assert {(r.task_type, r.dataset_type) for r in evals} == {("question-answering", "hotpot_qa")}
     assert {(r.metric_type, r.metric_name, r.metric_value) for r in evals} == {
         ("loss", "loss", 2.5), ("exact_match", "exact match", 0.25), ("f1", "F1", 0.5)}
+    embedded = MethodResult.from_dict(result.to_dict())
+    embedded.config["model"], embedded.provenance = "embedded", None
+    text = card.render(embedded)  # the Hub's id as base model, and that the weights are a dequantised copy of it
+    assert ModelCard(text).data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "dequantised" in text
+    assert "dequantised" not in card.render(result)
     result.config["model_weights"] = "random weights: speed and memory only"
     assert ModelCard(card.render(result)).data.eval_results is None  # scores of random weights mean nothing
 

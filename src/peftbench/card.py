@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from peftbench.config import EMBEDDED, FIELDS, flags_for
 from peftbench.methods import METHODS
 from peftbench.metrics import METRICS
-from peftbench.models import EMBEDDED_MODEL_HUB_ID
+from peftbench.models import EMBEDDED_MODEL_HUB_ID, EMBEDDED_MODEL_WEIGHTS
 from peftbench.report import method_settings
 from peftbench.results import GIVEN, MethodResult
 from peftbench.sections import load_sections
@@ -146,7 +146,8 @@ def render(result: MethodResult, intervals: dict[str, Interval] | None = None, n
         "## Training",
         "",
         f"- Base model: {result.model}" + (f" (Hub: `{base}`)" if base and base != result.model else "")
-        + f"; {config.get('model_weights', 'pretrained')}; {_shown((result.provenance or {}).get('model'))}",
+        + f"; {config.get('model_weights', 'pretrained')}; {_shown((result.provenance or {}).get('model'))}"
+        + (f"; {EMBEDDED_MODEL_WEIGHTS}" if config.get("model") == EMBEDDED else ""),
         f"- Method: {result.method}: {method_settings(result)}",
         f"- Trainable parameters: {result.trainable_params:,} of {result.total_params:,}",
         f"- Data: {result.dataset}; {config.get('train_size')} train / {config.get('eval_size')} validation / "
