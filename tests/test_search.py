@@ -87,6 +87,8 @@ def test_search_selects_on_validation_and_tests_the_selected_trial_alone(tiny_gp
     summary = (output / "summary.md").read_text()
     assert "selected lr" in summary and f"| {lr} |" in summary
     assert "not tuned" not in summary and "not tuned" in (plain / "summary.md").read_text()
+    at_end = metrics["search"]["lr"] in (1e-4, 3e-2)  # the grid's ends: the best may lie beyond, and it says so
+    assert ("lies at an end of its grid for lora" in summary) == at_end
     report = (output / "report.md").read_text()
     assert "### Search" in report and "sensitivity.png" in report
     assert report.count("trained, not selected") == 2 and report.count("selected: tested") == 1

@@ -330,8 +330,19 @@ def recommendation(section: Section, analysis: Analysis) -> str:
             f"{_value(primary, analysis.scores[best][primary].value)}){tied}.")  # fmt: skip
 
 
+def _lr_edge(search: dict | None) -> str | None:
+    """"largest" or "smallest" where a search selected the learning rate at that end of a grid of several."""
+    if not search or "lr" not in search["settings"]:
+        return None
+    rates = {trial["lr"] for trial in search["trials"] if trial["error"] is None}
+    if len(rates) < 2:
+        return None
+    return "largest" if search["lr"] == max(rates) else "smallest" if search["lr"] == min(rates) else None
+
+
 def cautions(section: Section, analysis: Analysis) -> list[str]:
-    """What limits the verdict: references that score well, untuned learning rates, few examples, one seed."""
+    """What limits the verdict: references that score well, untuned learning rates (or tuned at a grid's end), few
+    examples, one seed."""
     primary, notes = analysis.primary, []
     label = METRICS[primary].label
     trained = [name for name in analysis.rows if name not in _REFERENCE_NAMES]
@@ -361,6 +372,13 @@ def cautions(section: Section, analysis: Analysis) -> list[str]:
         rates = ", ".join(f"{runs.method} {runs.results[0].config['lr']:g}" for runs in section.trained if runs.results)
         notes.append(f"Caution: learning rates were not tuned per method ({rates}); a method's ranking may reflect "
                      "how well its default suits this task.")  # fmt: skip
+    edges = {runs.method: edge for runs in section.trained for edge in {_lr_edge(r.search) for r in runs.results}
+             if edge}  # fmt: skip
+    if edges:
+        listed = ", ".join(f"{method} ({edge})" for method, edge in edges.items())
+        notes.append(f"Caution: the learning rate selected on validation lies at an end of its grid for {listed}: "
+                     "that method's best may lie beyond it; widen --lr-grid to be sure each method is compared at "
+                     "its best.")  # fmt: skip
     widths = [analysis.scores[name][primary].width for name in trained]
     if widths:
         width = statistics.median(widths)
