@@ -128,6 +128,24 @@ def test_references_are_rows_and_cautions(tmp_path):
     lines = verdict_lines(section, analyse(section))
     assert any(line.startswith("Caution: Lead-3") and "above every fine-tuned method" in line for line in lines)
     assert any("not significantly better than the zero-shot base model" in line for line in lines)
+
+
+def test_a_method_line_and_the_recommendation_rest_on_the_same_tests(tmp_path):
+    """References are rows, but not in the family of tests the methods' lines share with the recommendation (else
+    Holm's adjustment over more rows could call a method 'not significantly different' from full fine-tuning while
+    the recommendation says that none matches it)."""
+    _write(tmp_path, "full", _good())
+    _write(tmp_path, "lora", _bad())
+    _write(tmp_path, "zero-shot", _bad())
+    _write(tmp_path, "lead-3", _good())
+    section = load_sections([tmp_path])[0]
+    analysis = analyse(section)
+    assert set(analysis.vs_anchor) == {"lora"}
+    assert analysis.vs_anchor["lora"]["rougeL"] == analysis.compare({"rougeL": "full"}, analysis.trained)["lora"][
+        "rougeL"]  # fmt: skip
+    lines = verdict_lines(section, analysis)
+    apart = "significantly worse than full" in next(line for line in lines if line.startswith("lora:"))
+    assert apart == ("no method matches" in next(line for line in lines if line.startswith("Recommendation")))
     assert not any(line.startswith("Recommendation: lead-3") for line in lines)  # references are never recommended
 
 

@@ -69,11 +69,9 @@ class Analysis:
 
     @property
     def vs_anchor(self) -> dict[str, dict[str, Difference]]:
-        return self.compare(dict.fromkeys(self.metrics, self.anchor)) if self.anchor else {}
-
-    @property
-    def vs_best(self) -> dict[str, dict[str, Difference]]:
-        return self.compare(self.best)
+        """Each method's difference to the anchor, adjusted over the methods alone: the same family of tests as
+        indistinguishable's, so that a method's line and the recommendation never disagree."""
+        return self.compare(dict.fromkeys(self.metrics, self.anchor), self.trained) if self.anchor else {}
 
     def indistinguishable(self, metric: str) -> list[str]:
         """The methods whose value is not significantly below the best one's (the best included)."""
@@ -157,7 +155,8 @@ def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
         f"Test scores: {CONFIDENCE:.0%} percentile bootstrap intervals over {level} ({resamples:,} resamples, "
         f"seeded), {'paired: every row resampled on the same examples' if paired else 'UNPAIRED'}. Differences: "
         "the same resamples of both rows; p-values from the bootstrap distribution of the difference, adjusted with "
-        "Holm's method over all rows compared to the same method on the same metric; a difference is significant "
+        "Holm's method over the methods (or, in the cautions, the rows) compared to the same row on the same metric; "
+        "a difference is significant "
         f"when the adjusted p is below {ALPHA:g}."
     )
     if not paired:
