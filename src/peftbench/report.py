@@ -348,7 +348,7 @@ def plot_sensitivity(section: Section) -> bytes:
     ax.set(xscale="log", xlabel="learning rate", ylabel=_select_label(select_by))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-    figure.suptitle(f"Learning-rate sensitivity (ringed: selected): {section.label}")
+    figure.suptitle(f"Learning-rate sensitivity (ringed: selected)\n{section.label}", fontsize="medium")
     return _png(figure)
 
 
