@@ -41,6 +41,8 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tiny_models, articles, 
     phases, wall = efficiency["phase_seconds"], efficiency["wall_seconds"]
     assert phases["training"] == pytest.approx(efficiency["train_seconds"], rel=0.05, abs=0.05)
     assert phases["latency"] > 0 and sum(phases.values()) <= wall
+    shares = efficiency["other_cpu_share"]  # both sessions' too: what other processes used, per phase
+    assert set(shares) == set(phases) and all(0 <= share <= 1 for share in shares.values())
     assert not (output / "lora" / "checkpoint").exists()  # removed once the method finished
 
 

@@ -4,8 +4,11 @@ memory window and the weights' size measured independently, and the derived serv
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peftbench.cli import main
-from peftbench.measure import in_memory_window, load_adapters, weights_bytes
+from peftbench.measure import PhaseTimer, in_memory_window, load_adapters, weights_bytes
 from peftbench.results import Efficiency
 from tests.conftest import QUICK_LATENCY, tiny_run_args
 
@@ -143,3 +146,18 @@ def test_results_without_serving_figures_still_report(two_seeds, tmp_path):
     cells = dict(zip(header.split("|"), lora.split("|"), strict=True))
     assert cells[" inference memory (MiB) "].strip() == "-" and cells[" adapter load (ms) "].strip() == "-"
     assert "Serving N tasks" not in report and "fully fine-tuned copies" not in report
+
+
+def test_phase_timer_counts_what_other_processes_use_meanwhile():
+    """CPU time another process burns during a phase is counted as other processes' (this one sleeps)."""
+    timer = PhaseTimer()
+    burn = "import time\nend = time.process_time() + 1.5\nwhile time.process_time() < end: pass"
+    burner = [sys.executable, "-c", burn]
+    before = os.times()
+    with timer.phase("busy"):
+        subprocess.run(burner, check=True)
+    after = os.times()
+    burned = after.children_user + after.children_system - before.children_user - before.children_system
+    assert timer.others["busy"] >= 0.8 * burned > 1.0
+    share = timer.other_cpu_share()
+    assert share["busy"] == pytest.approx(timer.others["busy"] / (timer.seconds["busy"] * os.cpu_count()), abs=1e-3)

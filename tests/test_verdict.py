@@ -28,8 +28,10 @@ EXAMPLES = load_splits(RunConfig(train_size=1, eval_size=1, test_size=40)).test
 SIZES = {"full": (1000, 900.0), "lora": (10, 600.0), "ia3": (2, 550.0)}  # trainable parameters, peak memory MiB
 
 
-def _write(comparison, method: str, predictions: list[str], seed: int = 0, examples=EXAMPLES) -> None:
-    """A finished method (or reference) with these test predictions, as peftbench run would leave it."""
+def _write(comparison, method: str, predictions: list[str], seed: int = 0, examples=EXAMPLES,
+           contention: dict[str, float] | None = None) -> None:  # fmt: skip
+    """A finished method (or reference) with these test predictions, as peftbench run would leave it (contention:
+    its efficiency's other_cpu_share)."""
     references = [ex.target for ex in examples]
     means, scores = score(["rouge1", "rouge2", "rougeL", "bleu"], predictions, [[r] for r in references])
     trainable, memory = SIZES.get(method, (0, 0.0))
@@ -41,7 +43,8 @@ def _write(comparison, method: str, predictions: list[str], seed: int = 0, examp
         latency = {"base": 100.0, "unmerged": 110.0, "merged": None if method == "full" else 101.0}
         speed = 100.0 + trainable / 100
         result.efficiency = Efficiency(trainable, 100 * trainable / 1000, int(memory * 2**20), "peak_rss", 10.0,
-                                       speed, 1.0, 50.0, latency, 32, None, trainable * 4)  # fmt: skip
+                                       speed, 1.0, 50.0, latency, 32, None, trainable * 4,
+                                       other_cpu_share=contention)  # fmt: skip
     directory = (rundir.reference_dir(comparison, method) if method in rundir.REFERENCES
                  else rundir.method_dir(comparison, method))  # fmt: skip
     directory.path.mkdir(parents=True, exist_ok=True)
@@ -128,6 +131,20 @@ def test_references_are_rows_and_cautions(tmp_path):
     lines = verdict_lines(section, analyse(section))
     assert any(line.startswith("Caution: Lead-3") and "above every fine-tuned method" in line for line in lines)
     assert any("not significantly better than the zero-shot base model" in line for line in lines)
+
+
+def test_timed_phases_on_a_busy_machine_get_a_caution(tmp_path):
+    _write(tmp_path, "full", _good(), contention={"training": 0.05, "latency": 0.1, "test_generation": 0.9})
+    _write(tmp_path, "lora", _good(), contention={"training": 0.41, "latency": 0.02})
+    _write(tmp_path, "ia3", _good(), contention={"training": 0.0, "latency": 0.3})
+    section = load_sections([tmp_path])[0]
+    busy = [line for line in verdict_lines(section, analyse(section)) if "share of this machine's CPU" in line]
+    assert len(busy) == 1 and "lora trained (41%), ia3 had its latency timed (30%):" in busy[0]
+    assert "full" not in busy[0]  # its busy phase times nothing the table shows
+    quiet = tmp_path / "quiet"
+    _write(quiet, "full", _good(), contention={"training": 0.05, "latency": 0.1})
+    section = load_sections([quiet])[0]
+    assert not any("share of this machine's CPU" in line for line in verdict_lines(section, analyse(section)))
 
 
 def test_a_method_line_and_the_recommendation_rest_on_the_same_tests(tmp_path):

@@ -105,7 +105,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     set_seed(config.seed)
     started = time.perf_counter()
     progress = Progress()
-    timer = PhaseTimer(progress.phase_seconds)
+    timer = PhaseTimer(progress.phase_seconds, progress.phase_other_cpu_seconds)
 
     # Load: the pretrained model, each split as token ids, and the base model's latency before anything changes it.
     with timer.phase("model_load"):
@@ -146,10 +146,10 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
 
     # Train: epoch 0 is the zero-shot base model; validation after every --eval-every epochs (and a trial's last).
     if resume:
-        session = progress.phase_seconds
+        session, others = progress.phase_seconds, progress.phase_other_cpu_seconds
         progress = checkpoint.restore(resume, trainer)
-        progress.add_phases(session)
-        timer.seconds = progress.phase_seconds
+        progress.add_phases(session, others)
+        timer.seconds, timer.others = progress.phase_seconds, progress.phase_other_cpu_seconds
         say(f"[{tag}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume.path}")
     if parallel.is_main():
         if stage.resume_from:  # the selected trial's training log becomes the method's
@@ -204,6 +204,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
             efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory, final,
                                             config.latency_new_tokens, base_loader(config, device), timer)  # fmt: skip
         result.efficiency = replace(efficiency, phase_seconds=dict(timer.seconds),
+                                    other_cpu_share=timer.other_cpu_share(),
                                     wall_seconds=earlier_sessions + time.perf_counter() - started)  # fmt: skip
         figures = {"test/loss": scores.loss} | {f"test/{k}": v for k, v in scores.metrics.items()}
         trainer.accelerator.log(figures | _numbers(result.efficiency))

@@ -79,6 +79,9 @@ class Efficiency:
     # own wall time, which they add up to at most: the rest is bookkeeping between phases (None in older results).
     phase_seconds: dict[str, float] | None = None
     wall_seconds: float | None = None
+    # Per phase, the share of the machine's CPU time that other processes used during it (PhaseTimer): where it is
+    # large, that phase's times (and the speed and latency figures taken in it) are inflated by contention.
+    other_cpu_share: dict[str, float] | None = None
     # Inference memory per model, keyed like latency_ms (None where not measured; the whole field None in older
     # results), each over the generation of the latency prompts: weights_bytes (its parameters and buffers),
     # peak_bytes (the peak of a fresh window, memory_measure's way: on a CPU the process's whole RSS, everything else
@@ -185,12 +188,15 @@ class Progress:
     generation_seconds: float = 0.0
     log_lines: int = 0  # lines of the method's log.jsonl so far: a resumed run cuts the log back to them
     phase_seconds: dict[str, float] = field(default_factory=dict)  # Efficiency.phase_seconds so far
+    phase_other_cpu_seconds: dict[str, float] = field(default_factory=dict)  # PhaseTimer.others so far
     wall_seconds: float = 0.0  # the wall time of the sessions before this one, up to their last checkpoint
 
-    def add_phases(self, seconds: dict[str, float]) -> None:
-        """Add a session's phase times (measured before this progress was restored) to the recorded ones."""
-        for name, value in seconds.items():
-            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + value
+    def add_phases(self, seconds: dict[str, float], others: dict[str, float]) -> None:
+        """Add a session's phase times and other processes' CPU seconds (measured before this progress was
+        restored) to the recorded ones."""
+        for recorded, session in ((self.phase_seconds, seconds), (self.phase_other_cpu_seconds, others)):
+            for name, value in session.items():
+                recorded[name] = recorded.get(name, 0.0) + value
 
     def add_generation(self, tokens: int, seconds: float) -> None:
         self.generated_tokens += tokens

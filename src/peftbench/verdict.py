@@ -339,6 +339,22 @@ def _lr_edge(search: dict | None) -> str | None:
     return "largest" if search["lr"] == max(rates) else "smallest" if search["lr"] == min(rates) else None
 
 
+CONTENDED = 0.25  # other processes' share of the machine's CPU time beyond which a phase's times are not the method's
+TIMED_PHASES = {"training": "trained", "latency": "had its latency timed"}  # the phases the table's figures come from
+
+
+def _contended(section: Section) -> str:
+    """Where other processes took more than CONTENDED of the machine's CPU time in a timed phase: "lora trained
+    (41%), ia3 had its latency timed (30%)"; empty where none did (or it was not measured)."""
+    found = []
+    for runs in section.trained:
+        for phase, what in TIMED_PHASES.items():
+            shares = [(r.efficiency.other_cpu_share or {}).get(phase, 0.0) for r in runs.results if r.efficiency]
+            if shares and max(shares) > CONTENDED:
+                found.append(f"{runs.method} {what} ({max(shares):.0%})")
+    return ", ".join(found)
+
+
 def cautions(section: Section, analysis: Analysis) -> list[str]:
     """What limits the verdict: references that score well, untuned learning rates (or tuned at a grid's end), few
     examples, one seed."""
@@ -378,6 +394,10 @@ def cautions(section: Section, analysis: Analysis) -> list[str]:
         notes.append(f"Caution: the learning rate selected on validation lies at an end of its grid for {listed}: "
                      "that method's best may lie beyond it; widen --lr-grid to be sure each method is compared at "
                      "its best.")  # fmt: skip
+    busy = _contended(section)
+    if busy:
+        notes.append(f"Caution: other processes used a large share of this machine's CPU time while {busy}: those "
+                     "speed and latency figures are inflated by the contention; measure them on an idle machine.")
     widths = [analysis.scores[name][primary].width for name in trained]
     if widths:
         width = statistics.median(widths)
