@@ -260,13 +260,13 @@ def articles(tmp_path_factory) -> Path:
     return path
 
 
-# Latency timing generates latency_prompts x latency_new_tokens tokens up to three times per method: tests that do not
-# look at latencies keep it to one short prompt.
+# Latency timing generates latency_prompts x latency_new_tokens tokens up to three times per method: tests keep it to
+# one short prompt (tiny_run_args does), which still times every model a method has.
 QUICK_LATENCY = ("--latency-prompts", "1", "--latency-new-tokens", "2")
 
 
 def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
-    """CLI arguments for a fast run on a tiny model: a few examples, short sequences."""
+    """CLI arguments for a fast run on a tiny model: a few examples, short sequences, latency on one short prompt."""
     return [
         "run",
         "--model",
@@ -292,6 +292,7 @@ def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[st
         "16",
         "--max-new-tokens",
         "8",
+        *QUICK_LATENCY,
         *extra,
     ]
 

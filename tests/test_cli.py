@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from peftbench.cli import main
 from peftbench.metrics import per_example
-from tests.conftest import QUICK_LATENCY, launched, tiny_run_args
+from tests.conftest import launched, tiny_run_args
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "bleu"}
 TEST_KEYS = {"loss", "rouge1", "rouge2", "rougeL", "bleu"}
@@ -83,7 +83,7 @@ def _check_serving(metrics: dict) -> None:
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_run_all_methods_writes_documented_outputs(arch, tiny_models, articles, tmp_path):
     output = tmp_path / "out"
-    assert main(tiny_run_args(tiny_models[arch], articles, output, *QUICK_LATENCY)) == 0
+    assert main(tiny_run_args(tiny_models[arch], articles, output)) == 0
 
     summary = (output / "summary.md").read_text()
     for method in ("full", "lora", "ia3"):
@@ -138,7 +138,6 @@ def test_lora_and_ia3_use_family_default_targets(tiny_models, articles, tmp_path
         main(
             tiny_run_args(
                 tiny_models["gpt2"], articles, output, "--methods", "lora,ia3", "--epochs", "1", "--in-process",
-                *QUICK_LATENCY,
             )
         )
         == 0
@@ -157,7 +156,6 @@ def test_same_command_twice_gives_same_metrics(tiny_models, articles, tmp_path):
             main(
                 tiny_run_args(
                     tiny_models["gpt2"], articles, output, "--methods", "lora,full", "--seed", "3", "--in-process",
-                    *QUICK_LATENCY,
                 )
             )
             == 0
@@ -174,8 +172,7 @@ def test_yaml_config_with_flag_override(tiny_models, articles, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_models['t5']}\nmethods: [lora]\nlora-r: 2\nepochs: 5\n")
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_models["t5"], articles, output, "--config", str(config), "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY)  # fmt: skip
+    args = tiny_run_args(tiny_models["t5"], articles, output, "--config", str(config), "--epochs", "1", "--in-process")
     assert main(args) == 0
     metrics = json.loads((output / "lora" / "metrics.json").read_text())
     assert metrics["config"]["lora_r"] == 2  # from the file
@@ -196,7 +193,7 @@ def test_console_script_help():
 def test_eval_every_generation_subset_and_checkpointing(tiny_models, articles, tmp_path):
     output = tmp_path / "out"
     extra = ("--methods", "lora", "--epochs", "3", "--eval-every", "2", "--eval-generate-size", "2",
-             "--gradient-checkpointing", "--in-process", *QUICK_LATENCY)  # fmt: skip
+             "--gradient-checkpointing", "--in-process")  # fmt: skip
     assert main(tiny_run_args(tiny_models["gpt2"], articles, output, *extra)) == 0
     metrics = json.loads((output / "lora" / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [0, 2, 3]  # every 2nd epoch, and always the last

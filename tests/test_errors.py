@@ -8,7 +8,7 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.rundir import LOCK_FILE
-from tests.conftest import QUICK_LATENCY, tiny_run_args
+from tests.conftest import tiny_run_args
 
 
 def _fails(capsys, args: list[str]) -> str:
@@ -113,8 +113,7 @@ def test_mixed_precision_on_cpu_is_refused_before_loading(capsys, articles, tmp_
 def finished(tmp_path_factory, tiny_models, articles):
     """An OUTPUT holding one finished method, and a snapshot of every file in it."""
     output = tmp_path_factory.mktemp("finished") / "out"
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY)  # fmt: skip
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process")
     assert main(args) == 0
     return output, _snapshot(output)
 
@@ -162,7 +161,7 @@ def test_bad_input_keeps_finished_results(case, capsys, finished, tiny_models, a
             model = tiny_models["t5"]
         else:
             data = item(tmp_path)
-    args = tiny_run_args(model, data, output, "--methods", "lora", "--epochs", "1", *QUICK_LATENCY, *flags)
+    args = tiny_run_args(model, data, output, "--methods", "lora", "--epochs", "1", *flags)
     err = _fails(capsys, args)
     for text in expected:
         assert text in err, (text, err)
@@ -202,7 +201,7 @@ def test_numbers_are_text_and_rows_without_text_are_dropped_and_recorded(capsys,
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     output = tmp_path / "o"
     args = tiny_run_args(tiny_models["gpt2"], data, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         "--train-size", "60", *QUICK_LATENCY)  # fmt: skip
+                         "--train-size", "60")  # fmt: skip
     assert main(args) == 0  # --quiet: the warning shows all the same
     err = capsys.readouterr().err
     assert "peftbench: warning: 6 of 100 rows (6.0%) of d.jsonl dropped" in err, err

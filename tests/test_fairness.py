@@ -19,7 +19,7 @@ from peftbench.data import Example, _normalised, _split_by_hash, load_splits
 from peftbench.layout import IGNORE_INDEX, PromptOptions, TokenLimits
 from peftbench.methods import METHODS, MethodSettings
 from peftbench.models import load_model
-from tests.conftest import QUICK_LATENCY, tiny_run_args, without_dropout
+from tests.conftest import tiny_run_args, without_dropout
 from tests.test_methods import _trainer
 
 
@@ -36,7 +36,7 @@ def test_accumulation_gives_the_steps_of_one_batch(tiny_gpt2, articles, tmp_path
     def run(output, *batching):
         args = tiny_run_args(model, articles, output, "--methods", "full,lora", "--lora-dropout", "0", "--lr", "1e-2",
                              "--max-target-tokens", "64", "--train-size", "10", "--epochs", "2", "--in-process",
-                             *QUICK_LATENCY, *batching)  # fmt: skip
+                             *batching)  # fmt: skip
         assert main(args) == 0
 
     run(tmp_path / "one", "--batch-size", "4")
@@ -67,7 +67,7 @@ def test_every_model_of_a_run_computes_at_one_precision(tiny_llama_chat, article
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         args = tiny_run_args(tiny_llama_chat, articles, tmp_path / "out", "--methods", "lora,full", "--epochs", "1",
-                             "--in-process", *QUICK_LATENCY)  # fmt: skip
+                             "--in-process")  # fmt: skip
         assert main(args) == 0
     finally:
         handle.remove()
@@ -83,7 +83,7 @@ def test_epoch_zero_is_the_base_model_shared_by_every_method(tiny_gpt2, articles
     real = peftbench.pipeline.run_zero_shot
     monkeypatch.setattr(peftbench.pipeline, "run_zero_shot", lambda *a: calls.append(1) or real(*a))
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_gpt2, articles, output, "--epochs", "1", "--in-process", *QUICK_LATENCY)
+    args = tiny_run_args(tiny_gpt2, articles, output, "--epochs", "1", "--in-process")
     assert main([*args, "--methods", "lora,prefix,prompt"]) == 0
     base = json.loads((output / "zero-shot" / "metrics.json").read_text())["epochs"][0]
     assert base["epoch"] == 0 and base["train_loss"] is None
@@ -150,8 +150,7 @@ def test_adalora_regulariser_is_clipped_with_the_loss(tiny_models):
 
 def test_adapter_size_counts_weights_and_config_only(tiny_gpt2, articles, tmp_path):
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "prompt,full", "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY)  # fmt: skip
+    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "prompt,full", "--epochs", "1", "--in-process")
     assert main(args) == 0
     for method, files in (("prompt", {"adapter_config.json", "adapter_model.safetensors"}),
                           ("full", {"config.json", "generation_config.json", "model.safetensors"})):  # fmt: skip
@@ -184,8 +183,7 @@ def test_chat_prompt_labels_only_the_assistant_turn(tiny_llama_chat, tiny_gpt2):
 
 def test_prompt_format_is_recorded_and_checked(tiny_llama_chat, tiny_gpt2, articles, tmp_path, capsys):
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_llama_chat, articles, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY)  # fmt: skip
+    args = tiny_run_args(tiny_llama_chat, articles, output, "--methods", "lora", "--epochs", "1", "--in-process")
     assert main(args) == 0
     assert _metrics(output, "lora")["config"]["prompt_format"] == "chat"
     assert "prompt format: chat" in (output / "report.md").read_text()

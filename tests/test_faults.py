@@ -16,7 +16,7 @@ import pytest
 
 from peftbench import checkpoint
 from peftbench.cli import main
-from tests.conftest import KILLABLE, QUICK_LATENCY, children, command_line, gone_within, launched, tiny_run_args
+from tests.conftest import KILLABLE, children, command_line, gone_within, launched, tiny_run_args
 
 
 def _wait_for(path: Path, process: subprocess.Popen) -> None:
@@ -43,8 +43,7 @@ def _left_in_shm(inodes: set[int]) -> list[str]:
 
 def _long(tiny_models, articles, output: Path, *extra: str) -> list[str]:
     """A run whose methods train for 40 epochs each: seconds of training to land a signal in."""
-    return tiny_run_args(tiny_models["gpt2"], articles, output, "--epochs", "40", "--eval-every", "40",
-                         *QUICK_LATENCY, *extra)  # fmt: skip
+    return tiny_run_args(tiny_models["gpt2"], articles, output, "--epochs", "40", "--eval-every", "40", *extra)
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -111,7 +110,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(tiny_m
     """The first run holds OUTPUT (here: asleep after its first checkpoint); a second exits 2 naming it, a report
     may read meanwhile, and once the first is killed its lock is gone with it."""
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--epochs", "1", "--in-process", *QUICK_LATENCY)
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--epochs", "1", "--in-process")
     assert main([*args, "--methods", "lora"]) == 0
     command = [sys.executable, "-c", KILLABLE, *args, "--methods", "lora,ia3"]
     with launched(command, stderr=subprocess.PIPE, text=True) as first:
@@ -159,8 +158,7 @@ def interrupted(tmp_path_factory, tiny_models, articles):
     root = tmp_path_factory.mktemp("interrupted")
 
     def args(output):
-        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "full", "--seed", "5", "--in-process",
-                             *QUICK_LATENCY)  # fmt: skip
+        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "full", "--seed", "5", "--in-process")
 
     assert main(args(root / "reference")) == 0
     save = checkpoint.save
@@ -243,8 +241,7 @@ def test_the_only_checkpoint_unreadable_starts_the_method_over(interrupted, tmp_
 
 def test_an_unreadable_metrics_json_is_set_aside_and_the_method_reruns(tiny_models, articles, tmp_path, capsys):
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY)  # fmt: skip
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process")
     assert main(args) == 0
     metrics = output / "lora" / "metrics.json"
     whole = metrics.read_text()
@@ -267,8 +264,7 @@ def test_predictions_read_back_whole_with_unicode_line_separators_and_damage(tin
     data = tmp_path / "d.json"
     data.write_text(json.dumps(rows, ensure_ascii=False))
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_models["gpt2"], data, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY)  # fmt: skip
+    args = tiny_run_args(tiny_models["gpt2"], data, output, "--methods", "lora", "--epochs", "1", "--in-process")
     assert main(args) == 0
     predictions = output / "lora" / "predictions.jsonl"
     assert "\u2028" in predictions.read_text()
@@ -336,7 +332,7 @@ def test_a_full_disk_is_reported_and_leaves_finished_results_and_no_temporary_fi
     rewritten on the disk filled to the last byte."""
     disk = tmp_path / "disk"
     args = tiny_run_args(tiny_models["gpt2"], articles, disk / "out", "--methods", "lora,full", "--epochs", "1",
-                         "--in-process", *QUICK_LATENCY)  # fmt: skip
+                         "--in-process")  # fmt: skip
     seen = json.loads(_on_a_small_disk(disk, "3m", FULL_DISK, str(disk), json.dumps(args)).splitlines()[-1])
     first, second = seen["first"], seen["second"]
     for attempt in (first, second):
@@ -399,7 +395,7 @@ def test_a_symlink_out_of_output_is_refused(case, tiny_models, articles, tmp_pat
     (output / link).parent.mkdir(parents=True, exist_ok=True)
     (output / link).symlink_to(elsewhere, target_is_directory=True)
     args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY, *extra)  # fmt: skip
+                         *extra)  # fmt: skip
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -409,8 +405,7 @@ def test_a_symlink_out_of_output_is_refused(case, tiny_models, articles, tmp_pat
 
 def test_report_refuses_a_symlinked_figures_folder(tiny_models, articles, tmp_path, capsys):
     output, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY)  # fmt: skip
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process")
     assert main(args) == 0
     shutil.rmtree(output / "report_files")
     elsewhere.mkdir()

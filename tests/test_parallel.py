@@ -20,7 +20,6 @@ from peftbench.data import LengthGroupedBatches
 from peftbench.methods import MethodSettings
 from tests.conftest import (
     KILLABLE,
-    QUICK_LATENCY,
     alive,
     children,
     command_line,
@@ -78,7 +77,7 @@ def test_two_processes_match_one(tiny_models, articles, tmp_path, family, method
     def args(output):
         # 12 examples in batches of 4: two processes each train on 2 of every batch.
         return tiny_run_args(model, articles, output, "--methods", methods, "--train-size", "12", "--seed", "7",
-                             *SETTINGS, *extra, *QUICK_LATENCY)  # fmt: skip
+                             *SETTINGS, *extra)  # fmt: skip
 
     assert main([*args(tmp_path / "one"), "--in-process"]) == 0
     two = _torchrun(args(tmp_path / "two"))
@@ -158,7 +157,7 @@ def test_two_processes_resume_to_the_uninterrupted_metrics(tiny_models, articles
 
     def args(output):
         return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
-                             "--seed", "5", "--lr", "3e-3", *QUICK_LATENCY)  # fmt: skip
+                             "--seed", "5", "--lr", "3e-3")  # fmt: skip
 
     reference = _torchrun(args(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr[-3000:]

@@ -26,7 +26,7 @@ from peftbench.errors import ConfigError
 from peftbench.executor import progress_line
 from peftbench.rundir import REPORT_FILES, read_tree, write_tree
 from tests import ray_faults
-from tests.conftest import QUICK_LATENCY, tiny_run_args
+from tests.conftest import tiny_run_args
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="the Ray executor tests need Ray: pip install 'peftbench[ray]'")  # fmt: skip
@@ -99,7 +99,7 @@ def _quality(metrics_file: Path) -> dict:
 def test_ray_executor_matches_the_local_one(tiny_gpt2, articles, tmp_path, ray_head):
     def args(output, *extra):
         return tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--seeds", "0,1", "--epochs", "1",
-                             *QUICK_LATENCY, *extra)  # fmt: skip
+                             *extra)  # fmt: skip
 
     assert main(args(tmp_path / "local", "--in-process")) == 0  # the local executor (in one process: the same figures)
     assert main(args(tmp_path / "ray", "--executor", "ray", "--ray-address", ray_head,
@@ -127,7 +127,7 @@ def test_ray_executor_matches_the_local_one(tiny_gpt2, articles, tmp_path, ray_h
 def test_killed_worker_is_retried_then_recorded_and_a_rerun_completes_it(tiny_gpt2, articles, tmp_path, ray_head,
                                                                          monkeypatch, capsys):  # fmt: skip
     output, scratch, marker = tmp_path / "out", tmp_path / "scratch", tmp_path / "kills"
-    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--seed", "3", *QUICK_LATENCY,
+    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--seed", "3",
                          "--executor", "ray", "--ray-address", ray_head, "--ray-scratch", str(scratch))  # fmt: skip
     monkeypatch.setenv("RAY_RUNTIME_ENV_HOOK", f"{ray_faults.__name__}.with_killer")
     monkeypatch.setenv(ray_faults.MARKER, str(marker))
@@ -187,8 +187,9 @@ def test_trial_resources_no_node_has(tiny_gpt2, articles, tmp_path, ray_head, ca
 @needs_ray
 def test_ctrl_c_cancels_the_running_trials_and_keeps_the_finished(tiny_gpt2, articles, tmp_path, ray_head):
     output = tmp_path / "out"
-    # Enough epochs that both trials are still training when the first checkpoint appears, however fast the machine.
-    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--epochs", "20", *QUICK_LATENCY,
+    # Enough epochs that both trials are still training when the first checkpoint appears, however fast the machine
+    # (20 were not always: a whole-suite CI run once finished both before the signal landed).
+    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--epochs", "200", "--eval-every", "200",
                          "--executor", "ray", "--ray-address", ray_head, "--ray-scratch", str(tmp_path / "scratch"))
     environment = os.environ | {"PYTHONPATH": str(ROOT / "src")}
     driver = subprocess.Popen([sys.executable, "-m", "peftbench", *args], env=environment, stderr=subprocess.PIPE,
@@ -237,8 +238,7 @@ def test_progress_line():
 def test_a_search_on_ray_goes_on_from_the_trials_in_output(tiny_gpt2, articles, tmp_path, ray_head):
     def args(grid):
         return tiny_run_args(tiny_gpt2, articles, tmp_path / "ray", "--methods", "ia3", "--epochs", "1", "--search",
-                             "lr", "--lr-grid", grid, "--executor", "ray", "--ray-address", ray_head,
-                             *QUICK_LATENCY)  # fmt: skip
+                             "lr", "--lr-grid", grid, "--executor", "ray", "--ray-address", ray_head)  # fmt: skip
 
     assert main(args("1e-3,3e-2")) == 0
     trials = tmp_path / "ray" / "ia3" / "trials"

@@ -11,7 +11,7 @@ from peftbench import checkpoint
 from peftbench.cli import main
 from peftbench.config import RunConfig
 from peftbench.rundir import MethodDir
-from tests.conftest import QUICK_LATENCY, killed_at, tiny_run_args
+from tests.conftest import killed_at, tiny_run_args
 
 
 def _metrics(output, method: str) -> dict:
@@ -21,7 +21,7 @@ def _metrics(output, method: str) -> dict:
 def test_killed_run_resumes_to_the_uninterrupted_metrics(tiny_models, articles, tmp_path):
     def args(output):
         return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
-                             "--seed", "5", "--in-process", *QUICK_LATENCY)  # fmt: skip
+                             "--seed", "5", "--in-process")  # fmt: skip
 
     assert main(args(tmp_path / "reference")) == 0
     output = tmp_path / "interrupted"
@@ -48,8 +48,7 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tiny_models, articles, 
 
 def test_finished_methods_are_skipped_forced_or_guarded(tiny_models, articles, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # a relative --output: nothing may be written beside it
-    args = tiny_run_args(tiny_models["gpt2"], articles, "out", "--methods", "lora", "--epochs", "1", "--in-process",
-                         *QUICK_LATENCY)  # fmt: skip
+    args = tiny_run_args(tiny_models["gpt2"], articles, "out", "--methods", "lora", "--epochs", "1", "--in-process")
     assert main(args) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no trackers, no runs/, no mlruns by default
     metrics = tmp_path / "out" / "lora" / "metrics.json"
@@ -102,7 +101,7 @@ class Crash(Exception):
 def test_each_family_resumes_exactly(tiny_models, articles, tmp_path, monkeypatch, method):
     def args(output):
         return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", method, "--epochs", "3",
-                             "--seed", "5", "--in-process", "--lr", "1e-2", *QUICK_LATENCY)  # fmt: skip
+                             "--seed", "5", "--in-process", "--lr", "1e-2")  # fmt: skip
 
     assert main(args(tmp_path / "reference")) == 0
     save = checkpoint.save
@@ -127,7 +126,7 @@ def test_resumed_log_has_every_step_once(tiny_models, articles, tmp_path, monkey
 
     def args(output):
         return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
-                             "--seed", "5", "--in-process", *QUICK_LATENCY)  # fmt: skip
+                             "--seed", "5", "--in-process")  # fmt: skip
 
     def log(output) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in MethodDir(output / "lora").read_log()]

@@ -18,7 +18,7 @@ from peftbench.config import RunConfig
 from peftbench.layout import CausalLayout
 from peftbench.methods import METHODS, MethodSettings
 from peftbench.models import load_model
-from tests.conftest import QUICK_LATENCY, tiny_run_args
+from tests.conftest import tiny_run_args
 
 
 def _peft_type(model) -> str | None:
@@ -28,7 +28,7 @@ def _peft_type(model) -> str | None:
 
 def test_failing_methods_do_not_stop_the_others(capsys, tiny_models, articles, tmp_path, monkeypatch):
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--epochs", "1", "--in-process", *QUICK_LATENCY)
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--epochs", "1", "--in-process")
     assert main([*args, "--methods", "full"]) == 0
     before = (output / "full" / "metrics.json").read_bytes()
 
@@ -61,7 +61,7 @@ def test_failing_methods_do_not_stop_the_others(capsys, tiny_models, articles, t
 
 def test_diverging_learning_rate_stops_with_a_message(capsys, tiny_models, articles, tmp_path):
     args = tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--methods", "full", "--lr", "1e30",
-                         "--epochs", "1", "--in-process", *QUICK_LATENCY)  # fmt: skip
+                         "--epochs", "1", "--in-process")  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "full failed: training loss is" in err and "--lr (now 1e+30)" in err and "Traceback" not in err
@@ -73,7 +73,7 @@ def test_a_bug_in_a_method_exits_1_with_its_traceback(capsys, tiny_models, artic
 
     monkeypatch.setattr(CausalLayout, "token_loss", broken)
     args = tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--methods", "lora", "--epochs", "1",
-                         "--in-process", *QUICK_LATENCY)  # fmt: skip
+                         "--in-process")  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: boom" in err and "1 of 1 method runs failed" in err
@@ -96,7 +96,7 @@ def pickle_only_gpt2(tiny_gpt2, tmp_path_factory):
 
 def test_pickle_weights_need_allow_pickle(capsys, pickle_only_gpt2, articles, tmp_path):
     args = tiny_run_args(pickle_only_gpt2, articles, tmp_path / "o", "--methods", "lora", "--epochs", "1",
-                         "--in-process", *QUICK_LATENCY)  # fmt: skip
+                         "--in-process")  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "pytorch_model.bin" in err and "--allow-pickle" in err and "save_pretrained" in err
@@ -142,7 +142,7 @@ def test_report_to_tensorboard_logs_steps_epochs_and_efficiency(tiny_models, art
 
     output = tmp_path / "out"
     args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "2",
-                         "--report-to", "tensorboard", "--in-process", *QUICK_LATENCY)  # fmt: skip
+                         "--report-to", "tensorboard", "--in-process")  # fmt: skip
     assert main(args) == 0
     (run,) = (output / "trackers").iterdir()
     assert run.name == "lora-seed0"

@@ -14,14 +14,14 @@ from peftbench.cli import main
 from peftbench.evaluate import Evaluator
 from peftbench.results import EpochMetrics
 from peftbench.train import Trainer
-from tests.conftest import QUICK_LATENCY, killed_at, tiny_run_args
+from tests.conftest import killed_at, tiny_run_args
 
 GRID = ("--lr-grid", "1e-4,3e-3,3e-2")
 
 
 def _args(model, data, output, *extra: str) -> list[str]:
     return tiny_run_args(model, data, output, "--methods", "lora", "--epochs", "1", "--search", "lr", *GRID,
-                         "--in-process", *QUICK_LATENCY, *extra)  # fmt: skip
+                         "--in-process", *extra)  # fmt: skip
 
 
 def _trials(output, method: str = "lora") -> dict[str, dict]:
@@ -78,7 +78,7 @@ def test_search_selects_on_validation_and_tests_the_selected_trial_alone(tiny_gp
     plain = tmp_path / "plain"
     lr = f"{metrics['search']['lr']:g}"
     assert main(tiny_run_args(tiny_gpt2, articles, plain, "--methods", "lora", "--epochs", "1", "--lr", lr,
-                              "--in-process", *QUICK_LATENCY)) == 0  # fmt: skip
+                              "--in-process")) == 0  # fmt: skip
     reference = json.loads((plain / "lora" / "metrics.json").read_text())
     assert reference["epochs"] == metrics["epochs"] and reference["test"] == metrics["test"]
 
@@ -221,7 +221,7 @@ def test_trials_run_in_processes_of_their_own_and_the_selected_trial_log_becomes
 ):
     output = tmp_path / "processes"
     args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "ia3", "--epochs", "1", "--search", "lr",
-                         "--lr-grid", "1e-3,3e-2", *QUICK_LATENCY)  # fmt: skip
+                         "--lr-grid", "1e-3,3e-2")  # fmt: skip
     assert main(args) == 0  # the local executor: the search in a process, each trial's stages in one of their own
     trials = _trials(output, "ia3")
     losses = {name: record["epochs"][-1]["val_loss"] for name, record in trials.items()}

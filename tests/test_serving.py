@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from peftbench.cli import main
 from peftbench.measure import PhaseTimer, in_memory_window, load_adapters, weights_bytes
 from peftbench.results import Efficiency
-from tests.conftest import QUICK_LATENCY, tiny_run_args
+from tests.conftest import tiny_run_args
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def two_seeds(tmp_path_factory, tiny_models, articles) -> Path:
     """LoRA trained twice on tiny GPT-2 (seeds 0 and 1): two different adapters of the same config."""
     output = tmp_path_factory.mktemp("serving") / "out"
     args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--seeds", "0,1", "--epochs", "1",
-                         "--in-process", *QUICK_LATENCY)  # fmt: skip
+                         "--in-process")  # fmt: skip
     assert main(args) == 0
     return output
 

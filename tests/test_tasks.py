@@ -15,7 +15,7 @@ from peftbench.data import Example, load_splits
 from peftbench.evaluate import EvalOptions, Evaluator
 from peftbench.layout import PromptOptions, TokenLimits
 from peftbench.models import load_model
-from tests.conftest import QUICK_LATENCY, tiny_run_args
+from tests.conftest import tiny_run_args
 
 QUESTIONS = [
     ("Paris is the capital of France.", "What is the capital of France?", ["Paris", "paris, France"]),
@@ -66,7 +66,7 @@ def test_template_fills_columns_and_cuts_the_longest(tiny_gpt2, qa_file):
 def test_qa_preset_scores_exact_match_and_f1_against_every_reference(tiny_gpt2, qa_file, tmp_path):
     output = tmp_path / "qa"
     args = tiny_run_args(tiny_gpt2, qa_file, output, "--task", "qa", "--methods", "lora", "--epochs", "1",
-                         "--in-process", *QUICK_LATENCY)  # fmt: skip
+                         "--in-process")  # fmt: skip
     assert main(args) == 0
     metrics = _metrics(output, "lora")
     assert metrics["config"]["metrics"] == ["exact_match", "f1"] and metrics["config"]["primary_metric"] == "f1"
@@ -108,7 +108,7 @@ def test_accuracy_by_generation_and_by_likelihood(tiny_gpt2, labels_file, tmp_pa
 def test_classification_run_end_to_end(tiny_gpt2, labels_file, tmp_path):
     output = tmp_path / "cls"
     args = tiny_run_args(tiny_gpt2, labels_file, output, "--task", "classification", "--choices", "False,True",
-                         "--methods", "ia3", "--epochs", "1", "--in-process", *QUICK_LATENCY)  # fmt: skip
+                         "--methods", "ia3", "--epochs", "1", "--in-process")  # fmt: skip
     assert main(args) == 0
     metrics = _metrics(output, "ia3")
     assert set(metrics["test"]) == {"loss", "accuracy", "accuracy_ll"}
