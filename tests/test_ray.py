@@ -187,12 +187,15 @@ def test_trial_resources_no_node_has(tiny_gpt2, articles, tmp_path, ray_head, ca
 @needs_ray
 def test_ctrl_c_cancels_the_running_trials_and_keeps_the_finished(tiny_gpt2, articles, tmp_path, ray_head):
     output = tmp_path / "out"
-    # Enough epochs that both trials are still training when the first checkpoint appears, however fast the machine
-    # (20 were not always: a whole-suite CI run once finished both before the signal landed).
-    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--epochs", "200", "--eval-every", "200",
+    # Enough epochs that both trials are still training when the first checkpoint appears, however fast the machine.
+    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--epochs", "20",
                          "--executor", "ray", "--ray-address", ray_head, "--ray-scratch", str(tmp_path / "scratch"))
     environment = os.environ | {"PYTHONPATH": str(ROOT / "src")}
-    driver = subprocess.Popen([sys.executable, "-m", "peftbench", *args], env=environment, stderr=subprocess.PIPE,
+    # Ctrl-C as in a terminal, however this test session was started (a shell's background job ignores SIGINT, and
+    # Python started so leaves it ignored).
+    interruptible = "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" \
+                    "from peftbench.cli import main\nsys.exit(main(sys.argv[1:]))"
+    driver = subprocess.Popen([sys.executable, "-c", interruptible, *args], env=environment, stderr=subprocess.PIPE,
                               text=True)  # fmt: skip
     deadline = time.monotonic() + 300
     while not list((tmp_path / "scratch").glob("*/*/checkpoint/epoch-*")):  # the methods are training
