@@ -152,10 +152,8 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         timer.seconds, timer.others = progress.phase_seconds, progress.phase_other_cpu_seconds
         say(f"[{tag}] resuming after epoch {trainer.epoch} of {config.epochs} from {resume.path}")
     if parallel.is_main():
-        if stage.resume_from:  # the selected trial's training log becomes the method's
-            rundir.write_atomic(directory.log, stage.resume_from.log.read_bytes() if stage.resume_from.log.is_file()
-                                else b"")  # fmt: skip
-        directory.keep_log(progress.log_lines)  # no line twice, none lost: the log as of the checkpoint
+        # No line twice, none lost: the log as of the checkpoint (a selected trial's training log becomes the method's).
+        directory.keep_log(progress.log_lines, stage.resume_from)
     if not resume:
         progress.epochs.append(zero_shot)
         trainer.accelerator.log(_validation_figures(zero_shot), step=0)

@@ -339,10 +339,12 @@ class MethodDir:
             return []
         return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def keep_log(self, lines: int) -> None:
+    def keep_log(self, lines: int, source: MethodDir | None = None) -> None:
         """Cut log.jsonl back to its first `lines` lines: what was logged up to a checkpoint, before a resumed run
-        logs the rest again (0: a fresh start)."""
-        kept = self.log.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if self.log.is_file() else []
+        logs the rest again (0: a fresh start). source: the directory whose log those lines are taken from, where the
+        checkpoint is another directory's (a search's selected trial); default this one."""
+        log = (source or self).log
+        kept = log.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if log.is_file() else []
         write_atomic(self.log, "".join(kept))
 
     def write_card(self, text: str) -> None:
