@@ -71,7 +71,7 @@ def instrument(recorder: DtypeRecorder) -> None:
     """Label the phases of peftbench's own run (observation only: every function runs unchanged)."""
     torch.nn.modules.module.register_module_forward_hook(recorder.record)
     Trainer.train_epoch = recorder.during(Trainer.train_epoch, "train")
-    Evaluator.loss = recorder.during(Evaluator.loss, "loss")
+    Evaluator.loss_sums = recorder.during(Evaluator.loss_sums, "loss")
     Evaluator.generate = recorder.during(Evaluator.generate, "generate")
     method_run.latency_ms = recorder.during(method_run.latency_ms, recorder.latency_phase)
     method_run.merge_agreement = recorder.during(method_run.merge_agreement, "merge check")

@@ -4,6 +4,7 @@ bad input refused before any model loads."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -41,7 +42,7 @@ def counted(monkeypatch) -> dict[str, list]:
         return train_epoch(self)
 
     def counting_evaluate(self, *args, **kwargs):
-        calls["evaluations"].append(kwargs.get("desc", args[5] if len(args) > 5 else "evaluate"))
+        calls["evaluations"].append(inspect.signature(evaluate).bind(self, *args, **kwargs).arguments.get("desc"))
         return evaluate(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_epoch", counting_train_epoch)

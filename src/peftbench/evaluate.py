@@ -59,14 +59,21 @@ class EvalOptions:
 
 
 class Evaluator:
-    """Evaluates models on encoded splits with one layout and options."""
+    """Evaluates models on encoded splits with one layout and options.
 
-    def __init__(self, layout: Layout, options: EvalOptions, device, progress: bool = False):
+    one_pass: the loss of the examples generated comes from the forward pass over their prompts that generation
+    makes anyway (Layout.prefill, prefilled_loss), so that each prompt is read once; off for models that put virtual
+    tokens before every input (prompt learning), and under beam search. The figures are the same either way, to float
+    rounding; the time saved is the loss pass over the prompts (most of each example).
+    """
+
+    def __init__(self, layout: Layout, options: EvalOptions, device, progress: bool = False, one_pass: bool = True):
         self.layout, self.options, self.device, self.progress = layout, options, device, progress
+        self.one_pass = one_pass and options.num_beams == 1
 
     @torch.inference_mode()
-    def loss(self, model, items: list[Encoded]) -> float:
-        """Mean cross-entropy per target token over a whole split (each process takes its share of the batches)."""
+    def loss_sums(self, model, items: list[Encoded]) -> tuple[float, int]:
+        """Summed cross-entropy over the target tokens of this process's share of items' batches, and their count."""
         model.eval()
         total, count = 0.0, 0
         for indices in parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: it.length)):
@@ -74,31 +81,50 @@ class Evaluator:
             summed, n_tokens = self.layout.token_loss(model, to_device(batch, self.device))
             total += summed.item()
             count += n_tokens
-        total, count = parallel.totals(total, count)
-        return total / max(count, 1)
+        return total, count
 
     @torch.inference_mode()
-    def generate(self, model, items: list[Encoded], desc: str = "generate") -> Generation:
-        """Batched generation (KV cache on, left padding for causal models); predictions in the items' order.
+    def generate(self, model, items: list[Encoded], desc: str = "generate", timer: PhaseTimer | None = None,
+                 phase: str = "evaluation") -> tuple[Generation, tuple[float, int]]:  # fmt: skip
+        """Batched generation (KV cache on, left padding for causal models); predictions in the items' order. With
+        one_pass, also the items' target loss from the same reading of the prompts: as loss_sums, this process's
+        summed loss and token count ((0.0, 0) without one_pass).
 
-        Each process generates its share of the batches; every process returns all predictions.
+        Each process generates its share of the batches; every process returns all predictions. timer, when given,
+        records the prompts' reading and the decoding as <phase>_generation and the targets' loss as <phase>_loss.
+        Generation.seconds is the generation's wall time without the loss.
         """
         model.eval()
+        timer = timer or PhaseTimer()
         predictions: dict[int, str] = {}
-        new_tokens, started = 0, time.perf_counter()
+        new_tokens, seconds, total, count = 0, 0.0, 0.0, 0
         batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: len(it.prompt)))
         for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
-            batch = self.layout.collate([items[i] for i in indices], with_targets=False)
-            new = self.layout.generate(model, to_device(batch, self.device), self.options.max_new_tokens,
-                                       self.options.num_beams)  # fmt: skip
-            for index, ids in zip(indices, new, strict=True):
-                predictions[index] = self.layout.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                new_tokens += count_new_tokens(ids, self.layout.stop_ids)
-        seconds = parallel.highest(time.perf_counter() - started)  # wall time: until the slowest share is done
+            prompts = to_device(self.layout.collate([items[i] for i in indices], with_targets=False), self.device)
+            prefilled = None
+            with timer.phase(f"{phase}_generation"):
+                started = time.perf_counter()
+                if self.one_pass:
+                    prefilled = self.layout.prefill(model, prompts)
+                seconds += time.perf_counter() - started
+            if self.one_pass:
+                with timer.phase(f"{phase}_loss"):
+                    summed, n_tokens = self.layout.prefilled_loss(model, prompts, [items[i].target for i in indices],
+                                                                  prefilled)  # fmt: skip
+                    total, count = total + summed.item(), count + n_tokens
+            with timer.phase(f"{phase}_generation"):
+                started = time.perf_counter()
+                new = self.layout.generate(model, prompts, self.options.max_new_tokens, self.options.num_beams,
+                                           prefilled=prefilled)  # fmt: skip
+                for index, ids in zip(indices, new, strict=True):
+                    predictions[index] = self.layout.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                    new_tokens += count_new_tokens(ids, self.layout.stop_ids)
+                seconds += time.perf_counter() - started
+        seconds = parallel.highest(seconds)  # wall time: until the slowest share is done
         new_tokens = int(parallel.totals(new_tokens)[0])
         for shares in parallel.everyone(predictions):
             predictions |= shares
-        return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds)
+        return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds), (total, count)
 
     @torch.inference_mode()
     def likely_choices(self, model, items: list[Encoded], examples: list[Example],
@@ -123,29 +149,29 @@ class Evaluator:
                 best[index] = (scored[position], choice)
         return [best[index][1] for index in range(len(items))]
 
-    def evaluate(self, model, items: list[Encoded], examples: list[Example], generation_model=None,
-                 generate_count: int | None = None, desc: str = "evaluate", timer: PhaseTimer | None = None,
+    def evaluate(self, model, items: list[Encoded], examples: list[Example], generate_count: int | None = None,
+                 desc: str = "evaluate", timer: PhaseTimer | None = None,
                  phase: str = "evaluation") -> tuple[Scores, Generation]:  # fmt: skip
         """Loss over all items; generation and the task metrics over the first generate_count items (default all),
         against every reference of each example (and its choices).
 
-        generation_model, when given, generates (and scores choices) instead of model (e.g. a copy with the adapter
-        merged in). timer, when given, records the two parts as phases <phase>_loss and <phase>_generation (its
-        scoring included).
+        timer, when given, records the two parts as phases <phase>_loss and <phase>_generation (its scoring
+        included; with one_pass, the prompts' reading too).
         """
         timer = timer or PhaseTimer()
-        with timer.phase(f"{phase}_loss"):
-            loss = self.loss(model, items)
         count = len(items) if generate_count is None else min(generate_count, len(items))
+        shown = examples[:count]
+        generation, (total, tokens) = self.generate(model, items[:count], desc, timer, phase)
+        with timer.phase(f"{phase}_loss"):
+            rest = self.loss_sums(model, items[count:] if self.one_pass else items)
+            total, tokens = parallel.totals(total + rest[0], tokens + rest[1])
         with timer.phase(f"{phase}_generation"):
-            generator, shown = generation_model or model, examples[:count]
-            generation = self.generate(generator, items[:count], desc)
             choices = [ex.choices for ex in shown] if all(ex.choices for ex in shown) else None
             metrics, generation.per_example = score(list(self.options.metrics), generation.predictions,
                                                     [ex.references for ex in shown], choices)  # fmt: skip
             if any(METRICS[name].likelihood for name in self.options.metrics):
-                generation.likely_choices = self.likely_choices(generator, items[:count], shown, f"{desc}: choices")
+                generation.likely_choices = self.likely_choices(model, items[:count], shown, f"{desc}: choices")
                 right = [float(normalise_answer(choice) == normalise_answer(ex.references[0]))
                          for choice, ex in zip(generation.likely_choices, shown, strict=True)]  # fmt: skip
                 metrics["accuracy_ll"], generation.per_example["accuracy_ll"] = sum(right) / len(right), right
-        return Scores(loss, {name: metrics[name] for name in self.options.metrics}), generation
+        return Scores(total / max(tokens, 1), {name: metrics[name] for name in self.options.metrics}), generation

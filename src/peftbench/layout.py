@@ -14,12 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from peftbench.config import ConfigError, RunConfig
 from peftbench.data import Example
 from peftbench.tasks import TASKS
 
 IGNORE_INDEX = -100  # label positions the loss skips (prompt and padding)
+# transformers renamed the KV cache's argument and output from past_key_values to cache during 5.x: this release's name.
+_CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -56,6 +59,12 @@ class TokenLimits:
 
     source: int
     target: int
+
+
+def _summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy (in fp32) of logits against labels, over the labels that count, and their count."""
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int((labels != IGNORE_INDEX).sum())
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
@@ -122,10 +131,19 @@ class Layout:
 
     def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over the target tokens of a collated batch, and their count."""
-        logits, labels = self._logits_and_labels(model, batch)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
-                               reduction="sum")  # fmt: skip
-        return loss, int((labels != IGNORE_INDEX).sum())
+        return _summed_loss(*self._logits_and_labels(model, batch))
+
+    def prefill(self, model, prompts: dict[str, torch.Tensor]) -> dict[str, object]:
+        """Read a generation batch's prompts once, for prefilled_loss and then generate to go on from: what generate
+        takes to skip that reading (the prompts' KV cache, or the encoder's outputs); empty where there is none."""
+        raise NotImplementedError
+
+    def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
+                       prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
+        """Summed cross-entropy over targets (one per prompt row) after the prompts that prefill read, and their
+        count: the same figure as token_loss on the collated items, without reading the prompts again. Leaves
+        prefilled as generate needs it (emptied where it cannot be, which makes generate read the prompts itself)."""
+        raise NotImplementedError
 
     def row_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each row's summed cross-entropy over its target tokens: minus its target's log-likelihood."""
@@ -167,10 +185,11 @@ class Layout:
         raise NotImplementedError
 
     def generate(self, model, batch: dict[str, torch.Tensor], max_new_tokens: int, num_beams: int = 1,
-                 fixed_length: bool = False) -> list[list[int]]:  # fmt: skip
+                 fixed_length: bool = False, prefilled: dict[str, object] | None = None) -> list[list[int]]:  # fmt: skip
         """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row.
 
         fixed_length ignores EOS and always makes max_new_tokens tokens, so timings compare like with like.
+        prefilled: prefill's state for this batch (greedy only: beam search would need it copied per beam).
         """
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -182,7 +201,7 @@ class Layout:
             decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
         )
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        output = model.generate(**inputs, generation_config=config)
+        output = model.generate(**inputs, **(prefilled or {}), generation_config=config)
         return output[:, self._new_tokens_start(batch) :].tolist()
 
 
@@ -275,6 +294,32 @@ class CausalLayout(Layout):
         width = int((labels != IGNORE_INDEX).sum(-1).max())  # left padding: all targets in the last columns
         return model(**inputs, logits_to_keep=width + 1).logits[:, :-1], labels[:, -width:]
 
+    def prefill(self, model, prompts: dict[str, torch.Tensor]) -> dict[str, object]:
+        # All but the last column: generate feeds that one itself, for the first new token's logits.
+        if prompts["input_ids"].shape[1] < 2:
+            return {}
+        head = {key: value[:, :-1] for key, value in prompts.items()}
+        return {_CACHE: getattr(model(**head, use_cache=True, logits_to_keep=1), _CACHE)}
+
+    def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
+                       prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
+        # None where the prompts are one column: then the inputs below are the whole sequences.
+        cache, device = prefilled.get(_CACHE), prompts["input_ids"].device
+        # The prompts' last column (left padding: a real token in every row), then each target but its last token,
+        # right-padded: every target position sees its whole prompt, and no real position sees the padding.
+        width = max(len(target) for target in targets)
+        ids = torch.cat([prompts["input_ids"][:, -1:], _pad(targets, self.pad_id, left=False)[:, :-1].to(device)], 1)
+        real = _pad([[1] * len(target) for target in targets], 0, left=False)[:, :-1].to(device)
+        positions = prompts["position_ids"][:, -1:] + torch.arange(width, device=device)
+        logits = model(input_ids=ids, attention_mask=torch.cat([prompts["attention_mask"], real], 1),
+                       position_ids=positions, use_cache=cache is not None, **{_CACHE: cache}).logits  # fmt: skip
+        if cache is not None:
+            try:
+                cache.crop(-width)  # back to the prompts less their last column
+            except (AttributeError, NotImplementedError, RuntimeError, ValueError):  # one that cannot (sliding windows)
+                prefilled.pop(_CACHE)
+        return _summed_loss(logits, _pad(targets, IGNORE_INDEX, left=False).to(device))
+
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())  # prompt and target are one sequence
 
@@ -337,6 +382,17 @@ class Seq2SeqLayout(Layout):
         owner = model.module if isinstance(model, DistributedDataParallel) else model  # DDP hides the helper
         decoder_input_ids = owner.prepare_decoder_input_ids_from_labels(labels=labels)
         return model(**inputs, decoder_input_ids=decoder_input_ids).logits, labels
+
+    def prefill(self, model, prompts: dict[str, torch.Tensor]) -> dict[str, object]:
+        return {"encoder_outputs": model.get_encoder()(input_ids=prompts["input_ids"],
+                                                       attention_mask=prompts["attention_mask"])}  # fmt: skip
+
+    def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
+                       prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
+        labels = _pad(targets, IGNORE_INDEX, left=False).to(prompts["input_ids"].device)
+        logits = model(attention_mask=prompts["attention_mask"], encoder_outputs=prefilled["encoder_outputs"],
+                       decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels)).logits  # fmt: skip
+        return _summed_loss(logits, labels)
 
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())

@@ -138,7 +138,8 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         options = TrainOptions.from_config(config, precision)
         log = directory.append_log if parallel.is_main() else (lambda _record: None)  # log.jsonl: the main process's
         trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term, log)
-    evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
+    evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet),
+                          one_pass=not method.prompt_learning)  # fmt: skip
     result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
     tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.comparison),
                    f"{tag.replace(' ', '-')}-seed{config.seed}", result.config)  # fmt: skip
@@ -165,8 +166,8 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
             train_loss = trainer.train_epoch()
         if epoch % config.eval_every == 0 or epoch in (last, config.epochs):
             with compute:
-                validate(evaluator, trainer, method, validation, config.eval_generate_size, progress, epoch,
-                         train_loss, timer)  # fmt: skip
+                validate(evaluator, trainer, validation, config.eval_generate_size, progress, epoch, train_loss,
+                         timer)  # fmt: skip
             log(log_record("validation", epoch, epoch * trainer.steps_per_epoch, progress.epochs[-1]))
             say(f"[{tag}] {epoch_line(progress.epochs[-1])}")
         if parallel.is_main():
@@ -182,12 +183,12 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         parallel.wait_for_everyone()
         return result
 
-    # Test, on the merged copy where there is one; it then serves latency and the merge check too.
+    # Test, on the trained model itself; then its merged copy, where there is one, for latency and the merge check.
+    with compute:
+        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.examples, None, "test", timer,
+                                                "test")  # fmt: skip
     with timer.phase("merge_check"):
         final = merged_model(trainer, method)
-    with compute:
-        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.examples, final, None, "test",
-                                                timer, "test")  # fmt: skip
     progress.add_generation(generation.new_tokens, generation.seconds)
     result.test = TestMetrics(scores.loss, scores.metrics)
     log(log_record("test", config.epochs, config.epochs * trainer.steps_per_epoch, result.test))
@@ -235,10 +236,9 @@ def run_zero_shot(splits: Splits, config: RunConfig) -> tuple[MethodResult, list
     precision = mixed_precision(config.precision)
     evaluator = Evaluator(loaded.layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
     with autocast(precision, device):
-        s, _ = evaluator.evaluate(loaded.model, validation.items, validation.examples, None,
-                                  config.eval_generate_size, "zero-shot validation")  # fmt: skip
-        scores, generation = evaluator.evaluate(loaded.model, test.items, test.examples, None, None,
-                                                "zero-shot test")  # fmt: skip
+        s, _ = evaluator.evaluate(loaded.model, validation.items, validation.examples, config.eval_generate_size,
+                                  "zero-shot validation")  # fmt: skip
+        scores, generation = evaluator.evaluate(loaded.model, test.items, test.examples, None, "zero-shot test")
     _, total = count_parameters(loaded.model)
     resolved = config.to_dict() | _model_settings(loaded, precision)
     result = MethodResult(ZERO_SHOT, loaded.name, splits.description, 0, total, resolved)
@@ -267,18 +267,16 @@ class EncodedSplit:
 
 
 def merged_model(trainer: Trainer, method: Method) -> nn.Module | None:
-    """A merged copy of the trained model where the method can merge, else None. Generation runs on it: no adapter
-    detour in every layer at every new token."""
+    """A merged copy of the trained model where the method can merge, else None: how it would be served, for the
+    merged latency and the merge check."""
     return merged_copy(trainer.unwrapped) if method.mergeable else None
 
 
-def validate(evaluator: Evaluator, trainer: Trainer, method: Method, split: EncodedSplit, generate_size: int | None,
+def validate(evaluator: Evaluator, trainer: Trainer, split: EncodedSplit, generate_size: int | None,
              progress: Progress, epoch: int, train_loss: float | None, timer: PhaseTimer) -> None:  # fmt: skip
     """One epoch's validation, recorded in progress and sent to the trackers: loss over every example, text metrics
     over the first generate_size examples generated; its time in timer's validation phases."""
-    with timer.phase("validation_generation"):  # the merged copy serves generation alone
-        merged = merged_model(trainer, method)
-    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.examples, merged, generate_size,
+    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.examples, generate_size,
                                        f"validate epoch {epoch}", timer, "validation")  # fmt: skip
     progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.metrics))
     progress.add_generation(generation.new_tokens, generation.seconds)
