@@ -185,7 +185,8 @@ class Layout:
         raise NotImplementedError
 
     def generate(self, model, batch: dict[str, torch.Tensor], max_new_tokens: int, num_beams: int = 1,
-                 fixed_length: bool = False, prefilled: dict[str, object] | None = None) -> list[list[int]]:  # fmt: skip
+                 fixed_length: bool = False,
+                 prefilled: dict[str, object] | None = None) -> list[list[int]]:  # fmt: skip
         """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row.
 
         fixed_length ignores EOS and always makes max_new_tokens tokens, so timings compare like with like.
