@@ -18,7 +18,7 @@ variants, so real tokens/s compares them directly.
 Examples are whole articles that fit --max-source-tokens (lengths vary as in real data); --truncate uses the
 first articles cut to that length instead, where nearly every row is equally long and padding barely exists.
 
-The goals (a/b >= 1.5 for every method, MFU(a) >= 50%) are reported as PASS/MISS; nothing adapts to meet them.
+The goals (a/b >= 1.5 for every method, MFU(a) >= 80%) are reported as PASS/MISS; nothing adapts to meet them.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ VARIANTS = {
     "c": f"HF Trainer, pad to {FIXED_LENGTH}",
 }
 GOAL_A_OVER_B = 1.5
-GOAL_MFU = 0.5
+GOAL_MFU = 0.8  # on this host class (2-core AVX2 CPU, fp32)
 BUSY_LOAD = 0.5  # 1-minute load average above which something else competes for the cores we time on
 
 
