@@ -71,7 +71,7 @@ def main() -> None:
         later = args.epochs - 1
         cost = fast[0] - eager[0]
         saving = (sum(eager[1:]) - sum(fast[1:])) / (later * steps) if later else float("nan")
-        run_steps = steps * args.epochs
+        run_steps = steps * RunConfig().epochs
         if saving > 0:
             print(f"  compile cost {cost:.1f} s; saving {1000 * saving:.0f} ms/step after it; break-even after "
                   f"{cost / saving:.0f} steps (the default run trains {run_steps} per method)")  # fmt: skip

@@ -25,6 +25,7 @@ from peftbench import method_run, rundir
 from peftbench.config import EMBEDDED, RunConfig
 from peftbench.data import load_splits
 from peftbench.evaluate import Evaluator
+from peftbench.layout import CausalLayout, Seq2SeqLayout
 from peftbench.methods import METHODS, check_method_names
 from peftbench.train import Trainer, mixed_precision
 
@@ -72,6 +73,8 @@ def instrument(recorder: DtypeRecorder) -> None:
     torch.nn.modules.module.register_module_forward_hook(recorder.record)
     Trainer.train_epoch = recorder.during(Trainer.train_epoch, "train")
     Evaluator.loss_sums = recorder.during(Evaluator.loss_sums, "loss")
+    for layout in (CausalLayout, Seq2SeqLayout):  # the loss of generated examples, read with generation's prompts
+        layout.prefilled_loss = recorder.during(layout.prefilled_loss, "loss")
     Evaluator.generate = recorder.during(Evaluator.generate, "generate")
     method_run.latency_ms = recorder.during(method_run.latency_ms, recorder.latency_phase)
     method_run.merge_agreement = recorder.during(method_run.merge_agreement, "merge check")

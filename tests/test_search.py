@@ -42,7 +42,9 @@ def counted(monkeypatch) -> dict[str, list]:
         return train_epoch(self)
 
     def counting_evaluate(self, *args, **kwargs):
-        calls["evaluations"].append(inspect.signature(evaluate).bind(self, *args, **kwargs).arguments.get("desc"))
+        bound = inspect.signature(evaluate).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        calls["evaluations"].append(bound.arguments["desc"])
         return evaluate(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_epoch", counting_train_epoch)

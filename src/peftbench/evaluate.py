@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +11,7 @@ from peftbench import parallel
 from peftbench.config import RunConfig
 from peftbench.data import Example, to_device
 from peftbench.layout import Encoded, Layout
-from peftbench.measure import PhaseTimer
+from peftbench.measure import PhaseTimer, prompt_batch
 from peftbench.metrics import METRICS, normalise_answer, score
 
 
@@ -91,40 +90,45 @@ class Evaluator:
         summed loss and token count ((0.0, 0) without one_pass).
 
         Each process generates its share of the batches; every process returns all predictions. timer, when given,
-        records the prompts' reading and the decoding as <phase>_generation and the targets' loss as <phase>_loss.
-        Generation.seconds is the generation's wall time without the loss.
+        records the prompts' reading and the decoding as <phase>_generation and the targets' loss as <phase>_loss;
+        Generation.seconds is the first of them: the generation's wall time, the loss left out.
         """
         model.eval()
-        timer = timer or PhaseTimer()
-        predictions: dict[int, str] = {}
-        new_tokens, seconds, total, count = 0, 0.0, 0.0, 0
+        timer, generation = timer or PhaseTimer(), f"{phase}_generation"
+        before = timer.seconds.get(generation, 0.0)
+        new: dict[int, list[int]] = {}
+        total, count = 0.0, 0
         batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: len(it.prompt)))
         for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
-            prompts = to_device(self.layout.collate([items[i] for i in indices], with_targets=False), self.device)
-            prefilled = None
-            with timer.phase(f"{phase}_generation"):
-                started = time.perf_counter()
-                if self.one_pass:
-                    prefilled = self.layout.prefill(model, prompts)
-                seconds += time.perf_counter() - started
-            if self.one_pass:
-                with timer.phase(f"{phase}_loss"):
-                    summed, n_tokens = self.layout.prefilled_loss(model, prompts, [items[i].target for i in indices],
-                                                                  prefilled)  # fmt: skip
-                    total, count = total + summed.item(), count + n_tokens
-            with timer.phase(f"{phase}_generation"):
-                started = time.perf_counter()
-                new = self.layout.generate(model, prompts, self.options.max_new_tokens, self.options.num_beams,
-                                           prefilled=prefilled)  # fmt: skip
-                for index, ids in zip(indices, new, strict=True):
-                    predictions[index] = self.layout.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                    new_tokens += count_new_tokens(ids, self.layout.stop_ids)
-                seconds += time.perf_counter() - started
-        seconds = parallel.highest(seconds)  # wall time: until the slowest share is done
-        new_tokens = int(parallel.totals(new_tokens)[0])
-        for shares in parallel.everyone(predictions):
-            predictions |= shares
+            prompts = prompt_batch([items[i] for i in indices], self.layout, self.device)
+            rows, (summed, n_tokens) = self._read_batch(model, prompts, [items[i].target for i in indices], timer,
+                                                        phase)  # fmt: skip
+            new |= dict(zip(indices, rows, strict=True))
+            total, count = total + summed, count + n_tokens
+        with timer.phase(generation):  # the text, and waiting for the slowest process's share
+            decode, stops = self.layout.tokenizer.decode, self.layout.stop_ids
+            predictions = {i: decode(ids, skip_special_tokens=True).strip() for i, ids in new.items()}
+            new_tokens = int(parallel.totals(sum(count_new_tokens(ids, stops) for ids in new.values()))[0])
+            for shares in parallel.everyone(predictions):
+                predictions |= shares
+        seconds = parallel.highest(timer.seconds[generation] - before)
         return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds), (total, count)
+
+    def _read_batch(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]], timer: PhaseTimer,
+                    phase: str) -> tuple[list[list[int]], tuple[float, int]]:  # fmt: skip
+        """One batch's new tokens, and with one_pass its targets' summed loss and count from generation's own reading
+        of the prompts ((0.0, 0) without)."""
+        options = self.options
+        if not self.one_pass:
+            with timer.phase(f"{phase}_generation"):
+                return self.layout.generate(model, prompts, options.max_new_tokens, options.num_beams), (0.0, 0)
+        with timer.phase(f"{phase}_generation"):
+            prefilled = self.layout.prefill(model, prompts)
+        with timer.phase(f"{phase}_loss"):
+            summed, count = self.layout.prefilled_loss(model, prompts, targets, prefilled)
+            loss = (summed.item(), count)
+        with timer.phase(f"{phase}_generation"):
+            return self.layout.generate(model, prompts, options.max_new_tokens, prefilled=prefilled), loss
 
     @torch.inference_mode()
     def likely_choices(self, model, items: list[Encoded], examples: list[Example],

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, Generation
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from peftbench.config import ConfigError, RunConfig
-from peftbench.data import Example
+from peftbench.data import Example, to_device
 from peftbench.tasks import TASKS
 
 IGNORE_INDEX = -100  # label positions the loss skips (prompt and padding)
@@ -142,7 +142,8 @@ class Layout:
                        prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
         """Summed cross-entropy over targets (one per prompt row) after the prompts that prefill read, and their
         count: the same figure as token_loss on the collated items, without reading the prompts again. Leaves
-        prefilled as generate needs it (emptied where it cannot be, which makes generate read the prompts itself)."""
+        prefilled as generate needs it (emptied where it cannot be, which makes generate read the prompts itself);
+        with prefilled empty, reads prompt and target together, as token_loss."""
         raise NotImplementedError
 
     def row_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -217,7 +218,9 @@ class CausalLayout(Layout):
 
     The contract every method below relies on: batches are left-padded, so every row's target ends in the last
     column. The LM head then only runs on the last (longest target + 1) positions, and generated tokens start right
-    after the (padded) prompt. Explicit position ids keep left padding exact.
+    after the (padded) prompt. Explicit position ids keep left padding exact. The one exception is prefilled_loss:
+    there the targets come after the left-padded prompts' cache, right-padded, so that every target follows its
+    prompt directly.
     """
 
     kind = "causal"
@@ -296,16 +299,21 @@ class CausalLayout(Layout):
         return model(**inputs, logits_to_keep=width + 1).logits[:, :-1], labels[:, -width:]
 
     def prefill(self, model, prompts: dict[str, torch.Tensor]) -> dict[str, object]:
-        # All but the last column: generate feeds that one itself, for the first new token's logits.
-        if prompts["input_ids"].shape[1] < 2:
+        # generate refuses a cache of ours where the model's generation config names its own kind of cache.
+        if prompts["input_ids"].shape[1] < 2 or getattr(model.generation_config, "cache_implementation", None):
             return {}
+        # All but the last column: generate feeds that one itself, for the first new token's logits.
         head = {key: value[:, :-1] for key, value in prompts.items()}
-        return {_CACHE: getattr(model(**head, use_cache=True, logits_to_keep=1), _CACHE)}
+        cache = getattr(model(**head, use_cache=True, logits_to_keep=1), _CACHE, None)
+        return {} if cache is None else {_CACHE: cache}
 
     def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
                        prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
-        # None where the prompts are one column: then the inputs below are the whole sequences.
         cache, device = prefilled.get(_CACHE), prompts["input_ids"].device
+        if cache is None:
+            rows = [Encoded(ids[mask.bool()].tolist(), target)
+                    for ids, mask, target in zip(prompts["input_ids"], prompts["attention_mask"], targets, strict=True)]
+            return self.token_loss(model, to_device(self.collate(rows), device))
         # The prompts' last column (left padding: a real token in every row), then each target but its last token,
         # right-padded: every target position sees its whole prompt, and no real position sees the padding.
         width = max(len(target) for target in targets)
@@ -313,12 +321,11 @@ class CausalLayout(Layout):
         real = _pad([[1] * len(target) for target in targets], 0, left=False)[:, :-1].to(device)
         positions = prompts["position_ids"][:, -1:] + torch.arange(width, device=device)
         logits = model(input_ids=ids, attention_mask=torch.cat([prompts["attention_mask"], real], 1),
-                       position_ids=positions, use_cache=cache is not None, **{_CACHE: cache}).logits  # fmt: skip
-        if cache is not None:
-            try:
-                cache.crop(-width)  # back to the prompts less their last column
-            except (AttributeError, NotImplementedError, RuntimeError, ValueError):  # one that cannot (sliding windows)
-                prefilled.pop(_CACHE)
+                       position_ids=positions, use_cache=True, **{_CACHE: cache}).logits  # fmt: skip
+        try:
+            cache.crop(-width)  # back to the prompts less their last column
+        except (NotImplementedError, RuntimeError, ValueError):  # one that cannot, once it holds a sliding window
+            prefilled.pop(_CACHE)
         return _summed_loss(logits, _pad(targets, IGNORE_INDEX, left=False).to(device))
 
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
@@ -390,10 +397,10 @@ class Seq2SeqLayout(Layout):
 
     def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
                        prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
-        labels = _pad(targets, IGNORE_INDEX, left=False).to(prompts["input_ids"].device)
-        logits = model(attention_mask=prompts["attention_mask"], encoder_outputs=prefilled["encoder_outputs"],
-                       decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels)).logits  # fmt: skip
-        return _summed_loss(logits, labels)
+        batch = prompts | {"labels": _pad(targets, IGNORE_INDEX, left=False).to(prompts["input_ids"].device)}
+        if "encoder_outputs" in prefilled:  # the model skips its encoder for these
+            batch = batch | {"encoder_outputs": prefilled["encoder_outputs"]}
+        return self.token_loss(model, batch)
 
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())

@@ -187,8 +187,8 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     with compute:
         scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.examples, None, "test", timer,
                                                 "test")  # fmt: skip
-    with timer.phase("merge_check"):
-        final = merged_model(trainer, method)
+    with timer.phase("merge_check"):  # only the main process measures
+        final = merged_model(trainer, method) if parallel.is_main() else None
     progress.add_generation(generation.new_tokens, generation.seconds)
     result.test = TestMetrics(scores.loss, scores.metrics)
     log(log_record("test", config.epochs, config.epochs * trainer.steps_per_epoch, result.test))

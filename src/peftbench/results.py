@@ -65,7 +65,7 @@ class Efficiency:
     train_seconds: float
     train_tokens_per_s: float  # real (non-padding) tokens
     train_samples_per_s: float
-    eval_generate_tokens_per_s: float  # new tokens per second in batched evaluation generation
+    eval_generate_tokens_per_s: float  # new tokens/s in batched evaluation generation (the trained model, unmerged)
     # Median ms per example at batch size 1, fixed new-token count: "base" is the pretrained model without adapter,
     # "unmerged" the trained model as it trains (for full: the fine-tuned model), "merged" after merge_and_unload
     # (None where the method cannot merge or has nothing to merge).
