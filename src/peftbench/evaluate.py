@@ -100,9 +100,7 @@ class Evaluator:
         total, count = 0.0, 0
         batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: len(it.prompt)))
         for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
-            prompts = prompt_batch([items[i] for i in indices], self.layout, self.device)
-            rows, (summed, n_tokens) = self._read_batch(model, prompts, [items[i].target for i in indices], timer,
-                                                        phase)  # fmt: skip
+            rows, (summed, n_tokens) = self._read_batch(model, [items[i] for i in indices], timer, phase)
             new |= dict(zip(indices, rows, strict=True))
             total, count = total + summed, count + n_tokens
         with timer.phase(generation):  # the text, and waiting for the slowest process's share
@@ -114,18 +112,22 @@ class Evaluator:
         seconds = parallel.highest(timer.seconds[generation] - before)
         return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds), (total, count)
 
-    def _read_batch(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]], timer: PhaseTimer,
+    def _read_batch(self, model, items: list[Encoded], timer: PhaseTimer,
                     phase: str) -> tuple[list[list[int]], tuple[float, int]]:  # fmt: skip
         """One batch's new tokens, and with one_pass its targets' summed loss and count from generation's own reading
         of the prompts ((0.0, 0) without)."""
-        options = self.options
+        options, layout = self.options, self.layout
+        prompts = prompt_batch(items, layout, self.device)
         if not self.one_pass:
             with timer.phase(f"{phase}_generation"):
-                return self.layout.generate(model, prompts, options.max_new_tokens, options.num_beams), (0.0, 0)
+                return layout.generate(model, prompts, options.max_new_tokens, options.num_beams), (0.0, 0)
         with timer.phase(f"{phase}_generation"):
-            prefilled = self.layout.prefill(model, prompts)
+            prefilled = layout.prefill(model, prompts)
         with timer.phase(f"{phase}_loss"):
-            summed, count = self.layout.prefilled_loss(model, prompts, targets, prefilled)
+            if prefilled:
+                summed, count = layout.prefilled_loss(model, prompts, [item.target for item in items], prefilled)
+            else:  # nothing to go on from (generate reads the prompts itself): prompt and target read together
+                summed, count = layout.token_loss(model, to_device(layout.collate(items), self.device))
             loss = (summed.item(), count)
         with timer.phase(f"{phase}_generation"):
             return self.layout.generate(model, prompts, options.max_new_tokens, prefilled=prefilled), loss

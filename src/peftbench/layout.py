@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, Generation
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from peftbench.config import ConfigError, RunConfig
-from peftbench.data import Example, to_device
+from peftbench.data import Example
 from peftbench.tasks import TASKS
 
 IGNORE_INDEX = -100  # label positions the loss skips (prompt and padding)
@@ -140,10 +140,10 @@ class Layout:
 
     def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
                        prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
-        """Summed cross-entropy over targets (one per prompt row) after the prompts that prefill read, and their
-        count: the same figure as token_loss on the collated items, without reading the prompts again. Leaves
-        prefilled as generate needs it (emptied where it cannot be, which makes generate read the prompts itself);
-        with prefilled empty, reads prompt and target together, as token_loss."""
+        """Summed cross-entropy over targets (one per prompt row) after the prompts that prefill read (prefilled: its
+        non-empty state), and their count: the same figure as token_loss on the collated items, without reading the
+        prompts again. Leaves prefilled as generate needs it (emptied where it cannot be, which makes generate read
+        the prompts itself)."""
         raise NotImplementedError
 
     def row_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -309,11 +309,7 @@ class CausalLayout(Layout):
 
     def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
                        prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
-        cache, device = prefilled.get(_CACHE), prompts["input_ids"].device
-        if cache is None:
-            rows = [Encoded(ids[mask.bool()].tolist(), target)
-                    for ids, mask, target in zip(prompts["input_ids"], prompts["attention_mask"], targets, strict=True)]
-            return self.token_loss(model, to_device(self.collate(rows), device))
+        cache, device = prefilled[_CACHE], prompts["input_ids"].device
         # The prompts' last column (left padding: a real token in every row), then each target but its last token,
         # right-padded: every target position sees its whole prompt, and no real position sees the padding.
         width = max(len(target) for target in targets)
@@ -397,10 +393,9 @@ class Seq2SeqLayout(Layout):
 
     def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
                        prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
-        batch = prompts | {"labels": _pad(targets, IGNORE_INDEX, left=False).to(prompts["input_ids"].device)}
-        if "encoder_outputs" in prefilled:  # the model skips its encoder for these
-            batch = batch | {"encoder_outputs": prefilled["encoder_outputs"]}
-        return self.token_loss(model, batch)
+        labels = _pad(targets, IGNORE_INDEX, left=False).to(prompts["input_ids"].device)
+        # With the encoder's outputs given, the model skips its encoder.
+        return self.token_loss(model, prompts | {"labels": labels, "encoder_outputs": prefilled["encoder_outputs"]})
 
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum()) + int((batch["labels"] != IGNORE_INDEX).sum())

@@ -185,7 +185,7 @@ class PhaseTimer:
     def other_cpu_share(self) -> dict[str, float] | None:
         """Per phase, the share of the machine's CPU time (wall seconds x CPUs) that other processes used during it:
         0 where the machine was this run's alone; None where it cannot be measured (no /proc)."""
-        if machine_cpu_seconds() is None:
+        if self.seconds and not self.others:  # phases ran, none could read /proc/stat
             return None
         cpus = os.cpu_count() or 1
         # /proc/stat counts in ticks (10 ms): one tick in a phase of a few milliseconds would read as over 100%
