@@ -19,11 +19,11 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from peftbench.adapt import apply_method
-from peftbench.config import RunConfig
+from peftbench.config import ConfigError, RunConfig
 from peftbench.data import load_splits
 from peftbench.layout import TokenLimits
 from peftbench.method_run import quiet_libraries
-from peftbench.methods import METHODS, MethodSettings, learning_rate
+from peftbench.methods import METHODS, MethodSettings, check_method_names, learning_rate
 from peftbench.models import load_model
 from peftbench.train import Trainer, TrainOptions
 
@@ -56,9 +56,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per run (the default run's: 2)")
     parser.add_argument("--mode", default="default", help="torch.compile mode")
     args = parser.parse_args()
+    args.methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    if not args.methods:
+        parser.error("--methods is empty; give a comma list such as lora,full")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    try:
+        check_method_names(args.methods)
+    except ConfigError as exc:
+        parser.error(str(exc))
     context = multiprocessing.get_context("spawn")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; the default run's data and budget")
-    for method in args.methods.split(","):
+    for method in args.methods:
         runs = {}
         for compiled in (False, True):
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
