@@ -39,27 +39,42 @@ def parse_args() -> argparse.Namespace:
 @torch.inference_mode()
 def generate(model, layout, batch: dict[str, torch.Tensor], new_tokens: int, cache: str) -> tuple[float, list]:
     """Seconds to generate exactly new_tokens tokens for the batch with this cache, and the new tokens."""
-    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                              pad_token_id=layout.pad_id, eos_token_id=layout.stop_ids,
-                              **({"cache_implementation": "static"} if cache == "static" else {}))  # fmt: skip
+    config = GenerationConfig(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=layout.pad_id,
+        eos_token_id=layout.stop_ids,
+        **({"cache_implementation": "static"} if cache == "static" else {}),
+    )
     start = time.perf_counter()
-    output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            generation_config=config)  # fmt: skip
+    output = model.generate(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=config
+    )
     return time.perf_counter() - start, output[:, batch["input_ids"].shape[1] :].tolist()
 
 
 def main() -> None:
     args = parse_args()
     quiet_libraries()
-    config = RunConfig(model=args.model, dataset=args.dataset, train_size=1, eval_size=1,
-                       test_size=max(args.batch_size, args.latency_prompts))  # fmt: skip
+    config = RunConfig(
+        model=args.model,
+        dataset=args.dataset,
+        train_size=1,
+        eval_size=1,
+        test_size=max(args.batch_size, args.latency_prompts),
+    )
     loaded = load_model(args.model, prompt=PromptOptions.from_config(config))
     layout, model = loaded.layout, loaded.model.eval()
     items = layout.encode(load_splits(config).test, token_limits(config))
-    settings = {"batch 1, 32 tokens": ([[item] for item in items[: args.latency_prompts]], 32),
-                f"batch {args.batch_size}, 64 tokens": ([items[: args.batch_size]], 64)}  # fmt: skip
-    print(f"model {loaded.name}, torch {torch.__version__}, threads {torch.get_num_threads()}; medians of "
-          f"{args.rounds} rounds")  # fmt: skip
+    settings = {
+        "batch 1, 32 tokens": ([[item] for item in items[: args.latency_prompts]], 32),
+        f"batch {args.batch_size}, 64 tokens": ([items[: args.batch_size]], 64),
+    }
+    print(
+        f"model {loaded.name}, torch {torch.__version__}, threads {torch.get_num_threads()}; medians of "
+        f"{args.rounds} rounds"
+    )
     for label, (groups, new_tokens) in settings.items():
         seconds: dict[str, list[float]] = {cache: [] for cache in CACHES}
         tokens: dict[str, list] = {cache: [] for cache in CACHES}
@@ -72,8 +87,10 @@ def main() -> None:
                     seconds[cache].append(took)
                     tokens[cache].append(new)
         dynamic, static = (statistics.median(seconds[cache]) for cache in CACHES)
-        print(f"{label}: dynamic {1000 * dynamic:,.0f} ms, static {1000 * static:,.0f} ms, static/dynamic "
-              f"{static / dynamic:.2f}; tokens identical: {tokens['dynamic'] == tokens['static']}")  # fmt: skip
+        print(
+            f"{label}: dynamic {1000 * dynamic:,.0f} ms, static {1000 * static:,.0f} ms, static/dynamic "
+            f"{static / dynamic:.2f}; tokens identical: {tokens['dynamic'] == tokens['static']}"
+        )
 
 
 if __name__ == "__main__":

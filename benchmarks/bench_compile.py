@@ -34,8 +34,9 @@ def train(method: str, compiled: bool, epochs: int, mode: str) -> tuple[list[flo
     config = RunConfig(epochs=epochs, quiet=True)
     torch.manual_seed(config.seed)
     loaded = load_model(config.model)
-    items = loaded.layout.encode(load_splits(config).train, TokenLimits(config.max_source_tokens,
-                                                                         config.max_target_tokens))  # fmt: skip
+    items = loaded.layout.encode(
+        load_splits(config).train, TokenLimits(config.max_source_tokens, config.max_target_tokens)
+    )
     settings = MethodSettings.from_config(config)
     model = apply_method(METHODS[method], loaded, settings)
     optimizer = METHODS[method].optimizer(model, learning_rate(METHODS[method], config.lr), settings)
@@ -75,15 +76,21 @@ def main() -> None:
         (eager, steps, eager_loss), (fast, _, fast_loss) = runs[False], runs[True]
         print(f"[{method}] {steps} steps per epoch")
         for label, (seconds, losses) in (("eager", (eager, eager_loss)), ("compiled", (fast, fast_loss))):
-            print(f"  {label:9} epochs " + ", ".join(f"{s:.1f} s" for s in seconds)
-                  + "  losses " + ", ".join(f"{x:.6f}" for x in losses))  # fmt: skip
+            print(
+                f"  {label:9} epochs "
+                + ", ".join(f"{s:.1f} s" for s in seconds)
+                + "  losses "
+                + ", ".join(f"{x:.6f}" for x in losses)
+            )
         later = args.epochs - 1
         cost = fast[0] - eager[0]
         saving = (sum(eager[1:]) - sum(fast[1:])) / (later * steps) if later else float("nan")
         run_steps = steps * RunConfig().epochs
         if saving > 0:
-            print(f"  compile cost {cost:.1f} s; saving {1000 * saving:.0f} ms/step after it; break-even after "
-                  f"{cost / saving:.0f} steps (the default run trains {run_steps} per method)")  # fmt: skip
+            print(
+                f"  compile cost {cost:.1f} s; saving {1000 * saving:.0f} ms/step after it; break-even after "
+                f"{cost / saving:.0f} steps (the default run trains {run_steps} per method)"
+            )
         else:
             print(f"  compile cost {cost:.1f} s; no saving per step after it ({1000 * saving:.0f} ms): never pays back")
 

@@ -39,8 +39,10 @@ def timed_run(arguments: list[str]) -> float:
 
 def quality(output: Path) -> dict[str, dict]:
     """Every trial's quality figures, by its metrics.json's path under output."""
-    return {str(path.relative_to(output)): {k: json.loads(path.read_text())[k] for k in QUALITY}
-            for path in sorted(output.rglob("metrics.json"))}  # fmt: skip
+    return {
+        str(path.relative_to(output)): {k: json.loads(path.read_text())[k] for k in QUALITY}
+        for path in sorted(output.rglob("metrics.json"))
+    }
 
 
 def main() -> None:
@@ -53,8 +55,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-executor-"))
     common = ["--model", args.model, "--dataset", args.dataset, "--quiet", *args.extra]
     local = timed_run([*common, "--output", str(folder / "local")])
-    remote = timed_run([*common, "--output", str(folder / "ray"), "--executor", "ray", "--ray-address",
-                        args.ray_address])  # fmt: skip
+    remote = timed_run(
+        [*common, "--output", str(folder / "ray"), "--executor", "ray", "--ray-address", args.ray_address]
+    )
     startup = subprocess.run([sys.executable, "-c", RAY_STARTUP], check=True, capture_output=True, text=True)
     ready, shutdown = startup.stdout.split()
     same = quality(folder / "local") == quality(folder / "ray")

@@ -104,8 +104,10 @@ def main() -> None:
     speedup = medians["merged"][1] / (args.new_tokens / (merged_ms / 1000))
     print(f"unmerged / base latency: {unmerged_ms / base_ms:.3f}")
     print(f"merged / base latency:   {merged_ms / base_ms:.3f}   goal <= 1.05: {_verdict(merged_ms <= 1.05 * base_ms)}")
-    print(f"batched / per-example throughput (merged, bs {args.batch_size}): {speedup:.2f}x   goal >= 5: "
-          f"{_verdict(speedup >= 5)}")  # fmt: skip
+    print(
+        f"batched / per-example throughput (merged, bs {args.batch_size}): {speedup:.2f}x   goal >= 5: "
+        f"{_verdict(speedup >= 5)}"
+    )
 
 
 def _verdict(ok: bool) -> str:

@@ -354,8 +354,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    return Settings(args.model, args.steps, args.batch_size, args.max_source_tokens, args.max_target_tokens,
-                    not args.truncate, dataset=args.dataset)  # fmt: skip
+    return Settings(
+        args.model,
+        args.steps,
+        args.batch_size,
+        args.max_source_tokens,
+        args.max_target_tokens,
+        not args.truncate,
+        dataset=args.dataset,
+    )
 
 
 def device_name() -> str:

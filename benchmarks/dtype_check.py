@@ -107,10 +107,25 @@ def main() -> int:
     expected = DTYPES[mixed_precision(args.precision)]
     with tempfile.TemporaryDirectory(prefix="dtype-check-") as output:
         # Small enough for every method in a minute or two; each phase still runs on real data.
-        config = RunConfig(model=args.model, dataset=args.dataset, train_size=4, eval_size=2, test_size=2, epochs=1,
-                           batch_size=2, eval_batch_size=2, max_source_tokens=64, max_target_tokens=16,
-                           max_new_tokens=4, latency_prompts=1, latency_new_tokens=2, precision=args.precision,
-                           quiet=True, in_process=True, output=output)  # fmt: skip
+        config = RunConfig(
+            model=args.model,
+            dataset=args.dataset,
+            train_size=4,
+            eval_size=2,
+            test_size=2,
+            epochs=1,
+            batch_size=2,
+            eval_batch_size=2,
+            max_source_tokens=64,
+            max_target_tokens=16,
+            max_new_tokens=4,
+            latency_prompts=1,
+            latency_new_tokens=2,
+            precision=args.precision,
+            quiet=True,
+            in_process=True,
+            output=output,
+        )
         config.validate()
         splits = load_splits(config)
         zero_shot = None
@@ -130,19 +145,29 @@ def main() -> int:
             results[name]["one_precision"] = name not in failed and verdict(recorder.seen, expected)
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    print(f"dtype check: precision {args.precision} ({expected}) on {device}, torch {torch.__version__}; the dtypes "
-          "that linear layers output in each phase (- where the method has no such phase)")  # fmt: skip
+    print(
+        f"dtype check: precision {args.precision} ({expected}) on {device}, torch {torch.__version__}; the dtypes "
+        "that linear layers output in each phase (- where the method has no such phase)"
+    )
     print(f"{'method':<10}" + "".join(f"{phase:>18}" for phase in PHASES) + f"{'one precision':>15}")
     for name, seen in results.items():
         cells = ["+".join(seen[phase]) if phase in seen else "-" for phase in PHASES]
         shown = "FAILED" if name in failed else "PASS" if seen["one_precision"] else "MISS"
         print(f"{name:<10}" + "".join(f"{cell:>18}" for cell in cells) + f"{shown:>15}")
     mixed = [name for name, seen in results.items() if name not in failed and not seen["one_precision"]]
-    print(f"one precision throughout: {len(results) - len(mixed) - len(failed)} of {len(results)} runs"
-          + (f"; mixed: {', '.join(mixed)}" if mixed else "") + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"one precision throughout: {len(results) - len(mixed) - len(failed)} of {len(results)} runs"
+        + (f"; mixed: {', '.join(mixed)}" if mixed else "")
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     if args.json:
-        report = {"precision": args.precision, "dtype": expected, "device": device, "torch": torch.__version__,
-                  "methods": results}  # fmt: skip
+        report = {
+            "precision": args.precision,
+            "dtype": expected,
+            "device": device,
+            "torch": torch.__version__,
+            "methods": results,
+        }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 1 if failed else 0

@@ -116,8 +116,10 @@ def main() -> None:
     for part in args.parts.split(","):
         run, what = builders[part]()
         wall, self_cpu, table = profiled(run, args.rows)
-        heading = (f"== {part}: {what}; wall {wall * 1000:.0f} ms, operators' self CPU {self_cpu * 1000:.0f} ms "
-                   f"({100 * self_cpu / wall:.0f}% of wall)")  # fmt: skip
+        heading = (
+            f"== {part}: {what}; wall {wall * 1000:.0f} ms, operators' self CPU {self_cpu * 1000:.0f} ms "
+            f"({100 * self_cpu / wall:.0f}% of wall)"
+        )
         print(f"\n{heading}\n{table}")
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)

@@ -95,8 +95,14 @@ def leftover_processes() -> list[int]:
     resource tracker."""
     marker = f"{SESSION_MARKER}={os.environ[SESSION_MARKER]}".encode()
     pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
-    return [pid for pid in pids if pid != os.getpid() and alive(pid) and marker in _environment_of(pid).split(b"\0")
-            and not _own_resource_tracker(pid)]  # fmt: skip
+    return [
+        pid
+        for pid in pids
+        if pid != os.getpid()
+        and alive(pid)
+        and marker in _environment_of(pid).split(b"\0")
+        and not _own_resource_tracker(pid)
+    ]
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -202,9 +208,18 @@ CHAT_TEMPLATE = (
 def tiny_llama_chat(tmp_path_factory, tokenizer) -> Path:
     """A tiny llama-family model (Linear layers, rotary positions) whose tokenizer has a chat template."""
     eos = tokenizer.eos_token_id
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     torch.manual_seed(0)
     chat = copy.deepcopy(tokenizer)
     chat.chat_template = CHAT_TEMPLATE
@@ -317,8 +332,12 @@ sys.exit(main(sys.argv[1:]))
 
 def killed_at(args: list[str], checkpoint: Path, saves: int = 1) -> None:
     """Run peftbench with args in a child process (KILLABLE) and SIGKILL it once it wrote checkpoint, its saves-th."""
-    with launched([sys.executable, "-c", KILLABLE, *args], stderr=subprocess.PIPE, text=True,
-                  env={**os.environ, "KILL_AT_SAVE": str(saves)}) as child:  # fmt: skip
+    with launched(
+        [sys.executable, "-c", KILLABLE, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KILL_AT_SAVE": str(saves)},
+    ) as child:
         deadline = time.monotonic() + 600
         while not checkpoint.is_dir():
             assert child.poll() is None, child.stderr.read()

@@ -22,8 +22,10 @@ def with_killer(runtime_env: dict[str, Any] | None) -> dict[str, Any]:
     """The job's runtime environment, with kill_after_checkpoint run in every worker and its settings passed on."""
     runtime_env = dict(runtime_env or {})
     runtime_env["worker_process_setup_hook"] = f"{__name__}.kill_after_checkpoint"
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **{k: os.environ[k] for k in (MARKER, METHOD,
-                                                                                              SEED, KILLS)}}
+    runtime_env["env_vars"] = {
+        **runtime_env.get("env_vars", {}),
+        **{k: os.environ[k] for k in (MARKER, METHOD, SEED, KILLS)},
+    }
     return runtime_env
 
 

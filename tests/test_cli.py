@@ -137,7 +137,14 @@ def test_lora_and_ia3_use_family_default_targets(tiny_models, articles, tmp_path
     assert (
         main(
             tiny_run_args(
-                tiny_models["gpt2"], articles, output, "--methods", "lora,ia3", "--epochs", "1", "--in-process",
+                tiny_models["gpt2"],
+                articles,
+                output,
+                "--methods",
+                "lora,ia3",
+                "--epochs",
+                "1",
+                "--in-process",
             )
         )
         == 0
@@ -155,7 +162,14 @@ def test_same_command_twice_gives_same_metrics(tiny_models, articles, tmp_path):
         assert (
             main(
                 tiny_run_args(
-                    tiny_models["gpt2"], articles, output, "--methods", "lora,full", "--seed", "3", "--in-process",
+                    tiny_models["gpt2"],
+                    articles,
+                    output,
+                    "--methods",
+                    "lora,full",
+                    "--seed",
+                    "3",
+                    "--in-process",
                 )
             )
             == 0
@@ -192,8 +206,18 @@ def test_console_script_help():
 
 def test_eval_every_generation_subset_and_checkpointing(tiny_models, articles, tmp_path):
     output = tmp_path / "out"
-    extra = ("--methods", "lora", "--epochs", "3", "--eval-every", "2", "--eval-generate-size", "2",
-             "--gradient-checkpointing", "--in-process")  # fmt: skip
+    extra = (
+        "--methods",
+        "lora",
+        "--epochs",
+        "3",
+        "--eval-every",
+        "2",
+        "--eval-generate-size",
+        "2",
+        "--gradient-checkpointing",
+        "--in-process",
+    )
     assert main(tiny_run_args(tiny_models["gpt2"], articles, output, *extra)) == 0
     metrics = json.loads((output / "lora" / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [0, 2, 3]  # every 2nd epoch, and always the last

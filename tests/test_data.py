@@ -103,8 +103,10 @@ def _load(path) -> list[Example]:
     return _every(load_splits(RunConfig(dataset=str(path), train_size=1, eval_size=1, test_size=1)))
 
 
-ROWS = [{"article": f"Article {i}, first line.\nSecond line of article {i}, \"quoted\".", "highlights": f"Summary {i}."}
-        for i in range(60)]  # fmt: skip
+ROWS = [
+    {"article": f'Article {i}, first line.\nSecond line of article {i}, "quoted".', "highlights": f"Summary {i}."}
+    for i in range(60)
+]
 
 
 ONE_LINE = [{**row, "article": row["article"].replace("\n", " ")} for row in ROWS]

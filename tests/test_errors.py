@@ -200,8 +200,9 @@ def test_numbers_are_text_and_rows_without_text_are_dropped_and_recorded(capsys,
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     output = tmp_path / "o"
-    args = tiny_run_args(tiny_models["gpt2"], data, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         "--train-size", "60")  # fmt: skip
+    args = tiny_run_args(
+        tiny_models["gpt2"], data, output, "--methods", "lora", "--epochs", "1", "--in-process", "--train-size", "60"
+    )
     assert main(args) == 0  # --quiet: the warning shows all the same
     err = capsys.readouterr().err
     assert "peftbench: warning: 6 of 100 rows (6.0%) of d.jsonl dropped" in err, err
@@ -209,8 +210,10 @@ def test_numbers_are_text_and_rows_without_text_are_dropped_and_recorded(capsys,
         "2 with no 'article'" in err and "1 with 'article' not text (list)" in err and "3 with no 'highlights'" in err
     )
     recorded = json.loads((output / "lora" / "metrics.json").read_text())["data"]
-    assert recorded == {"rows": 100, "dropped": {"no 'article'": 2, "'article' not text (list)": 1,
-                                                 "no 'highlights'": 3}}  # fmt: skip
+    assert recorded == {
+        "rows": 100,
+        "dropped": {"no 'article'": 2, "'article' not text (list)": 1, "no 'highlights'": 3},
+    }
     from peftbench.config import RunConfig
     from peftbench.data import load_splits
 

@@ -62,9 +62,17 @@ def test_one_pass_gives_the_separate_passes_figures_reading_each_prompt_once(nam
 
 def test_a_cache_that_cannot_be_cut_back_leaves_generation_to_read_the_prompts(tokenizer):
     # A sliding window shorter than the prompts: the cache cannot go back to the prompts once the targets are in.
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=2, sliding_window=4,
-                           bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        sliding_window=4,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     model, layout = MistralForCausalLM(config).eval(), CausalLayout(tokenizer)
     items = layout.encode(EXAMPLES[2:5], TokenLimits(source=24, target=8))

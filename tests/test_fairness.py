@@ -34,9 +34,25 @@ def test_accumulation_gives_the_steps_of_one_batch(tiny_gpt2, articles, tmp_path
     model = without_dropout(tiny_gpt2, tmp_path / "model")
 
     def run(output, *batching):
-        args = tiny_run_args(model, articles, output, "--methods", "full,lora", "--lora-dropout", "0", "--lr", "1e-2",
-                             "--max-target-tokens", "64", "--train-size", "10", "--epochs", "2", "--in-process",
-                             *batching)  # fmt: skip
+        args = tiny_run_args(
+            model,
+            articles,
+            output,
+            "--methods",
+            "full,lora",
+            "--lora-dropout",
+            "0",
+            "--lr",
+            "1e-2",
+            "--max-target-tokens",
+            "64",
+            "--train-size",
+            "10",
+            "--epochs",
+            "2",
+            "--in-process",
+            *batching,
+        )
         assert main(args) == 0
 
     run(tmp_path / "one", "--batch-size", "4")
@@ -66,8 +82,9 @@ def test_every_model_of_a_run_computes_at_one_precision(tiny_llama_chat, article
 
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        args = tiny_run_args(tiny_llama_chat, articles, tmp_path / "out", "--methods", "lora,full", "--epochs", "1",
-                             "--in-process")  # fmt: skip
+        args = tiny_run_args(
+            tiny_llama_chat, articles, tmp_path / "out", "--methods", "lora,full", "--epochs", "1", "--in-process"
+        )
         assert main(args) == 0
     finally:
         handle.remove()
@@ -100,8 +117,10 @@ def test_near_duplicates_stay_in_one_split(tmp_path):
     normalised) are dropped, the first staying."""
     story = "The mayor opened a new bridge over the river on Monday, drawing a large crowd of residents. " * 5
     summary = "The mayor opened a bridge; residents came to see it and celebrated with music and food."
-    rows = [{"id": f"r{i}", "article": f"Article number {i} tells its own news. " * 4, "highlights": f"News {i}."}
-            for i in range(40)]  # fmt: skip
+    rows = [
+        {"id": f"r{i}", "article": f"Article number {i} tells its own news. " * 4, "highlights": f"News {i}."}
+        for i in range(40)
+    ]
     rows += [
         {"id": "same", "article": story, "highlights": "Bridge opens."},
         {"id": "recased", "article": story.upper().replace(",", ""), "highlights": "A bridge opens."},
@@ -125,8 +144,9 @@ def test_near_duplicates_stay_in_one_split(tmp_path):
 
 def test_embedded_splits_share_no_near_duplicate():
     splits = load_splits(RunConfig(train_size=7900, eval_size=970, test_size=970))
-    sources = [{_normalised(ex.source)[:300] for ex in split} for split in (splits.train, splits.validation,
-                                                                             splits.test)]  # fmt: skip
+    sources = [
+        {_normalised(ex.source)[:300] for ex in split} for split in (splits.train, splits.validation, splits.test)
+    ]
     targets = [{_normalised(ex.target) for ex in split} for split in (splits.train, splits.validation, splits.test)]
     for keys in (sources, targets):
         assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
@@ -135,8 +155,9 @@ def test_embedded_splits_share_no_near_duplicate():
 
 def test_adalora_regulariser_is_clipped_with_the_loss(tiny_models):
     """peft adds AdaLoRA's orthogonal regulariser to the loss, so clipping bounds its gradient too."""
-    trainer = _trainer("adalora", "t5", tiny_models, RunConfig(train_size=3, batch_size=1, epochs=1,
-                                                                max_grad_norm=1e-4))  # fmt: skip
+    trainer = _trainer(
+        "adalora", "t5", tiny_models, RunConfig(train_size=3, batch_size=1, epochs=1, max_grad_norm=1e-4)
+    )
     norms = []
 
     def record(optimizer, *_):
@@ -152,8 +173,10 @@ def test_adapter_size_counts_weights_and_config_only(tiny_gpt2, articles, tmp_pa
     output = tmp_path / "out"
     args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "prompt,full", "--epochs", "1", "--in-process")
     assert main(args) == 0
-    for method, files in (("prompt", {"adapter_config.json", "adapter_model.safetensors"}),
-                          ("full", {"config.json", "generation_config.json", "model.safetensors"})):  # fmt: skip
+    for method, files in (
+        ("prompt", {"adapter_config.json", "adapter_model.safetensors"}),
+        ("full", {"config.json", "generation_config.json", "model.safetensors"}),
+    ):
         efficiency = _metrics(output, method)["efficiency"]
         adapter = output / method / "adapter"
         assert set(efficiency["adapter_files"]) == files
@@ -173,9 +196,13 @@ def test_chat_prompt_labels_only_the_assistant_turn(tiny_llama_chat, tiny_gpt2):
     assert tokenizer.decode(item.target) == "Bridge opens.<|endoftext|>"  # the answer and its end of turn only
     labels = layout.collate([item])["labels"][0]
     assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == "Bridge opens.<|endoftext|>"
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": RunConfig().instruction + "\n\n"
-                                               + example.source}, {"role": "assistant", "content": example.target}],
-                                             tokenize=False)  # fmt: skip
+    rendered = tokenizer.apply_chat_template(
+        [
+            {"role": "user", "content": RunConfig().instruction + "\n\n" + example.source},
+            {"role": "assistant", "content": example.target},
+        ],
+        tokenize=False,
+    )
     assert tokenizer.decode(item.prompt + item.target) + "\n" == rendered  # exactly the template's conversation
     plain = load_model(str(tiny_llama_chat), prompt=PromptOptions("plain")).layout
     assert plain.prompt_format == "plain" and load_model(str(tiny_gpt2)).layout.prompt_format == "plain"

@@ -37,9 +37,16 @@ def _fails(capsys, args: list[str]) -> str:
 
 
 def test_aliases_and_underscores_set_the_same_fields():
-    flags = {"--learning_rate": "2e-4", "--num_train_epochs": "1", "--output_dir": "x", "--lora_target": "all",
-             "--gradient_accumulation_steps": "2", "--lora_rank": "4", "--max_new_tokens": "8",
-             "--lora-r": "4"}  # fmt: skip
+    flags = {
+        "--learning_rate": "2e-4",
+        "--num_train_epochs": "1",
+        "--output_dir": "x",
+        "--lora_target": "all",
+        "--gradient_accumulation_steps": "2",
+        "--lora_rank": "4",
+        "--max_new_tokens": "8",
+        "--lora-r": "4",
+    }
     config = build_config({}, flags)
     assert (config.lr, config.epochs, config.output, config.grad_accum) == (2e-4, 1, "x", 2)
     assert config.lora_targets == ["all-linear"]  # LLaMA-Factory's `all`
@@ -81,8 +88,9 @@ def test_per_device_batch_size_is_multiplied_by_the_processes():
 
 
 def test_help_lists_aliases_with_their_option_and_the_true_batch_size():
-    done = subprocess.run([sys.executable, "-m", "peftbench", "run", "--help"], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "peftbench", "run", "--help"], capture_output=True, text=True, timeout=120
+    )
     text = " ".join(done.stdout.split())
     assert "--lr, --learning-rate, --learning_rate LR" in text
     assert "--epochs, --num-train-epochs, --num_train_epochs EPOCHS" in text
@@ -102,14 +110,16 @@ def _wrapped(model: nn.Module) -> set[str]:
     return {name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
 
 
-@pytest.mark.parametrize("arch,expected", [("gpt2", ["c_attn", "c_fc", "c_proj"]),
-                                           ("t5", ["k", "o", "q", "v", "wi", "wo"])])  # fmt: skip
+@pytest.mark.parametrize(
+    "arch,expected", [("gpt2", ["c_attn", "c_fc", "c_proj"]), ("t5", ["k", "o", "q", "v", "wi", "wo"])]
+)
 def test_all_linear_selects_what_peft_selects(arch, expected, tiny_models):
     base = skeleton(str(tiny_models[arch])).model
     names = resolve_targets(base, ["all-linear"], "--lora-targets")
     assert names == expected
-    by_peft = _wrapped(get_peft_model(skeleton(str(tiny_models[arch])).model,
-                                      LoraConfig(target_modules="all-linear")).base_model.model)  # fmt: skip
+    by_peft = _wrapped(
+        get_peft_model(skeleton(str(tiny_models[arch])).model, LoraConfig(target_modules="all-linear")).base_model.model
+    )
     assert set(targeted_layers(base, names)) == by_peft == set(all_linear(base))
     assert not any("lm_head" in name for name in by_peft)  # the output head stays as it is
 
@@ -117,10 +127,14 @@ def test_all_linear_selects_what_peft_selects(arch, expected, tiny_models):
 def test_regular_expressions_match_whole_paths_as_peft_does(tiny_models):
     base = skeleton(str(tiny_models["t5"])).model
     names = resolve_targets(base, [r".*decoder.*SelfAttention\.(q|v)"], "--lora-targets")
-    assert set(targeted_layers(base, names)) == {f"decoder.block.{i}.layer.0.SelfAttention.{p}"
-                                                 for i in (0, 1) for p in "qv"}  # fmt: skip
-    by_peft = _wrapped(get_peft_model(skeleton(str(tiny_models["t5"])).model,
-                                      LoraConfig(target_modules=r".*decoder.*SelfAttention\.(q|v)")).base_model.model)
+    assert set(targeted_layers(base, names)) == {
+        f"decoder.block.{i}.layer.0.SelfAttention.{p}" for i in (0, 1) for p in "qv"
+    }
+    by_peft = _wrapped(
+        get_peft_model(
+            skeleton(str(tiny_models["t5"])).model, LoraConfig(target_modules=r".*decoder.*SelfAttention\.(q|v)")
+        ).base_model.model
+    )
     assert set(targeted_layers(base, names)) == by_peft
     with pytest.raises(ConfigError, match="matches no layer"):
         resolve_targets(base, [r"SelfAttention\.q"], "--lora-targets")  # a part of the path is not a full match
@@ -159,8 +173,20 @@ def test_bad_targets_fail_before_any_weights_load(flags, expected, capsys, tiny_
 
 
 def test_dry_run_shows_resolved_targets_and_trackers(capsys, tiny_models, articles, tmp_path):
-    args = tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--methods", "lora,ia3", "--dry-run",
-                         "--lora_target", "all", "--ia3-targets", r".*\.c_attn|.*mlp\.c_proj", "--report-to", "all")
+    args = tiny_run_args(
+        tiny_models["gpt2"],
+        articles,
+        tmp_path / "o",
+        "--methods",
+        "lora,ia3",
+        "--dry-run",
+        "--lora_target",
+        "all",
+        "--ia3-targets",
+        r".*\.c_attn|.*mlp\.c_proj",
+        "--report-to",
+        "all",
+    )
     args.remove("--quiet")
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -184,11 +210,42 @@ def test_report_to_all_and_none_as_hf_takes_them():
 def hf_run(tmp_path_factory, tiny_models, articles):
     """The command a HF Trainer user types, on tiny GPT-2: LoRA on every linear layer, and full fine-tuning."""
     output = tmp_path_factory.mktemp("hf") / "x"
-    args = ["run", "--model", str(tiny_models["gpt2"]), "--dataset", str(articles), "--train-size", "8",
-            "--eval-size", "4", "--test-size", "4", "--max-source-tokens", "48", "--max-target-tokens", "16",
-            "--max_new_tokens", "8", "--quiet", "--methods", "lora,full", "--in-process", *QUICK_LATENCY,
-            "--learning_rate", "2e-4", "--num_train_epochs", "2", "--output_dir", str(output), "--lora_target", "all",
-            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]  # fmt: skip
+    args = [
+        "run",
+        "--model",
+        str(tiny_models["gpt2"]),
+        "--dataset",
+        str(articles),
+        "--train-size",
+        "8",
+        "--eval-size",
+        "4",
+        "--test-size",
+        "4",
+        "--max-source-tokens",
+        "48",
+        "--max-target-tokens",
+        "16",
+        "--max_new_tokens",
+        "8",
+        "--quiet",
+        "--methods",
+        "lora,full",
+        "--in-process",
+        *QUICK_LATENCY,
+        "--learning_rate",
+        "2e-4",
+        "--num_train_epochs",
+        "2",
+        "--output_dir",
+        str(output),
+        "--lora_target",
+        "all",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+    ]
     assert main(args) == 0
     return output
 
@@ -256,7 +313,10 @@ def test_model_card_metadata_is_valid_for_the_hub(hf_run):
     evals = ModelCard(card.render(qa)).data.eval_results
     assert {(r.task_type, r.dataset_type) for r in evals} == {("question-answering", "hotpot_qa")}
     assert {(r.metric_type, r.metric_name, r.metric_value) for r in evals} == {
-        ("loss", "loss", 2.5), ("exact_match", "exact match", 0.25), ("f1", "F1", 0.5)}
+        ("loss", "loss", 2.5),
+        ("exact_match", "exact match", 0.25),
+        ("f1", "F1", 0.5),
+    }
     embedded = MethodResult.from_dict(result.to_dict())
     embedded.config["model"], embedded.provenance = "embedded", None
     text = card.render(embedded)  # the Hub's id as base model, and that the weights are a dequantised copy of it

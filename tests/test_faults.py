@@ -89,8 +89,18 @@ def test_a_terminated_search_takes_its_unit_and_trial_processes_along(tiny_model
     """SIGTERM to `peftbench run --search` while a trial trains: the search's process and the trial's own process
     under it end with the run, and nobody writes into the trial afterwards."""
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "peftbench", *_long(tiny_models, articles, output), "--methods", "ia3",
-               "--search", "lr", "--lr-grid", "1e-3,1e-2"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "peftbench",
+        *_long(tiny_models, articles, output),
+        "--methods",
+        "ia3",
+        "--search",
+        "lr",
+        "--lr-grid",
+        "1e-3,1e-2",
+    ]
     with launched(command, stderr=subprocess.PIPE, text=True) as run:
         trial = output / "ia3" / "trials" / "lr-1e-03" / "checkpoint"
         _wait_for(trial, run)
@@ -131,10 +141,14 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(tiny_m
 def test_a_process_ends_with_its_parent(how):
     """The kernel's parent-death signal (Linux) and the watchdog (elsewhere; run here too): a process whose parent
     is killed ends within seconds."""
-    grandchild = f"import os, time; from peftbench import lifecycle; lifecycle.{how}(os.getppid()); print('ready', " \
-                 "flush=True); time.sleep(600)"  # fmt: skip
-    parent = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); " \
-             "print(p.pid, flush=True); time.sleep(600)"  # fmt: skip
+    grandchild = (
+        f"import os, time; from peftbench import lifecycle; lifecycle.{how}(os.getppid()); print('ready', "
+        "flush=True); time.sleep(600)"
+    )
+    parent = (
+        f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+        "print(p.pid, flush=True); time.sleep(600)"
+    )
     with launched(
         [sys.executable, "-c", parent], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as middle:
@@ -318,8 +332,9 @@ def _on_a_small_disk(disk: Path, size: str, program: str, *args: str, env: dict[
     disk.mkdir()
     mount = f'mount -t tmpfs -o size={size} peftbench-full {disk} && exec {sys.executable} -c "$0" "$@"'
     command = ["unshare", "--map-root-user", "--mount", "sh", "-c", mount, program, *args]
-    with launched(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                  env={**os.environ, **(env or {})}) as done:  # fmt: skip
+    with launched(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    ) as done:
         out, err = done.communicate(timeout=600)
     if done.returncode and "mount" in err and not out:
         pytest.skip(f"cannot mount a filesystem in a namespace here: {err.strip()[-300:]}")
@@ -331,8 +346,9 @@ def test_a_full_disk_is_reported_and_leaves_finished_results_and_no_temporary_fi
     """On a real 3 MB filesystem: LoRA's results fit, full fine-tuning's checkpoint does not; then the report is
     rewritten on the disk filled to the last byte."""
     disk = tmp_path / "disk"
-    args = tiny_run_args(tiny_models["gpt2"], articles, disk / "out", "--methods", "lora,full", "--epochs", "1",
-                         "--in-process")  # fmt: skip
+    args = tiny_run_args(
+        tiny_models["gpt2"], articles, disk / "out", "--methods", "lora,full", "--epochs", "1", "--in-process"
+    )
     seen = json.loads(_on_a_small_disk(disk, "3m", FULL_DISK, str(disk), json.dumps(args)).splitlines()[-1])
     first, second = seen["first"], seen["second"]
     for attempt in (first, second):
@@ -361,8 +377,22 @@ def test_a_full_disk_under_the_model_cache_is_reported(articles, tmp_path):
     """The embedded model is converted on first use into PEFTBENCH_CACHE (0.6 GB); on a 50 MB disk that is an error
     naming the folder and what to do, leaving nothing half-written."""
     disk = tmp_path / "disk"
-    args = ["run", "--methods", "lora", "--dataset", str(articles), "--output", str(tmp_path / "out"), "--dry-run",
-            "--train-size", "8", "--eval-size", "4", "--test-size", "4"]  # fmt: skip
+    args = [
+        "run",
+        "--methods",
+        "lora",
+        "--dataset",
+        str(articles),
+        "--output",
+        str(tmp_path / "out"),
+        "--dry-run",
+        "--train-size",
+        "8",
+        "--eval-size",
+        "4",
+        "--test-size",
+        "4",
+    ]
     out = _on_a_small_disk(disk, "50m", CONVERT, *args, env={"PEFTBENCH_CACHE": str(disk)})
     seen = json.loads(out.splitlines()[-1])
     assert seen["code"] == 2, seen["err"][-3000:]
@@ -394,8 +424,9 @@ def test_a_symlink_out_of_output_is_refused(case, tiny_models, articles, tmp_pat
     (elsewhere / "epoch-7").mkdir(parents=True)  # something of the user's, which nothing may touch
     (output / link).parent.mkdir(parents=True, exist_ok=True)
     (output / link).symlink_to(elsewhere, target_is_directory=True)
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process",
-                         *extra)  # fmt: skip
+    args = tiny_run_args(
+        tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", "--in-process", *extra
+    )
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHON": sys.executable, **env}
-    return subprocess.run(["bash", str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
-                          env=environment, timeout=300)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True, env=environment, timeout=300
+    )
 
 
 def test_the_kit_is_refused_over_its_limit_and_removed(tmp_path):

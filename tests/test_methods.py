@@ -24,9 +24,21 @@ from tests.conftest import tiny_run_args
 # peft's LoHa, LoKr and OFT wrap nn.Linear layers only; GPT-2's projections are Conv1D.
 UNSUPPORTED = {"gpt2": {"loha", "lokr", "oft"}, "t5": set()}
 NOT_MERGEABLE = {"full", "prefix", "prompt"}
-PEFT_TYPE = {"lora": "LORA", "dora": "LORA", "rslora": "LORA", "pissa": "LORA", "loraplus": "LORA",
-             "adalora": "ADALORA", "loha": "LOHA", "lokr": "LOKR", "vera": "VERA", "oft": "OFT", "ia3": "IA3",
-             "prefix": "PREFIX_TUNING", "prompt": "PROMPT_TUNING"}  # fmt: skip
+PEFT_TYPE = {
+    "lora": "LORA",
+    "dora": "LORA",
+    "rslora": "LORA",
+    "pissa": "LORA",
+    "loraplus": "LORA",
+    "adalora": "ADALORA",
+    "loha": "LOHA",
+    "lokr": "LOKR",
+    "vera": "VERA",
+    "oft": "OFT",
+    "ia3": "IA3",
+    "prefix": "PREFIX_TUNING",
+    "prompt": "PROMPT_TUNING",
+}
 DEFAULT = MethodSettings.from_config(RunConfig())
 
 
@@ -35,9 +47,27 @@ def settings(**changes) -> MethodSettings:
 
 
 # One epoch of one batch, one validation and one test example, short texts: the pipeline, not the quality.
-SMALL = ("--epochs", "1", "--train-size", "4", "--eval-size", "1", "--test-size", "1", "--max-new-tokens", "2",
-         "--max-source-tokens", "24", "--max-target-tokens", "8", "--latency-prompts", "1",
-         "--latency-new-tokens", "2", "--in-process")  # fmt: skip
+SMALL = (
+    "--epochs",
+    "1",
+    "--train-size",
+    "4",
+    "--eval-size",
+    "1",
+    "--test-size",
+    "1",
+    "--max-new-tokens",
+    "2",
+    "--max-source-tokens",
+    "24",
+    "--max-target-tokens",
+    "8",
+    "--latency-prompts",
+    "1",
+    "--latency-new-tokens",
+    "2",
+    "--in-process",
+)
 EXAMPLES = [
     Example("a", "The mayor opened a new bridge over the river on Monday, drawing a crowd.", "Mayor opens bridge."),
     Example("b", "Heavy rain flooded streets in the old town.", "Rain floods the old town."),

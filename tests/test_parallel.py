@@ -52,8 +52,18 @@ def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def _launch(*target: str) -> list[str]:
     """torchrun with two local processes, each running target (a script, or -m and a module) with its arguments."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-            "--master-port", str(_free_port()), *target]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        *target,
+    ]
 
 
 def _torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -76,8 +86,9 @@ def test_two_processes_match_one(tiny_models, articles, tmp_path, family, method
 
     def args(output):
         # 12 examples in batches of 4: two processes each train on 2 of every batch.
-        return tiny_run_args(model, articles, output, "--methods", methods, "--train-size", "12", "--seed", "7",
-                             *SETTINGS, *extra)  # fmt: skip
+        return tiny_run_args(
+            model, articles, output, "--methods", methods, "--train-size", "12", "--seed", "7", *SETTINGS, *extra
+        )
 
     assert main([*args(tmp_path / "one"), "--in-process"]) == 0
     two = _torchrun(args(tmp_path / "two"))
@@ -156,16 +167,18 @@ def test_two_processes_resume_to_the_uninterrupted_metrics(tiny_models, articles
     """
 
     def args(output):
-        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
-                             "--seed", "5", "--lr", "3e-3")  # fmt: skip
+        return tiny_run_args(
+            tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3", "--seed", "5", "--lr", "3e-3"
+        )
 
     reference = _torchrun(args(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr[-3000:]
     script = tmp_path / "killable.py"
     script.write_text(KILLABLE)
     output = tmp_path / "interrupted"
-    with launched(_launch(str(script), *args(output)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                  env=_environment()) as launcher:  # fmt: skip
+    with launched(
+        _launch(str(script), *args(output)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment()
+    ) as launcher:
         deadline = time.monotonic() + 300
         while not (output / "lora" / "checkpoint" / "epoch-1").is_dir():
             assert launcher.poll() is None and time.monotonic() < deadline, "no checkpoint after epoch 1"

@@ -28,8 +28,9 @@ from peftbench.rundir import REPORT_FILES, read_tree, write_tree
 from tests import ray_faults
 from tests.conftest import tiny_run_args
 
-needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                               reason="the Ray executor tests need Ray: pip install 'peftbench[ray]'")  # fmt: skip
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="the Ray executor tests need Ray: pip install 'peftbench[ray]'"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,9 +50,20 @@ def ray_head():
     port = _free_port()
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # `ray start`'s default: a token
     environment = os.environ | token | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-               f"--port={port}", f"--ray-client-server-port={_free_port()}", "--num-cpus=2", "--num-gpus=0",
-               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]  # fmt: skip
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--ray-client-server-port={_free_port()}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+    ]
     log = open(Path(temp) / "head.log", "w")  # noqa: SIM115 (open while the head runs)
     head = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -98,12 +110,25 @@ def _quality(metrics_file: Path) -> dict:
 @needs_ray
 def test_ray_executor_matches_the_local_one(tiny_gpt2, articles, tmp_path, ray_head):
     def args(output, *extra):
-        return tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--seeds", "0,1", "--epochs", "1",
-                             *extra)  # fmt: skip
+        return tiny_run_args(
+            tiny_gpt2, articles, output, "--methods", "lora,ia3", "--seeds", "0,1", "--epochs", "1", *extra
+        )
 
     assert main(args(tmp_path / "local", "--in-process")) == 0  # the local executor (in one process: the same figures)
-    assert main(args(tmp_path / "ray", "--executor", "ray", "--ray-address", ray_head,
-                     "--ray-scratch", str(tmp_path / "scratch"))) == 0  # fmt: skip
+    assert (
+        main(
+            args(
+                tmp_path / "ray",
+                "--executor",
+                "ray",
+                "--ray-address",
+                ray_head,
+                "--ray-scratch",
+                str(tmp_path / "scratch"),
+            )
+        )
+        == 0
+    )
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert _files(remote) == _files(local)
     trials = [p.relative_to(local) for p in local.rglob("metrics.json")]
@@ -124,11 +149,25 @@ def test_ray_executor_matches_the_local_one(tiny_gpt2, articles, tmp_path, ray_h
 
 
 @needs_ray
-def test_killed_worker_is_retried_then_recorded_and_a_rerun_completes_it(tiny_gpt2, articles, tmp_path, ray_head,
-                                                                         monkeypatch, capsys):  # fmt: skip
+def test_killed_worker_is_retried_then_recorded_and_a_rerun_completes_it(
+    tiny_gpt2, articles, tmp_path, ray_head, monkeypatch, capsys
+):
     output, scratch, marker = tmp_path / "out", tmp_path / "scratch", tmp_path / "kills"
-    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--seed", "3",
-                         "--executor", "ray", "--ray-address", ray_head, "--ray-scratch", str(scratch))  # fmt: skip
+    args = tiny_run_args(
+        tiny_gpt2,
+        articles,
+        output,
+        "--methods",
+        "lora,ia3",
+        "--seed",
+        "3",
+        "--executor",
+        "ray",
+        "--ray-address",
+        ray_head,
+        "--ray-scratch",
+        str(scratch),
+    )
     monkeypatch.setenv("RAY_RUNTIME_ENV_HOOK", f"{ray_faults.__name__}.with_killer")
     monkeypatch.setenv(ray_faults.MARKER, str(marker))
     monkeypatch.setenv(ray_faults.METHOD, "lora")
@@ -175,8 +214,19 @@ def test_ray_asked_for_where_it_cannot_work(tiny_gpt2, articles, tmp_path, monke
 
 @needs_ray
 def test_trial_resources_no_node_has(tiny_gpt2, articles, tmp_path, ray_head, capsys):
-    args = tiny_run_args(tiny_gpt2, articles, tmp_path / "out", "--methods", "lora", "--executor", "ray",
-                         "--ray-address", ray_head, "--gpus-per-trial", "1")  # fmt: skip
+    args = tiny_run_args(
+        tiny_gpt2,
+        articles,
+        tmp_path / "out",
+        "--methods",
+        "lora",
+        "--executor",
+        "ray",
+        "--ray-address",
+        ray_head,
+        "--gpus-per-trial",
+        "1",
+    )
     assert main(args) == 2
     assert "no node of the Ray cluster has 1 CPUs and 1 GPUs for one trial (nodes: 2 CPUs, 0 GPUs)" in (
         capsys.readouterr().err
@@ -188,15 +238,31 @@ def test_trial_resources_no_node_has(tiny_gpt2, articles, tmp_path, ray_head, ca
 def test_ctrl_c_cancels_the_running_trials_and_keeps_the_finished(tiny_gpt2, articles, tmp_path, ray_head):
     output = tmp_path / "out"
     # Enough epochs that both trials are still training when the first checkpoint appears, however fast the machine.
-    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "lora,ia3", "--epochs", "20",
-                         "--executor", "ray", "--ray-address", ray_head, "--ray-scratch", str(tmp_path / "scratch"))
+    args = tiny_run_args(
+        tiny_gpt2,
+        articles,
+        output,
+        "--methods",
+        "lora,ia3",
+        "--epochs",
+        "20",
+        "--executor",
+        "ray",
+        "--ray-address",
+        ray_head,
+        "--ray-scratch",
+        str(tmp_path / "scratch"),
+    )
     environment = os.environ | {"PYTHONPATH": str(ROOT / "src")}
     # Ctrl-C as in a terminal, however this test session was started (a shell's background job ignores SIGINT, and
     # Python started so leaves it ignored).
-    interruptible = "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" \
-                    "from peftbench.cli import main\nsys.exit(main(sys.argv[1:]))"
-    driver = subprocess.Popen([sys.executable, "-c", interruptible, *args], env=environment, stderr=subprocess.PIPE,
-                              text=True)  # fmt: skip
+    interruptible = (
+        "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from peftbench.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", interruptible, *args], env=environment, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while not list((tmp_path / "scratch").glob("*/*/checkpoint/epoch-*")):  # the methods are training
         assert driver.poll() is None, driver.stderr.read()
@@ -240,8 +306,23 @@ def test_progress_line():
 @needs_ray
 def test_a_search_on_ray_goes_on_from_the_trials_in_output(tiny_gpt2, articles, tmp_path, ray_head):
     def args(grid):
-        return tiny_run_args(tiny_gpt2, articles, tmp_path / "ray", "--methods", "ia3", "--epochs", "1", "--search",
-                             "lr", "--lr-grid", grid, "--executor", "ray", "--ray-address", ray_head)  # fmt: skip
+        return tiny_run_args(
+            tiny_gpt2,
+            articles,
+            tmp_path / "ray",
+            "--methods",
+            "ia3",
+            "--epochs",
+            "1",
+            "--search",
+            "lr",
+            "--lr-grid",
+            grid,
+            "--executor",
+            "ray",
+            "--ray-address",
+            ray_head,
+        )
 
     assert main(args("1e-3,3e-2")) == 0
     trials = tmp_path / "ray" / "ia3" / "trials"

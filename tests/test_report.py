@@ -99,10 +99,13 @@ FIGURES = {
     "adapter size (MiB)": lambda m: m["efficiency"]["adapter_size_bytes"] / 2**20,
     "adapter load (ms)": lambda m: m["efficiency"]["adapter_load_ms"],
     # As deployed: merged where the method merges; its weights plus its generation's working memory.
-    "inference memory (MiB)": lambda m: sum(
-        m["efficiency"]["inference_memory"]["merged" if m["efficiency"]["latency_ms"]["merged"] else "unmerged"][k]
-        for k in ("weights_bytes", "increase_bytes")
-    ) / 2**20,
+    "inference memory (MiB)": lambda m: (
+        sum(
+            m["efficiency"]["inference_memory"]["merged" if m["efficiency"]["latency_ms"]["merged"] else "unmerged"][k]
+            for k in ("weights_bytes", "increase_bytes")
+        )
+        / 2**20
+    ),
     "final val loss": lambda m: m["epochs"][-1]["val_loss"],
     "test loss": lambda m: m["test"]["loss"],
     "test ROUGE-1": lambda m: m["test"]["rouge1"],

@@ -20,8 +20,9 @@ def _metrics(output, method: str) -> dict:
 
 def test_killed_run_resumes_to_the_uninterrupted_metrics(tiny_models, articles, tmp_path):
     def args(output):
-        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
-                             "--seed", "5", "--in-process")  # fmt: skip
+        return tiny_run_args(
+            tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3", "--seed", "5", "--in-process"
+        )
 
     assert main(args(tmp_path / "reference")) == 0
     output = tmp_path / "interrupted"
@@ -74,8 +75,17 @@ def test_finished_methods_are_skipped_forced_or_guarded(tiny_models, articles, t
 
 def test_fingerprint_ignores_what_does_not_change_results():
     base = checkpoint.fingerprinted(RunConfig())
-    same = RunConfig(output="elsewhere", quiet=True, in_process=True, force=True, dry_run=True, methods=["lora"],
-                     seeds=[0, 1], report_to=["tensorboard"], allow_pickle=True)  # fmt: skip
+    same = RunConfig(
+        output="elsewhere",
+        quiet=True,
+        in_process=True,
+        force=True,
+        dry_run=True,
+        methods=["lora"],
+        seeds=[0, 1],
+        report_to=["tensorboard"],
+        allow_pickle=True,
+    )
     assert checkpoint.fingerprinted(same) == base
     per_device = RunConfig(per_device_batch_size=4)  # one process: the same global batch as the default 4
     assert checkpoint.fingerprinted(per_device) == base
@@ -100,8 +110,20 @@ class Crash(Exception):
 @pytest.mark.parametrize("method", ["adalora", "ia3", "prefix", "full"])
 def test_each_family_resumes_exactly(tiny_models, articles, tmp_path, monkeypatch, method):
     def args(output):
-        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", method, "--epochs", "3",
-                             "--seed", "5", "--in-process", "--lr", "1e-2")  # fmt: skip
+        return tiny_run_args(
+            tiny_models["gpt2"],
+            articles,
+            output,
+            "--methods",
+            method,
+            "--epochs",
+            "3",
+            "--seed",
+            "5",
+            "--in-process",
+            "--lr",
+            "1e-2",
+        )
 
     assert main(args(tmp_path / "reference")) == 0
     save = checkpoint.save
@@ -125,8 +147,9 @@ def test_resumed_log_has_every_step_once(tiny_models, articles, tmp_path, monkey
     to what that checkpoint had logged, so epoch 2 is logged once, as an uninterrupted run logs it."""
 
     def args(output):
-        return tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3",
-                             "--seed", "5", "--in-process")  # fmt: skip
+        return tiny_run_args(
+            tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "3", "--seed", "5", "--in-process"
+        )
 
     def log(output) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in MethodDir(output / "lora").read_log()]

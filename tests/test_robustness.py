@@ -60,8 +60,18 @@ def test_failing_methods_do_not_stop_the_others(capsys, tiny_models, articles, t
 
 
 def test_diverging_learning_rate_stops_with_a_message(capsys, tiny_models, articles, tmp_path):
-    args = tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--methods", "full", "--lr", "1e30",
-                         "--epochs", "1", "--in-process")  # fmt: skip
+    args = tiny_run_args(
+        tiny_models["gpt2"],
+        articles,
+        tmp_path / "o",
+        "--methods",
+        "full",
+        "--lr",
+        "1e30",
+        "--epochs",
+        "1",
+        "--in-process",
+    )
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "full failed: training loss is" in err and "--lr (now 1e+30)" in err and "Traceback" not in err
@@ -72,8 +82,9 @@ def test_a_bug_in_a_method_exits_1_with_its_traceback(capsys, tiny_models, artic
         raise RuntimeError("boom")
 
     monkeypatch.setattr(CausalLayout, "token_loss", broken)
-    args = tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--methods", "lora", "--epochs", "1",
-                         "--in-process")  # fmt: skip
+    args = tiny_run_args(
+        tiny_models["gpt2"], articles, tmp_path / "o", "--methods", "lora", "--epochs", "1", "--in-process"
+    )
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: boom" in err and "1 of 1 method runs failed" in err
@@ -95,8 +106,9 @@ def pickle_only_gpt2(tiny_gpt2, tmp_path_factory):
 
 
 def test_pickle_weights_need_allow_pickle(capsys, pickle_only_gpt2, articles, tmp_path):
-    args = tiny_run_args(pickle_only_gpt2, articles, tmp_path / "o", "--methods", "lora", "--epochs", "1",
-                         "--in-process")  # fmt: skip
+    args = tiny_run_args(
+        pickle_only_gpt2, articles, tmp_path / "o", "--methods", "lora", "--epochs", "1", "--in-process"
+    )
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "pytorch_model.bin" in err and "--allow-pickle" in err and "save_pretrained" in err
@@ -141,8 +153,18 @@ def test_report_to_tensorboard_logs_steps_epochs_and_efficiency(tiny_models, art
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     output = tmp_path / "out"
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "2",
-                         "--report-to", "tensorboard", "--in-process")  # fmt: skip
+    args = tiny_run_args(
+        tiny_models["gpt2"],
+        articles,
+        output,
+        "--methods",
+        "lora",
+        "--epochs",
+        "2",
+        "--report-to",
+        "tensorboard",
+        "--in-process",
+    )
     assert main(args) == 0
     (run,) = (output / "trackers").iterdir()
     assert run.name == "lora-seed0"

@@ -21,8 +21,9 @@ GRID = ("--lr-grid", "1e-4,3e-3,3e-2")
 
 
 def _args(model, data, output, *extra: str) -> list[str]:
-    return tiny_run_args(model, data, output, "--methods", "lora", "--epochs", "1", "--search", "lr", *GRID,
-                         "--in-process", *extra)  # fmt: skip
+    return tiny_run_args(
+        model, data, output, "--methods", "lora", "--epochs", "1", "--search", "lr", *GRID, "--in-process", *extra
+    )
 
 
 def _trials(output, method: str = "lora") -> dict[str, dict]:
@@ -80,8 +81,12 @@ def test_search_selects_on_validation_and_tests_the_selected_trial_alone(tiny_gp
     # The selected trial's result is what a plain run at its learning rate gives.
     plain = tmp_path / "plain"
     lr = f"{metrics['search']['lr']:g}"
-    assert main(tiny_run_args(tiny_gpt2, articles, plain, "--methods", "lora", "--epochs", "1", "--lr", lr,
-                              "--in-process")) == 0  # fmt: skip
+    assert (
+        main(
+            tiny_run_args(tiny_gpt2, articles, plain, "--methods", "lora", "--epochs", "1", "--lr", lr, "--in-process")
+        )
+        == 0
+    )
     reference = json.loads((plain / "lora" / "metrics.json").read_text())
     assert reference["epochs"] == metrics["epochs"] and reference["test"] == metrics["test"]
 
@@ -97,7 +102,6 @@ def test_search_selects_on_validation_and_tests_the_selected_trial_alone(tiny_gp
     assert report.count("trained, not selected") == 2 and report.count("selected: tested") == 1
     exported = (output / "results.csv").read_text().splitlines()
     assert "search_selected" in exported[0]
-
 
 
 def test_search_killed_midway_resumes_without_redoing_a_trial(tiny_gpt2, articles, tmp_path, counted, capsys):
@@ -155,8 +159,11 @@ def test_halving_stops_the_worse_half_after_each_epoch(tiny_gpt2, articles, tmp_
 
 def test_selection_is_on_the_validation_figure_lower_loss_higher_metric():
     trials = [search.Trial(1e-4), search.Trial(1e-3), search.Trial(1e-2)]
-    epochs = [EpochMetrics(1, 1.0, 2.0, {"rougeL": 0.1}), EpochMetrics(1, 1.0, 1.5, {"rougeL": 0.05}),
-              EpochMetrics(1, 1.0, math.nan, {"rougeL": 0.3})]  # fmt: skip
+    epochs = [
+        EpochMetrics(1, 1.0, 2.0, {"rougeL": 0.1}),
+        EpochMetrics(1, 1.0, 1.5, {"rougeL": 0.05}),
+        EpochMetrics(1, 1.0, math.nan, {"rougeL": 0.3}),
+    ]
     loss = {t: search.figure(e, "loss") for t, e in zip(trials, epochs, strict=True)}
     rouge = {t: search.figure(e, "rougeL") for t, e in zip(trials, epochs, strict=True)}
     assert search.best_first(loss, "loss") == [trials[1], trials[0], trials[2]]  # NaN last
@@ -174,13 +181,17 @@ def test_selection_is_on_the_validation_figure_lower_loss_higher_metric():
         (["--search", "lr,lora_r", "--rank-grid", "4,8.5"], "'8.5' in '4,8.5' is not"),
         (["--search", "epochs"], "--search epochs is not searchable; choose from lr, lora_r"),
         (["--search", "lr,speed"], "--search speed is not a setting; choose from lr, lora_r"),
-        (["--search", "lr", "--select-by", "rougeX"], "--select-by 'rougeX' is not computed on validation; choose "
-         "from loss, rouge1, rouge2, rougeL"),  # fmt: skip
+        (
+            ["--search", "lr", "--select-by", "rougeX"],
+            "--select-by 'rougeX' is not computed on validation; choose from loss, rouge1, rouge2, rougeL",
+        ),
         (["--search", "lr", "--select-by", "accuracy"], "--select-by 'accuracy' is not computed"),
         (["--select-by", "rougeL"], "--select-by needs a search"),
         (["--lr-grid", "1e-4"], "--lr-grid is given but --search does not tune lr"),
-        (["--search", "lora_r", "--methods", "full,ia3"], "none of --methods full,ia3 has a rank; methods with one: "
-         "lora, dora"),  # fmt: skip
+        (
+            ["--search", "lora_r", "--methods", "full,ia3"],
+            "none of --methods full,ia3 has a rank; methods with one: lora, dora",
+        ),
     ],
 )
 def test_bad_search_input_exits_2_before_any_model_loads(tmp_path, articles, capsys, flags, message):
@@ -202,9 +213,11 @@ def test_per_method_grids_in_yaml(tmp_path, articles, capsys):
 
     loaded = build_config(load_yaml(config), {"methods": "full,lora,ia3"})
     names = {m: [t.name for t in search.trials_of(loaded, METHODS[m])] for m in loaded.methods}
-    assert names == {"full": ["lr-1.67e-05", "lr-5e-05", "lr-1.5e-04"],
-                     "lora": ["lr-1e-04_r-4", "lr-1e-04_r-8", "lr-2e-04_r-4", "lr-2e-04_r-8"],
-                     "ia3": ["lr-1e-02"]}  # fmt: skip
+    assert names == {
+        "full": ["lr-1.67e-05", "lr-5e-05", "lr-1.5e-04"],
+        "lora": ["lr-1e-04_r-4", "lr-1e-04_r-8", "lr-2e-04_r-4", "lr-2e-04_r-8"],
+        "ia3": ["lr-1e-02"],
+    }
 
 
 def test_grids_and_halving_are_not_fingerprinted_but_the_search_and_its_rule_are():
@@ -214,7 +227,8 @@ def test_grids_and_halving_are_not_fingerprinted_but_the_search_and_its_rule_are
     searched = fingerprinted(RunConfig(search=["lr"]))
     grown = RunConfig(search=["lr", "lora_r"], lr_grid=[1e-4, 3e-4], rank_grid=[4], search_halving=True)
     assert {k: v for k, v in fingerprinted(grown).items() if k != "search"} == {
-        k: v for k, v in searched.items() if k != "search"}  # fmt: skip
+        k: v for k, v in searched.items() if k != "search"
+    }
     assert searched != fingerprinted(RunConfig())  # an untuned run's results are never taken for a search's
     assert searched != fingerprinted(RunConfig(search=["lr"], select_by="rougeL"))
 
@@ -223,8 +237,9 @@ def test_trials_run_in_processes_of_their_own_and_the_selected_trial_log_becomes
     tiny_gpt2, articles, tmp_path
 ):
     output = tmp_path / "processes"
-    args = tiny_run_args(tiny_gpt2, articles, output, "--methods", "ia3", "--epochs", "1", "--search", "lr",
-                         "--lr-grid", "1e-3,3e-2")  # fmt: skip
+    args = tiny_run_args(
+        tiny_gpt2, articles, output, "--methods", "ia3", "--epochs", "1", "--search", "lr", "--lr-grid", "1e-3,3e-2"
+    )
     assert main(args) == 0  # the local executor: the search in a process, each trial's stages in one of their own
     trials = _trials(output, "ia3")
     losses = {name: record["epochs"][-1]["val_loss"] for name, record in trials.items()}

@@ -26,15 +26,17 @@ from tests.conftest import tiny_run_args
 def two_seeds(tmp_path_factory, tiny_models, articles) -> Path:
     """LoRA trained twice on tiny GPT-2 (seeds 0 and 1): two different adapters of the same config."""
     output = tmp_path_factory.mktemp("serving") / "out"
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--seeds", "0,1", "--epochs", "1",
-                         "--in-process")  # fmt: skip
+    args = tiny_run_args(
+        tiny_models["gpt2"], articles, output, "--methods", "lora", "--seeds", "0,1", "--epochs", "1", "--in-process"
+    )
     assert main(args) == 0
     return output
 
 
 def _logits(model, tokenizer) -> torch.Tensor:
-    batch = tokenizer(["The mayor opened a new bridge over the river.", "Rain flooded the town."], padding=True,
-                      return_tensors="pt")  # fmt: skip
+    batch = tokenizer(
+        ["The mayor opened a new bridge over the river.", "Rain flooded the town."], padding=True, return_tensors="pt"
+    )
     with torch.inference_mode():
         return model(**batch).logits
 
@@ -118,10 +120,22 @@ def test_a_memory_window_holds_only_its_own_peak():
 
 
 def test_serving_estimate_from_the_measured_sizes():
-    efficiency = Efficiency(10, 1.0, 0, "peak_rss", 1.0, 1.0, 1.0, 1.0, {"base": 1.0, "unmerged": 1.0}, 4, None, 40,
-                            inference_memory={"base": {"weights_bytes": 1000, "peak_bytes": 5000,
-                                                       "increase_bytes": 7}},
-                            adapter_memory_bytes={"first": 50, "next": 40})  # fmt: skip
+    efficiency = Efficiency(
+        10,
+        1.0,
+        0,
+        "peak_rss",
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        {"base": 1.0, "unmerged": 1.0},
+        4,
+        None,
+        40,
+        inference_memory={"base": {"weights_bytes": 1000, "peak_bytes": 5000, "increase_bytes": 7}},
+        adapter_memory_bytes={"first": 50, "next": 40},
+    )
     assert efficiency.serving_bytes(1) == (1050, 1000)
     assert efficiency.serving_bytes(100) == (1000 + 50 + 99 * 40, 100_000)
     efficiency.adapter_memory_bytes = None  # full fine-tuning: copies only

@@ -29,8 +29,11 @@ QUESTIONS = [
 def qa_file(tmp_path_factory):
     """40 question-answer rows with a context, the answer as a list of acceptable answers."""
     path = tmp_path_factory.mktemp("qa") / "qa.jsonl"
-    rows = [{"id": f"q{i}-{k}", "context": f"{context} (Fact {i}.)", "question": question, "answers": answers}
-            for i in range(50) for k, (context, question, answers) in enumerate(QUESTIONS)]  # fmt: skip
+    rows = [
+        {"id": f"q{i}-{k}", "context": f"{context} (Fact {i}.)", "question": question, "answers": answers}
+        for i in range(50)
+        for k, (context, question, answers) in enumerate(QUESTIONS)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -39,8 +42,9 @@ def qa_file(tmp_path_factory):
 def labels_file(tmp_path_factory):
     """Sentences labelled True or False (as label indices into --choices False,True)."""
     path = tmp_path_factory.mktemp("cls") / "labels.jsonl"
-    rows = [{"text": f"Statement number {i} is {'accurate' if i % 2 else 'wrong'}.", "label": i % 2}
-            for i in range(200)]  # fmt: skip
+    rows = [
+        {"text": f"Statement number {i} is {'accurate' if i % 2 else 'wrong'}.", "label": i % 2} for i in range(200)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -55,8 +59,12 @@ def test_template_fills_columns_and_cuts_the_longest(tiny_gpt2, qa_file):
     assert example.source.startswith(example.segments[0][0]) and "\nQuestion: " in example.source
     assert example.source.endswith("\nAnswer:") and example.references == [example.target, *example.references[1:]]
     loaded = load_model(str(tiny_gpt2), prompt=PromptOptions("plain", task="qa", cue=""))
-    long = Example("x", "", "Paris", segments=[("word " * 300, True), ("\nQuestion: ", False),
-                                                ("What is the capital?", True), ("\nAnswer:", False)])  # fmt: skip
+    long = Example(
+        "x",
+        "",
+        "Paris",
+        segments=[("word " * 300, True), ("\nQuestion: ", False), ("What is the capital?", True), ("\nAnswer:", False)],
+    )
     (item,) = loaded.layout.encode([long], TokenLimits(source=40, target=8))
     prompt = loaded.tokenizer.decode(item.prompt)
     assert len(item.prompt) <= 40 and prompt.endswith("\nQuestion: What is the capital?\nAnswer:")  # words kept
@@ -65,8 +73,9 @@ def test_template_fills_columns_and_cuts_the_longest(tiny_gpt2, qa_file):
 
 def test_qa_preset_scores_exact_match_and_f1_against_every_reference(tiny_gpt2, qa_file, tmp_path):
     output = tmp_path / "qa"
-    args = tiny_run_args(tiny_gpt2, qa_file, output, "--task", "qa", "--methods", "lora", "--epochs", "1",
-                         "--in-process")  # fmt: skip
+    args = tiny_run_args(
+        tiny_gpt2, qa_file, output, "--task", "qa", "--methods", "lora", "--epochs", "1", "--in-process"
+    )
     assert main(args) == 0
     metrics = _metrics(output, "lora")
     assert metrics["config"]["metrics"] == ["exact_match", "f1"] and metrics["config"]["primary_metric"] == "f1"
@@ -81,8 +90,15 @@ def test_qa_preset_scores_exact_match_and_f1_against_every_reference(tiny_gpt2, 
 
 
 def test_accuracy_by_generation_and_by_likelihood(tiny_gpt2, labels_file, tmp_path):
-    config = RunConfig(dataset=str(labels_file), task="classification", choices=["False", "True"], train_size=4,
-                       eval_size=1, test_size=12, max_new_tokens=3)  # fmt: skip
+    config = RunConfig(
+        dataset=str(labels_file),
+        task="classification",
+        choices=["False", "True"],
+        train_size=4,
+        eval_size=1,
+        test_size=12,
+        max_new_tokens=3,
+    )
     splits = load_splits(config)
     assert {ex.target for ex in splits.test} <= {"False", "True"} and splits.test[0].choices == ["False", "True"]
     loaded = load_model(str(tiny_gpt2), prompt=PromptOptions.from_config(config))
@@ -107,8 +123,20 @@ def test_accuracy_by_generation_and_by_likelihood(tiny_gpt2, labels_file, tmp_pa
 
 def test_classification_run_end_to_end(tiny_gpt2, labels_file, tmp_path):
     output = tmp_path / "cls"
-    args = tiny_run_args(tiny_gpt2, labels_file, output, "--task", "classification", "--choices", "False,True",
-                         "--methods", "ia3", "--epochs", "1", "--in-process")  # fmt: skip
+    args = tiny_run_args(
+        tiny_gpt2,
+        labels_file,
+        output,
+        "--task",
+        "classification",
+        "--choices",
+        "False,True",
+        "--methods",
+        "ia3",
+        "--epochs",
+        "1",
+        "--in-process",
+    )
     assert main(args) == 0
     metrics = _metrics(output, "ia3")
     assert set(metrics["test"]) == {"loss", "accuracy", "accuracy_ll"}
@@ -126,10 +154,18 @@ def test_parquet_and_datasets_folders_with_their_own_splits(qa_file, tmp_path, c
     splits = load_splits(RunConfig(dataset=str(parquet), task="qa", train_size=4, eval_size=1, test_size=1))
     assert "parquet file" in splits.description and splits.train[0].references
     folder = tmp_path / "folder"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:150]),
-                          "test": datasets.Dataset.from_list(rows[150:])}).save_to_disk(str(folder))  # fmt: skip
-    config = RunConfig(dataset=str(folder), task="qa", validation_split="test[:5]", test_split="test[5:]",
-                       train_size=150, eval_size=5, test_size=5)  # fmt: skip
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:150]), "test": datasets.Dataset.from_list(rows[150:])}
+    ).save_to_disk(str(folder))
+    config = RunConfig(
+        dataset=str(folder),
+        task="qa",
+        validation_split="test[:5]",
+        test_split="test[5:]",
+        train_size=150,
+        eval_size=5,
+        test_size=5,
+    )
     splits = load_splits(config)
     assert [len(splits.train), len(splits.validation), len(splits.test)] == [150, 5, 5]
     assert {ex.id for ex in splits.validation}.isdisjoint({ex.id for ex in splits.test})
@@ -164,8 +200,18 @@ def test_embedded_qa_dataset_uses_the_qa_preset():
     ],
 )
 def test_bad_task_settings_are_refused_before_any_model_loads(extra, message, qa_file, tmp_path, capsys):
-    args = ["run", "--model", str(tmp_path / "no-model"), "--dataset", str(qa_file), "--task", "qa",
-            "--output", str(tmp_path / "out"), *extra]  # fmt: skip
+    args = [
+        "run",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--dataset",
+        str(qa_file),
+        "--task",
+        "qa",
+        "--output",
+        str(tmp_path / "out"),
+        *extra,
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "cannot load model" not in err
@@ -175,6 +221,20 @@ def test_an_empty_answer_list_names_its_row(tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
     rows = [{"id": f"q{i}", "question": f"Question {i}?", "answers": ["A"] if i != 7 else []} for i in range(20)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert main(["run", "--dataset", str(path), "--task", "qa", "--model", str(tmp_path / "none"), "--output",
-                 str(tmp_path / "o")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                "--dataset",
+                str(path),
+                "--task",
+                "qa",
+                "--model",
+                str(tmp_path / "none"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "row q7 (number 8) has an empty list of answers in column 'answers'" in capsys.readouterr().err

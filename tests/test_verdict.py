@@ -28,8 +28,14 @@ EXAMPLES = load_splits(RunConfig(train_size=1, eval_size=1, test_size=40)).test
 SIZES = {"full": (1000, 900.0), "lora": (10, 600.0), "ia3": (2, 550.0)}  # trainable parameters, peak memory MiB
 
 
-def _write(comparison, method: str, predictions: list[str], seed: int = 0, examples=EXAMPLES,
-           contention: dict[str, float] | None = None) -> None:  # fmt: skip
+def _write(
+    comparison,
+    method: str,
+    predictions: list[str],
+    seed: int = 0,
+    examples=EXAMPLES,
+    contention: dict[str, float] | None = None,
+) -> None:
     """A finished method (or reference) with these test predictions, as peftbench run would leave it (contention:
     its efficiency's other_cpu_share)."""
     references = [ex.target for ex in examples]
@@ -42,11 +48,26 @@ def _write(comparison, method: str, predictions: list[str], seed: int = 0, examp
         result.epochs = [EpochMetrics(0, None, 2.0, dict.fromkeys(means, 0.0)), EpochMetrics(1, 1.5, 1.8, means)]
         latency = {"base": 100.0, "unmerged": 110.0, "merged": None if method == "full" else 101.0}
         speed = 100.0 + trainable / 100
-        result.efficiency = Efficiency(trainable, 100 * trainable / 1000, int(memory * 2**20), "peak_rss", 10.0,
-                                       speed, 1.0, 50.0, latency, 32, None, trainable * 4,
-                                       other_cpu_share=contention)  # fmt: skip
-    directory = (rundir.reference_dir(comparison, method) if method in rundir.REFERENCES
-                 else rundir.method_dir(comparison, method))  # fmt: skip
+        result.efficiency = Efficiency(
+            trainable,
+            100 * trainable / 1000,
+            int(memory * 2**20),
+            "peak_rss",
+            10.0,
+            speed,
+            1.0,
+            50.0,
+            latency,
+            32,
+            None,
+            trainable * 4,
+            other_cpu_share=contention,
+        )
+    directory = (
+        rundir.reference_dir(comparison, method)
+        if method in rundir.REFERENCES
+        else rundir.method_dir(comparison, method)
+    )
     directory.path.mkdir(parents=True, exist_ok=True)
     directory.write_predictions(prediction_rows(examples, predictions, scores))
     directory.write_result(result)
@@ -75,8 +96,9 @@ def test_bootstrap_intervals_match_an_independent_recomputation(tmp_path):
     references = [ex.target for ex in EXAMPLES]
     for name, predictions in (("full", _good()), ("lora", _bad())):
         rouge = np.array(per_example("rougeL", predictions, [[r] for r in references]))
-        direct = stats.bootstrap((rouge,), np.mean, n_resamples=resamples, method="percentile",
-                                 rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+        direct = stats.bootstrap(
+            (rouge,), np.mean, n_resamples=resamples, method="percentile", rng=np.random.default_rng(0)
+        ).confidence_interval
         interval = analysis.scores[name]["rougeL"]
         assert interval.value == pytest.approx(rouge.mean(), abs=1e-12)
         assert (interval.low, interval.high) == pytest.approx((direct.low, direct.high), abs=1e-12)
@@ -85,8 +107,14 @@ def test_bootstrap_intervals_match_an_independent_recomputation(tmp_path):
         chosen = [int(i) for i in indices]
         return sacrebleu.corpus_bleu([_good()[i] for i in chosen], [[references[i] for i in chosen]]).score
 
-    direct = stats.bootstrap((np.arange(len(references)),), corpus_bleu, n_resamples=resamples, vectorized=False,
-                             method="percentile", rng=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    direct = stats.bootstrap(
+        (np.arange(len(references)),),
+        corpus_bleu,
+        n_resamples=resamples,
+        vectorized=False,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
     interval = analysis.scores["full"]["bleu"]
     assert (interval.low, interval.high) == pytest.approx((direct.low, direct.high), abs=1e-9)
 
@@ -159,8 +187,9 @@ def test_a_method_line_and_the_recommendation_rest_on_the_same_tests(tmp_path):
     section = load_sections([tmp_path])[0]
     analysis = analyse(section)
     assert set(analysis.vs_anchor) == {"lora"}
-    assert analysis.vs_anchor["lora"]["rougeL"] == analysis.compare({"rougeL": "full"}, analysis.trained)["lora"][
-        "rougeL"]  # fmt: skip
+    assert (
+        analysis.vs_anchor["lora"]["rougeL"] == analysis.compare({"rougeL": "full"}, analysis.trained)["lora"]["rougeL"]
+    )
     lines = verdict_lines(section, analysis)
     apart = "significantly worse than full" in next(line for line in lines if line.startswith("lora:"))
     assert apart == ("no method matches" in next(line for line in lines if line.startswith("Recommendation")))
@@ -200,8 +229,11 @@ def test_exports_one_row_per_run_with_provenance(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "results.csv" in printed and "results.jsonl" in printed and "report.md" not in printed
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
-    assert [(row["method"], row["reference"]) for row in rows] == [("full", "False"), ("lora", "False"),
-                                                                   ("lead-3", "True")]  # fmt: skip
+    assert [(row["method"], row["reference"]) for row in rows] == [
+        ("full", "False"),
+        ("lora", "False"),
+        ("lead-3", "True"),
+    ]
     lora = next(row for row in rows if row["method"] == "lora")
     assert lora["provenance_model_sha256"] == "abc" and lora["provenance_dataset_sha256"] == "def"
     assert float(lora["test_rougeL"]) == pytest.approx(metrics["test"]["rougeL"])
@@ -216,7 +248,11 @@ def test_exports_one_row_per_run_with_provenance(tmp_path, capsys):
 
 def test_lead_sentences():
     text = 'Mr. Smith went to Washington. He met Dr. J. Doe at 5 p.m. on Monday. "It was great," he said. Then more.'
-    assert sentences(text) == ["Mr. Smith went to Washington.", "He met Dr. J. Doe at 5 p.m. on Monday.",
-                               '"It was great," he said.', "Then more."]  # fmt: skip
+    assert sentences(text) == [
+        "Mr. Smith went to Washington.",
+        "He met Dr. J. Doe at 5 p.m. on Monday.",
+        '"It was great," he said.',
+        "Then more.",
+    ]
     assert lead(text) == 'Mr. Smith went to Washington. He met Dr. J. Doe at 5 p.m. on Monday. "It was great," he said.'
     assert lead("No full stop at all") == "No full stop at all"

@@ -67,8 +67,10 @@ def resolve_targets(model: nn.Module, spec: list[str], flag: str) -> list[str]:
     if spec == [ALL_LINEAR]:
         paths = all_linear(model)
         if not paths:
-            raise ConfigError(f"{flag} {ALL_LINEAR}: this model has no linear layer peft can wrap (Linear or Conv1D, "
-                              "the output head aside); name the modules to adapt")  # fmt: skip
+            raise ConfigError(
+                f"{flag} {ALL_LINEAR}: this model has no linear layer peft can wrap (Linear or Conv1D, "
+                "the output head aside); name the modules to adapt"
+            )
     elif len(spec) == 1 and is_pattern(spec[0]):
         try:
             pattern = re.compile(spec[0])
@@ -94,8 +96,10 @@ def _within_targets(model: nn.Module, options: dict[str, list[str]], flag: str) 
     for key, names in options.items():
         stray = [name for name in names if key != "targets" and not any(_matches(path, name) for path in targeted)]
         if stray:
-            raise ConfigError(f"{flag}-{key} {','.join(stray)} must also be adapted: it names no layer that "
-                              f"{flag}-targets {','.join(options['targets'])} selects")  # fmt: skip
+            raise ConfigError(
+                f"{flag}-{key} {','.join(stray)} must also be adapted: it names no layer that "
+                f"{flag}-targets {','.join(options['targets'])} selects"
+            )
     named = [name for key, names in options.items() if key != "targets" for name in names]
     return options | {"targets": list(dict.fromkeys([*options["targets"], *named]))}
 

@@ -95,9 +95,17 @@ def metadata(result: MethodResult) -> ModelCardData:
     if result.test is not None and dataset is not None and not result.random_weights:
         for metric, value in result.test.to_dict().items():
             if value is not None:
-                evals.append(EvalResult(task_type=task, dataset_type=dataset, dataset_name=result.dataset,
-                                        dataset_split="test", metric_type=METRIC_TYPES.get(metric, metric),
-                                        metric_name=_label(metric), metric_value=value))  # fmt: skip
+                evals.append(
+                    EvalResult(
+                        task_type=task,
+                        dataset_type=dataset,
+                        dataset_name=result.dataset,
+                        dataset_split="test",
+                        metric_type=METRIC_TYPES.get(metric, metric),
+                        metric_name=_label(metric),
+                        metric_value=value,
+                    )
+                )
     return ModelCardData(
         base_model=base,
         library_name="peft" if peft else "transformers",
@@ -118,14 +126,23 @@ def _scores(result: MethodResult, intervals: dict[str, Interval] | None, note: s
         shown = f"{_shown(span.low)} to {_shown(span.high)}" if span else "-"
         lines.append(f"| {_label(metric)} | {_shown(value)} | {shown} |")
     corpus = [_label(m) for m in result.test.scores if m in METRICS and METRICS[m].corpus]
-    scales = ("Loss: mean cross-entropy per target token. Scores are from 0 to 1"
-              + (f", {' and '.join(corpus)} from 0 to 100" if corpus else "") + "; higher is better.")  # fmt: skip
+    scales = (
+        "Loss: mean cross-entropy per target token. Scores are from 0 to 1"
+        + (f", {' and '.join(corpus)} from 0 to 100" if corpus else "")
+        + "; higher is better."
+    )
     if result.random_weights:
-        return [*lines, "", f"Trained from random weights ({result.config.get('model_weights')}): these scores mean "
-                "nothing about the method's quality."]  # fmt: skip
+        return [
+            *lines,
+            "",
+            f"Trained from random weights ({result.config.get('model_weights')}): these scores mean "
+            "nothing about the method's quality.",
+        ]
     if intervals is None:
-        note = ("Intervals: not computed yet. They come from the whole comparison's statistics, which `peftbench "
-                "run` computes once every method has run, and then writes into this card.")  # fmt: skip
+        note = (
+            "Intervals: not computed yet. They come from the whole comparison's statistics, which `peftbench "
+            "run` computes once every method has run, and then writes into this card."
+        )
     return [*lines, "", scales, note or ""]
 
 
@@ -145,7 +162,8 @@ def render(result: MethodResult, intervals: dict[str, Interval] | None = None, n
         "",
         "## Training",
         "",
-        f"- Base model: {result.model}" + (f" (Hub: `{base}`)" if base and base != result.model else "")
+        f"- Base model: {result.model}"
+        + (f" (Hub: `{base}`)" if base and base != result.model else "")
         + f"; {config.get('model_weights', 'pretrained')}; {_shown((result.provenance or {}).get('model'))}"
         + (f"; {EMBEDDED_MODEL_WEIGHTS}" if config.get("model") == EMBEDDED else ""),
         f"- Method: {result.method}: {method_settings(result)}",

@@ -35,10 +35,26 @@ PROGRESS_FILE = "progress.json"  # what was measured so far (results.Progress)
 # they decide which trials run, not what a trial gives (each trial's own lr and rank are in its fingerprint), so that
 # a grid point added later runs alone.
 NOT_FINGERPRINTED = (
-    "output", "quiet", "in_process", "force", "dry_run", "report_to", "allow_pickle", "methods", "seeds",
-    "per_device_batch_size", "batch_size_given_as", "executor", "ray_address", "gpus_per_trial", "cpus_per_trial",
-    "ray_scratch", "lr_grid", "rank_grid", "search_halving",
-)  # fmt: skip
+    "output",
+    "quiet",
+    "in_process",
+    "force",
+    "dry_run",
+    "report_to",
+    "allow_pickle",
+    "methods",
+    "seeds",
+    "per_device_batch_size",
+    "batch_size_given_as",
+    "executor",
+    "ray_address",
+    "gpus_per_trial",
+    "cpus_per_trial",
+    "ray_scratch",
+    "lr_grid",
+    "rank_grid",
+    "search_halving",
+)
 
 
 def fingerprinted(config: RunConfig) -> dict[str, Any]:
@@ -191,9 +207,11 @@ def load_latest(directory: MethodDir) -> Saved | None:
         then = f"resumes from {found.path.name}" if found else "starts from scratch"
         for path, exc in unreadable:
             aside = rundir.set_aside(path)
-            print(f"peftbench: warning: checkpoint {path.name} of {directory.name} is unreadable "
-                  f"({type(exc).__name__}: {exc}); set aside as {aside.name}; {directory.name} {then}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"peftbench: warning: checkpoint {path.name} of {directory.name} is unreadable "
+                f"({type(exc).__name__}: {exc}); set aside as {aside.name}; {directory.name} {then}",
+                file=sys.stderr,
+            )
     return found
 
 

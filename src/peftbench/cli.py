@@ -155,6 +155,7 @@ class _Formatter(argparse.HelpFormatter):
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
         return ", ".join(action.option_strings) + " " + metavar
 
+
 METAVARS = {"gpus_per_trial": "GPUS", "cpus_per_trial": "CPUS"}  # where the flag's last word does not name its value
 
 
@@ -201,10 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("outputs", nargs="+", metavar="OUTPUT", help="output directory of peftbench run")
     report.add_argument("--output", metavar="DIR", help="where to write the report (default: the first OUTPUT)")
-    report.add_argument("--format", default="md,html", metavar="FORMATS",
-                        help=f"comma list of {', '.join(REPORT_FORMATS)}: md and html write report.md and "
-                        "report.html; csv and json write results.csv and results.jsonl, one row per model x method "
-                        "x seed (default: md,html)")  # fmt: skip
+    report.add_argument(
+        "--format",
+        default="md,html",
+        metavar="FORMATS",
+        help=f"comma list of {', '.join(REPORT_FORMATS)}: md and html write report.md and "
+        "report.html; csv and json write results.csv and results.jsonl, one row per model x method "
+        "x seed (default: md,html)",
+    )
     methods = commands.add_parser(
         "methods",
         help="list the fine-tuning methods; with --model, each one's trainable parameters on that model",

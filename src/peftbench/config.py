@@ -127,8 +127,9 @@ class RunConfig:
         if preset is None:
             return  # validate() names the bad task
         self.metrics = expand(self.metrics) if self.metrics else list(preset.metrics)
-        self.primary_metric = self.primary_metric or (preset.primary if preset.primary in self.metrics
-                                                      else self.metrics[0])  # fmt: skip
+        self.primary_metric = self.primary_metric or (
+            preset.primary if preset.primary in self.metrics else self.metrics[0]
+        )
         if self.instruction is None:
             choices = ", ".join(self.choices or []) or "the options given"
             self.instruction = preset.instruction.replace("{choices}", choices)
@@ -180,14 +181,18 @@ class RunConfig:
             valid = ", ".join([*GROUPS, *METRICS])
             raise ConfigError(f"--metrics {', '.join(unknown)}: no such metric; choose from {valid}")
         if self.primary_metric not in self.metrics:
-            raise ConfigError(f"--primary-metric {self.primary_metric} is not among --metrics "
-                              f"{','.join(self.metrics)}; add it there, or choose one of those")  # fmt: skip
+            raise ConfigError(
+                f"--primary-metric {self.primary_metric} is not among --metrics "
+                f"{','.join(self.metrics)}; add it there, or choose one of those"
+            )
         if self.choices is not None and len(set(self.choices)) < 2:
             raise ConfigError(f"--choices needs at least two different choices, got {','.join(self.choices)!r}")
         needing = [name for name in self.metrics if METRICS[name].choices]
         if needing and not self.choices and not self.choices_column:
-            raise ConfigError(f"--metrics {','.join(needing)} score choices: give --choices (e.g. True,False) or "
-                              "--choices-column (a column of each example's options)")  # fmt: skip
+            raise ConfigError(
+                f"--metrics {','.join(needing)} score choices: give --choices (e.g. True,False) or "
+                "--choices-column (a column of each example's options)"
+            )
         if self.prompt_template is not None:
             if not self.prompt_template.strip():
                 raise ConfigError("--prompt-template is empty; give a format string such as '{question}\\nAnswer:'")
@@ -220,19 +225,25 @@ class RunConfig:
             if values is None:
                 continue
             if setting not in (self.search or []):
-                raise ConfigError(f"--{_flag(grid)} is given but --search does not tune {setting}: add "
-                                  f"--search {','.join([*(self.search or []), setting])}")  # fmt: skip
+                raise ConfigError(
+                    f"--{_flag(grid)} is given but --search does not tune {setting}: add "
+                    f"--search {','.join([*(self.search or []), setting])}"
+                )
             for points in values.values() if isinstance(values, dict) else [values]:
                 if not points:
                     raise ConfigError(f"--{_flag(grid)} is empty; give a comma list of positive numbers")
                 bad = [value for value in points if not (value > 0 and math.isfinite(value))]
                 if bad:
-                    raise ConfigError(f"--{_flag(grid)} {','.join(f'{value:g}' for value in points)}: {bad[0]:g} is "
-                                      "not a positive number; every grid value must be one")  # fmt: skip
+                    raise ConfigError(
+                        f"--{_flag(grid)} {','.join(f'{value:g}' for value in points)}: {bad[0]:g} is "
+                        "not a positive number; every grid value must be one"
+                    )
         valid = ("loss", *self.metrics)
         if self.select_by not in valid:
-            raise ConfigError(f"--select-by {self.select_by!r} is not computed on validation; choose from "
-                              f"{', '.join(valid)} (loss: validation loss; a metric of --metrics)")  # fmt: skip
+            raise ConfigError(
+                f"--select-by {self.select_by!r} is not computed on validation; choose from "
+                f"{', '.join(valid)} (loss: validation loss; a metric of --metrics)"
+            )
         if self.search is None and (self.search_halving or self.select_by != "loss"):
             flag = "--search-halving" if self.search_halving else "--select-by"
             raise ConfigError(f"{flag} needs a search: add --search lr (or lr,lora_r)")
@@ -288,10 +299,24 @@ class Range:
 
 
 POSITIVE = (
-    "epochs", "batch_size", "grad_accum", "train_size", "eval_size", "test_size", "max_source_tokens",
-    "max_new_tokens", "num_beams", "eval_batch_size", "eval_every", "latency_prompts",
-    "latency_new_tokens", "lora_r", "lora_alpha", "num_virtual_tokens", "eval_generate_size",
-)  # fmt: skip
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "train_size",
+    "eval_size",
+    "test_size",
+    "max_source_tokens",
+    "max_new_tokens",
+    "num_beams",
+    "eval_batch_size",
+    "eval_every",
+    "latency_prompts",
+    "latency_new_tokens",
+    "lora_r",
+    "lora_alpha",
+    "num_virtual_tokens",
+    "eval_generate_size",
+)
 ABOVE_ZERO = Range(0, low_open=True)
 # Every numeric setting, checked for type, finiteness and range before anything loads.
 RANGES = {name: Range(1) for name in POSITIVE} | {
@@ -311,8 +336,17 @@ EXCLUSIVE = {"per_device_batch_size": "batch_size"}  # given together in one sou
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HINTS = typing.get_type_hints(RunConfig)
 NUMBER_LIST_FIELDS = {"seeds": int, "rank_grid": int, "lr_grid": float}  # comma lists of numbers; grids: or per method
-LIST_FIELDS = {"methods", "lora_targets", "ia3_targets", "ia3_feedforward", "report_to", "metrics", "choices",
-               "search", *NUMBER_LIST_FIELDS}  # fmt: skip
+LIST_FIELDS = {
+    "methods",
+    "lora_targets",
+    "ia3_targets",
+    "ia3_feedforward",
+    "report_to",
+    "metrics",
+    "choices",
+    "search",
+    *NUMBER_LIST_FIELDS,
+}
 
 
 def _flag(name: str) -> str:
@@ -369,8 +403,9 @@ def _numbers(name: str, items: list[str], kind: type) -> list:
             values.append(kind(item))
         except ValueError:
             what = "integers" if kind is int else "numbers"
-            raise ConfigError(f"{name} must be a comma list of {what}: {item!r} in {','.join(items)!r} is not "
-                              "one") from None  # fmt: skip
+            raise ConfigError(
+                f"{name} must be a comma list of {what}: {item!r} in {','.join(items)!r} is not one"
+            ) from None
     return values
 
 

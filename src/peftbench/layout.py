@@ -109,8 +109,10 @@ class Layout:
         ids = []
         for ex in examples:
             segments = [(next(pieces), column) for _, column in [(self.prefix, False), *ex.segments]]
-            caps = _fit([len(piece) for piece, column in segments if column],
-                        budget - sum(len(piece) for piece, column in segments if not column))  # fmt: skip
+            caps = _fit(
+                [len(piece) for piece, column in segments if column],
+                budget - sum(len(piece) for piece, column in segments if not column),
+            )
             kept, columns = [], iter(caps)
             for piece, column in segments:
                 kept += piece[: next(columns)] if column else piece
@@ -138,8 +140,9 @@ class Layout:
         takes to skip that reading (the prompts' KV cache, or the encoder's outputs); empty where there is none."""
         raise NotImplementedError
 
-    def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
-                       prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
+    def prefilled_loss(
+        self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]], prefilled: dict[str, object]
+    ) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over targets (one per prompt row) after the prompts that prefill read (prefilled: its
         non-empty state), and their count: the same figure as token_loss on the collated items, without reading the
         prompts again. Leaves prefilled as generate needs it (emptied where it cannot be, which makes generate read
@@ -185,9 +188,15 @@ class Layout:
     def _new_tokens_start(self, batch: dict[str, torch.Tensor]) -> int:
         raise NotImplementedError
 
-    def generate(self, model, batch: dict[str, torch.Tensor], max_new_tokens: int, num_beams: int = 1,
-                 fixed_length: bool = False,
-                 prefilled: dict[str, object] | None = None) -> list[list[int]]:  # fmt: skip
+    def generate(
+        self,
+        model,
+        batch: dict[str, torch.Tensor],
+        max_new_tokens: int,
+        num_beams: int = 1,
+        fixed_length: bool = False,
+        prefilled: dict[str, object] | None = None,
+    ) -> list[list[int]]:
         """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row.
 
         fixed_length ignores EOS and always makes max_new_tokens tokens, so timings compare like with like.
@@ -232,8 +241,10 @@ class CausalLayout(Layout):
         super().__init__(tokenizer, prefix)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if prompt.format == "chat" and not has_template:
-            raise ConfigError("--prompt-format chat needs a tokenizer with a chat template, and this model's has "
-                              "none; use --prompt-format plain (or auto)")  # fmt: skip
+            raise ConfigError(
+                "--prompt-format chat needs a tokenizer with a chat template, and this model's has "
+                "none; use --prompt-format plain (or auto)"
+            )
         chat = prompt.format == "chat" or (prompt.format == "auto" and has_template)
         self.prompt_format = "chat" if chat else "plain"
         if self.prompt_format == "chat":
@@ -252,8 +263,9 @@ class CausalLayout(Layout):
         asked = template([{"role": "user", "content": self._SLOT}], add_generation_prompt=True, tokenize=False)
         before, after = asked.split(self._SLOT)
         opened = template([{"role": "user", "content": ""}], add_generation_prompt=True, tokenize=False)
-        answered = template([{"role": "user", "content": ""}, {"role": "assistant", "content": self._SLOT}],
-                            tokenize=False)  # fmt: skip
+        answered = template(
+            [{"role": "user", "content": ""}, {"role": "assistant", "content": self._SLOT}], tokenize=False
+        )
         lead, end_text = answered.removeprefix(opened).split(self._SLOT)
         end = self._ids(end_text)
         special = set(self.tokenizer.all_special_ids)
@@ -307,8 +319,9 @@ class CausalLayout(Layout):
         cache = getattr(model(**head, use_cache=True, logits_to_keep=1), _CACHE, None)
         return {} if cache is None else {_CACHE: cache}
 
-    def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
-                       prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
+    def prefilled_loss(
+        self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]], prefilled: dict[str, object]
+    ) -> tuple[torch.Tensor, int]:
         cache, device = prefilled[_CACHE], prompts["input_ids"].device
         # The prompts' last column (left padding: a real token in every row), then each target but its last token,
         # right-padded: every target position sees its whole prompt, and no real position sees the padding.
@@ -316,8 +329,13 @@ class CausalLayout(Layout):
         ids = torch.cat([prompts["input_ids"][:, -1:], _pad(targets, self.pad_id, left=False)[:, :-1].to(device)], 1)
         real = _pad([[1] * len(target) for target in targets], 0, left=False)[:, :-1].to(device)
         positions = prompts["position_ids"][:, -1:] + torch.arange(width, device=device)
-        logits = model(input_ids=ids, attention_mask=torch.cat([prompts["attention_mask"], real], 1),
-                       position_ids=positions, use_cache=True, **{_CACHE: cache}).logits  # fmt: skip
+        logits = model(
+            input_ids=ids,
+            attention_mask=torch.cat([prompts["attention_mask"], real], 1),
+            position_ids=positions,
+            use_cache=True,
+            **{_CACHE: cache},
+        ).logits
         try:
             cache.crop(-width)  # back to the prompts less their last column
         except (NotImplementedError, RuntimeError, ValueError):  # one that cannot, once it holds a sliding window
@@ -365,8 +383,7 @@ class Seq2SeqLayout(Layout):
         targets = self.tokenizer([ex.target for ex in examples], add_special_tokens=False).input_ids
         eos = self.eos_id
         return [
-            Encoded(src + [eos], tgt[: limits.target - 1] + [eos])
-            for src, tgt in zip(sources, targets, strict=True)
+            Encoded(src + [eos], tgt[: limits.target - 1] + [eos]) for src, tgt in zip(sources, targets, strict=True)
         ]
 
     def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
@@ -388,11 +405,15 @@ class Seq2SeqLayout(Layout):
         return model(**inputs, decoder_input_ids=decoder_input_ids).logits, labels
 
     def prefill(self, model, prompts: dict[str, torch.Tensor]) -> dict[str, object]:
-        return {"encoder_outputs": model.get_encoder()(input_ids=prompts["input_ids"],
-                                                       attention_mask=prompts["attention_mask"])}  # fmt: skip
+        return {
+            "encoder_outputs": model.get_encoder()(
+                input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"]
+            )
+        }
 
-    def prefilled_loss(self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]],
-                       prefilled: dict[str, object]) -> tuple[torch.Tensor, int]:  # fmt: skip
+    def prefilled_loss(
+        self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]], prefilled: dict[str, object]
+    ) -> tuple[torch.Tensor, int]:
         labels = _pad(targets, IGNORE_INDEX, left=False).to(prompts["input_ids"].device)
         # With the encoder's outputs given, the model skips its encoder.
         return self.token_loss(model, prompts | {"labels": labels, "encoder_outputs": prefilled["encoder_outputs"]})

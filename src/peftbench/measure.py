@@ -189,8 +189,10 @@ class PhaseTimer:
             return None
         cpus = os.cpu_count() or 1
         # /proc/stat counts in ticks (10 ms): one tick in a phase of a few milliseconds would read as over 100%
-        return {name: round(min(1.0, self.others.get(name, 0.0) / (seconds * cpus)), 3) if seconds > 0 else 0.0
-                for name, seconds in self.seconds.items()}  # fmt: skip
+        return {
+            name: round(min(1.0, self.others.get(name, 0.0) / (seconds * cpus)), 3) if seconds > 0 else 0.0
+            for name, seconds in self.seconds.items()
+        }
 
 
 def merged_copy(model):
@@ -290,8 +292,9 @@ def model_load_costs(load: Callable[[], nn.Module], repeats: int = SERVING_REPEA
     return ServingCosts(statistics.median(timed_ms(load)[1] for _ in range(repeats)))
 
 
-def adapter_costs(load_base: Callable[[], nn.Module], path: Path, mergeable: bool,
-                  repeats: int = SERVING_REPEATS) -> ServingCosts:  # fmt: skip
+def adapter_costs(
+    load_base: Callable[[], nn.Module], path: Path, mergeable: bool, repeats: int = SERVING_REPEATS
+) -> ServingCosts:
     """An adapter's serving costs: PeftModel.from_pretrained of the adapter saved at path onto a loaded base model (a
     fresh one from load_base each time, untimed); then, with a second copy of the same adapter loaded under another
     name, set_adapter from one to the other and back, and merge_and_unmerge where the method merges."""

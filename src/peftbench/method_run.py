@@ -91,8 +91,9 @@ class Stage:
 WHOLE = Stage()  # a method's whole run
 
 
-def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDir, zero_shot: EpochMetrics,
-               stage: Stage = WHOLE) -> MethodResult:  # fmt: skip
+def run_method(
+    name: str, splits: Splits, config: RunConfig, directory: MethodDir, zero_shot: EpochMetrics, stage: Stage = WHOLE
+) -> MethodResult:
     """Fine-tune one method from a freshly loaded base model (or resume it from its last checkpoint), checkpoint
     after every epoch, and write its results into directory. zero_shot is the base model's validation (epoch 0),
     evaluated once per seed for every method (run_zero_shot). stage: the part to do, for a search's trials."""
@@ -109,12 +110,19 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
 
     # Load: the pretrained model, each split as token ids, and the base model's latency before anything changes it.
     with timer.phase("model_load"):
-        loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
-                            PromptOptions.from_config(config))  # fmt: skip
+        loaded = load_model(
+            config.model,
+            config.trust_remote_code,
+            config.allow_pickle,
+            config.quantize,
+            PromptOptions.from_config(config),
+        )
         layout = loaded.layout
         limits = token_limits(config)
-        train, validation, test = (EncodedSplit(split, layout.encode(split, limits))
-                                   for split in (splits.train, splits.validation, splits.test))  # fmt: skip
+        train, validation, test = (
+            EncodedSplit(split, layout.encode(split, limits))
+            for split in (splits.train, splits.validation, splits.test)
+        )
         device = parallel.state().device
         if not config.quantize:
             loaded.model.to(device)  # a quantized model is placed on the GPU as it loads
@@ -138,11 +146,21 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
         options = TrainOptions.from_config(config, precision)
         log = directory.append_log if parallel.is_main() else (lambda _record: None)  # log.jsonl: the main process's
         trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term, log)
-    evaluator = Evaluator(layout, EvalOptions.from_config(config), device, show_progress(config.quiet),
-                          one_pass=not method.prompt_learning)  # fmt: skip
+    evaluator = Evaluator(
+        layout,
+        EvalOptions.from_config(config),
+        device,
+        show_progress(config.quiet),
+        one_pass=not method.prompt_learning,
+    )
     result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
-    tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.comparison),
-                   f"{tag.replace(' ', '-')}-seed{config.seed}", result.config)  # fmt: skip
+    tracking.start(
+        trainer.accelerator,
+        config.report_to,
+        rundir.trackers_dir(directory.comparison),
+        f"{tag.replace(' ', '-')}-seed{config.seed}",
+        result.config,
+    )
     say(f"[{tag}] {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
 
     # Train: epoch 0 is the zero-shot base model; validation after every --eval-every epochs (and a trial's last).
@@ -166,8 +184,7 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
             train_loss = trainer.train_epoch()
         if epoch % config.eval_every == 0 or epoch in (last, config.epochs):
             with compute:
-                validate(evaluator, trainer, validation, config.eval_generate_size, progress, epoch, train_loss,
-                         timer)  # fmt: skip
+                validate(evaluator, trainer, validation, config.eval_generate_size, progress, epoch, train_loss, timer)
             log(log_record("validation", epoch, epoch * trainer.steps_per_epoch, progress.epochs[-1]))
             say(f"[{tag}] {epoch_line(progress.epochs[-1])}")
         if parallel.is_main():
@@ -185,8 +202,9 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
 
     # Test, on the trained model itself; then its merged copy, where there is one, for latency and the merge check.
     with compute:
-        scores, generation = evaluator.evaluate(trainer.unwrapped, test.items, test.examples, None, "test", timer,
-                                                "test")  # fmt: skip
+        scores, generation = evaluator.evaluate(
+            trainer.unwrapped, test.items, test.examples, None, "test", timer, "test"
+        )
     with timer.phase("merge_check"):  # only the main process measures
         final = merged_model(trainer, method) if parallel.is_main() else None
     progress.add_generation(generation.new_tokens, generation.seconds)
@@ -200,11 +218,24 @@ def run_method(name: str, splits: Splits, config: RunConfig, directory: MethodDi
     # Measure and write: the main process alone (the others hold the same results).
     if parallel.is_main():
         with compute:
-            efficiency = measure_efficiency(trainer, progress, method, loaded, latency_items, directory, final,
-                                            config.latency_new_tokens, base_loader(config, device), timer)  # fmt: skip
-        result.efficiency = replace(efficiency, phase_seconds=dict(timer.seconds),
-                                    other_cpu_share=timer.other_cpu_share(),
-                                    wall_seconds=earlier_sessions + time.perf_counter() - started)  # fmt: skip
+            efficiency = measure_efficiency(
+                trainer,
+                progress,
+                method,
+                loaded,
+                latency_items,
+                directory,
+                final,
+                config.latency_new_tokens,
+                base_loader(config, device),
+                timer,
+            )
+        result.efficiency = replace(
+            efficiency,
+            phase_seconds=dict(timer.seconds),
+            other_cpu_share=timer.other_cpu_share(),
+            wall_seconds=earlier_sessions + time.perf_counter() - started,
+        )
         figures = {"test/loss": scores.loss} | {f"test/{k}": v for k, v in scores.metrics.items()}
         trainer.accelerator.log(figures | _numbers(result.efficiency))
         tracking.finish(trainer.accelerator)
@@ -226,18 +257,22 @@ def run_zero_shot(splits: Splits, config: RunConfig) -> tuple[MethodResult, list
     Returns its result and its test predictions."""
     quiet_libraries()
     set_seed(config.seed)
-    loaded = load_model(config.model, config.trust_remote_code, config.allow_pickle, config.quantize,
-                        PromptOptions.from_config(config))  # fmt: skip
-    validation, test = (EncodedSplit(split, loaded.layout.encode(split, token_limits(config)))
-                        for split in (splits.validation, splits.test))  # fmt: skip
+    loaded = load_model(
+        config.model, config.trust_remote_code, config.allow_pickle, config.quantize, PromptOptions.from_config(config)
+    )
+    validation, test = (
+        EncodedSplit(split, loaded.layout.encode(split, token_limits(config)))
+        for split in (splits.validation, splits.test)
+    )
     device = parallel.state().device
     if not config.quantize:
         loaded.model.to(device)
     precision = mixed_precision(config.precision)
     evaluator = Evaluator(loaded.layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
     with autocast(precision, device):
-        s, _ = evaluator.evaluate(loaded.model, validation.items, validation.examples, config.eval_generate_size,
-                                  "zero-shot validation")  # fmt: skip
+        s, _ = evaluator.evaluate(
+            loaded.model, validation.items, validation.examples, config.eval_generate_size, "zero-shot validation"
+        )
         scores, generation = evaluator.evaluate(loaded.model, test.items, test.examples, None, "zero-shot test")
     _, total = count_parameters(loaded.model)
     resolved = config.to_dict() | _model_settings(loaded, precision)
@@ -272,12 +307,21 @@ def merged_model(trainer: Trainer, method: Method) -> nn.Module | None:
     return merged_copy(trainer.unwrapped) if method.mergeable else None
 
 
-def validate(evaluator: Evaluator, trainer: Trainer, split: EncodedSplit, generate_size: int | None,
-             progress: Progress, epoch: int, train_loss: float | None, timer: PhaseTimer) -> None:  # fmt: skip
+def validate(
+    evaluator: Evaluator,
+    trainer: Trainer,
+    split: EncodedSplit,
+    generate_size: int | None,
+    progress: Progress,
+    epoch: int,
+    train_loss: float | None,
+    timer: PhaseTimer,
+) -> None:
     """One epoch's validation, recorded in progress and sent to the trackers: loss over every example, text metrics
     over the first generate_size examples generated; its time in timer's validation phases."""
-    s, generation = evaluator.evaluate(trainer.unwrapped, split.items, split.examples, generate_size,
-                                       f"validate epoch {epoch}", timer, "validation")  # fmt: skip
+    s, generation = evaluator.evaluate(
+        trainer.unwrapped, split.items, split.examples, generate_size, f"validate epoch {epoch}", timer, "validation"
+    )
     progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.metrics))
     progress.add_generation(generation.new_tokens, generation.seconds)
     trainer.accelerator.log(_validation_figures(progress.epochs[-1]), step=epoch * trainer.steps_per_epoch)
@@ -311,8 +355,9 @@ def generation_rows(examples: list[Example], generation: Generation) -> list[dic
     return prediction_rows(examples, generation.predictions, generation.per_example, generation.likely_choices)
 
 
-def resolved_config(config: RunConfig, method: Method, loaded: LoadedModel, settings: MethodSettings,
-                    lr: float, precision: str) -> dict[str, Any]:  # fmt: skip
+def resolved_config(
+    config: RunConfig, method: Method, loaded: LoadedModel, settings: MethodSettings, lr: float, precision: str
+) -> dict[str, Any]:
     """The config as this method actually ran: effective learning rate, module options (resolved, and as given where
     they differ: all-linear, a regular expression) and compute precision. Call it before peft wraps the model."""
     resolved = config.to_dict() | _model_settings(loaded, precision)
@@ -352,15 +397,19 @@ def environment() -> dict[str, Any]:
     }
 
 
-def timed_generation(model, items: list[Encoded], layout: Layout, new_tokens: int,
-                     device) -> tuple[float, dict[str, int | None]]:  # fmt: skip
+def timed_generation(
+    model, items: list[Encoded], layout: Layout, new_tokens: int, device
+) -> tuple[float, dict[str, int | None]]:
     """The model's latency (latency_ms) and its inference memory (Efficiency.inference_memory's form) over the same
     generation: the bytes of its weights, and the peak of a fresh memory window and its increase (after a warm-up
     outside the window: weights read, compute paths set up)."""
     warm_up(model, items, layout, device)
     ms, window = in_memory_window(lambda: latency_ms(model, items, layout, new_tokens, device))
-    return ms, {"weights_bytes": weights_bytes(model), "peak_bytes": window.peak_bytes,
-                "increase_bytes": window.increase_bytes}  # fmt: skip
+    return ms, {
+        "weights_bytes": weights_bytes(model),
+        "peak_bytes": window.peak_bytes,
+        "increase_bytes": window.increase_bytes,
+    }
 
 
 def base_loader(config: RunConfig, device) -> Callable[[], nn.Module]:
@@ -374,8 +423,9 @@ def base_loader(config: RunConfig, device) -> Callable[[], nn.Module]:
     return load
 
 
-def serving_costs(method: Method, layout: Layout, adapter: Path, load_base: Callable[[], nn.Module],
-                  device) -> ServingCosts:  # fmt: skip
+def serving_costs(
+    method: Method, layout: Layout, adapter: Path, load_base: Callable[[], nn.Module], device
+) -> ServingCosts:
     """What serving the saved adapter costs (measure.adapter_costs, on bases from load_base); for full fine-tuning,
     loading the saved model onto device, until its weights are read."""
     if method.peft_config is None:
@@ -388,14 +438,26 @@ def serving_costs(method: Method, layout: Layout, adapter: Path, load_base: Call
     try:
         return adapter_costs(load_base, adapter, method.mergeable)
     except Exception as exc:  # peft cannot load every adapter it saves (AdaLoRA after rank pruning, on some models)
-        print(f"peftbench: warning: {method.name}'s saved adapter does not load back with PeftModel.from_pretrained "
-              f"({type(exc).__name__}: {exc}); its serving costs are not measured", file=sys.stderr)  # fmt: skip
+        print(
+            f"peftbench: warning: {method.name}'s saved adapter does not load back with PeftModel.from_pretrained "
+            f"({type(exc).__name__}: {exc}); its serving costs are not measured",
+            file=sys.stderr,
+        )
         return ServingCosts()
 
 
-def measure_efficiency(trainer: Trainer, progress: Progress, method: Method, loaded: LoadedModel,
-                       items: list[Encoded], directory: MethodDir, merged: nn.Module | None, new_tokens: int,
-                       load_base: Callable[[], nn.Module], timer: PhaseTimer) -> Efficiency:  # fmt: skip
+def measure_efficiency(
+    trainer: Trainer,
+    progress: Progress,
+    method: Method,
+    loaded: LoadedModel,
+    items: list[Encoded],
+    directory: MethodDir,
+    merged: nn.Module | None,
+    new_tokens: int,
+    load_base: Callable[[], nn.Module],
+    timer: PhaseTimer,
+) -> Efficiency:
     """What the trained method costs: training figures, latencies and inference memory (base from progress), merge
     agreement, adapter size, and serving costs (loading, swapping, merging; load_base gives a fresh base model); the
     time of each in timer (the caller adds the phase times).
@@ -451,8 +513,13 @@ def save_adapter(model, method: Method, layout: Layout, path: Path) -> dict[str,
 
     def fill(staging: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
-        counted.update({f.name: f.stat().st_size for f in sorted(staging.iterdir())
-                        if f.suffix == ".safetensors" or f.name in ADAPTER_CONFIGS})  # fmt: skip
+        counted.update(
+            {
+                f.name: f.stat().st_size
+                for f in sorted(staging.iterdir())
+                if f.suffix == ".safetensors" or f.name in ADAPTER_CONFIGS
+            }
+        )
         if method.peft_config is None:
             layout.tokenizer.save_pretrained(staging)
 

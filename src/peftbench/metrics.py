@@ -111,19 +111,23 @@ def _rouge(kind: str) -> Callable[[str, str], float]:
 _PAIRWISE = {"exact_match": _exact_match, "f1": _f1} | {kind: _rouge(kind) for kind in ROUGE_TYPES}
 
 
-def per_example(name: str, predictions: list[str], references: list[list[str]],
-                choices: list[list[str]] | None = None) -> list[float]:  # fmt: skip
+def per_example(
+    name: str, predictions: list[str], references: list[list[str]], choices: list[list[str]] | None = None
+) -> list[float]:
     """Each example's score on a mean metric: the best over its references (ROUGE, EM, F1), or whether the generated
     answer names the reference's choice (accuracy)."""
     _check(predictions, references)
     if name == "accuracy":
         if choices is None:
             raise ValueError("accuracy needs each example's choices")
-        return [_accurate(p, refs[0], options) for p, refs, options in zip(predictions, references, choices,
-                                                                            strict=True)]  # fmt: skip
+        return [
+            _accurate(p, refs[0], options) for p, refs, options in zip(predictions, references, choices, strict=True)
+        ]
     score = _PAIRWISE[name]
-    return [max(score(prediction, reference) for reference in refs)
-            for prediction, refs in zip(predictions, references, strict=True)]  # fmt: skip
+    return [
+        max(score(prediction, reference) for reference in refs)
+        for prediction, refs in zip(predictions, references, strict=True)
+    ]
 
 
 def statistics(name: str, predictions: list[str], references: list[list[str]]) -> np.ndarray:
@@ -146,8 +150,9 @@ def _check(predictions: list[str], references: list[list[str]]) -> None:
         raise ValueError(f"need equally many predictions and references, got {len(predictions)} and {len(references)}")
 
 
-def score(names: list[str], predictions: list[str], references: list[list[str]],
-          choices: list[list[str]] | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:  # fmt: skip
+def score(
+    names: list[str], predictions: list[str], references: list[list[str]], choices: list[list[str]] | None = None
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """The generated text's scores on the given metrics (likelihood metrics are the evaluator's) over all examples,
     and each example's own score on the mean metrics."""
     means, examples = {}, {}

@@ -32,9 +32,11 @@ EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model on the Hub (model cards name it)
 # What model cards say of the embedded copy: its weights went through 4-bit quantisation, so they are the Hub's only
 # approximately, and the scores are the copy's.
-EMBEDDED_MODEL_WEIGHTS = (f"the embedded copy: {EMBEDDED_MODEL_FILE} from {EMBEDDED_MODEL_PACKAGE}, dequantised to "
-                          "fp32, so its weights are close to the Hub model's but not equal; the scores are this "
-                          "copy's (`--model embedded` loads it again)")  # fmt: skip
+EMBEDDED_MODEL_WEIGHTS = (
+    f"the embedded copy: {EMBEDDED_MODEL_FILE} from {EMBEDDED_MODEL_PACKAGE}, dequantised to "
+    "fp32, so its weights are close to the Hub model's but not equal; the scores are this "
+    "copy's (`--model embedded` loads it again)"
+)
 CACHE_ENV = "PEFTBENCH_CACHE"
 RANDOM_WEIGHTS_SEED = 0  # one base for every method, seed and process, as a pretrained model would be
 
@@ -237,8 +239,13 @@ def _open(name: str, trust_remote_code: bool, allow_pickle: bool, prompt: Prompt
     return _Opened(loaded, config, path, config_file, trust)
 
 
-def load_model(name: str, trust_remote_code: bool = False, allow_pickle: bool = False, quantize: str | None = None,
-               prompt: PromptOptions | None = None) -> LoadedModel:  # fmt: skip
+def load_model(
+    name: str,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    quantize: str | None = None,
+    prompt: PromptOptions | None = None,
+) -> LoadedModel:
     """Load a hub id, a local directory or the embedded model, in fp32, from safetensors only (unless allow_pickle),
     with the layout of its kind (prompted as `prompt` says, for a causal model).
 
@@ -294,8 +301,9 @@ def model_provenance(name: str) -> dict[str, str]:
     return {"path": _shown(name), "sha256": digest.hexdigest()}
 
 
-def skeleton(name: str, trust_remote_code: bool = False, allow_pickle: bool = False,
-             prompt: PromptOptions | None = None) -> LoadedModel:  # fmt: skip
+def skeleton(
+    name: str, trust_remote_code: bool = False, allow_pickle: bool = False, prompt: PromptOptions | None = None
+) -> LoadedModel:
     """The model's architecture on the meta device (shapes, no memory, no weights read) with its tokenizer and
     layout: enough to check methods, lengths and parameter counts in about a second."""
     opened = _open(name, trust_remote_code, allow_pickle, prompt)

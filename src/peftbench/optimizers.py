@@ -24,9 +24,12 @@ def adamw(model: nn.Module, lr: float, settings: MethodSettings) -> torch.optim.
 def loraplus(model: nn.Module, lr: float, settings: MethodSettings) -> torch.optim.Optimizer:
     """AdamW with B matrices at lr x --loraplus-lr-ratio and A matrices at lr (peft's LoRA+ grouping)."""
     return create_loraplus_optimizer(
-        model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=settings.loraplus_lr_ratio,
+        model,
+        torch.optim.AdamW,
+        lr=lr,
+        loraplus_lr_ratio=settings.loraplus_lr_ratio,
         loraplus_weight_decay=settings.weight_decay,
-    )  # fmt: skip
+    )
 
 
 def _orthogonality(tuner) -> torch.Tensor:

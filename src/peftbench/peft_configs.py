@@ -62,19 +62,28 @@ def adalora(loaded: LoadedModel, settings: MethodSettings, options: Options) -> 
 
 
 def loha(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
-    return LoHaConfig(task_type=loaded.layout.task_type, r=settings.lora_r, alpha=settings.lora_alpha,
-                      target_modules=options["targets"])  # fmt: skip
+    return LoHaConfig(
+        task_type=loaded.layout.task_type,
+        r=settings.lora_r,
+        alpha=settings.lora_alpha,
+        target_modules=options["targets"],
+    )
 
 
 def lokr(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
-    return LoKrConfig(task_type=loaded.layout.task_type, r=settings.lora_r, alpha=settings.lora_alpha,
-                      target_modules=options["targets"])  # fmt: skip
+    return LoKrConfig(
+        task_type=loaded.layout.task_type,
+        r=settings.lora_r,
+        alpha=settings.lora_alpha,
+        target_modules=options["targets"],
+    )
 
 
 def vera(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
     # r is the rank of VeRA's shared frozen random matrices, not a LoRA rank: the paper's 256, whatever --lora-r says.
-    return VeraConfig(task_type=loaded.layout.task_type, r=256, target_modules=options["targets"],
-                      fan_in_fan_out=loaded.family.conv1d)  # fmt: skip
+    return VeraConfig(
+        task_type=loaded.layout.task_type, r=256, target_modules=options["targets"], fan_in_fan_out=loaded.family.conv1d
+    )
 
 
 def oft(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
@@ -97,8 +106,11 @@ def prefix(loaded: LoadedModel, settings: MethodSettings, options: Options) -> P
             "which checkpointing does not support; drop the flag or choose another method"
         )
     width = loaded.family.attention_width(loaded.model.config)
-    return PrefixTuningConfig(task_type=loaded.layout.task_type, num_virtual_tokens=settings.num_virtual_tokens,
-                              **({"token_dim": width} if width else {}))  # fmt: skip
+    return PrefixTuningConfig(
+        task_type=loaded.layout.task_type,
+        num_virtual_tokens=settings.num_virtual_tokens,
+        **({"token_dim": width} if width else {}),
+    )
 
 
 def prompt(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:

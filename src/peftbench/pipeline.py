@@ -33,8 +33,9 @@ from peftbench.tasks import TASKS
 from peftbench.tracking import resolve_trackers
 
 
-def references_recorded(pool: Executor, splits: Splits,
-                        configs: list[RunConfig]) -> dict[int, EpochMetrics | Exception]:  # fmt: skip
+def references_recorded(
+    pool: Executor, splits: Splits, configs: list[RunConfig]
+) -> dict[int, EpochMetrics | Exception]:
     """Every seed's reference rows, read back where this configuration already wrote them, else computed and
     written: the zero-shot base model (a unit each, all seeds at once: its validation is every method's epoch 0,
     which is returned per seed, or the exception that stopped it) and, for summarisation, Lead-3."""
@@ -56,8 +57,7 @@ def references_recorded(pool: Executor, splits: Splits,
             result = rundir.reference_dir(Path(config.output), ZERO_SHOT).read_result()
             if name in errors and not config.quiet and parallel.is_main():
                 primary = config.primary_metric
-                print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} "
-                      f"{result.test.scores[primary]:.4f}")  # fmt: skip
+                print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} {result.test.scores[primary]:.4f}")
             _lead_3_recorded(splits, config, result.model)
             epochs[config.seed] = result.epochs[0]
         except Exception as exc:  # reported as each pending method's failure
@@ -69,8 +69,9 @@ def references_recorded(pool: Executor, splits: Splits,
 def _lead_3_recorded(splits: Splits, config: RunConfig, model: str) -> None:
     """For summarisation, the Lead-3 reference row (no model: computed here), unless already written."""
     lead = rundir.reference_dir(Path(config.output), LEAD_3)
-    if TASKS[config.task].extractive_reference and (config.force or not (lead.complete()
-                                                                        and checkpoint.matches(lead, config))):
+    if TASKS[config.task].extractive_reference and (
+        config.force or not (lead.complete() and checkpoint.matches(lead, config))
+    ):
         _start_reference(lead, config)
         if parallel.is_main():
             _write_reference(lead, *lead_3(splits, model, config.to_dict()))
@@ -92,8 +93,9 @@ def method_unit(directory: MethodDir, name: str, splits: Splits, config: RunConf
         run_method(name, splits, config, directory, zero_shot)
 
 
-def stage_recorded(name: str, splits: Splits, zero_shot: EpochMetrics, config: RunConfig, directory: MethodDir,
-                   stage: Stage) -> None:  # fmt: skip
+def stage_recorded(
+    name: str, splits: Splits, zero_shot: EpochMetrics, config: RunConfig, directory: MethodDir, stage: Stage
+) -> None:
     """One stage of a search (a trial's stint, or the selected trial's test) in a process of its own, so that no
     trial's memory peak reaches another's figures; a failure leaves failed.json in directory, then propagates."""
     try:
@@ -153,8 +155,9 @@ def method_pending(name: str, config: RunConfig, directory: MethodDir) -> bool:
     A pending method's directory is made ready: emptied with --force, and its fingerprint written."""
     main = parallel.is_main()  # the one process that writes; the others read what it wrote (a shared filesystem)
     unreadable = None if config.force else directory.unreadable_result()
-    finished = (not config.force and directory.finished() and unreadable is None
-                and settled(config, directory.read_result()))  # a grown grid runs the search again  # fmt: skip
+    finished = (
+        not config.force and directory.finished() and unreadable is None and settled(config, directory.read_result())
+    )  # a grown grid runs the search again
     parallel.wait_for_everyone()  # every process decided before the main one changes the directory
     if finished:
         if main:
@@ -167,8 +170,11 @@ def method_pending(name: str, config: RunConfig, directory: MethodDir) -> bool:
             directory.remove()  # start over: no checkpoint, result or failure of before
         elif unreadable:  # truncated or garbled: counts as not finished, and is kept for a look
             aside = rundir.set_aside(directory.metrics)
-            print(f"peftbench: warning: metrics.json of {name} is unreadable ({unreadable}); set aside as "
-                  f"{aside.name}; {name} runs again", file=sys.stderr)  # fmt: skip
+            print(
+                f"peftbench: warning: metrics.json of {name} is unreadable ({unreadable}); set aside as "
+                f"{aside.name}; {name} runs again",
+                file=sys.stderr,
+            )
         checkpoint.write_fingerprint(directory, config)
     parallel.wait_for_everyone()  # and before the others look for a checkpoint to resume from
     return True
@@ -192,8 +198,9 @@ def record_outcome(name: str, config: RunConfig, directory: MethodDir, error: Ex
     return failure
 
 
-def methods_recorded(pool: Executor, splits: Splits, configs: list[RunConfig],
-                     zero_shots: dict[int, EpochMetrics | Exception]) -> dict[str, Failure]:  # fmt: skip
+def methods_recorded(
+    pool: Executor, splits: Splits, configs: list[RunConfig], zero_shots: dict[int, EpochMetrics | Exception]
+) -> dict[str, Failure]:
     """Every method at every seed that has not finished yet, run as units all at once; a failing method does not
     stop the others: it is reported, marked failed in the summary, and returned (by name, with its seed if several)."""
     pending: dict[str, tuple[RunConfig, MethodDir]] = {}
@@ -227,8 +234,14 @@ def run(config: RunConfig) -> Path:
     """
     if config.report_to == [ALL_TRACKERS] and not config.quiet and parallel.is_main():
         found = resolve_trackers(config.report_to)
-        print("peftbench: --report-to all: " + (f"reporting to {', '.join(found)} (the trackers installed)" if found
-              else f"none of {', '.join(TRACKERS)} is installed: results only in --output"))  # fmt: skip
+        print(
+            "peftbench: --report-to all: "
+            + (
+                f"reporting to {', '.join(found)} (the trackers installed)"
+                if found
+                else f"none of {', '.join(TRACKERS)} is installed: results only in --output"
+            )
+        )
     config = dataclasses.replace(config, report_to=resolve_trackers(config.report_to))  # all, none: as named
     given = Path(config.output) if config.output else None
     existed = given is not None and given.exists()
@@ -264,8 +277,9 @@ def compare(config: RunConfig, output: Path) -> Path:
             + ("" if config.output else " (to resume after an interruption, rerun with --output set to it)")
         )
     several = len(seeds) > 1
-    configs = [dataclasses.replace(config, seed=seed, output=str(rundir.seed_dir(output, seed, several)))
-               for seed in seeds]  # fmt: skip
+    configs = [
+        dataclasses.replace(config, seed=seed, output=str(rundir.seed_dir(output, seed, several))) for seed in seeds
+    ]
     with executor(ExecutorOptions.from_config(config)) as pool:
         zero_shots = references_recorded(pool, splits, configs)  # first: every method's epoch 0
         failures = methods_recorded(pool, splits, configs, zero_shots)

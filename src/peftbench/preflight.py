@@ -65,8 +65,9 @@ def check_processes(config: RunConfig) -> None:
             f"evenly among them: use a multiple of {count}"
         )
     if config.train_size < count:
-        raise ConfigError(f"--train-size {config.train_size} leaves some of the {count} processes no example: use at "
-                          f"least {count}")  # fmt: skip
+        raise ConfigError(
+            f"--train-size {config.train_size} leaves some of the {count} processes no example: use at least {count}"
+        )
     if config.output is None:
         raise ConfigError(f"with {count} processes, give --output: each would otherwise name its own directory")
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
@@ -140,8 +141,9 @@ def preflight(config: RunConfig, splits: Splits) -> Plan:
     return Plan(config.model, methods, tokens, examples)
 
 
-def estimate_seconds(config: RunConfig, plan: Plan, method: MethodPlan, flops_per_s: float,
-                     trained_epochs: int | None = None) -> float:  # fmt: skip
+def estimate_seconds(
+    config: RunConfig, plan: Plan, method: MethodPlan, flops_per_s: float, trained_epochs: int | None = None
+) -> float:
     """A rough compute estimate: per parameter and token, 2 FLOPs forward and 4 backward for full fine-tuning (2 for
     frozen weights, whose activation gradients are still needed), 2 more with gradient checkpointing; evaluation
     loss and generation (at most --max-new-tokens per example) forward only. trained_epochs: the epochs a search's
@@ -170,8 +172,10 @@ def describe(config: RunConfig, plan: Plan) -> str:
     lines.append(f"Tokens (prompt + target, no padding): {counts}")
     flops_per_s = matmul_flops_per_s(size=1024, repeats=5)
     seeds = len(config.seeds or [config.seed])
-    lines.append(f"Methods ({seeds} seed{'s' if seeds > 1 else ''} each; time: rough compute estimate at "
-                 f"{ASSUMED_UTILIZATION:.0%} of this machine's {flops_per_s / 1e9:,.0f} GFLOP/s):")  # fmt: skip
+    lines.append(
+        f"Methods ({seeds} seed{'s' if seeds > 1 else ''} each; time: rough compute estimate at "
+        f"{ASSUMED_UTILIZATION:.0%} of this machine's {flops_per_s / 1e9:,.0f} GFLOP/s):"
+    )
     total = 0.0
     for method in plan.methods:
         trials = search.trials_of(config, METHODS[method.name]) if config.search else []
@@ -188,12 +192,17 @@ def describe(config: RunConfig, plan: Plan) -> str:
             lines.append(f"  {'':<8} {key}: {', '.join(names)}{layers}")
         if trials:
             halving = f", halving: {trained} trial-epochs in all" if config.search_halving else ""
-            lines.append(f"  {'':<8} {len(trials)} trials ({', '.join(t.name for t in trials)}), "
-                         f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} each{halving}; the one selected "
-                         f"on validation {config.select_by} is tested")  # fmt: skip
+            lines.append(
+                f"  {'':<8} {len(trials)} trials ({', '.join(t.name for t in trials)}), "
+                f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} each{halving}; the one selected "
+                f"on validation {config.select_by} is tested"
+            )
     counted = {method.name for method in plan.methods}
-    lines += [f"  {name:<8} (cannot be built without weights: counted when it runs)" for name in config.methods
-              if name not in counted]  # fmt: skip
+    lines += [
+        f"  {name:<8} (cannot be built without weights: counted when it runs)"
+        for name in config.methods
+        if name not in counted
+    ]
     lines.append(f"Estimated total: ~{_duration(total)} (model loading and latency timing not included)")
     return "\n".join(lines)
 

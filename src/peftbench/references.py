@@ -13,9 +13,38 @@ from peftbench.rundir import LEAD_3
 
 LEAD_SENTENCES = 3
 # Titles and initials that end in a full stop without ending a sentence.
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "gen", "gov", "sen", "rep", "lt", "col", "sgt",
-                  "capt", "mt", "no", "vs", "inc", "ltd", "co", "corp", "jan", "feb", "aug", "sept", "oct", "nov",
-                  "dec"}  # fmt: skip
+_ABBREVIATIONS = {
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "st",
+    "jr",
+    "sr",
+    "gen",
+    "gov",
+    "sen",
+    "rep",
+    "lt",
+    "col",
+    "sgt",
+    "capt",
+    "mt",
+    "no",
+    "vs",
+    "inc",
+    "ltd",
+    "co",
+    "corp",
+    "jan",
+    "feb",
+    "aug",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+}
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
 

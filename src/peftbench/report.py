@@ -124,9 +124,18 @@ def plot_epochs(section: Section, metrics: list[str]) -> bytes:
     for runs in section.trained:
         epochs = sorted({e.epoch for result in runs.results for e in result.epochs})
         for ax, (metric, _) in zip(axes, panels, strict=True):
-            values = [estimate([v for result in runs.results for e in result.epochs if e.epoch == epoch
-                                and (v := _epoch_value(e, metric)) is not None] or [float("nan")])
-                      for epoch in epochs]  # fmt: skip
+            values = [
+                estimate(
+                    [
+                        v
+                        for result in runs.results
+                        for e in result.epochs
+                        if e.epoch == epoch and (v := _epoch_value(e, metric)) is not None
+                    ]
+                    or [float("nan")]
+                )
+                for epoch in epochs
+            ]
             means, halves = [v.mean for v in values], [_half(v) for v in values]
             ax.errorbar(epochs, means, yerr=halves, fmt="o-", capsize=3, color=colors[runs.method], label=runs.method)
     for ax, (_, title) in zip(axes, panels, strict=True):
@@ -215,9 +224,15 @@ def plot_scores(section: Section, analysis: Analysis) -> bytes:
     figure, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
     for position, name in enumerate(names):
         interval = analysis.scores[name][analysis.primary]
-        ax.barh(position, interval.value, xerr=[[interval.value - interval.low], [interval.high - interval.value]],
-                capsize=4, color=colors[name], hatch="//" if name in references else None,
-                alpha=0.5 if name in references else 0.9)  # fmt: skip
+        ax.barh(
+            position,
+            interval.value,
+            xerr=[[interval.value - interval.low], [interval.high - interval.value]],
+            capsize=4,
+            color=colors[name],
+            hatch="//" if name in references else None,
+            alpha=0.5 if name in references else 0.9,
+        )
         ax.annotate(f"{interval.value:.4f}", (interval.high, position), textcoords="offset points", xytext=(6, -4))
     ax.set_yticks(range(len(names)), [f"{n} (reference)" if n in references else n for n in names])
     ax.invert_yaxis()
@@ -336,15 +351,29 @@ def plot_sensitivity(section: Section) -> bytes:
         select_by = search["select_by"]
         ranks = list(dict.fromkeys(trial["lora_r"] for trial in search["trials"]))
         for index, rank in enumerate(ranks):
-            points = sorted((t["lr"], y, t["name"] == search["selected"]) for t in search["trials"]
-                            if t["lora_r"] == rank and (y := _final_figure(t, select_by)) is not None)  # fmt: skip
+            points = sorted(
+                (t["lr"], y, t["name"] == search["selected"])
+                for t in search["trials"]
+                if t["lora_r"] == rank and (y := _final_figure(t, select_by)) is not None
+            )
             if not points:
                 continue
             label = runs.method + (f", r {rank}" if rank is not None else "")
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o" + styles[index % len(styles)],
-                    color=colors[runs.method], label=label)  # fmt: skip
-            ax.plot([p[0] for p in points if p[2]], [p[1] for p in points if p[2]], "o", markersize=14,
-                    markerfacecolor="none", markeredgecolor="black")  # fmt: skip
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                "o" + styles[index % len(styles)],
+                color=colors[runs.method],
+                label=label,
+            )
+            ax.plot(
+                [p[0] for p in points if p[2]],
+                [p[1] for p in points if p[2]],
+                "o",
+                markersize=14,
+                markerfacecolor="none",
+                markeredgecolor="black",
+            )
     ax.set(xscale="log", xlabel="learning rate", ylabel=_select_label(select_by))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
@@ -363,16 +392,36 @@ def _outcome(trial: dict, selected: str) -> str:
 def search_table(section: Section) -> Table:
     """Every trial of every searched method (first finished seed): its settings, last validation and outcome."""
     metrics = next(run.result.metrics for _, run in _searches(section))
-    table = Table(["method", "trial", "lr", "rank", "epochs", "val loss",
-                   *(f"val {METRICS[m].label}" for m in metrics), "outcome"], [])  # fmt: skip
+    table = Table(
+        [
+            "method",
+            "trial",
+            "lr",
+            "rank",
+            "epochs",
+            "val loss",
+            *(f"val {METRICS[m].label}" for m in metrics),
+            "outcome",
+        ],
+        [],
+    )
     for runs, run in _searches(section):
         search = run.result.search
         for trial in search["trials"]:
             last = trial["epochs"][-1] if trial["epochs"] else {}
             scores = [_score(m, last.get(m)) for m in metrics]
-            table.rows.append([runs.method, trial["name"], f"{trial['lr']:g}", _value(trial["lora_r"] or "-"),
-                               str(last.get("epoch", "-")), _score("val_loss", last.get("val_loss")), *scores,
-                               _outcome(trial, search["selected"])])  # fmt: skip
+            table.rows.append(
+                [
+                    runs.method,
+                    trial["name"],
+                    f"{trial['lr']:g}",
+                    _value(trial["lora_r"] or "-"),
+                    str(last.get("epoch", "-")),
+                    _score("val_loss", last.get("val_loss")),
+                    *scores,
+                    _outcome(trial, search["selected"]),
+                ]
+            )
     return table
 
 
@@ -390,17 +439,24 @@ def search_blocks(section: Section, stem: str) -> list[Block]:
     search = searches[0][1].result.search
     seeds = {run.seed for _, run in searches}
     shown = f" (seed {min(seeds)}; each seed searched on its own)" if len(section.seeds) > 1 else ""
-    halving = "; successive halving: after each epoch only the better half of the trials went on" if search[
-        "halving"] else ""  # fmt: skip
+    halving = (
+        "; successive halving: after each epoch only the better half of the trials went on" if search["halving"] else ""
+    )
     return [
         Heading(3, "Search"),
-        Paragraph(f"Each method was trained at every point of its grid ({', '.join(search['settings'])}), each "
-                  f"trial on the training split; the one with the best {_select_label(search['select_by'])} after "
-                  f"the last epoch was selected and alone evaluated on the test split{halving}{shown}."),
-        Figure(f"{stem}-sensitivity.png", plot_sensitivity(section), f"{_select_label(search['select_by'])} after "
-               "the last epoch against learning rate, per method (and rank); ringed: the selected trial"),
+        Paragraph(
+            f"Each method was trained at every point of its grid ({', '.join(search['settings'])}), each "
+            f"trial on the training split; the one with the best {_select_label(search['select_by'])} after "
+            f"the last epoch was selected and alone evaluated on the test split{halving}{shown}."
+        ),
+        Figure(
+            f"{stem}-sensitivity.png",
+            plot_sensitivity(section),
+            f"{_select_label(search['select_by'])} after "
+            "the last epoch against learning rate, per method (and rank); ringed: the selected trial",
+        ),
         search_table(section),
-    ]  # fmt: skip
+    ]
 
 
 def _plural(count: int, word: str) -> str:
@@ -453,8 +509,10 @@ def header(section: Section) -> Bullets:
             f"Data: {first.dataset}; {config['train_size']} train / {config['eval_size']} validation / "
             f"{config['test_size']} test examples",
             f"Hyperparameters: {_hyperparameters(section)}",
-            "Methods: " + "; ".join(f"{runs.method}: {method_settings(runs.results[0])}" for runs in section.trained
-                                    if runs.results),
+            "Methods: "
+            + "; ".join(
+                f"{runs.method}: {method_settings(runs.results[0])}" for runs in section.trained if runs.results
+            ),
             f"Seeds: {seeds}",
             f"Hardware: {_hardware(env)}; training memory measured as {memory}",
             f"Libraries: {_libraries(env)}",
@@ -565,8 +623,13 @@ def verdict_blocks(section: Section, analysis: Analysis | None) -> list[Block]:
 def section_blocks(section: Section, analysis: Analysis | None, index: int) -> list[Block]:
     """Everything about one model: header, verdict, table, failures, scores, curves, trade-offs and examples."""
     several = several_seeds([section])
-    blocks: list[Block] = [Heading(2, f"Model: {section.model}"), header(section), Heading(3, "Verdict"),
-                           *verdict_blocks(section, analysis), Heading(3, "Results")]  # fmt: skip
+    blocks: list[Block] = [
+        Heading(2, f"Model: {section.model}"),
+        header(section),
+        Heading(3, "Verdict"),
+        *verdict_blocks(section, analysis),
+        Heading(3, "Results"),
+    ]
     rows = [([runs.method], runs) for runs in section.methods]
     blocks.append(results_table(rows, ["method"], several, analysis))
     blocks += filter(None, [random_note(section.results), latency_caution(section)])
@@ -582,24 +645,40 @@ def section_blocks(section: Section, analysis: Analysis | None, index: int) -> l
     metrics = [first.primary_metric, *(m for m in first.metrics if m != first.primary_metric)] if first else []
     blocks += [
         Heading(3, "Per-epoch scores"),
-        Figure(f"{stem}-epochs.png", plot_epochs(section, metrics),
-               f"Validation scores against epoch (0: before training){bars}"),  # fmt: skip
+        Figure(
+            f"{stem}-epochs.png",
+            plot_epochs(section, metrics),
+            f"Validation scores against epoch (0: before training){bars}",
+        ),
     ]
     phases = plot_phases(section)
     if phases is not None:
-        blocks += [Heading(3, "Where the time went"),
-                   Figure(f"{stem}-phases.png", phases, "Each method's wall time by phase (metrics.json's "
-                          "efficiency.phase_seconds); the mark is its wall time. The zero-shot evaluation, shared "
-                          "by all methods, is not in any of them")]  # fmt: skip
+        blocks += [
+            Heading(3, "Where the time went"),
+            Figure(
+                f"{stem}-phases.png",
+                phases,
+                "Each method's wall time by phase (metrics.json's "
+                "efficiency.phase_seconds); the mark is its wall time. The zero-shot evaluation, shared "
+                "by all methods, is not in any of them",
+            ),
+        ]
     if analysis is not None and not random_weights(section.results):  # random weights: no quality to show
         label = METRICS[analysis.primary].label
         blocks += [
             Heading(3, f"Test {label} with intervals"),
-            Figure(f"{stem}-scores.png", plot_scores(section, analysis),
-                   f"Test {label} of every method and reference, with its 95% bootstrap interval"),  # fmt: skip
+            Figure(
+                f"{stem}-scores.png",
+                plot_scores(section, analysis),
+                f"Test {label} of every method and reference, with its 95% bootstrap interval",
+            ),
             Heading(3, "Quality against cost"),
-            Figure(f"{stem}-pareto.png", plot_pareto(section, analysis), f"Test {label} against each cost; "
-                   "vertical bars: 95% bootstrap intervals; horizontal bars: 95% intervals over seeds"),  # fmt: skip
+            Figure(
+                f"{stem}-pareto.png",
+                plot_pareto(section, analysis),
+                f"Test {label} against each cost; "
+                "vertical bars: 95% bootstrap intervals; horizontal bars: 95% intervals over seeds",
+            ),
             _pareto_text(section, analysis),
         ]
     blocks += search_blocks(section, stem)
@@ -634,9 +713,14 @@ def report_blocks(sections: list[Section], analyses: list[Analysis | None]) -> l
     ]
     if len(sections) > 1:
         rows = [([section.label, runs.method], runs) for section in sections for runs in section.methods]
-        blocks += [Heading(2, "All models"), results_table(rows, ["model", "method"], several, rank=False),
-                   Paragraph("Each model's own section ranks its methods; across models the test sets and "
-                             "intervals are the models' own.")]  # fmt: skip
+        blocks += [
+            Heading(2, "All models"),
+            results_table(rows, ["model", "method"], several, rank=False),
+            Paragraph(
+                "Each model's own section ranks its methods; across models the test sets and "
+                "intervals are the models' own."
+            ),
+        ]
         blocks += filter(None, [random_note([r for section in sections for r in section.results])])
     for index, (section, analysis) in enumerate(zip(sections, analyses, strict=True), 1):
         blocks += section_blocks(section, analysis, index)

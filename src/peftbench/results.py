@@ -49,8 +49,18 @@ class TestMetrics:
 
 # The phases of a method's run, in the order they first run. Zero-shot evaluation is not among them: it runs once per
 # seed for every method, in its own process (method_run.run_zero_shot).
-PHASES = ("model_load", "latency", "training", "validation_loss", "validation_generation", "test_loss",
-          "test_generation", "merge_check", "saving", "serving")  # fmt: skip
+PHASES = (
+    "model_load",
+    "latency",
+    "training",
+    "validation_loss",
+    "validation_generation",
+    "test_loss",
+    "test_generation",
+    "merge_check",
+    "saving",
+    "serving",
+)
 
 
 @dataclass
@@ -214,8 +224,12 @@ class Progress:
         return cls(**{**data, "epochs": [EpochMetrics.from_dict(e) for e in data["epochs"]]})
 
 
-def prediction_rows(examples: list, predictions: list[str], per_example: dict[str, list[float]] | None,
-                    likely_choices: list[str] | None = None) -> list[dict]:  # fmt: skip
+def prediction_rows(
+    examples: list,
+    predictions: list[str],
+    per_example: dict[str, list[float]] | None,
+    likely_choices: list[str] | None = None,
+) -> list[dict]:
     """predictions.jsonl's rows, one per test example (data.Example): id, source, reference (the first), every
     reference where there are several, the choices where there are any, the prediction, the choice the model finds
     most likely where choices were scored, and the prediction's own scores (per_example: metric -> a value each)."""

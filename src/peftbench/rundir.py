@@ -56,8 +56,17 @@ LOG_FILE = "log.jsonl"  # one line per optimizer step and per evaluation, as tra
 CARD_FILE = "README.md"  # the model card, in the adapter folder (where the Hub and peft look for it)
 TRIALS_DIR = "trials"  # with --search: the method's trials, a directory each (TrialDir)
 TRIAL_FILE = "trial.json"  # a trial's validation figures so far (it is never tested)
-METHOD_FILES = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, FINGERPRINT_FILE, CHECKPOINT_DIR, ADAPTER_DIR, CURVES_FILE,
-                LOG_FILE, TRIALS_DIR)
+METHOD_FILES = (
+    METRICS_FILE,
+    FAILED_FILE,
+    PREDICTIONS_FILE,
+    FINGERPRINT_FILE,
+    CHECKPOINT_DIR,
+    ADAPTER_DIR,
+    CURVES_FILE,
+    LOG_FILE,
+    TRIALS_DIR,
+)
 # What makes a directory a method's results, finished or failed.
 METHOD_MARKERS = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, ADAPTER_DIR)
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable file or checkpoint, set aside under its name plus this
@@ -465,8 +474,9 @@ def trackers_dir(comparison: Path) -> Path:
 
 def report_paths(destination: Path) -> tuple[Path, Path, Path]:
     """report.md, report.html and the figures folder beside them."""
-    markdown, html, figures = (inside(destination, name, "report") for name in (REPORT_MARKDOWN, REPORT_HTML,
-                                                                                 REPORT_FILES))  # fmt: skip
+    markdown, html, figures = (
+        inside(destination, name, "report") for name in (REPORT_MARKDOWN, REPORT_HTML, REPORT_FILES)
+    )
     return markdown, html, figures
 
 

@@ -90,16 +90,19 @@ def check(config: RunConfig) -> None:
         return
     ranked = [name for name, method in METHODS.items() if "lora_r" in method.settings]
     if "lora_r" in config.search and not any(name in ranked for name in config.methods):
-        raise ConfigError(f"--search lora_r: none of --methods {','.join(config.methods)} has a rank; methods with "
-                          f"one: {', '.join(ranked)}")  # fmt: skip
+        raise ConfigError(
+            f"--search lora_r: none of --methods {','.join(config.methods)} has a rank; methods with "
+            f"one: {', '.join(ranked)}"
+        )
     for grid_name, setting in GRIDS.items():
         per_method = getattr(config, grid_name)
         for name in per_method if isinstance(per_method, dict) else []:
             valid = ranked if setting == "lora_r" else list(METHODS)
             if name not in valid:
                 what = "has no rank" if name in METHODS else "is not a method"
-                raise ConfigError(f"{grid_name} gives a grid for {name!r}, which {what}; choose from "
-                                  f"{', '.join(valid)}")  # fmt: skip
+                raise ConfigError(
+                    f"{grid_name} gives a grid for {name!r}, which {what}; choose from {', '.join(valid)}"
+                )
 
 
 def figure(epoch: EpochMetrics, select_by: str) -> float:
@@ -208,8 +211,11 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
     dirs = {trial: rundir.trial_dir(directory, trial.name) for trial in trials}
     active, outcomes = list(trials), {t: TrialOutcome(t.name, t.lr, t.lora_r) for t in trials}
     errors: list[Exception] = []
-    _say(config, f"[{name}] search over {', '.join(searched(method, config.search))}: "
-                 f"{len(trials)} trials ({', '.join(t.name for t in trials)})")  # fmt: skip
+    _say(
+        config,
+        f"[{name}] search over {', '.join(searched(method, config.search))}: "
+        f"{len(trials)} trials ({', '.join(t.name for t in trials)})",
+    )
     rungs = range(1, config.epochs + 1) if config.search_halving else [config.epochs]
     for rung in rungs:
         for trial in list(active):
@@ -246,8 +252,15 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
         raise errors[0]
     figures = {t: figure(records[t].epochs[-1], config.select_by) for t in active}
     chosen = best_first(figures, config.select_by)[0]
-    search = SearchRecord(searched(method, config.search), config.select_by, config.search_halving, chosen.name,
-                          chosen.lr, chosen.lora_r, [outcomes[t] for t in trials]).to_dict()  # fmt: skip
+    search = SearchRecord(
+        searched(method, config.search),
+        config.select_by,
+        config.search_halving,
+        chosen.name,
+        chosen.lr,
+        chosen.lora_r,
+        [outcomes[t] for t in trials],
+    ).to_dict()
     _say(config, f"[{name}] selected {chosen.name} on validation {config.select_by} {figures[chosen]:.4f}")
     _finish(name, config, directory, train, chosen, dirs[chosen], search)
     if main:  # trained trials that lost can never be selected again (a new point can only win over them)
@@ -256,8 +269,15 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
                 checkpoint.remove(dirs[trial])
 
 
-def _finish(name: str, config: RunConfig, directory: MethodDir, train: Runner, chosen: Trial, place: TrialDir,
-            search: dict[str, Any]) -> None:  # fmt: skip
+def _finish(
+    name: str,
+    config: RunConfig,
+    directory: MethodDir,
+    train: Runner,
+    chosen: Trial,
+    place: TrialDir,
+    search: dict[str, Any],
+) -> None:
     """Make the chosen trial the method's result: tested from its last checkpoint unless metrics.json already holds
     it (then only the search's record is brought up to date)."""
     done = directory.read_result() if directory.finished() else None

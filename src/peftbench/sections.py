@@ -33,8 +33,9 @@ class ExampleScores:
         """The same scores in the order of ids (which must be this run's ids)."""
         position = {example: index for index, example in enumerate(self.ids)}
         order = np.array([position[example] for example in ids])
-        return ExampleScores(ids, {k: v[order] for k, v in self.values.items()},
-                             {k: v[order] for k, v in self.statistics.items()})  # fmt: skip
+        return ExampleScores(
+            ids, {k: v[order] for k, v in self.values.items()}, {k: v[order] for k, v in self.statistics.items()}
+        )
 
 
 def _example_scores(rows: list[dict], metrics: list[str]) -> ExampleScores | None:

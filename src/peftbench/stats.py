@@ -76,8 +76,9 @@ def _full_sample(seeds: int, examples: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(seeds)[None, :], np.broadcast_to(np.arange(examples), (1, seeds, examples))
 
 
-def bootstrap_distribution(statistic: Statistic, seeds: int, examples: int, resamples: int = RESAMPLES,
-                           random_seed: int = RANDOM_SEED) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def bootstrap_distribution(
+    statistic: Statistic, seeds: int, examples: int, resamples: int = RESAMPLES, random_seed: int = RANDOM_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """The statistic's figures on the full sample [K] and over bootstrap resamples [K, B].
 
     One seed: examples are resampled with scipy.stats.bootstrap, the same indices for every figure, so that figures
@@ -95,8 +96,9 @@ def bootstrap_distribution(statistic: Statistic, seeds: int, examples: int, resa
             figures = statistic(np.zeros((len(flat), 1), dtype=int), flat)
             return figures.reshape(len(figures), *indices.shape[:-1])
 
-        result = scipy_stats.bootstrap((np.arange(examples),), over_examples, n_resamples=resamples,
-                                       method="percentile", vectorized=True, rng=rng)  # fmt: skip
+        result = scipy_stats.bootstrap(
+            (np.arange(examples),), over_examples, n_resamples=resamples, method="percentile", vectorized=True, rng=rng
+        )
         return full, np.asarray(result.bootstrap_distribution).reshape(len(full), resamples)
     chosen_seeds = rng.integers(0, seeds, size=(resamples, seeds))
     chosen_examples = rng.integers(0, examples, size=(resamples, seeds, examples))

@@ -86,8 +86,13 @@ class Column:
 
 COST_COLUMNS = [
     Column("trainable params", lambda r: r.trainable_params, _fixed(0), "low", exact=True),
-    Column("trainable %", lambda r: 100 * r.trainable_params / r.total_params if r.total_params else None, sig, None,
-           exact=True),  # fmt: skip
+    Column(
+        "trainable %",
+        lambda r: 100 * r.trainable_params / r.total_params if r.total_params else None,
+        sig,
+        None,
+        exact=True,
+    ),
     Column("peak train memory (MiB)", peak_memory_mib, sig, "low"),
     Column("train tokens/s", _efficiency(lambda e: e.train_tokens_per_s), sig, "high"),
     Column("latency base (ms)", _efficiency(lambda e: e.latency_ms["base"]), sig, None),
@@ -105,22 +110,31 @@ def _searched(setting: str) -> Callable[[MethodResult], float | None]:
     return lambda r: r.search[setting] if r.search and setting in r.search["settings"] else None
 
 
-SEARCH_COLUMNS = {"lr": Column("selected lr", _searched("lr"), "{:g}".format, None, choice=True),
-                  "lora_r": Column("selected rank", _searched("lora_r"), "{:g}".format, None, choice=True)}  # fmt: skip
+SEARCH_COLUMNS = {
+    "lr": Column("selected lr", _searched("lr"), "{:g}".format, None, choice=True),
+    "lora_r": Column("selected rank", _searched("lora_r"), "{:g}".format, None, choice=True),
+}
 
 
 def columns(metrics: list[str], searched: Sequence[str] = ()) -> list[Column]:
     """The table's columns for results scored on these task metrics: what a search chose (the settings searched),
     the costs and losses, then one column each."""
     chosen = [column for setting, column in SEARCH_COLUMNS.items() if setting in searched]
-    return chosen + COST_COLUMNS + [Column(f"test {METRICS[m].label}", _test(m), _fixed(METRICS[m].decimals), "high",
-                                           metric=m, quality=True) for m in metrics]  # fmt: skip
+    return (
+        chosen
+        + COST_COLUMNS
+        + [
+            Column(f"test {METRICS[m].label}", _test(m), _fixed(METRICS[m].decimals), "high", metric=m, quality=True)
+            for m in metrics
+        ]
+    )
 
 
 def searched_settings(rows: list[MethodRuns]) -> list[str]:
     """The settings any of these rows' results searched (--search), in the order searched."""
-    return list(dict.fromkeys(s for runs in rows for result in runs.results for s in (result.search or {}).get(
-        "settings", [])))  # fmt: skip
+    return list(
+        dict.fromkeys(s for runs in rows for result in runs.results for s in (result.search or {}).get("settings", []))
+    )
 
 
 def metrics_of(rows: list[MethodRuns]) -> list[str]:
@@ -171,14 +185,23 @@ def _tested_best(column: Column, rows: list[MethodRuns], analysis: Analysis | No
     common = [[seed for seed in by_seed[best] if seed in by_seed[name]] for name in others]
     if min(len(seeds) for seeds in common) < 2:
         return None, NOT_TESTED
-    p = holm([paired_t_p([by_seed[best][s] for s in seeds], [by_seed[name][s] for s in seeds])
-              for name, seeds in zip(others, common, strict=True)])  # fmt: skip
+    p = holm(
+        [
+            paired_t_p([by_seed[best][s] for s in seeds], [by_seed[name][s] for s in seeds])
+            for name, seeds in zip(others, common, strict=True)
+        ]
+    )
     tied = [best] + [name for name, q in zip(others, p, strict=True) if q >= ALPHA]
     return (best, "") if len(tied) == 1 else (None, f"{NO_DIFFERENCE}: {', '.join(tied)}")
 
 
-def results_table(rows: list[tuple[list[str], MethodRuns]], labels: list[str], several_seeds: bool,
-                  analysis: Analysis | None = None, rank: bool = True) -> Table:  # fmt: skip
+def results_table(
+    rows: list[tuple[list[str], MethodRuns]],
+    labels: list[str],
+    several_seeds: bool,
+    analysis: Analysis | None = None,
+    rank: bool = True,
+) -> Table:
     """One row per method, then per reference (its labels first, then with several seeds how many finished); with
     rank, a last 'best' row naming each column's tested winner, or that there is none."""
     lead = [*labels, *(["seeds"] if several_seeds else [])]
@@ -212,6 +235,9 @@ def several_seeds(sections: list[Section]) -> bool:
 
 
 def failures(section: Section) -> list[str]:
-    return [f"{run.method}, seed {run.seed}: {run.error}" for runs in section.methods for run in runs.runs
-            if run.result is None]  # fmt: skip
-
+    return [
+        f"{run.method}, seed {run.seed}: {run.error}"
+        for runs in section.methods
+        for run in runs.runs
+        if run.result is None
+    ]

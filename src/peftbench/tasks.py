@@ -34,8 +34,11 @@ TASKS = {
         ),
         Task(
             "qa",
-            ("{context}\nQuestion: {question}\nAnswer:", "{knowledge}\nQuestion: {question}\nAnswer:",
-             "Question: {question}\nAnswer:"),  # fmt: skip
+            (
+                "{context}\nQuestion: {question}\nAnswer:",
+                "{knowledge}\nQuestion: {question}\nAnswer:",
+                "Question: {question}\nAnswer:",
+            ),
             ("answers", "answer", "right_answer"),
             ("exact_match", "f1"),
             "f1",

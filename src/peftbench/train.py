@@ -73,8 +73,17 @@ class TrainOptions:
 
     @classmethod
     def from_config(cls, config: RunConfig, precision: str) -> TrainOptions:
-        return cls(config.epochs, config.batch_size, config.grad_accum, config.warmup_ratio, config.max_grad_norm,
-                   config.seed, config.gradient_checkpointing, precision, show_progress(config.quiet))  # fmt: skip
+        return cls(
+            config.epochs,
+            config.batch_size,
+            config.grad_accum,
+            config.warmup_ratio,
+            config.max_grad_norm,
+            config.seed,
+            config.gradient_checkpointing,
+            precision,
+            show_progress(config.quiet),
+        )
 
 
 class Trainer:
@@ -92,9 +101,16 @@ class Trainer:
     trainable weights through trainable_weights / load_trainable_weights.
     """
 
-    def __init__(self, model, optimizer: torch.optim.Optimizer, items: list[Encoded], layout: Layout,
-                 options: TrainOptions, extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
-                 log: Callable[[dict[str, Any]], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        optimizer: torch.optim.Optimizer,
+        items: list[Encoded],
+        layout: Layout,
+        options: TrainOptions,
+        extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.options, self.layout, self.items, self.extra_loss, self.log = options, layout, items, extra_loss, log
         # split_batches: one scheduler step per optimizer step, however many processes (accelerate would otherwise
         # step the schedule once per process).
@@ -106,8 +122,9 @@ class Trainer:
         if options.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         step_batch = options.batch_size * options.grad_accum
-        self.sampler = LengthGroupedBatches([it.length for it in items], step_batch, options.seed,
-                                            processes=parallel.processes())  # fmt: skip
+        self.sampler = LengthGroupedBatches(
+            [it.length for it in items], step_batch, options.seed, processes=parallel.processes()
+        )
         self.micro_batch = options.batch_size // parallel.processes()  # preflight: batch size divides evenly
         total_steps = len(self.sampler) * options.epochs
         warmup = round(options.warmup_ratio * total_steps)
@@ -130,8 +147,13 @@ class Trainer:
         self.epoch += 1
         self.model.train()
         loss_sum, token_count, tokens, samples = 0.0, 0, 0, 0
-        bar = tqdm(steps, desc=f"train epoch {self.epoch}/{self.options.epochs}", unit="step",
-                   disable=not self.options.progress, leave=False)  # fmt: skip
+        bar = tqdm(
+            steps,
+            desc=f"train epoch {self.epoch}/{self.options.epochs}",
+            unit="step",
+            disable=not self.options.progress,
+            leave=False,
+        )
         reset_peak_memory()
         started = time.perf_counter()
         for index, step_batch in enumerate(bar):
@@ -173,10 +195,18 @@ class Trainer:
                 now = {"train/loss": step_loss / step_tokens, "train/lr": self.scheduler.get_last_lr()[0]}
                 self.accelerator.log(now, step=step)
             if self.log is not None:  # the norm before clipping, as HF Trainer logs it
-                self.log({"split": "train", "epoch": self.epoch, "step": step, "loss": step_loss / step_tokens,
-                          "learning_rate": lr, "grad_norm": grad_norm,
-                          "tokens": sum(self.items[i].length for i in step_batch),
-                          "seconds": self.seconds + time.perf_counter() - started})  # fmt: skip
+                self.log(
+                    {
+                        "split": "train",
+                        "epoch": self.epoch,
+                        "step": step,
+                        "loss": step_loss / step_tokens,
+                        "learning_rate": lr,
+                        "grad_norm": grad_norm,
+                        "tokens": sum(self.items[i].length for i in step_batch),
+                        "seconds": self.seconds + time.perf_counter() - started,
+                    }
+                )
             loss_sum += step_loss
             token_count += step_tokens
             bar.set_postfix(loss=f"{step_loss / step_tokens:.3f}")

@@ -88,8 +88,11 @@ def _stacked(runs: MethodRuns, seeds: list[int], ids: list[str] | None) -> Examp
     if any(by_seed.get(seed) is None for seed in seeds):
         return None
     scores = [by_seed[seed] if ids is None else by_seed[seed].reordered(ids) for seed in seeds]
-    return ExampleScores(scores[0].ids, {k: np.stack([s.values[k] for s in scores]) for k in scores[0].values},
-                         {k: np.stack([s.statistics[k] for s in scores]) for k in scores[0].statistics})  # fmt: skip
+    return ExampleScores(
+        scores[0].ids,
+        {k: np.stack([s.values[k] for s in scores]) for k in scores[0].values},
+        {k: np.stack([s.statistics[k] for s in scores]) for k in scores[0].statistics},
+    )
 
 
 def _statistic(pairs: list[tuple[ExampleScores, str]]):
@@ -146,8 +149,11 @@ def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
         scores[name][metric] = span[index]
     names = list(raw)
     trained = [name for name in names if name not in _REFERENCE_NAMES]
-    best = {metric: max((n for n in trained if metric in scores[n]), key=lambda n: scores[n][metric].value)
-            for metric in metrics if any(metric in scores[n] for n in trained)}  # fmt: skip
+    best = {
+        metric: max((n for n in trained if metric in scores[n]), key=lambda n: scores[n][metric].value)
+        for metric in metrics
+        if any(metric in scores[n] for n in trained)
+    }
     primary = first.primary_metric if first.primary_metric in best else next(iter(best), first.primary_metric)
     anchor = ANCHOR if ANCHOR in trained else best.get(primary)
     level = "seeds, then test examples within each seed" if len(seeds) > 1 else "test examples"
@@ -165,12 +171,12 @@ def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
             "are refused: each row is resampled on its own, and differences compare independent resamples."
         )
     examples = len(next(iter(raw.values())).ids)
-    return Analysis(names, metrics, primary, len(seeds), examples, paired, figures, scores, trained, best, anchor,
-                    note)  # fmt: skip
+    return Analysis(names, metrics, primary, len(seeds), examples, paired, figures, scores, trained, best, anchor, note)
 
 
-def _joint_distribution(raw: dict[str, ExampleScores], pairs: list[tuple[str, str]], seeds: int, paired: bool,
-                        resamples: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _joint_distribution(
+    raw: dict[str, ExampleScores], pairs: list[tuple[str, str]], seeds: int, paired: bool, resamples: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The figures of every (row, metric) pair over the same resamples (paired), or over each row's own."""
     if paired:
         statistic = _statistic([(raw[name], metric) for name, metric in pairs])
@@ -239,8 +245,7 @@ def _cost_text(runs: MethodRuns, anchor: MethodRuns | None) -> str:
     result = runs.results[0]
     parts.append(f"trains {100 * result.trainable_params / result.total_params:.3g}% of the parameters")
     if anchor is not None and anchor is not runs:
-        for label, value, fmt in (("peak training memory", _memory, "{:.2f}x"), ("training speed", _speed,
-                                                                                   "{:.2f}x")):  # fmt: skip
+        for label, value, fmt in (("peak training memory", _memory, "{:.2f}x"), ("training speed", _speed, "{:.2f}x")):
             mine, theirs = _mean(runs, value), _mean(anchor, value)
             if mine and theirs:
                 parts.append(f"{label} {fmt.format(mine / theirs)} {anchor.method}'s")
@@ -253,9 +258,11 @@ def _cost_text(runs: MethodRuns, anchor: MethodRuns | None) -> str:
     serving = _shared_base(runs)
     if serving:
         adapters, copies = serving
-        parts.append(f"for {SERVED_TASKS} tasks one base model with {SERVED_TASKS} adapters holds "
-                     f"{_bytes_text(adapters)} of weights against {_bytes_text(copies)} for {SERVED_TASKS} fully "
-                     "fine-tuned copies (derived from the measured sizes)")  # fmt: skip
+        parts.append(
+            f"for {SERVED_TASKS} tasks one base model with {SERVED_TASKS} adapters holds "
+            f"{_bytes_text(adapters)} of weights against {_bytes_text(copies)} for {SERVED_TASKS} fully "
+            "fine-tuned copies (derived from the measured sizes)"
+        )
     return ", ".join(parts)
 
 
@@ -284,24 +291,30 @@ def verdict_lines(section: Section, analysis: Analysis | None) -> list[str]:
     """The verdict in plain sentences: each method against full fine-tuning (or the best method), the
     recommendation, then the cautions that apply."""
     if analysis is None or not analysis.anchor:
-        return [f"No verdict: it needs per-example test scores on at least {MIN_EXAMPLES} examples (rerun with this "
-                "peftbench, or with a larger --test-size)."]
+        return [
+            f"No verdict: it needs per-example test scores on at least {MIN_EXAMPLES} examples (rerun with this "
+            "peftbench, or with a larger --test-size)."
+        ]
     primary = analysis.primary
     label = METRICS[primary].label
     by_name = {runs.method: runs for runs in section.methods}
     anchor = by_name[analysis.anchor]
     anchor_score = analysis.scores[analysis.anchor][primary]
     vs_anchor = analysis.vs_anchor
-    lines = [f"{analysis.anchor}: {label} {_value(primary, anchor_score.value)} {_span(primary, anchor_score)}; "
-             f"{_cost_text(anchor, None)}."]  # fmt: skip
+    lines = [
+        f"{analysis.anchor}: {label} {_value(primary, anchor_score.value)} {_span(primary, anchor_score)}; "
+        f"{_cost_text(anchor, None)}."
+    ]
     for name in analysis.rows:
         if name == analysis.anchor or by_name[name].reference:
             continue
         score = analysis.scores[name][primary]
         difference = vs_anchor[name][primary]
         compared = _difference_text(difference, analysis.anchor)
-        lines.append(f"{name}: {label} {_value(primary, score.value)} {_span(primary, score)}, {compared}; "
-                     f"{_cost_text(by_name[name], anchor)}.")  # fmt: skip
+        lines.append(
+            f"{name}: {label} {_value(primary, score.value)} {_span(primary, score)}, {compared}; "
+            f"{_cost_text(by_name[name], anchor)}."
+        )
     lines.append(recommendation(section, analysis))
     return lines + cautions(section, analysis)
 
@@ -315,8 +328,10 @@ def recommendation(section: Section, analysis: Analysis) -> str:
     matching = analysis.indistinguishable(primary)
     best = analysis.best[primary]
     if analysis.anchor == ANCHOR and matching == [ANCHOR]:
-        return (f"Recommendation: no method matches full fine-tuning here: every other method's {label} is "
-                "significantly below full fine-tuning's.")  # fmt: skip
+        return (
+            f"Recommendation: no method matches full fine-tuning here: every other method's {label} is "
+            "significantly below full fine-tuning's."
+        )
 
     def cost(name: str) -> tuple[float, float]:
         return (by_name[name].results[0].trainable_params, _mean(by_name[name], _memory) or float("inf"))
@@ -324,13 +339,15 @@ def recommendation(section: Section, analysis: Analysis) -> str:
     choice = min(matching, key=cost)
     others = [name for name in matching if name != choice]
     tied = f" (also indistinguishable: {', '.join(others)})" if others else ""
-    return (f"Recommendation: {choice}: the cheapest method (trainable parameters, then training memory) whose "
-            f"{label} is statistically indistinguishable from the best ({best}, "
-            f"{_value(primary, analysis.scores[best][primary].value)}){tied}.")  # fmt: skip
+    return (
+        f"Recommendation: {choice}: the cheapest method (trainable parameters, then training memory) whose "
+        f"{label} is statistically indistinguishable from the best ({best}, "
+        f"{_value(primary, analysis.scores[best][primary].value)}){tied}."
+    )
 
 
 def _lr_edge(search: dict | None) -> str | None:
-    """"largest" or "smallest" where a search selected the learning rate at that end of a grid of several."""
+    """ "largest" or "smallest" where a search selected the learning rate at that end of a grid of several."""
     if not search or "lr" not in search["settings"]:
         return None
     rates = {trial["lr"] for trial in search["trials"] if trial["error"] is None}
@@ -361,8 +378,10 @@ def cautions(section: Section, analysis: Analysis) -> list[str]:
     primary, notes = analysis.primary, []
     label = METRICS[primary].label
     trained = [name for name in analysis.rows if name not in _REFERENCE_NAMES]
-    for reference, what in ((LEAD_3, "Lead-3 (each article's first three sentences, no model)"),
-                            (ZERO_SHOT, "the zero-shot base model (no fine-tuning)")):  # fmt: skip
+    for reference, what in (
+        (LEAD_3, "Lead-3 (each article's first three sentences, no model)"),
+        (ZERO_SHOT, "the zero-shot base model (no fine-tuning)"),
+    ):
         if primary not in analysis.scores.get(reference, {}):
             continue
         score = analysis.scores[reference][primary]
@@ -371,43 +390,57 @@ def cautions(section: Section, analysis: Analysis) -> list[str]:
             share = "every fine-tuned method" if len(beaten) == len(trained) else ", ".join(beaten)
             below = analysis.compare({primary: reference}, beaten)
             clear = [n for n in beaten if below[n][primary].significant]
-            tested = (f"significantly above {', '.join(clear)}" if clear else "none of these differences is "
-                      "significant")  # fmt: skip
-            notes.append(f"Caution: {what} scores {label} {_value(primary, score.value)} {_span(primary, score)}, "
-                         f"above {share} ({tested}).")  # fmt: skip
+            tested = f"significantly above {', '.join(clear)}" if clear else "none of these differences is significant"
+            notes.append(
+                f"Caution: {what} scores {label} {_value(primary, score.value)} {_span(primary, score)}, "
+                f"above {share} ({tested})."
+            )
         if reference == ZERO_SHOT:
             above = analysis.compare({primary: reference}, trained)
             gains = {n: above[n][primary] for n in trained}
             no_gain = [n for n, gain in gains.items() if not (gain.significant and gain.interval.value > 0)]
             if no_gain:
-                notes.append(f"Caution: {', '.join(no_gain)} {'is' if len(no_gain) == 1 else 'are'} not "
-                             f"significantly better than {what} ({label} {_value(primary, score.value)}).")  # fmt: skip
+                notes.append(
+                    f"Caution: {', '.join(no_gain)} {'is' if len(no_gain) == 1 else 'are'} not "
+                    f"significantly better than {what} ({label} {_value(primary, score.value)})."
+                )
     configs = [r.config for runs in section.trained for r in runs.results]
     if configs and not any(config.get("search") for config in configs):
         rates = ", ".join(f"{runs.method} {runs.results[0].config['lr']:g}" for runs in section.trained if runs.results)
-        notes.append(f"Caution: learning rates were not tuned per method ({rates}); a method's ranking may reflect "
-                     "how well its default suits this task.")  # fmt: skip
-    edges = {runs.method: edge for runs in section.trained for edge in {_lr_edge(r.search) for r in runs.results}
-             if edge}  # fmt: skip
+        notes.append(
+            f"Caution: learning rates were not tuned per method ({rates}); a method's ranking may reflect "
+            "how well its default suits this task."
+        )
+    edges = {
+        runs.method: edge for runs in section.trained for edge in {_lr_edge(r.search) for r in runs.results} if edge
+    }
     if edges:
         listed = ", ".join(f"{method} ({edge})" for method, edge in edges.items())
-        notes.append(f"Caution: the learning rate selected on validation lies at an end of its grid for {listed}: "
-                     "that method's best may lie beyond it; widen --lr-grid to be sure each method is compared at "
-                     "its best.")  # fmt: skip
+        notes.append(
+            f"Caution: the learning rate selected on validation lies at an end of its grid for {listed}: "
+            "that method's best may lie beyond it; widen --lr-grid to be sure each method is compared at "
+            "its best."
+        )
     busy = _contended(section)
     if busy:
-        notes.append(f"Caution: other processes used a large share of this machine's CPU time while {busy}: those "
-                     "speed and latency figures are inflated by the contention; measure them on an idle machine.")
+        notes.append(
+            f"Caution: other processes used a large share of this machine's CPU time while {busy}: those "
+            "speed and latency figures are inflated by the contention; measure them on an idle machine."
+        )
     widths = [analysis.scores[name][primary].width for name in trained]
     if widths:
         width = statistics.median(widths)
         points = width if METRICS[primary].corpus else 100 * width  # 0-1 scores read as points out of 100
-        notes.append(f"Caution: {analysis.examples} test examples: a method's {CONFIDENCE:.0%} interval of {label} is "
-                     f"about {points:.1f} points wide ({_value(primary, width)} on its own scale); smaller "
-                     "differences cannot be told apart here. Raise --test-size to narrow it.")  # fmt: skip
+        notes.append(
+            f"Caution: {analysis.examples} test examples: a method's {CONFIDENCE:.0%} interval of {label} is "
+            f"about {points:.1f} points wide ({_value(primary, width)} on its own scale); smaller "
+            "differences cannot be told apart here. Raise --test-size to narrow it."
+        )
     if analysis.seeds < 2:
-        notes.append("Caution: one seed: the intervals cover the test set's sampling noise, not the training noise "
-                     "between seeds; run with --seeds 0,1,2 to include it.")  # fmt: skip
+        notes.append(
+            "Caution: one seed: the intervals cover the test set's sampling noise, not the training noise "
+            "between seeds; run with --seeds 0,1,2 to include it."
+        )
     if not analysis.paired:
         notes.append("Caution: the rows were scored on different test examples: differences are unpaired.")
     return notes
