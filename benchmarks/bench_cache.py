@@ -16,12 +16,12 @@ import time
 import torch
 from transformers import GenerationConfig
 
-from peftbench.config import EMBEDDED, RunConfig
-from peftbench.data import load_splits
-from peftbench.layout import PromptOptions
-from peftbench.measure import prompt_batch
-from peftbench.method_run import quiet_libraries, token_limits
-from peftbench.models import load_model
+from peftbench.config.run_config import EMBEDDED, RunConfig
+from peftbench.data.splits import load_splits
+from peftbench.measure.core import prompt_batch
+from peftbench.model.layout import PromptOptions
+from peftbench.model.load import load_model
+from peftbench.pipeline.method_run import quiet_libraries, token_limits
 
 CACHES = ("dynamic", "static")
 

@@ -18,14 +18,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from peftbench.adapt import apply_method
-from peftbench.config import ConfigError, RunConfig
-from peftbench.data import load_splits
-from peftbench.layout import TokenLimits
-from peftbench.method_run import quiet_libraries
-from peftbench.methods import METHODS, MethodSettings, check_method_names, learning_rate
-from peftbench.models import load_model
-from peftbench.train import Trainer, TrainOptions
+from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.data.splits import load_splits
+from peftbench.methods.apply import apply_method
+from peftbench.methods.registry import METHODS, MethodSettings, check_method_names, learning_rate
+from peftbench.model.layout import TokenLimits
+from peftbench.model.load import load_model
+from peftbench.pipeline.method_run import quiet_libraries
+from peftbench.training.trainer import Trainer, TrainOptions
 
 
 def train(method: str, compiled: bool, epochs: int, mode: str) -> tuple[list[float], int, list[float]]:

@@ -18,14 +18,14 @@ import time
 
 import torch
 
-from peftbench.adapt import apply_method
-from peftbench.config import EMBEDDED, RunConfig
-from peftbench.data import load_splits
-from peftbench.layout import Layout, TokenLimits
-from peftbench.measure import latency_ms, merged_copy, prompt_batch, sync_device
-from peftbench.method_run import quiet_libraries
-from peftbench.methods import METHODS, MethodSettings
-from peftbench.models import load_model
+from peftbench.config.run_config import EMBEDDED, RunConfig
+from peftbench.data.splits import load_splits
+from peftbench.measure.core import latency_ms, merged_copy, prompt_batch, sync_device
+from peftbench.methods.apply import apply_method
+from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.model.layout import Layout, TokenLimits
+from peftbench.model.load import load_model
+from peftbench.pipeline.method_run import quiet_libraries
 
 MERGEABLE = [name for name, method in METHODS.items() if method.mergeable]
 

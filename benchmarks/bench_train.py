@@ -3,7 +3,7 @@
 For each method (full, lora, ia3) the same model is fine-tuned on the same examples, with the same
 hyperparameters and the same number of optimizer steps, three ways:
 
-  a  peftbench.train.Trainer (length-grouped batches, per-batch left padding, LM head on targets only)
+  a  peftbench.training.trainer.Trainer (length-grouped batches, per-batch left padding, LM head on targets only)
   b  HF Trainer + DataCollatorForSeq2Seq(padding=True), as documented (Seq2SeqTrainer differs only in evaluation)
   c  the original study: the same HF setup, but every example padded to 512 tokens
 
@@ -37,15 +37,15 @@ from pathlib import Path
 
 import torch
 
-from peftbench.adapt import apply_method, count_parameters
-from peftbench.config import EMBEDDED, ConfigError, RunConfig
-from peftbench.data import load_splits
-from peftbench.layout import IGNORE_INDEX, Encoded, Layout, TokenLimits
-from peftbench.measure import matmul_flops_per_s, peak_memory_bytes, reset_peak_memory, sync_device
-from peftbench.method_run import quiet_libraries
-from peftbench.methods import METHODS, MethodSettings, check_method_names
-from peftbench.models import LoadedModel, load_model
-from peftbench.train import Trainer, TrainOptions, mixed_precision
+from peftbench.config.run_config import EMBEDDED, ConfigError, RunConfig
+from peftbench.data.splits import load_splits
+from peftbench.measure.core import matmul_flops_per_s, peak_memory_bytes, reset_peak_memory, sync_device
+from peftbench.methods.apply import apply_method, count_parameters
+from peftbench.methods.registry import METHODS, MethodSettings, check_method_names
+from peftbench.model.layout import IGNORE_INDEX, Encoded, Layout, TokenLimits
+from peftbench.model.load import LoadedModel, load_model
+from peftbench.pipeline.method_run import quiet_libraries
+from peftbench.training.trainer import Trainer, TrainOptions, mixed_precision
 
 FIXED_LENGTH = 512  # the original study padded every example to this many tokens (variant c)
 VARIANTS = {

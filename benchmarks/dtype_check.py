@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from peftbench import method_run, rundir
-from peftbench.config import EMBEDDED, RunConfig
-from peftbench.data import load_splits
-from peftbench.evaluate import Evaluator
-from peftbench.layout import CausalLayout, Seq2SeqLayout
-from peftbench.methods import METHODS, check_method_names
-from peftbench.train import Trainer, mixed_precision
+from peftbench.config.run_config import EMBEDDED, RunConfig
+from peftbench.data.splits import load_splits
+from peftbench.methods.registry import METHODS, check_method_names
+from peftbench.model.layout import CausalLayout, Seq2SeqLayout
+from peftbench.pipeline import method_run
+from peftbench.store import rundir
+from peftbench.training.evaluate import Evaluator
+from peftbench.training.trainer import Trainer, mixed_precision
 
 LATENCIES = ("latency base", "latency unmerged", "latency merged")  # method_run times them in this order
 PHASES = ("train", "loss", "generate", *LATENCIES, "merge check")

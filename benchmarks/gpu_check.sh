@@ -86,7 +86,7 @@ for module, dist in (("rouge_score", "rouge-score"), ("nltk", "nltk"), ("gguf", 
         missing.append(module)
         continue
     print(f"{dist} {version(dist)} from {'the kit' if path.startswith(site) else path}")
-import peftbench.method_run  # everything a run imports
+import peftbench.pipeline.method_run  # everything a run imports
 print(f"peftbench from {os.path.dirname(peftbench.__file__)}")
 sys.exit(1 if missing else 0)
 EOF

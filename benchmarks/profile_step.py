@@ -23,12 +23,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_train import Settings, load_and_encode
-from peftbench.adapt import apply_method
-from peftbench.config import EMBEDDED
-from peftbench.measure import prompt_batch, sync_device
-from peftbench.method_run import quiet_libraries
-from peftbench.methods import METHODS, MethodSettings
-from peftbench.train import Trainer, TrainOptions
+from peftbench.config.run_config import EMBEDDED
+from peftbench.measure.core import prompt_batch, sync_device
+from peftbench.methods.apply import apply_method
+from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.pipeline.method_run import quiet_libraries
+from peftbench.training.trainer import Trainer, TrainOptions
 
 PARTS = ("lora", "full", "generate", "decode")
 
@@ -82,9 +82,9 @@ def training_step(args: argparse.Namespace, method_name: str):
 
 def generation(args: argparse.Namespace, batch_size: int):
     """Generation of --new-tokens tokens for batch_size test prompts of the embedded data, the base model's."""
-    from peftbench.data import load_splits
-    from peftbench.layout import TokenLimits
-    from peftbench.models import load_model
+    from peftbench.data.splits import load_splits
+    from peftbench.model.layout import TokenLimits
+    from peftbench.model.load import load_model
 
     settings = Settings(args.model, 1, batch_size, args.max_source_tokens, args.max_target_tokens)
     config = dataclasses.replace(settings.run_config(), test_size=batch_size)

@@ -28,7 +28,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from peftbench.data import embedded_data_path
+from peftbench.data.splits import embedded_data_path
 
 # Every process this test session starts inherits this variable: at the end, any still alive is a leftover.
 SESSION_MARKER = "PEFTBENCH_TEST_SESSION"
@@ -317,7 +317,7 @@ def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[st
 # slow this machine is (a real crash anywhere in the next epoch resumes from the same checkpoint).
 KILLABLE = """
 import os, sys, time
-from peftbench import checkpoint
+from peftbench.training import checkpoint
 save, saved = checkpoint.save, []
 def save_then_wait(*args, **kwargs):
     saved.append(save(*args, **kwargs))

@@ -33,7 +33,7 @@ def kill_after_checkpoint() -> None:
     """Make checkpoint.save kill this process after writing the chosen trial's checkpoint, up to KILLS times."""
     import torch
 
-    from peftbench import checkpoint
+    from peftbench.training import checkpoint
 
     save = checkpoint.save
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from peftbench.cli import main
-from peftbench.metrics import per_example
+from peftbench.task.metrics import per_example
 from tests.conftest import launched, tiny_run_args
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "bleu"}

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 import torch
 
-from peftbench.config import RunConfig
-from peftbench.data import Example, LengthGroupedBatches, load_splits
-from peftbench.layout import IGNORE_INDEX, CausalLayout, Seq2SeqLayout, TokenLimits
+from peftbench.config.run_config import RunConfig
+from peftbench.data.splits import Example, LengthGroupedBatches, load_splits
+from peftbench.model.layout import IGNORE_INDEX, CausalLayout, Seq2SeqLayout, TokenLimits
 
 EXAMPLES = [
     Example("a", "The mayor opened a new bridge over the river on Monday.", "Mayor opens bridge."),

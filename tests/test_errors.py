@@ -7,7 +7,7 @@ import json
 import pytest
 
 from peftbench.cli import main
-from peftbench.rundir import LOCK_FILE
+from peftbench.store.rundir import LOCK_FILE
 from tests.conftest import tiny_run_args
 
 
@@ -169,7 +169,7 @@ def test_bad_input_keeps_finished_results(case, capsys, finished, tiny_models, a
 
 
 def test_uninstalled_tracker_names_the_extra(capsys, finished, tiny_models, articles):
-    from peftbench.tracking import AVAILABLE
+    from peftbench.training.tracking import AVAILABLE
 
     missing = next((name for name, available in AVAILABLE.items() if not available()), None)
     if missing is None:
@@ -214,8 +214,8 @@ def test_numbers_are_text_and_rows_without_text_are_dropped_and_recorded(capsys,
         "rows": 100,
         "dropped": {"no 'article'": 2, "'article' not text (list)": 1, "no 'highlights'": 3},
     }
-    from peftbench.config import RunConfig
-    from peftbench.data import load_splits
+    from peftbench.config.run_config import RunConfig
+    from peftbench.data.splits import load_splits
 
     splits = load_splits(RunConfig(dataset=str(data), train_size=60, eval_size=1, test_size=1))
     labelled = {f"a{i}" for i in range(10)}

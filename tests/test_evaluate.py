@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
-from peftbench.data import Example
-from peftbench.evaluate import EvalOptions, Evaluator
-from peftbench.layout import CausalLayout, PromptOptions, TokenLimits
-from peftbench.measure import PhaseTimer
-from peftbench.models import load_model
+from peftbench.data.splits import Example
+from peftbench.measure.core import PhaseTimer
+from peftbench.model.layout import CausalLayout, PromptOptions, TokenLimits
+from peftbench.model.load import load_model
+from peftbench.training.evaluate import EvalOptions, Evaluator
 
 WORDS = "the council voted on monday to close the old bridge after engineers found cracks in two of its piers".split()
 # Prompts and targets of different lengths (padding inside every batch), down to a target of one word.

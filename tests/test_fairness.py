@@ -11,14 +11,14 @@ import torch
 from accelerate.state import AcceleratorState
 from torch import nn
 
-import peftbench.method_run
-import peftbench.pipeline
+import peftbench.pipeline.compare
+import peftbench.pipeline.method_run
 from peftbench.cli import main
-from peftbench.config import RunConfig
-from peftbench.data import Example, _normalised, _split_by_hash, load_splits
-from peftbench.layout import IGNORE_INDEX, PromptOptions, TokenLimits
-from peftbench.methods import METHODS, MethodSettings
-from peftbench.models import load_model
+from peftbench.config.run_config import RunConfig
+from peftbench.data.splits import Example, _normalised, _split_by_hash, load_splits
+from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.model.layout import IGNORE_INDEX, PromptOptions, TokenLimits
+from peftbench.model.load import load_model
 from tests.conftest import tiny_run_args, without_dropout
 from tests.test_methods import _trainer
 
@@ -72,7 +72,7 @@ def test_accumulation_gives_the_steps_of_one_batch(tiny_gpt2, articles, tmp_path
 def test_every_model_of_a_run_computes_at_one_precision(tiny_llama_chat, articles, tmp_path, monkeypatch):
     """With mixed precision on (forced here on the CPU), the base model's latency, training, validation, test
     generation, the unmerged and merged latencies and the merge check all run in bf16, for a peft model too."""
-    monkeypatch.setattr(peftbench.method_run, "mixed_precision", lambda _: "bf16")
+    monkeypatch.setattr(peftbench.pipeline.method_run, "mixed_precision", lambda _: "bf16")
     AcceleratorState._reset_state(reset_partial_state=True)  # one precision per process: this test's own
     dtypes: dict[str, set] = {}
 
@@ -97,8 +97,8 @@ def test_epoch_zero_is_the_base_model_shared_by_every_method(tiny_gpt2, articles
     """Prefix and prompt tuning attach random virtual tokens before training: epoch 0 must still be the base model,
     evaluated once per seed and identical in every method's metrics.json."""
     calls = []
-    real = peftbench.pipeline.run_zero_shot
-    monkeypatch.setattr(peftbench.pipeline, "run_zero_shot", lambda *a: calls.append(1) or real(*a))
+    real = peftbench.pipeline.compare.run_zero_shot
+    monkeypatch.setattr(peftbench.pipeline.compare, "run_zero_shot", lambda *a: calls.append(1) or real(*a))
     output = tmp_path / "out"
     args = tiny_run_args(tiny_gpt2, articles, output, "--epochs", "1", "--in-process")
     assert main([*args, "--methods", "lora,prefix,prompt"]) == 0

@@ -14,15 +14,16 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from peftbench import card, results
-from peftbench.adapt import all_linear, apply_method, resolve_targets, targeted_layers
 from peftbench.cli import main
-from peftbench.config import ConfigError, RunConfig, build_config
-from peftbench.methods import METHODS, MethodSettings
-from peftbench.models import skeleton
-from peftbench.results import MethodResult
-from peftbench.rundir import MethodDir
-from peftbench.tracking import AVAILABLE, resolve_trackers
+from peftbench.config.run_config import ConfigError, RunConfig, build_config
+from peftbench.methods.apply import all_linear, apply_method, resolve_targets, targeted_layers
+from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.model.load import skeleton
+from peftbench.report import card
+from peftbench.store import records as results
+from peftbench.store.records import MethodResult
+from peftbench.store.rundir import MethodDir
+from peftbench.training.tracking import AVAILABLE, resolve_trackers
 from tests.conftest import QUICK_LATENCY, tiny_run_args
 
 
@@ -327,7 +328,7 @@ def test_model_card_metadata_is_valid_for_the_hub(hf_run):
 
 
 def test_curves_show_training_loss_per_step(hf_run):
-    from peftbench.report import plot_curves
+    from peftbench.report.write import plot_curves
 
     result = MethodResult.from_dict(json.loads((hf_run / "lora" / "metrics.json").read_text()))
     figure_with, figure_without = hf_run / "with.png", hf_run / "without.png"

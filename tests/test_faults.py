@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from peftbench import checkpoint
 from peftbench.cli import main
+from peftbench.training import checkpoint
 from tests.conftest import KILLABLE, children, command_line, gone_within, launched, tiny_run_args
 
 
@@ -142,7 +142,7 @@ def test_a_process_ends_with_its_parent(how):
     """The kernel's parent-death signal (Linux) and the watchdog (elsewhere; run here too): a process whose parent
     is killed ends within seconds."""
     grandchild = (
-        f"import os, time; from peftbench import lifecycle; lifecycle.{how}(os.getppid()); print('ready', "
+        f"import os, time; from peftbench.pipeline import lifecycle; lifecycle.{how}(os.getppid()); print('ready', "
         "flush=True); time.sleep(600)"
     )
     parent = (

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftbench.adapt import apply_method, check_method, count_parameters
 from peftbench.cli import main
-from peftbench.config import ConfigError, RunConfig
-from peftbench.data import Example
-from peftbench.layout import TokenLimits
-from peftbench.methods import METHODS, MethodSettings
-from peftbench.models import load_model, skeleton
-from peftbench.train import Trainer, TrainOptions
+from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.data.splits import Example
+from peftbench.methods.apply import apply_method, check_method, count_parameters
+from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.model.layout import TokenLimits
+from peftbench.model.load import load_model, skeleton
+from peftbench.training.trainer import Trainer, TrainOptions
 from tests.conftest import tiny_run_args
 
 # peft's LoHa, LoKr and OFT wrap nn.Linear layers only; GPT-2's projections are Conv1D.

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from peftbench.metrics import corpus_score, expand, matched_choice, normalise_answer, per_example, score, statistics
+from peftbench.task.metrics import (
+    corpus_score,
+    expand,
+    matched_choice,
+    normalise_answer,
+    per_example,
+    score,
+    statistics,
+)
 
 
 def _one(names, prediction, references, choices=None):

@@ -8,12 +8,12 @@ import shutil
 import pytest
 import torch
 
-from peftbench.adapt import apply_method, count_parameters
-from peftbench.config import EMBEDDED, ConfigError, RunConfig
-from peftbench.data import Example
-from peftbench.layout import TokenLimits
-from peftbench.methods import METHODS, MethodSettings
-from peftbench.models import load_model, skeleton
+from peftbench.config.run_config import EMBEDDED, ConfigError, RunConfig
+from peftbench.data.splits import Example
+from peftbench.methods.apply import apply_method, count_parameters
+from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.model.layout import TokenLimits
+from peftbench.model.load import load_model, skeleton
 
 SETTINGS = MethodSettings.from_config(RunConfig())
 

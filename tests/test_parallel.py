@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from peftbench.cli import main
-from peftbench.config import RunConfig
-from peftbench.data import LengthGroupedBatches
-from peftbench.methods import MethodSettings
+from peftbench.config.run_config import RunConfig
+from peftbench.data.splits import LengthGroupedBatches
+from peftbench.methods.registry import MethodSettings
 from tests.conftest import (
     KILLABLE,
     alive,

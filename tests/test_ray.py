@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from peftbench.cli import main
 from peftbench.errors import ConfigError
-from peftbench.executor import progress_line
-from peftbench.rundir import REPORT_FILES, read_tree, write_tree
+from peftbench.pipeline.executor import progress_line
+from peftbench.store.rundir import REPORT_FILES, read_tree, write_tree
 from tests import ray_faults
 from tests.conftest import tiny_run_args
 

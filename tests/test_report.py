@@ -15,9 +15,9 @@ from html.parser import HTMLParser
 import pytest
 
 from peftbench.cli import main
-from peftbench.results import PHASES, RANDOM_WEIGHTS
-from peftbench.stats import Estimate, estimate, holm
-from peftbench.table import MEANINGLESS, columns
+from peftbench.report.stats import Estimate, estimate, holm
+from peftbench.report.table import MEANINGLESS, columns
+from peftbench.store.records import PHASES, RANDOM_WEIGHTS
 from tests.conftest import tiny_run_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from peftbench import checkpoint
 from peftbench.cli import main
-from peftbench.config import RunConfig
-from peftbench.rundir import MethodDir
+from peftbench.config.run_config import RunConfig
+from peftbench.store.rundir import MethodDir
+from peftbench.training import checkpoint
 from tests.conftest import killed_at, tiny_run_args
 
 

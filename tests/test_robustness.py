@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from peftbench.adapt import apply_method, count_parameters
 from peftbench.cli import main
-from peftbench.config import RunConfig
-from peftbench.layout import CausalLayout
-from peftbench.methods import METHODS, MethodSettings
-from peftbench.models import load_model
+from peftbench.config.run_config import RunConfig
+from peftbench.methods.apply import apply_method, count_parameters
+from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.model.layout import CausalLayout
+from peftbench.model.load import load_model
 from tests.conftest import tiny_run_args
 
 

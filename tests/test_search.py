@@ -10,11 +10,11 @@ import math
 
 import pytest
 
-from peftbench import search
 from peftbench.cli import main
-from peftbench.evaluate import Evaluator
-from peftbench.results import EpochMetrics
-from peftbench.train import Trainer
+from peftbench.pipeline import search
+from peftbench.store.records import EpochMetrics
+from peftbench.training.evaluate import Evaluator
+from peftbench.training.trainer import Trainer
 from tests.conftest import killed_at, tiny_run_args
 
 GRID = ("--lr-grid", "1e-4,3e-3,3e-2")
@@ -208,8 +208,8 @@ def test_per_method_grids_in_yaml(tmp_path, articles, capsys):
     assert main(tiny_run_args(tmp_path / "none", articles, tmp_path / "out", "--config", str(config))) == 2
     assert "rank_grid gives a grid for 'ia3', which has no rank" in capsys.readouterr().err
     config.write_text("search: [lr, lora_r]\nlr_grid:\n  lora: [1e-4, 2e-4]\n  ia3: [0.01]\nrank_grid: [4, 8]\n")
-    from peftbench.config import build_config, load_yaml
-    from peftbench.methods import METHODS
+    from peftbench.config.run_config import build_config, load_yaml
+    from peftbench.methods.registry import METHODS
 
     loaded = build_config(load_yaml(config), {"methods": "full,lora,ia3"})
     names = {m: [t.name for t in search.trials_of(loaded, METHODS[m])] for m in loaded.methods}
@@ -221,8 +221,8 @@ def test_per_method_grids_in_yaml(tmp_path, articles, capsys):
 
 
 def test_grids_and_halving_are_not_fingerprinted_but_the_search_and_its_rule_are():
-    from peftbench.checkpoint import fingerprinted
-    from peftbench.config import RunConfig
+    from peftbench.config.run_config import RunConfig
+    from peftbench.training.checkpoint import fingerprinted
 
     searched = fingerprinted(RunConfig(search=["lr"]))
     grown = RunConfig(search=["lr", "lora_r"], lr_grid=[1e-4, 3e-4], rank_grid=[4], search_halving=True)

@@ -17,8 +17,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peftbench.cli import main
-from peftbench.measure import PhaseTimer, in_memory_window, load_adapters, weights_bytes
-from peftbench.results import Efficiency
+from peftbench.measure.core import PhaseTimer, in_memory_window, load_adapters, weights_bytes
+from peftbench.store.records import Efficiency
 from tests.conftest import tiny_run_args
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from peftbench.cli import main
-from peftbench.config import RunConfig
-from peftbench.data import Example, load_splits
-from peftbench.evaluate import EvalOptions, Evaluator
-from peftbench.layout import PromptOptions, TokenLimits
-from peftbench.models import load_model
+from peftbench.config.run_config import RunConfig
+from peftbench.data.splits import Example, load_splits
+from peftbench.model.layout import PromptOptions, TokenLimits
+from peftbench.model.load import load_model
+from peftbench.training.evaluate import EvalOptions, Evaluator
 from tests.conftest import tiny_run_args
 
 QUESTIONS = [

@@ -12,16 +12,17 @@ import sacrebleu
 from scipy import stats
 
 import peftbench
-from peftbench import results, rundir
 from peftbench.cli import main
-from peftbench.config import RunConfig
-from peftbench.data import load_splits
-from peftbench.metrics import per_example, score
-from peftbench.references import lead, sentences
-from peftbench.results import Efficiency, EpochMetrics, MethodResult, prediction_rows
-from peftbench.sections import load_sections
-from peftbench.stats import RESAMPLES
-from peftbench.verdict import analyse, verdict_lines
+from peftbench.config.run_config import RunConfig
+from peftbench.data.splits import load_splits
+from peftbench.pipeline.references import lead, sentences
+from peftbench.report.load import load_sections
+from peftbench.report.stats import RESAMPLES
+from peftbench.report.verdict import analyse, verdict_lines
+from peftbench.store import records as results
+from peftbench.store import rundir
+from peftbench.store.records import Efficiency, EpochMetrics, MethodResult, prediction_rows
+from peftbench.task.metrics import per_example, score
 
 # 40 real CNN/DailyMail highlights: the references every row is scored against.
 EXAMPLES = load_splits(RunConfig(train_size=1, eval_size=1, test_size=40)).test

@@ -8,11 +8,11 @@ import difflib
 import sys
 from pathlib import Path
 
-from peftbench import lifecycle
-from peftbench.config import ALIASES, FIELDS, TRACKERS, ConfigError, RunConfig, build_config, load_yaml
+from peftbench.config.run_config import ALIASES, FIELDS, TRACKERS, ConfigError, RunConfig, build_config, load_yaml
 from peftbench.errors import UserError
-from peftbench.methods import METHODS
-from peftbench.metrics import METRICS
+from peftbench.methods.registry import METHODS
+from peftbench.pipeline import lifecycle
+from peftbench.task.metrics import METRICS
 
 DEFAULTS = RunConfig()
 # Defaults that depend on other settings (the method, the task): their help says so instead of showing one value.
@@ -229,8 +229,8 @@ def _report(args: argparse.Namespace) -> None:
     unknown = [f for f in formats if f not in REPORT_FORMATS]
     if unknown or not formats:
         raise ConfigError(f"--format {args.format!r}: choose a comma list of {', '.join(REPORT_FORMATS)}")
-    from peftbench.export import write_exports  # matplotlib and the statistics only when reporting
-    from peftbench.report import write_report
+    from peftbench.report.export import write_exports  # matplotlib and the statistics only when reporting
+    from peftbench.report.write import write_report
 
     outputs = [Path(p) for p in args.outputs]
     destination = Path(args.output) if args.output else outputs[0]
@@ -253,8 +253,8 @@ def _table(rows: list[list[str]]) -> str:
 def describe_methods(loaded=None) -> str:
     """The registry as a table; given a loaded model, with each method's trainable parameters on it (or why it
     cannot apply), at the default settings."""
-    from peftbench.adapt import count_parameters, trainable_counts
-    from peftbench.methods import MethodSettings
+    from peftbench.methods.apply import count_parameters, trainable_counts
+    from peftbench.methods.registry import MethodSettings
 
     counts = trainable_counts(loaded, MethodSettings.from_config(RunConfig())) if loaded is not None else {}
     header = ["method", "mergeable", "default lr"] + (["trainable", "%"] if loaded else []) + ["description"]
@@ -280,8 +280,8 @@ def describe_methods(loaded=None) -> str:
 def _methods(args: argparse.Namespace) -> None:
     loaded = None
     if args.model:
-        from peftbench.method_run import quiet_libraries
-        from peftbench.models import load_model
+        from peftbench.model.load import load_model
+        from peftbench.pipeline.method_run import quiet_libraries
 
         quiet_libraries()
         loaded = load_model(args.model, args.trust_remote_code)
@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         with lifecycle.sigterm_interrupts():
             args = _parse(build_parser(), argv)
             if args.command == "run":
-                from peftbench.method_run import quiet_libraries  # heavy imports only when running
                 from peftbench.parallel import processes
-                from peftbench.pipeline import run
+                from peftbench.pipeline.compare import run
+                from peftbench.pipeline.method_run import quiet_libraries  # heavy imports only when running
 
                 quiet_libraries()
                 flags = getattr(args, "given", None) or {}

@@ -1,0 +1,1 @@
+"""What a method costs, measured: memory windows, timing, latency, the merge check, serving costs."""

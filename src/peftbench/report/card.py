@@ -1,0 +1,221 @@
+"""Model cards: the README.md of each method's adapter folder (where peft leaves a placeholder), saying what was
+trained, on what, how well and at what cost, and how to run it again, with a metadata block the Hugging Face Hub reads
+(built with huggingface_hub's ModelCard). Written when the method finishes, and again with the intervals of its test
+scores once the comparison's statistics exist."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from peftbench.config.run_config import EMBEDDED, FIELDS, flags_for
+from peftbench.methods.registry import METHODS
+from peftbench.model.load import EMBEDDED_MODEL_HUB_ID, EMBEDDED_MODEL_WEIGHTS
+from peftbench.report.load import load_sections
+from peftbench.report.stats import Interval
+from peftbench.report.verdict import analyse
+from peftbench.report.write import method_settings
+from peftbench.store.records import GIVEN, MethodResult
+from peftbench.task.metrics import METRICS
+
+# The Hub's task names (pipeline tags and model-index task types) of peftbench's tasks.
+HUB_TASKS = {"summarization": "summarization", "qa": "question-answering", "classification": "text-classification"}
+# The Hub dataset each embedded dataset's rows come from (HaluEval rows of CNN/DailyMail and of HotpotQA, re-split).
+EMBEDDED_SOURCES = {"embedded": "cnn_dailymail", "embedded-qa": "hotpot_qa"}
+# Settings that decide where and how a run reports, not what it trains: left out of the command that reproduces it.
+NOT_REPRODUCED = ("output", "quiet", "in_process", "force", "dry_run", "report_to", "seeds")
+METRIC_TYPES = {"rouge1": "rouge", "rouge2": "rouge", "rougeL": "rouge", "accuracy_ll": "accuracy"}  # else its name
+
+
+def base_model(result: MethodResult) -> str | None:
+    """The base model's Hub id where it has one (a hub id, or the embedded SmolLM2); None for local folders."""
+    if result.config.get("model") == EMBEDDED:
+        return EMBEDDED_MODEL_HUB_ID
+    return ((result.provenance or {}).get("model") or {}).get("hub_id")
+
+
+def _hub_dataset(result: MethodResult) -> str | None:
+    return ((result.provenance or {}).get("dataset") or {}).get("hub_id")
+
+
+def _evaluated_on(result: MethodResult) -> str | None:
+    """The Hub dataset type of the test split, where the Hub knows it: a hub dataset's id, or the one an embedded
+    sample's rows come from; None for local files."""
+    return EMBEDDED_SOURCES.get(result.config.get("dataset")) or _hub_dataset(result)
+
+
+def _task(result: MethodResult) -> str:
+    return HUB_TASKS.get(result.config.get("task") or "summarization", "text-generation")
+
+
+def _label(metric: str) -> str:
+    return METRICS[metric].label if metric in METRICS else metric
+
+
+def command(result: MethodResult) -> str:
+    """The peftbench command that trains this method again with these settings (into an --output of your choice)."""
+    values = {key: value for key, value in result.config.items() if key in FIELDS and key not in NOT_REPRODUCED}
+    for key, value in result.config.items():  # the user's spec (all-linear, a pattern) over its resolution
+        if key.endswith(GIVEN) and key.removesuffix(GIVEN) in values:
+            values[key.removesuffix(GIVEN)] = value
+    values["methods"] = [result.method]
+    return shlex.join(["peftbench", "run", *flags_for(values)])
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def metadata(result: MethodResult) -> ModelCardData:
+    """The card's metadata block: base model, library, task, tags, datasets and the test scores as model-index
+    (where the data is one the Hub knows and the weights were pretrained)."""
+    base, dataset = base_model(result), _evaluated_on(result)
+    method = METHODS.get(result.method)
+    peft = method is not None and method.peft_config is not None
+    task = _task(result)
+    tags = ["peftbench", result.method, task]
+    if base:
+        tags.append(f"base_model:{'adapter' if peft else 'finetune'}:{base}")
+    evals = []
+    if result.test is not None and dataset is not None and not result.random_weights:
+        for metric, value in result.test.to_dict().items():
+            if value is not None:
+                evals.append(
+                    EvalResult(
+                        task_type=task,
+                        dataset_type=dataset,
+                        dataset_name=result.dataset,
+                        dataset_split="test",
+                        metric_type=METRIC_TYPES.get(metric, metric),
+                        metric_name=_label(metric),
+                        metric_value=value,
+                    )
+                )
+    return ModelCardData(
+        base_model=base,
+        library_name="peft" if peft else "transformers",
+        pipeline_tag="text2text-generation" if result.config.get("model_kind") == "seq2seq" else "text-generation",
+        tags=tags,
+        datasets=[hub] if (hub := _hub_dataset(result)) else None,
+        model_name=f"peftbench-{result.method}-{(base or Path(result.model).name).split('/')[-1]}" if evals else None,
+        eval_results=evals or None,
+    )
+
+
+def _scores(result: MethodResult, intervals: dict[str, Interval] | None, note: str | None) -> list[str]:
+    if result.test is None:
+        return ["No test scores were recorded."]
+    lines = ["| metric | value | 95% interval |", "|---|---|---|"]
+    for metric, value in result.test.to_dict().items():
+        span = (intervals or {}).get(metric)
+        shown = f"{_shown(span.low)} to {_shown(span.high)}" if span else "-"
+        lines.append(f"| {_label(metric)} | {_shown(value)} | {shown} |")
+    corpus = [_label(m) for m in result.test.scores if m in METRICS and METRICS[m].corpus]
+    scales = (
+        "Loss: mean cross-entropy per target token. Scores are from 0 to 1"
+        + (f", {' and '.join(corpus)} from 0 to 100" if corpus else "")
+        + "; higher is better."
+    )
+    if result.random_weights:
+        return [
+            *lines,
+            "",
+            f"Trained from random weights ({result.config.get('model_weights')}): these scores mean "
+            "nothing about the method's quality.",
+        ]
+    if intervals is None:
+        note = (
+            "Intervals: not computed yet. They come from the whole comparison's statistics, which `peftbench "
+            "run` computes once every method has run, and then writes into this card."
+        )
+    return [*lines, "", scales, note or ""]
+
+
+def render(result: MethodResult, intervals: dict[str, Interval] | None = None, note: str | None = None) -> str:
+    """The card of one finished method: intervals (metric -> Interval) and their note where the comparison's
+    statistics exist (verdict.analyse)."""
+    config = result.config
+    base = base_model(result)
+    method = METHODS.get(result.method)
+    given_as = " (given per device)" if config.get("batch_size_given_as") == "per_device" else ""
+    title = f"{result.method} {'adapter for' if method and method.peft_config else 'fine-tuning of'} {result.model}"
+    lines = [
+        f"# {title}",
+        "",
+        f"Trained and measured by peftbench, one method of a comparison on the same model, data and budget "
+        f"({method.description if method else result.method}).",
+        "",
+        "## Training",
+        "",
+        f"- Base model: {result.model}"
+        + (f" (Hub: `{base}`)" if base and base != result.model else "")
+        + f"; {config.get('model_weights', 'pretrained')}; {_shown((result.provenance or {}).get('model'))}"
+        + (f"; {EMBEDDED_MODEL_WEIGHTS}" if config.get("model") == EMBEDDED else ""),
+        f"- Method: {result.method}: {method_settings(result)}",
+        f"- Trainable parameters: {result.trainable_params:,} of {result.total_params:,}",
+        f"- Data: {result.dataset}; {config.get('train_size')} train / {config.get('eval_size')} validation / "
+        f"{config.get('test_size')} test examples; task {config.get('task') or 'summarization'} (primary metric "
+        f"{_label(result.primary_metric)}); prompt format {config.get('prompt_format')}",
+        f"- Budget: {config.get('epochs')} epoch{'' if config.get('epochs') == 1 else 's'}, batch size "
+        f"{config.get('batch_size')}{given_as} x gradient accumulation {config.get('grad_accum')}, warmup "
+        f"{config.get('warmup_ratio')}, weight decay {config.get('weight_decay')}, clipping "
+        f"{config.get('max_grad_norm')}, precision {config.get('compute_precision', config.get('precision'))}, seed "
+        f"{config.get('seed')}",
+        "",
+        "## Test results",
+        "",
+        *_scores(result, intervals, note),
+        "",
+        "## Efficiency",
+        "",
+    ]
+    if result.efficiency is not None:
+        lines += ["| figure | value |", "|---|---|"]
+        lines += [f"| {key} | {_shown(value)} |" for key, value in asdict(result.efficiency).items()]
+        lines += ["", "Adapter size counts the weights and config only, not this card."]
+    else:
+        lines.append("Not recorded.")
+    environment = dict(result.environment or {})
+    environment.setdefault("huggingface_hub", version("huggingface_hub"))
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        command(result),
+        "```",
+        "",
+        "## Environment",
+        "",
+        *[f"- {key}: {_shown(value)}" for key, value in environment.items()],
+        "",
+    ]
+    return str(ModelCard(f"---\n{metadata(result).to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def write_cards(comparison: Path) -> None:
+    """Rewrite the card of every finished method in one comparison directory with the intervals of its test scores,
+    once the comparison's statistics exist (after every method ran)."""
+    for section in load_sections([comparison]):
+        analysis = analyse(section)
+        for runs in section.trained:
+            for run in runs.finished:
+                if run.directory is None or not run.directory.adapter.is_dir():
+                    continue
+                intervals = analysis.scores.get(runs.method) if analysis else None
+                run.directory.write_card(render(run.result, intervals, analysis.note if analysis else None))

@@ -1,0 +1,243 @@
+"""The comparison table: its columns, each cell with its interval, and the 'best' row, which names a winner only
+where a test says the difference is real. summary.md, the terminal and the report all render this one table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from peftbench.report.document import Table
+from peftbench.report.load import MethodRuns, Section
+from peftbench.report.stats import ALPHA, holm, paired_t_p
+from peftbench.report.verdict import Analysis
+from peftbench.store.records import MethodResult
+from peftbench.task.metrics import METRICS
+
+NO_DIFFERENCE = "no significant difference"
+NOT_TESTED = "one run: not tested"
+MEANINGLESS = "n/a (random)"  # a quality cell of a model with random weights
+
+
+def sig(x: float) -> str:
+    """Three significant digits without an exponent, thousands separated: 12,345 / 540 / 5.40 / 0.0123."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
+
+
+def _fixed(decimals: int) -> Callable[[float], str]:
+    return lambda x: f"{x:,.{decimals}f}"
+
+
+def _efficiency(get: Callable) -> Callable[[MethodResult], float | None]:
+    return lambda r: None if r.efficiency is None else get(r.efficiency)
+
+
+def _test_loss(r: MethodResult) -> float | None:
+    return None if r.test is None else r.test.loss
+
+
+def _test(metric: str) -> Callable[[MethodResult], float | None]:
+    return lambda r: None if r.test is None else r.test.scores.get(metric)
+
+
+def _final_val_loss(r: MethodResult) -> float | None:
+    return r.epochs[-1].val_loss if r.epochs and r.trainable_params else None  # a reference trains no epoch
+
+
+peak_memory_mib = _efficiency(lambda e: e.peak_train_memory_bytes / 2**20)
+
+
+def deployed_latency(r: MethodResult) -> float | None:
+    """Inference latency as deployed: merged where the method can merge, else as trained."""
+    return None if r.efficiency is None else r.efficiency.latency_ms[r.efficiency.deployed]
+
+
+def deployed_memory_mib(r: MethodResult) -> float | None:
+    """Inference memory as deployed (merged where the method can merge, else as trained): the model's weights plus
+    its generation's working memory (results.Efficiency.model_memory_bytes)."""
+    if r.efficiency is None:
+        return None
+    memory = r.efficiency.model_memory_bytes(r.efficiency.deployed)
+    return None if memory is None else memory / 2**20
+
+
+@dataclass(frozen=True)
+class Column:
+    """One figure of the main table; better is 'high' or 'low', or None where no value is better than another.
+
+    metric: a test metric with per-example scores (its cells and tests come from the bootstrap, verdict.Analysis).
+    exact: the same on every run (counts, sizes), so one run compares as it is; other figures vary between runs and
+    are compared only over several seeds (paired t-test).
+    quality: a loss or score, which means nothing for a model with random weights.
+    """
+
+    label: str
+    value: Callable[[MethodResult], float | None]
+    format: Callable[[float], str]
+    better: str | None
+    exact: bool = False
+    metric: str | None = None
+    quality: bool = False
+    choice: bool = False  # a setting a search chose: its distinct values over the runs, never ranked
+
+
+COST_COLUMNS = [
+    Column("trainable params", lambda r: r.trainable_params, _fixed(0), "low", exact=True),
+    Column(
+        "trainable %",
+        lambda r: 100 * r.trainable_params / r.total_params if r.total_params else None,
+        sig,
+        None,
+        exact=True,
+    ),
+    Column("peak train memory (MiB)", peak_memory_mib, sig, "low"),
+    Column("train tokens/s", _efficiency(lambda e: e.train_tokens_per_s), sig, "high"),
+    Column("latency base (ms)", _efficiency(lambda e: e.latency_ms["base"]), sig, None),
+    Column("latency unmerged (ms)", _efficiency(lambda e: e.latency_ms["unmerged"]), sig, "low"),
+    Column("latency merged (ms)", _efficiency(lambda e: e.latency_ms.get("merged")), sig, "low"),
+    Column("inference memory (MiB)", deployed_memory_mib, sig, "low"),
+    Column("adapter size (MiB)", _efficiency(lambda e: e.adapter_size_bytes / 2**20), sig, "low", exact=True),
+    Column("adapter load (ms)", _efficiency(lambda e: e.adapter_load_ms), sig, "low"),
+    Column("final val loss", _final_val_loss, _fixed(4), "low", quality=True),
+    Column("test loss", _test_loss, _fixed(4), "low", quality=True),
+]
+
+
+def _searched(setting: str) -> Callable[[MethodResult], float | None]:
+    return lambda r: r.search[setting] if r.search and setting in r.search["settings"] else None
+
+
+SEARCH_COLUMNS = {
+    "lr": Column("selected lr", _searched("lr"), "{:g}".format, None, choice=True),
+    "lora_r": Column("selected rank", _searched("lora_r"), "{:g}".format, None, choice=True),
+}
+
+
+def columns(metrics: list[str], searched: Sequence[str] = ()) -> list[Column]:
+    """The table's columns for results scored on these task metrics: what a search chose (the settings searched),
+    the costs and losses, then one column each."""
+    chosen = [column for setting, column in SEARCH_COLUMNS.items() if setting in searched]
+    return (
+        chosen
+        + COST_COLUMNS
+        + [
+            Column(f"test {METRICS[m].label}", _test(m), _fixed(METRICS[m].decimals), "high", metric=m, quality=True)
+            for m in metrics
+        ]
+    )
+
+
+def searched_settings(rows: list[MethodRuns]) -> list[str]:
+    """The settings any of these rows' results searched (--search), in the order searched."""
+    return list(
+        dict.fromkeys(s for runs in rows for result in runs.results for s in (result.search or {}).get("settings", []))
+    )
+
+
+def metrics_of(rows: list[MethodRuns]) -> list[str]:
+    """The task metrics of these rows' results, in the order chosen (the union where runs differ)."""
+    return list(dict.fromkeys(metric for runs in rows for result in runs.results for metric in result.metrics))
+
+
+def random_weights(results: list[MethodResult]) -> bool:
+    """Whether any of these results comes from a model with random weights (its quality figures mean nothing)."""
+    return any(result.random_weights for result in results)
+
+
+def _cell(runs: MethodRuns, column: Column, analysis: Analysis | None) -> str:
+    if column.choice:  # each seed's search chose on its own: every value chosen, not their mean
+        chosen = [value for value in dict.fromkeys(map(column.value, runs.results)) if value is not None]
+        return "/".join(map(column.format, chosen)) or "-"
+    if column.quality and random_weights(runs.results):
+        return MEANINGLESS
+    if column.metric and analysis is not None and runs.method in analysis.scores:
+        interval = analysis.scores[runs.method][column.metric]
+        return f"{column.format(interval.value)} ({column.format(interval.low)}–{column.format(interval.high)})"
+    value = runs.estimate(column.value)
+    if value is None:
+        return "-"
+    if not value.half_width:  # one run, or every run gave the same value
+        return column.format(value.mean)
+    return f"{column.format(value.mean)} ± {column.format(value.half_width)}"
+
+
+def _tested_best(column: Column, rows: list[MethodRuns], analysis: Analysis | None) -> tuple[str | None, str]:
+    """The method with the best value where a test says it beats every other, else None and why not."""
+    if column.metric and analysis is not None:
+        best = analysis.best.get(column.metric)
+        if best is None:
+            return None, ""
+        tied = analysis.indistinguishable(column.metric)
+        return (best, "") if tied == [best] else (None, f"{NO_DIFFERENCE}: {', '.join(tied)}")
+    by_seed = {runs.method: {run.seed: column.value(run.result) for run in runs.finished} for runs in rows}
+    by_seed = {name: {s: v for s, v in values.items() if v is not None} for name, values in by_seed.items()}
+    present = [name for name, values in by_seed.items() if values]
+    if len(present) < 2:
+        return None, ""
+    mean = {name: sum(by_seed[name].values()) / len(by_seed[name]) for name in present}
+    best = (max if column.better == "high" else min)(present, key=mean.get)
+    if column.exact:
+        return best, ""
+    others = [name for name in present if name != best]
+    common = [[seed for seed in by_seed[best] if seed in by_seed[name]] for name in others]
+    if min(len(seeds) for seeds in common) < 2:
+        return None, NOT_TESTED
+    p = holm(
+        [
+            paired_t_p([by_seed[best][s] for s in seeds], [by_seed[name][s] for s in seeds])
+            for name, seeds in zip(others, common, strict=True)
+        ]
+    )
+    tied = [best] + [name for name, q in zip(others, p, strict=True) if q >= ALPHA]
+    return (best, "") if len(tied) == 1 else (None, f"{NO_DIFFERENCE}: {', '.join(tied)}")
+
+
+def results_table(
+    rows: list[tuple[list[str], MethodRuns]],
+    labels: list[str],
+    several_seeds: bool,
+    analysis: Analysis | None = None,
+    rank: bool = True,
+) -> Table:
+    """One row per method, then per reference (its labels first, then with several seeds how many finished); with
+    rank, a last 'best' row naming each column's tested winner, or that there is none."""
+    lead = [*labels, *(["seeds"] if several_seeds else [])]
+    trained = [runs for _, runs in rows if not runs.reference]
+    shown = columns(metrics_of(trained), searched_settings(trained))
+    table = Table([*lead, *(column.label for column in shown)], [], verdict_row=rank)
+    for names, runs in rows:
+        cells = [_cell(runs, column, analysis) for column in shown]
+        if not runs.results:
+            cells = ["failed/missing"] + ["-"] * (len(shown) - 1)
+        counts = [f"{len(runs.results)} of {len(runs.runs)}"] if several_seeds else []
+        table.rows.append([*names[:-1], runs.label, *counts, *cells])  # the last label names the row
+    if not rank:
+        return table
+    meaningless = random_weights([result for runs in trained for result in runs.results])
+    verdicts = []
+    for c, column in enumerate(shown):
+        ranked = column.better and not (column.quality and meaningless)  # no winner among meaningless figures
+        best, verdict = _tested_best(column, trained, analysis) if ranked else (None, "")
+        if best is not None:
+            index = next(i for i, (_, runs) in enumerate(rows) if runs.method == best)
+            table.best.add((index, len(lead) + c))
+            verdict = best
+        verdicts.append(verdict)
+    table.rows.append(["best", *[""] * (len(lead) - 1), *verdicts])
+    return table
+
+
+def several_seeds(sections: list[Section]) -> bool:
+    return any(len(runs.runs) > 1 for section in sections for runs in section.methods)
+
+
+def failures(section: Section) -> list[str]:
+    return [
+        f"{run.method}, seed {run.seed}: {run.error}"
+        for runs in section.methods
+        for run in runs.runs
+        if run.result is None
+    ]

@@ -1,0 +1,1 @@
+"""Training and evaluation: the trainer, the evaluator, checkpoints of run state, trackers."""
