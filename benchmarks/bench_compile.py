@@ -20,8 +20,9 @@ import torch
 
 from peftbench.config.run_config import ConfigError, RunConfig
 from peftbench.data.splits import load_splits
-from peftbench.methods.apply import apply_method
-from peftbench.methods.registry import METHODS, MethodSettings, check_method_names, learning_rate
+from peftbench.methods.apply import apply_method, build_optimizer
+from peftbench.methods.registry import METHODS, check_method_names, learning_rate
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model
 from peftbench.pipeline.method_run import quiet_libraries
@@ -39,7 +40,7 @@ def train(method: str, compiled: bool, epochs: int, mode: str) -> tuple[list[flo
     )
     settings = MethodSettings.from_config(config)
     model = apply_method(METHODS[method], loaded, settings)
-    optimizer = METHODS[method].optimizer(model, learning_rate(METHODS[method], config.lr), settings)
+    optimizer = build_optimizer(METHODS[method], model, learning_rate(METHODS[method], config.lr), settings)
     if compiled:
         model = torch.compile(model, dynamic=True, mode=mode)
     trainer = Trainer(model, optimizer, items, loaded.layout, TrainOptions.from_config(config, "no"))

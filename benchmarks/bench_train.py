@@ -40,8 +40,9 @@ import torch
 from peftbench.config.run_config import EMBEDDED, ConfigError, RunConfig
 from peftbench.data.splits import load_splits
 from peftbench.measure.core import matmul_flops_per_s, peak_memory_bytes, reset_peak_memory, sync_device
-from peftbench.methods.apply import apply_method, count_parameters
-from peftbench.methods.registry import METHODS, MethodSettings, check_method_names
+from peftbench.methods.apply import apply_method, build_optimizer, count_parameters
+from peftbench.methods.registry import METHODS, check_method_names
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import IGNORE_INDEX, Encoded, Layout, TokenLimits
 from peftbench.model.load import LoadedModel, load_model
 from peftbench.pipeline.method_run import quiet_libraries
@@ -278,7 +279,7 @@ def measure_run(settings: Settings, method_name: str, variant: str) -> dict:
     lr = method.default_lr
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out:
         if variant == "a":
-            optimizer = method.optimizer(model, lr, method_settings)
+            optimizer = build_optimizer(method, model, lr, method_settings)
             train, counter, timer = build_peftbench(model, loaded, items, config, optimizer)
         else:
             train, counter, timer = build_hf(model, loaded, items, config, lr, settings.steps, variant == "c", out)

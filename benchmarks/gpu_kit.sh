@@ -54,7 +54,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from peftbench.data.splits import embedded_data_path
-from peftbench.model.load import EMBEDDED_MODEL_FILE, EMBEDDED_MODEL_PACKAGE
+from peftbench.config.embedded import EMBEDDED_MODEL_FILE, EMBEDDED_MODEL_PACKAGE
 
 kit, rows = Path(sys.argv[1]), int(sys.argv[2])
 with embedded_data_path().open() as source, (kit / "data.jsonl").open("w") as out:

@@ -25,8 +25,9 @@ from torch.profiler import ProfilerActivity, profile
 from bench_train import Settings, load_and_encode
 from peftbench.config.run_config import EMBEDDED
 from peftbench.measure.core import prompt_batch, sync_device
-from peftbench.methods.apply import apply_method
-from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.methods.apply import apply_method, build_optimizer
+from peftbench.methods.registry import METHODS
+from peftbench.methods.settings import MethodSettings
 from peftbench.pipeline.method_run import quiet_libraries
 from peftbench.training.trainer import Trainer, TrainOptions
 
@@ -73,7 +74,7 @@ def training_step(args: argparse.Namespace, method_name: str):
     loaded, items = load_and_encode(settings)
     method, method_settings = METHODS[method_name], MethodSettings.from_config(config)
     model = apply_method(method, loaded, method_settings)
-    optimizer = method.optimizer(model, method.default_lr, method_settings)
+    optimizer = build_optimizer(method, model, method.default_lr, method_settings)
     options = dataclasses.replace(TrainOptions.from_config(config, "no"), epochs=100)  # a schedule not yet at 0
     trainer = Trainer(model, optimizer, items, loaded.layout, options)
     tokens = sum(it.length for it in items)

@@ -16,7 +16,8 @@ import peftbench.pipeline.method_run
 from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import Example, _normalised, _split_by_hash, load_splits
-from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.methods.registry import METHODS
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import IGNORE_INDEX, PromptOptions, TokenLimits
 from peftbench.model.load import load_model
 from tests.conftest import tiny_run_args, without_dropout

@@ -17,7 +17,8 @@ from torch import nn
 from peftbench.cli import main
 from peftbench.config.run_config import ConfigError, RunConfig, build_config
 from peftbench.methods.apply import all_linear, apply_method, resolve_targets, targeted_layers
-from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.methods.registry import METHODS
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.load import skeleton
 from peftbench.report import card
 from peftbench.store import records as results

@@ -14,8 +14,9 @@ import torch
 from peftbench.cli import main
 from peftbench.config.run_config import ConfigError, RunConfig
 from peftbench.data.splits import Example
-from peftbench.methods.apply import apply_method, check_method, count_parameters
-from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.methods.apply import apply_method, build_optimizer, check_method, count_parameters, loss_term
+from peftbench.methods.registry import METHODS
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model, skeleton
 from peftbench.training.trainer import Trainer, TrainOptions
@@ -129,9 +130,9 @@ def _trainer(method: str, arch: str, tiny_models, config: RunConfig) -> Trainer:
     items = loaded.layout.encode(EXAMPLES, TokenLimits(config.max_source_tokens, config.max_target_tokens))
     settings = MethodSettings.from_config(config)
     model = apply_method(METHODS[method], loaded, settings)
-    optimizer = METHODS[method].optimizer(model, 1e-3, settings)
+    optimizer = build_optimizer(METHODS[method], model, 1e-3, settings)
     options = TrainOptions.from_config(config, precision="no")
-    return Trainer(model, optimizer, items, loaded.layout, options, METHODS[method].loss_term)
+    return Trainer(model, optimizer, items, loaded.layout, options, loss_term(METHODS[method]))
 
 
 def test_loraplus_trains_b_faster_than_a(tiny_models):

@@ -11,7 +11,8 @@ import torch
 from peftbench.config.run_config import EMBEDDED, ConfigError, RunConfig
 from peftbench.data.splits import Example
 from peftbench.methods.apply import apply_method, count_parameters
-from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.methods.registry import METHODS
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model, skeleton
 

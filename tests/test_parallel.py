@@ -17,7 +17,7 @@ import pytest
 from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import LengthGroupedBatches
-from peftbench.methods.registry import MethodSettings
+from peftbench.methods.settings import MethodSettings
 from tests.conftest import (
     KILLABLE,
     alive,

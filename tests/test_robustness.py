@@ -15,7 +15,8 @@ import yaml
 from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
 from peftbench.methods.apply import apply_method, count_parameters
-from peftbench.methods.registry import METHODS, MethodSettings
+from peftbench.methods.registry import METHODS
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import CausalLayout
 from peftbench.model.load import load_model
 from tests.conftest import tiny_run_args

@@ -254,7 +254,7 @@ def describe_methods(loaded=None) -> str:
     """The registry as a table; given a loaded model, with each method's trainable parameters on it (or why it
     cannot apply), at the default settings."""
     from peftbench.methods.apply import count_parameters, trainable_counts
-    from peftbench.methods.registry import MethodSettings
+    from peftbench.methods.settings import MethodSettings
 
     counts = trainable_counts(loaded, MethodSettings.from_config(RunConfig())) if loaded is not None else {}
     header = ["method", "mergeable", "default lr"] + (["trainable", "%"] if loaded else []) + ["description"]

@@ -7,13 +7,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+from collections.abc import Callable
 
+import torch
 from peft import LoraConfig, PeftConfig, get_peft_model
 from peft.tuners.tuners_utils import _find_minimal_target_modules, _maybe_include_all_linear_layers
 from torch import nn
 
 from peftbench.config.run_config import ALL_LINEAR, ConfigError, is_pattern
-from peftbench.methods.registry import LAYER_KINDS, METHODS, Method, MethodSettings
+from peftbench.methods import optimizers, peft_configs
+from peftbench.methods.registry import LAYER_KINDS, METHODS, Method
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.load import LoadedModel
 
 
@@ -161,7 +165,7 @@ def check_method(method: Method, loaded: LoadedModel, settings: MethodSettings) 
     options = module_options(method, loaded, settings)  # resolved and checked against the model's layers
     check_layer_kinds(method, loaded, options.get("targets", []))
     try:
-        return method.peft_config(loaded, settings, options)
+        return getattr(peft_configs, method.peft_config)(loaded, settings, options)
     except ConfigError:
         raise
     except ValueError as exc:  # peft validates its configs as it builds them
@@ -179,8 +183,18 @@ def apply_method(method: Method, loaded: LoadedModel, settings: MethodSettings) 
     except (ValueError, TypeError, NotImplementedError) as exc:  # peft's way of saying "not on this model"
         raise ConfigError(f"peft cannot apply {method.name} to this {loaded.family.name} model: {exc}") from None
     if method.patch is not None:
-        method.patch(model)
+        getattr(peft_configs, method.patch)(model)
     return model
+
+
+def build_optimizer(method: Method, model: nn.Module, lr: float, settings: MethodSettings) -> torch.optim.Optimizer:
+    """The optimizer the registry names for the method, over the model's trainable parameters."""
+    return getattr(optimizers, method.optimizer)(model, lr, settings)
+
+
+def loss_term(method: Method) -> Callable[[nn.Module], torch.Tensor] | None:
+    """What the registry adds to each step's loss for the method (a regulariser), or None."""
+    return getattr(optimizers, loss_term(method)) if loss_term(method) else None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

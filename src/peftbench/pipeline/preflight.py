@@ -28,7 +28,8 @@ from peftbench.methods.apply import (
     module_options,
     targeted_layers,
 )
-from peftbench.methods.registry import METHODS, MethodSettings, check_method_names, learning_rate
+from peftbench.methods.registry import METHODS, check_method_names, learning_rate
+from peftbench.methods.settings import MethodSettings
 from peftbench.model.families import position_limit
 from peftbench.model.layout import PromptOptions, TokenLimits
 from peftbench.model.load import fresh_skeleton, quantization_config, skeleton

@@ -13,9 +13,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from peftbench.config.embedded import EMBEDDED_MODEL_HUB_ID, EMBEDDED_MODEL_WEIGHTS
 from peftbench.config.run_config import EMBEDDED, FIELDS, flags_for
 from peftbench.methods.registry import METHODS
-from peftbench.model.load import EMBEDDED_MODEL_HUB_ID, EMBEDDED_MODEL_WEIGHTS
 from peftbench.report.load import load_sections
 from peftbench.report.stats import Interval
 from peftbench.report.verdict import analyse
