@@ -18,10 +18,10 @@ from transformers import GenerationConfig
 
 from peftbench.config.run_config import EMBEDDED, RunConfig
 from peftbench.data.splits import load_splits
-from peftbench.measure.core import prompt_batch
+from peftbench.measure.latency import prompt_batch
 from peftbench.model.layout import PromptOptions
 from peftbench.model.load import load_model
-from peftbench.pipeline.method_run import quiet_libraries, token_limits
+from peftbench.pipeline.console import quiet_libraries, token_limits
 
 CACHES = ("dynamic", "static")
 

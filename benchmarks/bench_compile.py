@@ -18,14 +18,15 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import load_splits
+from peftbench.errors import ConfigError
 from peftbench.methods.apply import apply_method, build_optimizer
 from peftbench.methods.registry import METHODS, check_method_names, learning_rate
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model
-from peftbench.pipeline.method_run import quiet_libraries
+from peftbench.pipeline.console import quiet_libraries
 from peftbench.training.trainer import Trainer, TrainOptions
 
 

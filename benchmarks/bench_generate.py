@@ -20,13 +20,14 @@ import torch
 
 from peftbench.config.run_config import EMBEDDED, RunConfig
 from peftbench.data.splits import load_splits
-from peftbench.measure.core import latency_ms, merged_copy, prompt_batch, sync_device
+from peftbench.measure.latency import latency_ms, merged_copy, prompt_batch
+from peftbench.measure.timing import sync_device
 from peftbench.methods.apply import apply_method
 from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import Layout, TokenLimits
 from peftbench.model.load import load_model
-from peftbench.pipeline.method_run import quiet_libraries
+from peftbench.pipeline.console import quiet_libraries
 
 MERGEABLE = [name for name, method in METHODS.items() if method.mergeable]
 

@@ -37,15 +37,17 @@ from pathlib import Path
 
 import torch
 
-from peftbench.config.run_config import EMBEDDED, ConfigError, RunConfig
+from peftbench.config.run_config import EMBEDDED, RunConfig
 from peftbench.data.splits import load_splits
-from peftbench.measure.core import matmul_flops_per_s, peak_memory_bytes, reset_peak_memory, sync_device
+from peftbench.errors import ConfigError
+from peftbench.measure.memory import peak_memory_bytes, reset_peak_memory
+from peftbench.measure.timing import matmul_flops_per_s, sync_device
 from peftbench.methods.apply import apply_method, build_optimizer, count_parameters
 from peftbench.methods.registry import METHODS, check_method_names
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import IGNORE_INDEX, Encoded, Layout, TokenLimits
 from peftbench.model.load import LoadedModel, load_model
-from peftbench.pipeline.method_run import quiet_libraries
+from peftbench.pipeline.console import quiet_libraries
 from peftbench.training.trainer import Trainer, TrainOptions, mixed_precision
 
 FIXED_LENGTH = 512  # the original study padded every example to this many tokens (variant c)

@@ -25,7 +25,8 @@ from peftbench.config.run_config import EMBEDDED, RunConfig
 from peftbench.data.splits import load_splits
 from peftbench.methods.registry import METHODS, check_method_names
 from peftbench.model.layout import CausalLayout, Seq2SeqLayout
-from peftbench.pipeline import method_run
+from peftbench.pipeline import costs, method_run
+from peftbench.pipeline.console import quiet_libraries
 from peftbench.store import rundir
 from peftbench.training.evaluate import Evaluator
 from peftbench.training.trainer import Trainer, mixed_precision
@@ -77,8 +78,8 @@ def instrument(recorder: DtypeRecorder) -> None:
     for layout in (CausalLayout, Seq2SeqLayout):  # the loss of generated examples, read with generation's prompts
         layout.prefilled_loss = recorder.during(layout.prefilled_loss, "loss")
     Evaluator.generate = recorder.during(Evaluator.generate, "generate")
-    method_run.latency_ms = recorder.during(method_run.latency_ms, recorder.latency_phase)
-    method_run.merge_agreement = recorder.during(method_run.merge_agreement, "merge check")
+    costs.latency_ms = recorder.during(costs.latency_ms, recorder.latency_phase)
+    costs.merge_agreement = recorder.during(costs.merge_agreement, "merge check")
 
 
 def verdict(seen: dict[str, set[str]], expected: str) -> bool:
@@ -101,7 +102,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    method_run.quiet_libraries()
+    quiet_libraries()
     recorder = DtypeRecorder()
     instrument(recorder)
     results, failed = {}, []

@@ -24,11 +24,12 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench_train import Settings, load_and_encode
 from peftbench.config.run_config import EMBEDDED
-from peftbench.measure.core import prompt_batch, sync_device
+from peftbench.measure.latency import prompt_batch
+from peftbench.measure.timing import sync_device
 from peftbench.methods.apply import apply_method, build_optimizer
 from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings
-from peftbench.pipeline.method_run import quiet_libraries
+from peftbench.pipeline.console import quiet_libraries
 from peftbench.training.trainer import Trainer, TrainOptions
 
 PARTS = ("lora", "full", "generate", "decode")

@@ -8,7 +8,7 @@ import torch
 from transformers import MistralConfig, MistralForCausalLM
 
 from peftbench.data.splits import Example
-from peftbench.measure.core import PhaseTimer
+from peftbench.measure.timing import PhaseTimer
 from peftbench.model.layout import CausalLayout, PromptOptions, TokenLimits
 from peftbench.model.load import load_model
 from peftbench.training.evaluate import EvalOptions, Evaluator

@@ -15,7 +15,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peftbench.cli import main
-from peftbench.config.run_config import ConfigError, RunConfig, build_config
+from peftbench.config.run_config import RunConfig, build_config
+from peftbench.errors import ConfigError
 from peftbench.methods.apply import all_linear, apply_method, resolve_targets, targeted_layers
 from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings
@@ -329,10 +330,9 @@ def test_model_card_metadata_is_valid_for_the_hub(hf_run):
 
 
 def test_curves_show_training_loss_per_step(hf_run):
-    from peftbench.report.write import plot_curves
+    from peftbench.report.curves import plot_curves
 
     result = MethodResult.from_dict(json.loads((hf_run / "lora" / "metrics.json").read_text()))
-    figure_with, figure_without = hf_run / "with.png", hf_run / "without.png"
-    plot_curves(result, figure_with, MethodDir(hf_run / "lora").read_log())
-    plot_curves(result, figure_without)
-    assert figure_with.read_bytes() != figure_without.read_bytes()
+    with_steps = plot_curves(result, MethodDir(hf_run / "lora").read_log())
+    assert with_steps.startswith(b"\x89PNG") and with_steps != plot_curves(result)
+    assert (hf_run / "lora" / "curves.png").read_bytes() == with_steps  # the end of the run drew the same

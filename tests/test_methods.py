@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from peftbench.cli import main
-from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import Example
+from peftbench.errors import ConfigError
 from peftbench.methods.apply import apply_method, build_optimizer, check_method, count_parameters, loss_term
 from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings

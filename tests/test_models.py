@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from peftbench.config.run_config import EMBEDDED, ConfigError, RunConfig
+from peftbench.config.run_config import EMBEDDED, RunConfig
 from peftbench.data.splits import Example
+from peftbench.errors import ConfigError
 from peftbench.methods.apply import apply_method, count_parameters
 from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings

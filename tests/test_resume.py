@@ -9,6 +9,7 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
+from peftbench.store import fingerprints
 from peftbench.store.rundir import MethodDir
 from peftbench.training import checkpoint
 from tests.conftest import killed_at, tiny_run_args
@@ -74,7 +75,7 @@ def test_finished_methods_are_skipped_forced_or_guarded(tiny_models, articles, t
 
 
 def test_fingerprint_ignores_what_does_not_change_results():
-    base = checkpoint.fingerprinted(RunConfig())
+    base = fingerprints.fingerprinted(RunConfig())
     same = RunConfig(
         output="elsewhere",
         quiet=True,
@@ -86,11 +87,11 @@ def test_fingerprint_ignores_what_does_not_change_results():
         report_to=["tensorboard"],
         allow_pickle=True,
     )
-    assert checkpoint.fingerprinted(same) == base
+    assert fingerprints.fingerprinted(same) == base
     per_device = RunConfig(per_device_batch_size=4)  # one process: the same global batch as the default 4
-    assert checkpoint.fingerprinted(per_device) == base
+    assert fingerprints.fingerprinted(per_device) == base
     for changed in (RunConfig(epochs=3), RunConfig(lora_r=4), RunConfig(seed=1), RunConfig(lr=1e-3)):
-        assert checkpoint.fingerprint(checkpoint.fingerprinted(changed)) != checkpoint.fingerprint(base)
+        assert fingerprints.fingerprint(fingerprints.fingerprinted(changed)) != fingerprints.fingerprint(base)
 
 
 def test_latest_checkpoint_ignores_unfinished_writes(tmp_path):

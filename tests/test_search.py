@@ -222,7 +222,7 @@ def test_per_method_grids_in_yaml(tmp_path, articles, capsys):
 
 def test_grids_and_halving_are_not_fingerprinted_but_the_search_and_its_rule_are():
     from peftbench.config.run_config import RunConfig
-    from peftbench.training.checkpoint import fingerprinted
+    from peftbench.store.fingerprints import fingerprinted
 
     searched = fingerprinted(RunConfig(search=["lr"]))
     grown = RunConfig(search=["lr", "lora_r"], lr_grid=[1e-4, 3e-4], rank_grid=[4], search_halving=True)

@@ -17,7 +17,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peftbench.cli import main
-from peftbench.measure.core import PhaseTimer, in_memory_window, load_adapters, weights_bytes
+from peftbench.measure.memory import in_memory_window, weights_bytes
+from peftbench.measure.serving import load_adapters
+from peftbench.measure.timing import PhaseTimer
 from peftbench.store.records import Efficiency
 from tests.conftest import tiny_run_args
 

@@ -8,8 +8,8 @@ import difflib
 import sys
 from pathlib import Path
 
-from peftbench.config.run_config import ALIASES, FIELDS, TRACKERS, ConfigError, RunConfig, build_config, load_yaml
-from peftbench.errors import UserError
+from peftbench.config.run_config import ALIASES, FIELDS, TRACKERS, RunConfig, build_config, load_yaml
+from peftbench.errors import ConfigError, UserError
 from peftbench.methods.registry import METHODS
 from peftbench.pipeline import lifecycle
 from peftbench.task.metrics import METRICS
@@ -230,16 +230,17 @@ def _report(args: argparse.Namespace) -> None:
     if unknown or not formats:
         raise ConfigError(f"--format {args.format!r}: choose a comma list of {', '.join(REPORT_FORMATS)}")
     from peftbench.report.export import write_exports  # matplotlib and the statistics only when reporting
-    from peftbench.report.write import write_report
+    from peftbench.report.write import analysed, write_report
 
     outputs = [Path(p) for p in args.outputs]
     destination = Path(args.output) if args.output else outputs[0]
+    results = analysed(outputs)
     written = []
     if {"md", "html"} & set(formats):
-        written += [p for p in write_report(outputs, destination) if p.suffix.lstrip(".") in formats]
+        written += [p for p in write_report(results, destination) if p.suffix.lstrip(".") in formats]
     exports = tuple(kind for kind in ("csv", "json") if kind in formats)
     if exports:
-        written += write_exports(outputs, destination, exports)
+        written += write_exports(results.sections, destination, exports)
     for path in written:
         print(path)
 
@@ -281,7 +282,7 @@ def _methods(args: argparse.Namespace) -> None:
     loaded = None
     if args.model:
         from peftbench.model.load import load_model
-        from peftbench.pipeline.method_run import quiet_libraries
+        from peftbench.pipeline.console import quiet_libraries
 
         quiet_libraries()
         loaded = load_model(args.model, args.trust_remote_code)
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "run":
                 from peftbench.parallel import processes
                 from peftbench.pipeline.compare import run
-                from peftbench.pipeline.method_run import quiet_libraries  # heavy imports only when running
+                from peftbench.pipeline.console import quiet_libraries  # heavy imports only when running
 
                 quiet_libraries()
                 flags = getattr(args, "given", None) or {}

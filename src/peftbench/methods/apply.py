@@ -14,7 +14,8 @@ from peft import LoraConfig, PeftConfig, get_peft_model
 from peft.tuners.tuners_utils import _find_minimal_target_modules, _maybe_include_all_linear_layers
 from torch import nn
 
-from peftbench.config.run_config import ALL_LINEAR, ConfigError, is_pattern
+from peftbench.config.run_config import ALL_LINEAR, is_pattern
+from peftbench.errors import ConfigError
 from peftbench.methods import optimizers, peft_configs
 from peftbench.methods.registry import LAYER_KINDS, METHODS, Method
 from peftbench.methods.settings import MethodSettings
@@ -194,7 +195,7 @@ def build_optimizer(method: Method, model: nn.Module, lr: float, settings: Metho
 
 def loss_term(method: Method) -> Callable[[nn.Module], torch.Tensor] | None:
     """What the registry adds to each step's loss for the method (a regulariser), or None."""
-    return getattr(optimizers, loss_term(method)) if loss_term(method) else None
+    return getattr(optimizers, method.loss_term) if method.loss_term else None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

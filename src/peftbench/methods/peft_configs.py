@@ -20,7 +20,7 @@ from peft import (
 )
 from torch import nn
 
-from peftbench.config.run_config import ConfigError
+from peftbench.errors import ConfigError
 from peftbench.model.families import Options
 
 if TYPE_CHECKING:

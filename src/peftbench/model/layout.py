@@ -16,8 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import Example
+from peftbench.errors import ConfigError
 from peftbench.task.presets import TASKS
 
 IGNORE_INDEX = -100  # label positions the loss skips (prompt and padding)

@@ -21,9 +21,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from peftbench.config.embedded import EMBEDDED_MODEL_FILE, EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PACKAGE
-from peftbench.config.run_config import EMBEDDED, ConfigError
+from peftbench.config.run_config import EMBEDDED, RunConfig
 from peftbench.data.splits import file_hash
-from peftbench.errors import no_space
+from peftbench.errors import ConfigError, no_space
 from peftbench.model.families import Family, family_of
 from peftbench.model.layout import Layout, PromptOptions, layout_for
 
@@ -227,6 +227,27 @@ def _open(name: str, trust_remote_code: bool, allow_pickle: bool, prompt: Prompt
     layout = layout_for(config, tokenizer, family.task_prefixes.get(prompt.task, ""), prompt)
     loaded = LoadedModel(None, tokenizer, layout, family, _shown(name), random_weights=config_file is not None)
     return _Opened(loaded, config, path, config_file, trust)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which model a run loads, and what loading it may do (run code, unpickle, quantize)."""
+
+    name: str
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    quantize: str | None = None
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> ModelSource:
+        return cls(config.model, config.trust_remote_code, config.allow_pickle, config.quantize)
+
+    def load(self, prompt: PromptOptions | None = None, device=None) -> LoadedModel:
+        """load_model of this source, moved onto device (a quantized model is placed on the GPU as it loads)."""
+        loaded = load_model(self.name, self.trust_remote_code, self.allow_pickle, self.quantize, prompt)
+        if device is not None and not self.quantize:
+            loaded.model.to(device)
+        return loaded
 
 
 def load_model(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import sys
 import traceback
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -19,15 +18,15 @@ from peftbench import parallel
 from peftbench.config.run_config import ALL_TRACKERS, TRACKERS, RunConfig
 from peftbench.data.splits import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
+from peftbench.pipeline.console import Console
 from peftbench.pipeline.executor import Executor, ExecutorOptions, Unit, WorkerDied, executor, isolated
-from peftbench.pipeline.method_run import Stage, epoch_line, run_method, run_zero_shot
+from peftbench.pipeline.method_run import Stage, run_method, run_zero_shot
 from peftbench.pipeline.preflight import check_before_loading, dry_run, preflight
+from peftbench.pipeline.recording import epoch_line
 from peftbench.pipeline.references import lead_3
 from peftbench.pipeline.search import run_search, settled
-from peftbench.report.card import write_cards
-from peftbench.report.export import EXPORT_KINDS, write_exports
-from peftbench.report.write import write_report, write_summary
-from peftbench.store import rundir
+from peftbench.report.write import Published, publish
+from peftbench.store import fingerprints, rundir
 from peftbench.store.records import EpochMetrics, MethodResult
 from peftbench.store.rundir import LEAD_3, ZERO_SHOT, MethodDir
 from peftbench.task.presets import TASKS
@@ -36,7 +35,7 @@ from peftbench.training.tracking import resolve_trackers
 
 
 def references_recorded(
-    pool: Executor, splits: Splits, configs: list[RunConfig]
+    pool: Executor, splits: Splits, configs: list[RunConfig], console: Console
 ) -> dict[int, EpochMetrics | Exception]:
     """Every seed's reference rows, read back where this configuration already wrote them, else computed and
     written: the zero-shot base model (a unit each, all seeds at once: its validation is every method's epoch 0,
@@ -44,7 +43,7 @@ def references_recorded(
     units = []
     for config in configs:
         zero_shot = rundir.reference_dir(Path(config.output), ZERO_SHOT)
-        if config.force or not (zero_shot.complete() and checkpoint.matches(zero_shot, config)):
+        if config.force or not (zero_shot.complete() and fingerprints.matches(zero_shot, config)):
             _start_reference(zero_shot, config)
             units.append(Unit(_unit_name(ZERO_SHOT, config, configs), zero_shot, zero_shot_unit, (splits, config)))
     parallel.wait_for_everyone()  # every process decided, and the directories are ready, before any unit runs
@@ -57,9 +56,11 @@ def references_recorded(
             if errors.get(name) is not None:
                 raise errors[name]
             result = rundir.reference_dir(Path(config.output), ZERO_SHOT).read_result()
-            if name in errors and not config.quiet and parallel.is_main():
+            if name in errors:
                 primary = config.primary_metric
-                print(f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} {result.test.scores[primary]:.4f}")
+                console.say(
+                    f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} {result.test.scores[primary]:.4f}"
+                )
             _lead_3_recorded(splits, config, result.model)
             epochs[config.seed] = result.epochs[0]
         except Exception as exc:  # reported as each pending method's failure
@@ -72,7 +73,7 @@ def _lead_3_recorded(splits: Splits, config: RunConfig, model: str) -> None:
     """For summarisation, the Lead-3 reference row (no model: computed here), unless already written."""
     lead = rundir.reference_dir(Path(config.output), LEAD_3)
     if TASKS[config.task].extractive_reference and (
-        config.force or not (lead.complete() and checkpoint.matches(lead, config))
+        config.force or not (lead.complete() and fingerprints.matches(lead, config))
     ):
         _start_reference(lead, config)
         if parallel.is_main():
@@ -104,7 +105,8 @@ def stage_recorded(
         isolated(run_method, name, splits, config, directory, zero_shot, stage, in_process=config.in_process)
     except Exception as exc:
         if parallel.is_main():
-            directory.write_failure(name, config.model, config.seed, describe_failure(exc, config).message)
+            message = describe_failure(exc, config.batch_size).message
+            directory.write_failure(name, config.model, config.seed, message)
         raise
     if parallel.is_main():
         directory.clear_failure()
@@ -113,7 +115,7 @@ def stage_recorded(
 def _start_reference(directory: MethodDir, config: RunConfig) -> None:
     if parallel.is_main():
         directory.remove()
-        checkpoint.write_fingerprint(directory, config)
+        fingerprints.write_fingerprint(directory, config)
 
 
 def _write_reference(directory: MethodDir, result: MethodResult, rows: list[dict]) -> None:
@@ -132,10 +134,11 @@ class Failure:
     user_facing: bool  # a cause the user can fix (exit code 2), not a bug (exit code 1, with a traceback)
 
 
-def describe_failure(exc: BaseException, config: RunConfig) -> Failure:
-    """What to tell the user about a failed method: the error, and for running out of memory what to change."""
+def describe_failure(exc: BaseException, batch_size: int) -> Failure:
+    """What to tell the user about a failed method: the error, and for running out of memory what to change (the
+    run's --batch-size first)."""
     smaller = (
-        f"lower --batch-size (now {config.batch_size}; raise --grad-accum to keep the effective batch), "
+        f"lower --batch-size (now {batch_size}; raise --grad-accum to keep the effective batch), "
         "--eval-batch-size or --max-source-tokens, or add --gradient-checkpointing"
     )
     if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -151,10 +154,11 @@ def describe_failure(exc: BaseException, config: RunConfig) -> Failure:
     return Failure(f"{type(exc).__name__}: {exc}", False)
 
 
-def method_pending(name: str, config: RunConfig, directory: MethodDir) -> bool:
-    """Whether the method must run here: not when it already finished (check_output made sure it is this config's),
-    with --search over the grid asked for.
-    A pending method's directory is made ready: emptied with --force, and its fingerprint written."""
+def prepare_method(name: str, config: RunConfig, directory: MethodDir, console: Console) -> bool:
+    """Ready a method's directory for this run, and say whether the method runs: not when it already finished
+    (check_output made sure it is this config's) with --search over the grid asked for; then its checkpoints (left by
+    a run killed after metrics.json) go. A method that runs gets its directory emptied with --force, an unreadable
+    metrics.json set aside, and its fingerprint written."""
     main = parallel.is_main()  # the one process that writes; the others read what it wrote (a shared filesystem)
     unreadable = None if config.force else directory.unreadable_result()
     finished = (
@@ -164,25 +168,25 @@ def method_pending(name: str, config: RunConfig, directory: MethodDir) -> bool:
     if finished:
         if main:
             checkpoint.remove(directory)  # left behind if the run was killed between metrics.json and its clean-up
-            if not config.quiet:
-                print(f"[{name}] already finished in {directory.path}; skipped (--force reruns it)")
+        console.say(f"[{name}] already finished in {directory.path}; skipped (--force reruns it)")
         return False
     if main:
         if config.force:
             directory.remove()  # start over: no checkpoint, result or failure of before
         elif unreadable:  # truncated or garbled: counts as not finished, and is kept for a look
             aside = rundir.set_aside(directory.metrics)
-            print(
-                f"peftbench: warning: metrics.json of {name} is unreadable ({unreadable}); set aside as "
-                f"{aside.name}; {name} runs again",
-                file=sys.stderr,
+            console.warn(
+                f"warning: metrics.json of {name} is unreadable ({unreadable}); set aside as {aside.name}; "
+                f"{name} runs again"
             )
-        checkpoint.write_fingerprint(directory, config)
+        fingerprints.write_fingerprint(directory, config)
     parallel.wait_for_everyone()  # and before the others look for a checkpoint to resume from
     return True
 
 
-def record_outcome(name: str, config: RunConfig, directory: MethodDir, error: Exception | None) -> Failure | None:
+def record_outcome(
+    name: str, config: RunConfig, directory: MethodDir, error: Exception | None, console: Console
+) -> Failure | None:
     """A finished method clears an earlier failure in its directory; a failed one leaves failed.json there, for the
     summary and the report, and is reported here."""
     main = parallel.is_main()
@@ -190,18 +194,21 @@ def record_outcome(name: str, config: RunConfig, directory: MethodDir, error: Ex
         if main:
             directory.clear_failure()  # a success replaces an earlier failure in the same place
         return None
-    failure = describe_failure(error, config)
+    failure = describe_failure(error, config.batch_size)
     if main:
         directory.write_failure(directory.name, config.model, config.seed, failure.message)
     if not failure.user_facing:
         traceback.print_exception(error)  # a bug: its traceback (the method process's too) helps fix it
-    if main:
-        print(f"peftbench: {name} failed: {failure.message}", file=sys.stderr)
+    console.warn(f"{name} failed: {failure.message}")
     return failure
 
 
 def methods_recorded(
-    pool: Executor, splits: Splits, configs: list[RunConfig], zero_shots: dict[int, EpochMetrics | Exception]
+    pool: Executor,
+    splits: Splits,
+    configs: list[RunConfig],
+    zero_shots: dict[int, EpochMetrics | Exception],
+    console: Console,
 ) -> dict[str, Failure]:
     """Every method at every seed that has not finished yet, run as units all at once; a failing method does not
     stop the others: it is reported, marked failed in the summary, and returned (by name, with its seed if several)."""
@@ -211,7 +218,7 @@ def methods_recorded(
         for method in config.methods:
             name = _unit_name(method, config, configs)
             directory = rundir.method_dir(Path(config.output), method)
-            if not method_pending(name, config, directory):
+            if not prepare_method(name, config, directory, console):
                 continue
             pending[name] = (config, directory)
             zero_shot = zero_shots[config.seed]
@@ -221,7 +228,7 @@ def methods_recorded(
                 carried = directory.search_state() if config.search else {}  # a Ray worker resumes the search from it
                 units.append(Unit(name, directory, method_unit, (method, splits, config, zero_shot), carried))
     errors |= pool.run_all(units)
-    failures = {name: record_outcome(name, *pending[name], errors[name]) for name in pending}
+    failures = {name: record_outcome(name, *pending[name], errors[name], console) for name in pending}
     return {name: failure for name, failure in failures.items() if failure is not None}
 
 
@@ -234,15 +241,13 @@ def run(config: RunConfig) -> Path:
     seeds. The data split is the same for every seed. Methods that fail are reported after the others finished.
     One run at a time holds OUTPUT (the main process, for the whole run; not a dry run, which writes nothing).
     """
-    if config.report_to == [ALL_TRACKERS] and not config.quiet and parallel.is_main():
+    console = Console(config.quiet)
+    if config.report_to == [ALL_TRACKERS]:
         found = resolve_trackers(config.report_to)
-        print(
+        installed = f"reporting to {', '.join(found)} (the trackers installed)"
+        console.say(
             "peftbench: --report-to all: "
-            + (
-                f"reporting to {', '.join(found)} (the trackers installed)"
-                if found
-                else f"none of {', '.join(TRACKERS)} is installed: results only in --output"
-            )
+            + (installed if found else f"none of {', '.join(TRACKERS)} is installed: results only in --output")
         )
     config = dataclasses.replace(config, report_to=resolve_trackers(config.report_to))  # all, none: as named
     given = Path(config.output) if config.output else None
@@ -250,55 +255,53 @@ def run(config: RunConfig) -> Path:
     output = check_before_loading(config)
     try:
         with rundir.locked(output) if parallel.is_main() and not config.dry_run else contextlib.nullcontext():
-            return compare(config, output)
+            return compare(config, output, console)
     except UserError:
         if not existed and parallel.is_main():
             rundir.remove_if_unused(output)  # bad data or model: no empty folder left behind
         raise
 
 
-def compare(config: RunConfig, output: Path) -> Path:
+def show_published(published: Published, console: Console) -> None:
+    """What the end of a run prints: each seed's verdict and table, those over all seeds, where the report is."""
+    for comparison, shown in published.summaries.items():
+        console.say("\n" + shown + f"\nResults in {comparison}/")
+    if published.over_seeds is not None:
+        console.say("\nOver all seeds:\n\n" + published.over_seeds)
+    markdown, page = published.report
+    console.say(f"Report: {markdown} and {page}")
+
+
+def compare(config: RunConfig, output: Path, console: Console) -> Path:
     """run's work once OUTPUT is checked and held: data, model checks, then every seed's comparison and the report."""
     splits = load_splits(config)  # bad data fails here, before a model is loaded
-    if parallel.is_main():
-        note, loud = splits.rows.describe()
-        if note and (loud or not config.quiet):
-            print(f"peftbench: {'warning: ' if loud else ''}{note}", file=sys.stderr if loud else sys.stdout)
+    note, loud = splits.rows.describe()
+    if note and loud:
+        console.warn(f"warning: {note}")
+    elif note:
+        console.say(f"peftbench: {note}")
     plan = preflight(config, splits)  # the model's architecture only: targets, lengths, parameter and token counts
-    checkpoint.check_output(output, config)  # another configuration's results are never mixed with, or lost to, ours
+    fingerprints.check_output(output, config)  # another configuration's results are never mixed with, or lost to, ours
     if config.dry_run:
         if parallel.is_main():
             dry_run(config, plan, output)
         return output
     seeds = config.seeds or [config.seed]
-    if not config.quiet and parallel.is_main():
-        print(
-            f"peftbench: {', '.join(config.methods)} on {config.model}; data: {splits.description}; "
-            f"{len(splits.train)}/{len(splits.validation)}/{len(splits.test)} train/val/test examples; "
-            f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}; output {output}"
-            + ("" if config.output else " (to resume after an interruption, rerun with --output set to it)")
-        )
+    console.say(
+        f"peftbench: {', '.join(config.methods)} on {config.model}; data: {splits.description}; "
+        f"{len(splits.train)}/{len(splits.validation)}/{len(splits.test)} train/val/test examples; "
+        f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}; output {output}"
+        + ("" if config.output else " (to resume after an interruption, rerun with --output set to it)")
+    )
     several = len(seeds) > 1
     configs = [
         dataclasses.replace(config, seed=seed, output=str(rundir.seed_dir(output, seed, several))) for seed in seeds
     ]
     with executor(ExecutorOptions.from_config(config)) as pool:
-        zero_shots = references_recorded(pool, splits, configs)  # first: every method's epoch 0
-        failures = methods_recorded(pool, splits, configs, zero_shots)
-    for comparison in [Path(c.output) for c in configs] if parallel.is_main() else []:
-        shown = write_summary(comparison)
-        write_cards(comparison)  # each adapter's card, now with the intervals of its test scores
-        if not config.quiet:
-            print("\n" + shown + f"\nResults in {comparison}/")
-    if several and parallel.is_main():
-        shown = write_summary(output)
-        if not config.quiet:
-            print("\nOver all seeds:\n\n" + shown)
+        zero_shots = references_recorded(pool, splits, configs, console)  # first: every method's epoch 0
+        failures = methods_recorded(pool, splits, configs, zero_shots, console)
     if parallel.is_main():
-        write_exports([output], output, EXPORT_KINDS)
-        markdown, page = write_report([output])
-        if not config.quiet:
-            print(f"Report: {markdown} and {page}")
+        show_published(publish(output, [Path(c.output) for c in configs]), console)
     if failures:
         runs = len(seeds) * len(config.methods)
         listed = "; ".join(f"{name}: {failure.message}" for name, failure in failures.items())

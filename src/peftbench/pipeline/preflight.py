@@ -17,9 +17,10 @@ from pathlib import Path
 import yaml
 
 from peftbench import parallel
-from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import Splits
-from peftbench.measure.core import matmul_flops_per_s
+from peftbench.errors import ConfigError
+from peftbench.measure.timing import matmul_flops_per_s
 from peftbench.methods.apply import (
     apply_method,
     check_method,

@@ -10,16 +10,17 @@ grid point added later runs alone, and the method's result is recomputed only wh
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from peftbench import parallel
-from peftbench.config.run_config import GRIDS, ConfigError, RunConfig
+from peftbench.config.run_config import GRIDS, RunConfig
+from peftbench.errors import ConfigError
 from peftbench.methods.registry import METHODS, Method, learning_rate
+from peftbench.pipeline.console import Console
 from peftbench.pipeline.method_run import Stage
-from peftbench.store import rundir
+from peftbench.store import fingerprints, rundir
 from peftbench.store.records import EpochMetrics, MethodResult
 from peftbench.store.rundir import MethodDir, TrialDir
 from peftbench.training import checkpoint
@@ -186,7 +187,7 @@ def settled(config: RunConfig, result: MethodResult) -> bool:
 
 def reached(directory: TrialDir, config: RunConfig) -> int:
     """The last epoch a trial has trained and validated to, in this configuration (0: none)."""
-    if not checkpoint.matches(directory, config):
+    if not fingerprints.matches(directory, config):
         return 0
     record = directory.read_record()
     return record.epochs[-1].epoch if record and record.epochs else 0
@@ -197,24 +198,18 @@ def _validation_at(record: MethodResult, epoch: int) -> EpochMetrics:
     return [validation for validation in record.epochs if validation.epoch <= epoch][-1]
 
 
-def _say(config: RunConfig, text: str) -> None:
-    if not config.quiet and parallel.is_main():
-        print(text)
-
-
 def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner) -> None:
     """Search one method at one seed: train each trial (skipping what is done), select on validation, and finish the
     selected trial into directory: its test, costs and files, with the search's record, as the method's result.
 
     A trial that fails is recorded and left out; the method fails only when every trial does.
     """
-    method, main = METHODS[name], parallel.is_main()
+    method, main, console = METHODS[name], parallel.is_main(), Console(config.quiet)
     trials = trials_of(config, method)
     dirs = {trial: rundir.trial_dir(directory, trial.name) for trial in trials}
     active, outcomes = list(trials), {t: TrialOutcome(t.name, t.lr, t.lora_r) for t in trials}
     errors: list[Exception] = []
-    _say(
-        config,
+    console.say(
         f"[{name}] search over {', '.join(searched(method, config.search))}: "
         f"{len(trials)} trials ({', '.join(t.name for t in trials)})",
     )
@@ -225,9 +220,9 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
             if reached(place, trial_config) >= rung:
                 continue
             if main:
-                if not checkpoint.matches(place, trial_config):
+                if not fingerprints.matches(place, trial_config):
                     place.remove()  # another configuration's trial: start it over
-                checkpoint.write_fingerprint(place, trial_config)
+                fingerprints.write_fingerprint(place, trial_config)
             parallel.wait_for_everyone()
             try:
                 train(trial_config, place, Stage(until_epoch=rung))
@@ -235,8 +230,7 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
                 errors.append(exc)
                 outcomes[trial].error = place.read_failure().get("error") or f"{type(exc).__name__}: {exc}"
                 active.remove(trial)
-                if main:
-                    print(f"peftbench: {name} {trial.name} failed: {outcomes[trial].error}", file=sys.stderr)
+                console.warn(f"{name} {trial.name} failed: {outcomes[trial].error}")
         if rung < config.epochs and len(active) > 1:
             figures = {t: figure(_validation_at(dirs[t].read_record(), rung), config.select_by) for t in active}
             kept = best_first(figures, config.select_by)[: survivors(len(active))]
@@ -263,8 +257,8 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
         chosen.lora_r,
         [outcomes[t] for t in trials],
     ).to_dict()
-    _say(config, f"[{name}] selected {chosen.name} on validation {config.select_by} {figures[chosen]:.4f}")
-    _finish(name, config, directory, train, chosen, dirs[chosen], search)
+    console.say(f"[{name}] selected {chosen.name} on validation {config.select_by} {figures[chosen]:.4f}")
+    _finish(name, config, directory, train, chosen, dirs[chosen], search, console)
     if main:  # trained trials that lost can never be selected again (a new point can only win over them)
         for trial in active:
             if trial != chosen:
@@ -279,6 +273,7 @@ def _finish(
     chosen: Trial,
     place: TrialDir,
     search: dict[str, Any],
+    console: Console,
 ) -> None:
     """Make the chosen trial the method's result: tested from its last checkpoint unless metrics.json already holds
     it (then only the search's record is brought up to date)."""
@@ -287,7 +282,7 @@ def _finish(
         if done.search != search and parallel.is_main():
             done.search = search
             directory.write_result(done)
-        _say(config, f"[{name}] {chosen.name} already tested in {directory.path}; skipped (--force reruns it)")
+        console.say(f"[{name}] {chosen.name} already tested in {directory.path}; skipped (--force reruns it)")
         return
     trial_config = chosen.config(config)
     if checkpoint.latest(place) is None:  # tested for an earlier selection, then left behind: train it again

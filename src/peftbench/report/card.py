@@ -16,10 +16,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from peftbench.config.embedded import EMBEDDED_MODEL_HUB_ID, EMBEDDED_MODEL_WEIGHTS
 from peftbench.config.run_config import EMBEDDED, FIELDS, flags_for
 from peftbench.methods.registry import METHODS
-from peftbench.report.load import load_sections
+from peftbench.report.blocks import method_settings
 from peftbench.report.stats import Interval
-from peftbench.report.verdict import analyse
-from peftbench.report.write import method_settings
 from peftbench.store.records import GIVEN, MethodResult
 from peftbench.task.metrics import METRICS
 
@@ -206,16 +204,3 @@ def render(result: MethodResult, intervals: dict[str, Interval] | None = None, n
         "",
     ]
     return str(ModelCard(f"---\n{metadata(result).to_yaml()}\n---\n\n" + "\n".join(lines)))
-
-
-def write_cards(comparison: Path) -> None:
-    """Rewrite the card of every finished method in one comparison directory with the intervals of its test scores,
-    once the comparison's statistics exist (after every method ran)."""
-    for section in load_sections([comparison]):
-        analysis = analyse(section)
-        for runs in section.trained:
-            for run in runs.finished:
-                if run.directory is None or not run.directory.adapter.is_dir():
-                    continue
-                intervals = analysis.scores.get(runs.method) if analysis else None
-                run.directory.write_card(render(run.result, intervals, analysis.note if analysis else None))

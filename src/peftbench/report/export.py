@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from peftbench.config.run_config import ConfigError
+from peftbench.errors import ConfigError
 from peftbench.report.load import Run, Section, load_sections
 from peftbench.store import rundir
 from peftbench.store.rundir import write_files
@@ -81,10 +81,10 @@ def to_jsonl(table: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table)
 
 
-def write_exports(outputs: list[Path], destination: Path, kinds: tuple[str, ...] = EXPORT_KINDS) -> list[Path]:
-    """results.csv and/or results.jsonl of every run under outputs, into destination (all or none); returns the
+def write_exports(sections: list[Section], destination: Path, kinds: tuple[str, ...] = EXPORT_KINDS) -> list[Path]:
+    """results.csv and/or results.jsonl of every run of sections, into destination (all or none); returns the
     paths."""
-    table = rows(load_sections(outputs))
+    table = rows(sections)
     write = {"csv": to_csv, "json": to_jsonl}
     files = {rundir.export_path(destination, kind): write[kind](table) for kind in kinds}
     write_files(files)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from peftbench.config.run_config import ConfigError
+from peftbench.errors import ConfigError
 from peftbench.methods.registry import METHODS
+from peftbench.report.curves import plot_curves
 from peftbench.report.stats import Estimate, estimate
 from peftbench.store import rundir
 from peftbench.store.records import MethodResult
@@ -73,6 +74,13 @@ class Run:
         if self.result is None or self.directory is None:
             return None
         return _example_scores(self.directory.read_predictions(), self.result.metrics)
+
+    @cached_property
+    def curves(self) -> bytes | None:
+        """Its learning curves as PNG bytes, drawn once from its records (None without a result)."""
+        if self.result is None or self.directory is None:
+            return None
+        return plot_curves(self.result, self.directory.read_log())
 
 
 @dataclass

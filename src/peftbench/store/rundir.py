@@ -32,8 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from peftbench.config.run_config import ConfigError
-from peftbench.errors import no_space
+from peftbench.errors import ConfigError, no_space
 from peftbench.store.records import MethodResult
 
 SUMMARY_FILE = "summary.md"

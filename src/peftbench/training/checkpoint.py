@@ -1,19 +1,17 @@
-"""Resume: per-epoch checkpoints, and fingerprints that tell a finished method of this config from another config's.
+"""Resume: per-epoch checkpoints of a method's run state.
 
-A method's directory holds fingerprint.json from the moment the method starts (a hash of the settings that decide
-its results), checkpoint/epoch-<k>/ while it trains, and metrics.json once it has finished. Re-running the same
-command skips finished methods and resumes the others from their last checkpoint. A checkpoint holds what the
-trainer's state_dict and trainable weights give, what the method has measured so far (results.Progress), and every
-process's RNG states; this module only writes and reads them, atomically.
+A method's directory holds checkpoint/epoch-<k>/ while it trains, and metrics.json once it has finished. Re-running
+the same command skips finished methods (store.fingerprints tells them) and resumes the others from their last
+checkpoint. A checkpoint holds what the trainer's state_dict and trainable weights give, what the method has measured
+so far (records.Progress), and every process's RNG states; this module only writes and reads them, atomically.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,101 +20,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from peftbench import parallel
-from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.errors import ConfigError
 from peftbench.store import rundir
 from peftbench.store.records import Progress
 from peftbench.store.rundir import MethodDir
 
 WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters only: the adapter, or every weight for `full`
+
+
 STATE_FILE = "state.pt"  # the trainer's state and each process's RNG states: tensors, numbers, lists (weights_only)
+
+
 PROGRESS_FILE = "progress.json"  # what was measured so far (results.Progress)
-# Settings that change where and how a run reports (or where its trials run), never its results; `methods` and
-# `seeds` because each method directory is one method at one seed (its seed is in the fingerprint); how the batch
-# size was given, because `batch_size` holds the global figure either way; the search's grids and halving because
-# they decide which trials run, not what a trial gives (each trial's own lr and rank are in its fingerprint), so that
-# a grid point added later runs alone.
-NOT_FINGERPRINTED = (
-    "output",
-    "quiet",
-    "in_process",
-    "force",
-    "dry_run",
-    "report_to",
-    "allow_pickle",
-    "methods",
-    "seeds",
-    "per_device_batch_size",
-    "batch_size_given_as",
-    "executor",
-    "ray_address",
-    "gpus_per_trial",
-    "cpus_per_trial",
-    "ray_scratch",
-    "lr_grid",
-    "rank_grid",
-    "search_halving",
-)
-
-
-def fingerprinted(config: RunConfig) -> dict[str, Any]:
-    """The settings that decide a method's results: the config without NOT_FINGERPRINTED.
-
-    Every method's options stay in: methods share some (LoRA's variants train on --lora-r and --lora-targets), so
-    leaving out "the others' options" could skip a method whose settings did change.
-    """
-    return {k: v for k, v in config.to_dict().items() if k not in NOT_FINGERPRINTED}
-
-
-def fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def write_fingerprint(directory: MethodDir, config: RunConfig) -> None:
-    settings = fingerprinted(config)
-    text = json.dumps({"fingerprint": fingerprint(settings), "settings": settings}, indent=2, sort_keys=True)
-    rundir.write_atomic(directory.fingerprint, text + "\n")
-
-
-def matches(directory: MethodDir, config: RunConfig) -> bool:
-    """Whether directory's fingerprint is this configuration's."""
-    return _stored_settings(directory) == json.loads(json.dumps(fingerprinted(config)))  # as stored: lists
-
-
-def _stored_settings(directory: MethodDir) -> dict[str, Any] | None:
-    try:
-        return json.loads(directory.fingerprint.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def check_output(output: Path, config: RunConfig) -> None:
-    """Refuse an OUTPUT holding results or checkpoints of another configuration (unless --force), naming what differs.
-
-    Results of the same configuration are fine: finished methods are skipped, interrupted ones resumed.
-    """
-    if config.force or not output.is_dir():
-        return
-    single = config.seeds[0] if config.seeds else config.seed  # the seed of directories directly under OUTPUT
-    started = [(d, seed) for comparison, seed in rundir.comparisons(output) for d in rundir.method_dirs(comparison)]
-    for directory, seed in [(d, seed) for d, seed in started if d.holds_results()]:
-        this = replace(config, seed=single if seed is None else seed)
-        expected = json.loads(json.dumps(fingerprinted(this)))  # as stored: lists, not tuples
-        stored = _stored_settings(directory)
-        if stored == expected:
-            continue
-        if stored is None:
-            what = "no readable fingerprint.json (an older peftbench, or not a peftbench run)"
-        else:
-            keys = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
-            what = "; ".join(f"{k}: {stored.get(k)!r} there, {expected.get(k)!r} now" for k in keys[:5])
-        where = directory.path.relative_to(output)
-        raise ConfigError(
-            f"{str(output)!r} holds results of a different configuration ({where}: {what}). "
-            "Use another --output, or --force to run this configuration there (rerunning every requested method)"
-        )
-
-
-# ---------------------------------------------------------------------------------------------- RNG states
 
 
 def rng_states() -> dict[str, Any]:
@@ -141,9 +56,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
 
 
 class Resumable(Protocol):

@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 from peftbench import parallel
 from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import Example, to_device
-from peftbench.measure.core import PhaseTimer, prompt_batch
+from peftbench.measure.latency import prompt_batch
+from peftbench.measure.timing import PhaseTimer
 from peftbench.model.layout import Encoded, Layout
 from peftbench.task.metrics import METRICS, normalise_answer, score
 

@@ -15,7 +15,8 @@ from typing import Any
 from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
 from peftbench import parallel
-from peftbench.config.run_config import ALL_TRACKERS, NO_TRACKER, TRACKERS, ConfigError
+from peftbench.config.run_config import ALL_TRACKERS, NO_TRACKER, TRACKERS
+from peftbench.errors import ConfigError
 
 AVAILABLE = {"tensorboard": is_tensorboard_available, "mlflow": is_mlflow_available, "wandb": is_wandb_available}
 USER_MLFLOW_URI = os.environ.get("MLFLOW_TRACKING_URI")  # read before peftbench points it into each OUTPUT

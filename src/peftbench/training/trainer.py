@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from peftbench import parallel
-from peftbench.config.run_config import ConfigError, RunConfig
+from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import LengthGroupedBatches, to_device
-from peftbench.errors import NonFiniteLoss
-from peftbench.measure.core import peak_memory_bytes, reset_peak_memory
+from peftbench.errors import ConfigError, NonFiniteLoss
+from peftbench.measure.memory import peak_memory_bytes, reset_peak_memory
 from peftbench.model.layout import Encoded, Layout
 
 

@@ -1,0 +1,432 @@
+"""The report's content as document blocks (document.py renders them): per model a header, the verdict, the results
+table, serving, figures, the search, examples and learning curves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from peftbench.methods.registry import METHODS
+from peftbench.report.document import (
+    Block,
+    Bullets,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+)
+from peftbench.report.load import MethodRuns, Run, Section
+from peftbench.report.plots import (
+    pareto_sets,
+    plot_epochs,
+    plot_pareto,
+    plot_phases,
+    plot_scores,
+    plot_sensitivity,
+    searches,
+    select_label,
+)
+from peftbench.report.table import (
+    MEANINGLESS,
+    NO_DIFFERENCE,
+    NOT_TESTED,
+    failures,
+    random_weights,
+    results_table,
+    several_seeds,
+    sig,
+)
+from peftbench.report.verdict import Analysis, verdict_lines
+from peftbench.store.records import RANDOM_WEIGHTS, Efficiency, MethodResult
+from peftbench.task.metrics import METRICS
+
+EXAMPLES = 3
+
+
+SOURCE_EXCERPT = 300  # characters of each example's article shown
+
+
+LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are flagged as a busy machine
+
+
+def _predictions(run: Run | None) -> dict[str, dict]:
+    rows = run.directory.read_predictions() if run and run.directory else []
+    return {row["id"]: row for row in rows}
+
+
+def examples_table(section: Section, count: int = EXAMPLES) -> Table | None:
+    """The first test examples: source excerpt, reference and each method's prediction, side by side."""
+    predictions = {runs.label: _predictions(runs.first) for runs in section.methods}
+    rows = next((rows for rows in predictions.values() if rows), {})
+    table = Table(["source (excerpt)", "reference", *predictions], [], prose=True)
+    for row in list(rows.values())[:count]:
+        source = row["source"] if len(row["source"]) <= SOURCE_EXCERPT else row["source"][:SOURCE_EXCERPT] + "…"
+        outputs = [by_id.get(row["id"], {}).get("prediction", "-") for by_id in predictions.values()]
+        table.rows.append([source, row["reference"], *outputs])
+    return table if table.rows else None
+
+
+def _dates(results: list[MethodResult]) -> str:
+    dates = sorted(r.environment["date"] for r in results if r.environment and r.environment.get("date"))
+    return "not recorded" if not dates else dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+
+
+def _hardware(env: dict | None) -> str:
+    if not env:
+        return "not recorded (results written before peftbench recorded it)"
+    gpu = env.get("cuda_device") or "no GPU"
+    processes = env.get("processes", 1)
+    launched = f", {processes} processes (DDP)" if processes > 1 else ""
+    return f"{env.get('platform')}, {env.get('cpu_count')} CPUs, {gpu}{launched}"
+
+
+def _libraries(env: dict | None) -> str:
+    if not env:
+        return "not recorded"
+    return ", ".join(
+        f"{name} {env.get(name, '?')}" for name in ("python", "torch", "transformers", "peft", "accelerate")
+    )
+
+
+def _outcome(trial: dict, selected: str) -> str:
+    if trial["error"]:
+        return f"failed: {trial['error']}"
+    if trial["stopped_after"] is not None:
+        return f"stopped after epoch {trial['stopped_after']} (halving)"
+    return "selected: tested" if trial["name"] == selected else "trained, not selected"
+
+
+def search_table(section: Section) -> Table:
+    """Every trial of every searched method (first finished seed): its settings, last validation and outcome."""
+    metrics = next(run.result.metrics for _, run in searches(section))
+    table = Table(
+        [
+            "method",
+            "trial",
+            "lr",
+            "rank",
+            "epochs",
+            "val loss",
+            *(f"val {METRICS[m].label}" for m in metrics),
+            "outcome",
+        ],
+        [],
+    )
+    for runs, run in searches(section):
+        search = run.result.search
+        for trial in search["trials"]:
+            last = trial["epochs"][-1] if trial["epochs"] else {}
+            scores = [_score(m, last.get(m)) for m in metrics]
+            table.rows.append(
+                [
+                    runs.method,
+                    trial["name"],
+                    f"{trial['lr']:g}",
+                    _value(trial["lora_r"] or "-"),
+                    str(last.get("epoch", "-")),
+                    _score("val_loss", last.get("val_loss")),
+                    *scores,
+                    _outcome(trial, search["selected"]),
+                ]
+            )
+    return table
+
+
+def _score(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if metric == "val_loss" else f"{value:.{METRICS[metric].decimals}f}"
+
+
+def search_blocks(section: Section, stem: str) -> list[Block]:
+    """The search's section: what was searched and how chosen, the sensitivity plot and every trial."""
+    searched = searches(section)
+    if not searched:
+        return []
+    search = searched[0][1].result.search
+    seeds = {run.seed for _, run in searched}
+    shown = f" (seed {min(seeds)}; each seed searched on its own)" if len(section.seeds) > 1 else ""
+    halving = (
+        "; successive halving: after each epoch only the better half of the trials went on" if search["halving"] else ""
+    )
+    return [
+        Heading(3, "Search"),
+        Paragraph(
+            f"Each method was trained at every point of its grid ({', '.join(search['settings'])}), each "
+            f"trial on the training split; the one with the best {select_label(search['select_by'])} after "
+            f"the last epoch was selected and alone evaluated on the test split{halving}{shown}."
+        ),
+        Figure(
+            f"{stem}-sensitivity.png",
+            plot_sensitivity(section),
+            f"{select_label(search['select_by'])} after "
+            "the last epoch against learning rate, per method (and rank); ringed: the selected trial",
+        ),
+        search_table(section),
+    ]
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _hyperparameters(section: Section) -> str:
+    """The training budget the methods share, from the first method's recorded config."""
+    config = next(r for runs in section.trained for r in runs.results).config
+    return (
+        f"{_plural(config['epochs'], 'epoch')}, batch size {config['batch_size']}, gradient accumulation "
+        f"{config['grad_accum']}, warmup {config['warmup_ratio']:g}, weight decay {config['weight_decay']:g}, "
+        f"clipping {config['max_grad_norm']:g}; tokens: source {config['max_source_tokens']}, target "
+        f"{config['max_target_tokens']}, generated {config['max_new_tokens']} "
+        f"({_plural(config['num_beams'], 'beam')}); precision {config.get('compute_precision', config['precision'])}; "
+        f"prompt format: {config.get('prompt_format', 'plain')}"
+        + (f"; base quantized to {config['quantize']}" if config.get("quantize") else "")
+    )
+
+
+def _value(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def method_settings(result: MethodResult) -> str:
+    """What one method actually trained with, from its recorded config: learning rate, its own settings (the
+    registry's list for it) and its module options (targets, feed-forward modules)."""
+    config, method = result.config, METHODS.get(result.method)
+    names = list(method.settings) if method else []
+    names += [key for key in config if key.startswith(f"{result.method}_") and key not in names]
+    shown = [f"lr {config['lr']:g}"] + [f"{name} {_value(config[name])}" for name in names if name in config]
+    return ", ".join(shown)
+
+
+def header(section: Section) -> Bullets:
+    """Model, data, split sizes, hyperparameters, seeds, hardware, libraries and dates of one section."""
+    results = [result for runs in section.trained for result in runs.results]
+    if not results:
+        return Bullets([f"Output: {section.output}", "No method finished: nothing to describe."])
+    first, config = results[0], results[0].config
+    env = next((r.environment for r in results if r.environment), None)
+    memory = first.efficiency.memory_measure if first.efficiency else "not recorded"
+    seeds = ", ".join(map(str, section.seeds)) or "unknown"
+    weights = f"; {RANDOM_WEIGHTS}" if first.random_weights else ""
+    return Bullets(
+        [
+            f"Model: {first.model} ({config.get('model_kind', '?')}, {first.total_params:,} parameters{weights})",
+            f"Data: {first.dataset}; {config['train_size']} train / {config['eval_size']} validation / "
+            f"{config['test_size']} test examples",
+            f"Hyperparameters: {_hyperparameters(section)}",
+            "Methods: "
+            + "; ".join(
+                f"{runs.method}: {method_settings(runs.results[0])}" for runs in section.trained if runs.results
+            ),
+            f"Seeds: {seeds}",
+            f"Hardware: {_hardware(env)}; training memory measured as {memory}",
+            f"Libraries: {_libraries(env)}",
+            f"Run date: {_dates(results)}",
+            f"Output: {section.output}",
+        ]
+    )
+
+
+def how_to_read(several_seeds: bool) -> Paragraph:
+    over = "over seeds and test examples" if several_seeds else "over test examples"
+    spread = (
+        "Other cells are the mean ± the half-width of the 95% t-interval over seeds; they are compared with "
+        "paired t-tests over seeds (Holm-adjusted)."
+        if several_seeds
+        else "Other cells are one run's measurement: counts and sizes are exact and compared as they are; memory, "
+        f"speed, latency and losses vary between runs, and with one seed the 'best' row says '{NOT_TESTED}' "
+        "(run with --seeds 0,1,2 to test them)."
+    )
+    return Paragraph(
+        f"Test-metric cells are the score and its 95% bootstrap interval {over} (paired: every row resampled "
+        "on the same examples). A column's best value is in bold, and named in the 'best' row, only when a test says "
+        f"it beats every other method (Holm-adjusted p < 0.05); otherwise the row says '{NO_DIFFERENCE}' and lists "
+        f"the methods it cannot tell apart. {spread} Reference rows (zero-shot base model, Lead-3) train nothing "
+        "and are never ranked."
+    )
+
+
+def latency_caution(section: Section) -> Paragraph | None:
+    """A warning when the base model's latency, the same measurement in every method's process, disagrees with
+    itself by more than LATENCY_SPREAD: the machine was busy, and latency differences of that size are noise."""
+    base = [r.efficiency.latency_ms["base"] for r in section.results if r.efficiency and r.efficiency.latency_ms]
+    base = [value for value in base if value]
+    if len(base) < 2 or max(base) <= LATENCY_SPREAD * min(base):
+        return None
+    return Paragraph(
+        f"Caution: the base model's latency, measured the same way before every method, ranged from "
+        f"{sig(min(base))} to {sig(max(base))} ms ({max(base) / min(base):.1f}x). Something else was running "
+        "during some measurements, so latency differences of that size are noise: rerun on an idle machine."
+    )
+
+
+def _pareto_text(section: Section, analysis: Analysis) -> Paragraph:
+    fronts = pareto_sets(section, analysis)
+    listed = "; ".join(f"against {label}: {', '.join(methods) or '-'}" for label, methods in fronts.items())
+    label = METRICS[analysis.primary].label
+    return Paragraph(
+        f"Pareto-optimal (on the point values of test {label}; no other method is cheaper and at least as good; the "
+        f"intervals show which of these differences are noise) {listed}."
+    )
+
+
+def random_note(results: list[MethodResult]) -> Paragraph | None:
+    """What a model with random weights can tell, where one is in the table."""
+    if not random_weights(results):
+        return None
+    return Paragraph(
+        f"{MEANINGLESS}: {RANDOM_WEIGHTS}. A model given by its config alone starts from random weights, so its "
+        "speed, memory and size figures are real, while its loss and task metrics mean nothing and are not shown."
+    )
+
+
+SERVING_TASKS = (1, 10, 100)
+
+
+def _serving_sizes(runs: MethodRuns) -> Efficiency | None:
+    """The efficiency record of the first of runs' results that measured the sizes serving is derived from."""
+    return next((r.efficiency for r in runs.results if r.efficiency and r.efficiency.serving_bytes(1)), None)
+
+
+def serving_blocks(section: Section) -> list[Block]:
+    """Serving N tasks, derived from the measured sizes in memory (Efficiency.serving_bytes): one base model with N
+    adapters against N fully fine-tuned copies, for N in SERVING_TASKS; none where no method measured them."""
+    measured = {runs.method: sizes for runs in section.trained if (sizes := _serving_sizes(runs))}
+    if not measured:
+        return []
+    copies = [next(iter(measured.values())).serving_bytes(n)[1] for n in SERVING_TASKS]
+    header = ["method", "served as", *(f"{_plural(n, 'task')} (MiB)" for n in SERVING_TASKS)]
+    table = Table(header, [["full fine-tuning", "N fine-tuned copies", *(sig(c / 2**20) for c in copies)]])
+    for method, sizes in measured.items():
+        if sizes.adapter_memory_bytes is None:  # full fine-tuning: the copies row
+            continue
+        shared = [sizes.serving_bytes(n)[0] for n in SERVING_TASKS]
+        cells = [f"{sig(s / 2**20)} ({s / c:.1%})" for s, c in zip(shared, copies, strict=True)]
+        table.rows.append([method, "one base + N adapters", *cells])
+    return [
+        Heading(3, "Serving N tasks (derived)"),
+        table,
+        Paragraph(
+            "Derived, not measured as such: the weights held in memory to serve N tasks, from the measured sizes: "
+            "N fully fine-tuned copies of the base model's parameters and "
+            "buffers, against one base model plus the memory the first and each further loaded adapter added to it "
+            "(in parentheses: the share of the N copies). Adapters on a shared base run unmerged (their latency is "
+            "the unmerged one) or are merged and unmerged at each switch (the merge + unmerge time). The working "
+            "memory of each request (activations, KV cache) comes on top of both."
+        ),
+    ]
+
+
+def verdict_blocks(section: Section, analysis: Analysis | None) -> list[Block]:
+    """The verdict, one bullet per sentence, and how its figures were computed; none for random weights."""
+    if random_weights(section.results):
+        return [Paragraph(f"No verdict: {RANDOM_WEIGHTS} (the model was given by its config alone).")]
+    blocks: list[Block] = [Bullets(verdict_lines(section, analysis))]
+    return blocks + ([Paragraph(analysis.note)] if analysis is not None else [])
+
+
+def section_blocks(section: Section, analysis: Analysis | None, index: int) -> list[Block]:
+    """Everything about one model: header, verdict, table, failures, scores, curves, trade-offs and examples."""
+    several = several_seeds([section])
+    blocks: list[Block] = [
+        Heading(2, f"Model: {section.model}"),
+        header(section),
+        Heading(3, "Verdict"),
+        *verdict_blocks(section, analysis),
+        Heading(3, "Results"),
+    ]
+    rows = [([runs.method], runs) for runs in section.methods]
+    blocks.append(results_table(rows, ["method"], several, analysis))
+    blocks += filter(None, [random_note(section.results), latency_caution(section)])
+    blocks += serving_blocks(section)
+    missing = failures(section)
+    if missing:
+        blocks += [Paragraph("Failed or missing runs (left out of the figures above):"), Bullets(missing)]
+    if not section.results:
+        return blocks
+    stem = f"{index}-{''.join(ch if ch.isalnum() else '-' for ch in section.label)[:40]}"
+    bars = "; error bars: 95% confidence intervals over seeds" if several else ""
+    first = next((r for runs in section.trained for r in runs.results), None)
+    metrics = [first.primary_metric, *(m for m in first.metrics if m != first.primary_metric)] if first else []
+    blocks += [
+        Heading(3, "Per-epoch scores"),
+        Figure(
+            f"{stem}-epochs.png",
+            plot_epochs(section, metrics),
+            f"Validation scores against epoch (0: before training){bars}",
+        ),
+    ]
+    phases = plot_phases(section)
+    if phases is not None:
+        blocks += [
+            Heading(3, "Where the time went"),
+            Figure(
+                f"{stem}-phases.png",
+                phases,
+                "Each method's wall time by phase (metrics.json's "
+                "efficiency.phase_seconds); the mark is its wall time. The zero-shot evaluation, shared "
+                "by all methods, is not in any of them",
+            ),
+        ]
+    if analysis is not None and not random_weights(section.results):  # random weights: no quality to show
+        label = METRICS[analysis.primary].label
+        blocks += [
+            Heading(3, f"Test {label} with intervals"),
+            Figure(
+                f"{stem}-scores.png",
+                plot_scores(section, analysis),
+                f"Test {label} of every method and reference, with its 95% bootstrap interval",
+            ),
+            Heading(3, "Quality against cost"),
+            Figure(
+                f"{stem}-pareto.png",
+                plot_pareto(section, analysis),
+                f"Test {label} against each cost; "
+                "vertical bars: 95% bootstrap intervals; horizontal bars: 95% intervals over seeds",
+            ),
+            _pareto_text(section, analysis),
+        ]
+    blocks += search_blocks(section, stem)
+    examples = examples_table(section)
+    if examples is not None:
+        blocks += [Heading(3, "Test examples" + (" (each method's first finished seed)" if several else "")), examples]
+    curves = [_curves(runs, stem) for runs in section.trained]
+    if any(curves):
+        blocks += [Heading(3, "Learning curves per run"), *filter(None, curves)]
+    return blocks
+
+
+def _curves(runs: MethodRuns, stem: str) -> Figure | None:
+    """The learning curves of the run's first finished seed, drawn from its records."""
+    run = runs.first
+    if run is None or run.curves is None:
+        return None
+    caption = f"{runs.method}, seed {run.seed}: loss and validation metrics against epoch"
+    return Figure(f"{stem}-{runs.method}-curves.png", run.curves, caption)
+
+
+def report_blocks(sections: list[Section], analyses: list[Analysis | None]) -> list[Block]:
+    """The whole report: how to read it, the verdict per model, a combined table where there are several models,
+    then a section each."""
+    several = several_seeds(sections)
+    sources = ", ".join(map(str, dict.fromkeys(section.output for section in sections)))
+    blocks: list[Block] = [
+        Heading(1, "peftbench comparison report"),
+        Paragraph(f"Generated {datetime.now().astimezone().isoformat(timespec='seconds')} from {sources}."),
+        how_to_read(several),
+    ]
+    if len(sections) > 1:
+        rows = [([section.label, runs.method], runs) for section in sections for runs in section.methods]
+        blocks += [
+            Heading(2, "All models"),
+            results_table(rows, ["model", "method"], several, rank=False),
+            Paragraph(
+                "Each model's own section ranks its methods; across models the test sets and "
+                "intervals are the models' own."
+            ),
+        ]
+        blocks += filter(None, [random_note([r for section in sections for r in section.results])])
+    for index, (section, analysis) in enumerate(zip(sections, analyses, strict=True), 1):
+        blocks += section_blocks(section, analysis, index)
+    return blocks

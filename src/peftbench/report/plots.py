@@ -1,0 +1,260 @@
+"""Figures, drawn from records: a run's learning curves, and per section the per-epoch scores, test scores with
+intervals, quality against each cost (Pareto), where the time went and the search's sensitivity. Each returns PNG
+bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
+
+from peftbench.report.curves import png
+from peftbench.report.load import MethodRuns, Run, Section
+from peftbench.report.stats import Estimate, Interval, estimate
+from peftbench.report.table import (
+    deployed_latency,
+    deployed_memory_mib,
+    peak_memory_mib,
+)
+from peftbench.report.verdict import Analysis
+from peftbench.store.records import PHASES
+from peftbench.task.metrics import METRICS
+
+
+def _colors(section: Section) -> dict[str, str]:
+    return {runs.method: f"C{i % 10}" for i, runs in enumerate(section.methods)}
+
+
+def _half(value: Estimate) -> float:
+    return value.half_width or 0.0  # error bar: none for a single run
+
+
+def _epoch_value(epoch, metric: str) -> float | None:
+    return epoch.val_loss if metric == "val_loss" else epoch.scores.get(metric)
+
+
+def plot_epochs(section: Section, metrics: list[str]) -> bytes:
+    """Validation loss and up to two task metrics (the primary first) against epoch (0 = the zero-shot base model),
+    one line per method; error bars are 95% confidence intervals over seeds."""
+    panels = [("val_loss", "Validation loss per target token")]
+    panels += [(metric, f"Validation {METRICS[metric].label}") for metric in metrics[:2]]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False)
+    axes = axes[0]
+    colors = _colors(section)
+    for runs in section.trained:
+        epochs = sorted({e.epoch for result in runs.results for e in result.epochs})
+        for ax, (metric, _) in zip(axes, panels, strict=True):
+            values = [
+                estimate(
+                    [
+                        v
+                        for result in runs.results
+                        for e in result.epochs
+                        if e.epoch == epoch and (v := _epoch_value(e, metric)) is not None
+                    ]
+                    or [float("nan")]
+                )
+                for epoch in epochs
+            ]
+            means, halves = [v.mean for v in values], [_half(v) for v in values]
+            ax.errorbar(epochs, means, yerr=halves, fmt="o-", capsize=3, color=colors[runs.method], label=runs.method)
+    for ax, (_, title) in zip(axes, panels, strict=True):
+        ax.set(title=title, xlabel="epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle(f"Per-epoch validation scores: {section.label}")
+    return png(figure)
+
+
+PARETO_PANELS = [
+    ("trainable parameters", lambda r: r.trainable_params, True),
+    ("peak training memory (MiB)", peak_memory_mib, False),
+    ("inference latency (ms; merged where possible)", deployed_latency, False),
+    ("inference memory (MiB; merged where possible)", deployed_memory_mib, False),
+]
+
+
+def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
+    """For each (cost, quality) point: no other point costs no more and scores no less, being better in one."""
+    return [
+        not any(c <= cost and q >= quality and (c < cost or q > quality) for c, q in points) for cost, quality in points
+    ]
+
+
+def _pareto_points(section: Section, analysis: Analysis, cost: Callable) -> list[tuple[str, Estimate, Interval]]:
+    """(method, its cost over seeds, its primary score and interval) for every trained method with both."""
+    points = []
+    for runs in section.trained:
+        x = runs.estimate(cost)
+        if x is not None and runs.method in analysis.scores:
+            points.append((runs.method, x, analysis.scores[runs.method][analysis.primary]))
+    return points
+
+
+def pareto_sets(section: Section, analysis: Analysis) -> dict[str, list[str]]:
+    """For each cost axis, the methods on the Pareto front of the primary score (higher) against that cost (lower)."""
+    fronts = {}
+    for label, cost, _ in PARETO_PANELS:
+        points = _pareto_points(section, analysis, cost)
+        optimal = pareto_optimal([(x.mean, y.value) for _, x, y in points])
+        fronts[label] = [method for (method, _, _), best in zip(points, optimal, strict=True) if best]
+    return fronts
+
+
+def _y_error(interval: Interval) -> list[list[float]]:
+    return [[interval.value - interval.low], [interval.high - interval.value]]
+
+
+def plot_pareto(section: Section, analysis: Analysis) -> bytes:
+    """The primary test score against each cost, with its bootstrap interval (and the cost's interval over seeds);
+    Pareto-optimal methods (on the point values) are filled stars joined by a line; references are dashed lines."""
+    figure, axes = plt.subplots(1, len(PARETO_PANELS), figsize=(4.4 * len(PARETO_PANELS), 4))
+    colors = _colors(section)
+    label = METRICS[analysis.primary].label
+    for ax, (cost_label, cost, log) in zip(axes, PARETO_PANELS, strict=True):
+        points = _pareto_points(section, analysis, cost)
+        optimal = pareto_optimal([(x.mean, y.value) for _, x, y in points])
+        for index, ((method, x, y), best) in enumerate(zip(points, optimal, strict=True)):
+            marker = dict(fmt="*", markersize=14) if best else dict(fmt="o", markersize=8, markerfacecolor="white")
+            ax.errorbar(x.mean, y.value, xerr=_half(x), yerr=_y_error(y), capsize=3, color=colors[method], **marker)
+            # Alternate label heights: methods with close figures would otherwise print over each other.
+            ax.annotate(method, (x.mean, y.value), textcoords="offset points", xytext=(8, 6 - 18 * (index % 2)))
+        front = sorted((x.mean, y.value) for (_, x, y), best in zip(points, optimal, strict=True) if best)
+        if len(front) > 1:
+            ax.plot(*zip(*front, strict=True), "--", color="grey", alpha=0.6, zorder=0)
+        for runs in section.methods:
+            if runs.reference and analysis.primary in analysis.scores.get(runs.method, {}):
+                level = analysis.scores[runs.method][analysis.primary].value
+                ax.axhline(level, linestyle=":", color=colors[runs.method], label=runs.label)
+        ax.set(xlabel=cost_label, ylabel=f"test {label}", xscale="log" if log else "linear")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log axes: decades only, no crowded minor labels
+        ax.grid(alpha=0.3)
+    if any(runs.reference for runs in section.methods):
+        axes[0].legend(loc="lower left", fontsize="small")
+    figure.suptitle(f"Quality against cost: {section.label} (stars: Pareto-optimal; bars: 95% intervals)")
+    return png(figure)
+
+
+def plot_scores(section: Section, analysis: Analysis) -> bytes:
+    """The primary test score of every method and reference, with its bootstrap interval: one bar each."""
+    names = [runs.method for runs in section.methods if analysis.primary in analysis.scores.get(runs.method, {})]
+    references = {runs.method for runs in section.methods if runs.reference}
+    colors = _colors(section)
+    figure, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    for position, name in enumerate(names):
+        interval = analysis.scores[name][analysis.primary]
+        ax.barh(
+            position,
+            interval.value,
+            xerr=[[interval.value - interval.low], [interval.high - interval.value]],
+            capsize=4,
+            color=colors[name],
+            hatch="//" if name in references else None,
+            alpha=0.5 if name in references else 0.9,
+        )
+        ax.annotate(f"{interval.value:.4f}", (interval.high, position), textcoords="offset points", xytext=(6, -4))
+    ax.set_yticks(range(len(names)), [f"{n} (reference)" if n in references else n for n in names])
+    ax.invert_yaxis()
+    label = METRICS[analysis.primary].label
+    ax.set(xlabel=f"test {label} (95% bootstrap interval)")
+    ax.grid(alpha=0.3, axis="x")
+    figure.suptitle(f"Test {label}: {section.label}")
+    return png(figure)
+
+
+def phase_means(runs: MethodRuns) -> tuple[dict[str, float], float] | None:
+    """A method's mean seconds per phase over its seeds (PHASES first, then any a newer version records), and its
+    mean wall time; None where no run recorded phases (older results)."""
+    timed = [r.efficiency for r in runs.results if r.efficiency and r.efficiency.phase_seconds]
+    if not timed:
+        return None
+    names = list(dict.fromkeys([*PHASES, *(name for e in timed for name in e.phase_seconds)]))
+    means = {name: sum(e.phase_seconds.get(name, 0.0) for e in timed) / len(timed) for name in names}
+    return {k: v for k, v in means.items() if v > 0}, sum(e.wall_seconds or 0.0 for e in timed) / len(timed)
+
+
+def plot_phases(section: Section) -> bytes | None:
+    """Where each method's wall time went: one stacked bar of its phases (mean over seeds), its wall time marked;
+    None where no method recorded phases."""
+    timed = [(runs.method, means) for runs in section.trained if (means := phase_means(runs))]
+    if not timed:
+        return None
+    names = list(dict.fromkeys(name for _, (phases, _) in timed for name in phases))
+    figure, ax = plt.subplots(figsize=(11, 0.5 * len(timed) + 2.5))
+    for position, (_, (phases, wall)) in enumerate(timed):
+        left = 0.0
+        for index, name in enumerate(names):
+            width = phases.get(name, 0.0)
+            ax.barh(position, width, left=left, color=f"C{index % 10}", label=name if position == 0 else None)
+            left += width
+        ax.plot([wall], [position], "k|", markersize=18, label="wall time" if position == 0 else None)
+    ax.set_yticks(range(len(timed)), [method for method, _ in timed])
+    ax.invert_yaxis()
+    ax.set(xlabel="seconds (mean over seeds)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize="small")  # beside the bars
+    figure.suptitle(f"Where the time went: {section.label}")
+    return png(figure)
+
+
+def searches(section: Section) -> list[tuple[MethodRuns, Run]]:
+    """Each searched method with the run whose search is shown (its first finished seed)."""
+    return [(runs, runs.first) for runs in section.trained if runs.first and runs.first.result.search]
+
+
+def select_label(select_by: str) -> str:
+    return "validation loss" if select_by == "loss" else f"validation {METRICS[select_by].label}"
+
+
+def _final_figure(trial: dict, select_by: str) -> float | None:
+    """A trial's selection figure after its last epoch (None where it failed, or halving stopped it earlier)."""
+    if trial["error"] or trial["stopped_after"] is not None or not trial["epochs"]:
+        return None
+    last = trial["epochs"][-1]
+    return last["val_loss"] if select_by == "loss" else last.get(select_by)
+
+
+def plot_sensitivity(section: Section) -> bytes:
+    """The search's selection figure against learning rate (log axis), one line per method and rank searched, the
+    selected trial ringed: how forgiving each method is of its learning rate."""
+    figure, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors, styles = _colors(section), ["-", "--", ":", "-."]
+    select_by = ""
+    for runs, run in searches(section):
+        search = run.result.search
+        select_by = search["select_by"]
+        ranks = list(dict.fromkeys(trial["lora_r"] for trial in search["trials"]))
+        for index, rank in enumerate(ranks):
+            points = sorted(
+                (t["lr"], y, t["name"] == search["selected"])
+                for t in search["trials"]
+                if t["lora_r"] == rank and (y := _final_figure(t, select_by)) is not None
+            )
+            if not points:
+                continue
+            label = runs.method + (f", r {rank}" if rank is not None else "")
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                "o" + styles[index % len(styles)],
+                color=colors[runs.method],
+                label=label,
+            )
+            ax.plot(
+                [p[0] for p in points if p[2]],
+                [p[1] for p in points if p[2]],
+                "o",
+                markersize=14,
+                markerfacecolor="none",
+                markeredgecolor="black",
+            )
+    ax.set(xscale="log", xlabel="learning rate", ylabel=select_label(select_by))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    figure.suptitle(f"Learning-rate sensitivity (ringed: selected)\n{section.label}", fontsize="medium")
+    return png(figure)
