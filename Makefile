@@ -1,10 +1,11 @@
-# One command each: `make run` (set up, then the default comparison) and `make test` (set up, then the tests);
-# `make gpu-rehearsal` rehearses the GPU check on CPU (CI runs it).
+# One command each: `make run` (set up, then the default comparison) and `make test` (set up, then the checks and both
+# test tiers); `make test-fast` runs the checks and the fast tier only (tests/unit); `make gpu-rehearsal` rehearses the
+# GPU check on CPU (CI runs it).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test gpu-rehearsal lint clean
+.PHONY: setup run test test-fast check gpu-rehearsal clean
 
 # torch goes first and pinned: on the offline dev machines that is the local CPU build, and the project's range
 # accepts it, so the second install adds nothing to torch (elsewhere it is simply a supported release).
@@ -21,9 +22,18 @@ setup: $(BIN)/peftbench
 run: setup
 	$(BIN)/peftbench run $(ARGS)
 
-test: setup
+# What every change must keep: lint, formatting, the import contracts (pyproject's [tool.importlinter]), the docs.
+check: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: check
 	$(BIN)/python -m pytest -q
+
+test-fast: check
+	$(BIN)/python -m pytest -q -m fast
 
 # benchmarks/gpu_check.sh end to end on CPU (tiny shape, fp32, no QLoRA), from its kit (built here from PyPI).
 gpu-rehearsal: setup

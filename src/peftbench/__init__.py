@@ -1,11 +1,17 @@
-"""peftbench: compare full fine-tuning and PEFT methods on the same model, data and budget."""
+"""peftbench: compare full fine-tuning and PEFT methods on the same model, data and budget.
+
+The public surface is `peftbench.run(...)` (what `peftbench run` does, returning the results) and
+`peftbench.load_results(...)` (finished runs as a pandas DataFrame); see peftbench.api.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["Results", "load_results", "run"]
 
 
-def load_results(paths):
-    """Every run under the given `peftbench run` output directories as a pandas DataFrame (one row per model x method
-    x seed, references included; the columns of results.csv). Needs pandas."""
-    from peftbench.report.export import load_results as load  # heavy imports only when asked
+def __getattr__(name: str):
+    # The API loads the model libraries: only when it is used, so that `import peftbench` stays light.
+    if name in __all__:
+        from peftbench import api
 
-    return load(paths)
+        return getattr(api, name)
+    raise AttributeError(f"module 'peftbench' has no attribute {name!r}")

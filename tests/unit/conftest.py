@@ -6,11 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import without_dropout
-
-
-def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "fast: a unit test of the fast tier (tests/unit, well under 2 minutes in all)")
+from tests.helpers import without_dropout
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from peftbench.config.fields import RANGES, SETTINGS
 from peftbench.errors import ConfigError
 from peftbench.task.metrics import GROUPS, METRICS, expand
 from peftbench.task.presets import EMBEDDED_TASKS, TASKS, template_fields
@@ -280,60 +281,10 @@ def _check_target_spec(name: str, targets: list[str] | None) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric setting accepts: finite, from low (low_open: above it) up to, not including, high."""
-
-    low: float
-    high: float = math.inf
-    low_open: bool = False
-
-    def holds(self, value: float) -> bool:
-        return math.isfinite(value) and (value > self.low if self.low_open else value >= self.low) and value < self.high
-
-    def describe(self, whole: bool) -> str:
-        if self.high == math.inf:
-            bound = "greater than" if self.low_open else "at least"
-            return f"{'a whole number' if whole else 'a finite number'} {bound} {self.low:g}"
-        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
-
-
-POSITIVE = (
-    "epochs",
-    "batch_size",
-    "grad_accum",
-    "train_size",
-    "eval_size",
-    "test_size",
-    "max_source_tokens",
-    "max_new_tokens",
-    "num_beams",
-    "eval_batch_size",
-    "eval_every",
-    "latency_prompts",
-    "latency_new_tokens",
-    "lora_r",
-    "lora_alpha",
-    "num_virtual_tokens",
-    "eval_generate_size",
-)
-ABOVE_ZERO = Range(0, low_open=True)
-# Every numeric setting, checked for type, finiteness and range before anything loads.
-RANGES = {name: Range(1) for name in POSITIVE} | {
-    "max_target_tokens": Range(2),  # one token and EOS
-    "lr": ABOVE_ZERO,
-    "loraplus_lr_ratio": ABOVE_ZERO,
-    "max_grad_norm": ABOVE_ZERO,  # 0 would clip every update away; negative norms mean nothing
-    "weight_decay": Range(0),
-    "seed": Range(0),
-    "warmup_ratio": Range(0, 1),
-    "lora_dropout": Range(0, 1),
-    "per_device_batch_size": Range(1),
-    "cpus_per_trial": ABOVE_ZERO,
-    "gpus_per_trial": Range(0),
-}
 EXCLUSIVE = {"per_device_batch_size": "batch_size"}  # given together in one source, they are an error
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+if set(FIELDS) != set(SETTINGS):  # a field without metadata would have no flag; metadata without a field, no value
+    raise RuntimeError(f"RunConfig and fields.SETTINGS disagree: {sorted(set(FIELDS) ^ set(SETTINGS))}")
 HINTS = typing.get_type_hints(RunConfig)
 NUMBER_LIST_FIELDS = {"seeds": int, "rank_grid": int, "lr_grid": float}  # comma lists of numbers; grids: or per method
 LIST_FIELDS = {

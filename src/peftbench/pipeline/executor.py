@@ -135,9 +135,9 @@ def executor(options: ExecutorOptions) -> Iterator[Executor]:
         yield LocalExecutor(options)
 
 
-def check_executor(config: RunConfig) -> None:
+def check_executor(options: ExecutorOptions) -> None:
     """Executor settings that cannot work, found before anything loads: Ray missing, or combined with torchrun."""
-    if config.executor != "ray":
+    if options.kind != "ray":
         return
     try:
         import ray  # noqa: F401
@@ -151,7 +151,7 @@ def check_executor(config: RunConfig) -> None:
             "--executor ray runs each trial as one process: launch it without torchrun or accelerate "
             "launch (DDP inside one trial needs --executor local)"
         )
-    if config.in_process:
+    if options.in_process:
         raise ConfigError("--in-process runs every trial in this process: it cannot be combined with --executor ray")
 
 

@@ -279,7 +279,7 @@ def run_method(
     if parallel.is_main():
         directory.append_log(log_record("test", config.epochs, config.epochs * trainer.steps_per_epoch, result.test))
     result.environment, result.data = environment(), splits.rows.record()
-    result.provenance, result.search = provenance(config, splits), stage.search
+    result.provenance, result.search = provenance(config.model, splits), stage.search
 
     if parallel.is_main():  # measure and write: the main process alone (the others hold the same results)
         with timer.phase("merge_check"):
@@ -393,5 +393,5 @@ def run_zero_shot(splits: Splits, config: RunConfig) -> tuple[MethodResult, list
     result.epochs = [EpochMetrics(0, None, validation.loss, validation.metrics)]
     result.test = TestMetrics(scores.loss, scores.metrics)
     result.environment = environment()
-    result.provenance = provenance(config, splits)
+    result.provenance = provenance(config.model, splits)
     return result, generation_rows(data.test.examples, generation)

@@ -35,7 +35,7 @@ from peftbench.model.families import position_limit
 from peftbench.model.layout import PromptOptions, TokenLimits
 from peftbench.model.load import fresh_skeleton, quantization_config, skeleton
 from peftbench.pipeline import search
-from peftbench.pipeline.executor import check_executor
+from peftbench.pipeline.executor import ExecutorOptions, check_executor
 from peftbench.store import rundir
 from peftbench.training import checkpoint
 from peftbench.training.tracking import check_trackers
@@ -87,7 +87,7 @@ def check_before_loading(config: RunConfig) -> Path:
     mixed_precision(config.precision)  # an impossible --precision fails now, not after loading a model
     quantization_config(config.quantize)  # --quantize without CUDA and bitsandbytes
     check_processes(config)
-    check_executor(config)
+    check_executor(ExecutorOptions.from_config(config))
     check_trackers(config.report_to)
     search.check(config)
     output = resolve_output(config)

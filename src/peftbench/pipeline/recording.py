@@ -77,9 +77,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def provenance(config: RunConfig, splits: Splits) -> dict[str, Any]:
-    """What exactly was compared: the model's revision or a hash of its weights, and the data's."""
-    return {"model": model_provenance(config.model), "dataset": splits.provenance}
+def provenance(model: str, splits: Splits) -> dict[str, Any]:
+    """What exactly was compared: the model's revision or a hash of its weights (model as given), and the data's."""
+    return {"model": model_provenance(model), "dataset": splits.provenance}
 
 
 def log_record(split: str, epoch: int, step: int, scores: EpochMetrics | TestMetrics) -> dict[str, Any]:

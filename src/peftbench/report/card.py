@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from peftbench.config.embedded import EMBEDDED_MODEL_HUB_ID, EMBEDDED_MODEL_WEIGHTS
+from peftbench.config.fields import NOT_REPRODUCED
 from peftbench.config.run_config import EMBEDDED, FIELDS, flags_for
 from peftbench.methods.registry import METHODS
 from peftbench.report.blocks import method_settings
@@ -25,8 +26,6 @@ from peftbench.task.metrics import METRICS
 HUB_TASKS = {"summarization": "summarization", "qa": "question-answering", "classification": "text-classification"}
 # The Hub dataset each embedded dataset's rows come from (HaluEval rows of CNN/DailyMail and of HotpotQA, re-split).
 EMBEDDED_SOURCES = {"embedded": "cnn_dailymail", "embedded-qa": "hotpot_qa"}
-# Settings that decide where and how a run reports, not what it trains: left out of the command that reproduces it.
-NOT_REPRODUCED = ("output", "quiet", "in_process", "force", "dry_run", "report_to", "seeds")
 METRIC_TYPES = {"rouge1": "rouge", "rouge2": "rouge", "rougeL": "rouge", "accuracy_ll": "accuracy"}  # else its name
 
 

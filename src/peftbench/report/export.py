@@ -9,8 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from peftbench.errors import ConfigError
-from peftbench.report.load import Run, Section, load_sections
+from peftbench.report.load import Run, Section
 from peftbench.store import rundir
 from peftbench.store.rundir import write_files
 
@@ -62,7 +61,7 @@ def rows(sections: list[Section]) -> list[dict[str, Any]]:
     ]
 
 
-def _columns(table: list[dict[str, Any]]) -> list[str]:
+def columns(table: list[dict[str, Any]]) -> list[str]:
     seen = dict.fromkeys(LEADING)
     for row in table:
         seen |= dict.fromkeys(row)
@@ -71,7 +70,7 @@ def _columns(table: list[dict[str, Any]]) -> list[str]:
 
 def to_csv(table: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_columns(table), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns(table), lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
     return buffer.getvalue()
@@ -89,15 +88,3 @@ def write_exports(sections: list[Section], destination: Path, kinds: tuple[str, 
     files = {rundir.export_path(destination, kind): write[kind](table) for kind in kinds}
     write_files(files)
     return list(files)
-
-
-def load_results(paths: list[str | Path] | str | Path):
-    """Every run under the given output directories as a pandas DataFrame, one row per model x method x seed
-    (references included): the rows of results.csv. Needs pandas (pip install pandas)."""
-    try:
-        import pandas as pd
-    except ImportError:
-        raise ConfigError("load_results returns a pandas DataFrame and needs pandas: pip install pandas") from None
-    outputs = [Path(paths)] if isinstance(paths, str | Path) else [Path(path) for path in paths]
-    table = rows(load_sections(outputs))
-    return pd.DataFrame(table, columns=_columns(table))

@@ -10,37 +10,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from peftbench.config.fields import NOT_FINGERPRINTED as SETTINGS_NOT_FINGERPRINTED
 from peftbench.config.run_config import RunConfig
 from peftbench.errors import ConfigError
 from peftbench.store import rundir
 from peftbench.store.rundir import MethodDir
 
-# Settings that change where and how a run reports (or where its trials run), never its results; `methods` and
-# `seeds` because each method directory is one method at one seed (its seed is in the fingerprint); how the batch
-# size was given, because `batch_size` holds the global figure either way; the search's grids and halving because
-# they decide which trials run, not what a trial gives (each trial's own lr and rank are in its fingerprint), so that
-# a grid point added later runs alone.
-NOT_FINGERPRINTED = (
-    "output",
-    "quiet",
-    "in_process",
-    "force",
-    "dry_run",
-    "report_to",
-    "allow_pickle",
-    "methods",
-    "seeds",
-    "per_device_batch_size",
-    "batch_size_given_as",
-    "executor",
-    "ray_address",
-    "gpus_per_trial",
-    "cpus_per_trial",
-    "ray_scratch",
-    "lr_grid",
-    "rank_grid",
-    "search_halving",
-)
+# What a method's results do not depend on: the settings config/fields.py marks so, and how the batch size was given
+# (`batch_size` holds the global figure either way).
+NOT_FINGERPRINTED = (*SETTINGS_NOT_FINGERPRINTED, "batch_size_given_as")
 
 
 def fingerprinted(config: RunConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model, skeleton
 from peftbench.training.trainer import Trainer, TrainOptions
-from tests.conftest import tiny_run_args
+from tests.helpers import tiny_run_args
 
 # peft's LoHa, LoKr and OFT wrap nn.Linear layers only; GPT-2's projections are Conv1D.
 UNSUPPORTED = {"gpt2": {"loha", "lokr", "oft"}, "t5": set()}
@@ -223,7 +223,7 @@ def test_settings_a_method_cannot_train_with(tiny_models):
 
 
 def test_docs_document_every_method():
-    page = Path(__file__).parents[1].joinpath("docs", "methods.md").read_text()
+    page = Path(__file__).parents[2].joinpath("docs", "methods.md").read_text()
     section = page.split("\n## ")[0]
     for name, method in METHODS.items():
         row = next((line for line in section.splitlines() if line.startswith(f"| `{name}` |")), None)

@@ -16,7 +16,7 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.training import checkpoint
-from tests.conftest import KILLABLE, children, command_line, gone_within, launched, tiny_run_args
+from tests.helpers import KILLABLE, children, command_line, gone_within, launched, tiny_run_args
 
 
 def _wait_for(path: Path, process: subprocess.Popen) -> None:

@@ -12,7 +12,7 @@ from peftbench.config.run_config import RunConfig
 from peftbench.store import fingerprints
 from peftbench.store.rundir import MethodDir
 from peftbench.training import checkpoint
-from tests.conftest import killed_at, tiny_run_args
+from tests.helpers import killed_at, tiny_run_args
 
 
 def _metrics(output, method: str) -> dict:

@@ -18,7 +18,7 @@ from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import LengthGroupedBatches
 from peftbench.methods.settings import MethodSettings
-from tests.conftest import (
+from tests.helpers import (
     KILLABLE,
     alive,
     children,

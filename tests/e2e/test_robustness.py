@@ -19,7 +19,7 @@ from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import CausalLayout
 from peftbench.model.load import load_model
-from tests.conftest import tiny_run_args
+from tests.helpers import tiny_run_args
 
 
 def _peft_type(model) -> str | None:

@@ -8,7 +8,7 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.store.rundir import LOCK_FILE
-from tests.conftest import tiny_run_args
+from tests.helpers import tiny_run_args
 
 
 def _fails(capsys, args: list[str]) -> str:

@@ -25,14 +25,14 @@ from peftbench.cli import main
 from peftbench.errors import ConfigError
 from peftbench.pipeline.executor import progress_line
 from peftbench.store.rundir import REPORT_FILES, read_tree, write_tree
-from tests import ray_faults
-from tests.conftest import tiny_run_args
+from tests.e2e import ray_faults
+from tests.helpers import tiny_run_args
 
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="the Ray executor tests need Ray: pip install 'peftbench[ray]'"
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -26,7 +26,7 @@ from peftbench.store import records as results
 from peftbench.store.records import MethodResult
 from peftbench.store.rundir import MethodDir
 from peftbench.training.tracking import AVAILABLE, resolve_trackers
-from tests.conftest import QUICK_LATENCY, tiny_run_args
+from tests.helpers import QUICK_LATENCY, tiny_run_args
 
 
 def _fails(capsys, args: list[str]) -> str:

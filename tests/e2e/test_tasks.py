@@ -15,7 +15,7 @@ from peftbench.data.splits import Example, load_splits
 from peftbench.model.layout import PromptOptions, TokenLimits
 from peftbench.model.load import load_model
 from peftbench.training.evaluate import EvalOptions, Evaluator
-from tests.conftest import tiny_run_args
+from tests.helpers import tiny_run_args
 
 QUESTIONS = [
     ("Paris is the capital of France.", "What is the capital of France?", ["Paris", "paris, France"]),

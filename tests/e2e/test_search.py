@@ -15,7 +15,7 @@ from peftbench.pipeline import search
 from peftbench.store.records import EpochMetrics
 from peftbench.training.evaluate import Evaluator
 from peftbench.training.trainer import Trainer
-from tests.conftest import killed_at, tiny_run_args
+from tests.helpers import killed_at, tiny_run_args
 
 GRID = ("--lr-grid", "1e-4,3e-3,3e-2")
 

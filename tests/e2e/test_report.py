@@ -18,7 +18,7 @@ from peftbench.cli import main
 from peftbench.report.stats import Estimate, estimate, holm
 from peftbench.report.table import MEANINGLESS, columns
 from peftbench.store.records import PHASES, RANDOM_WEIGHTS
-from tests.conftest import tiny_run_args
+from tests.helpers import tiny_run_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = ("--epochs", "1", "--in-process", "--latency-prompts", "1", "--latency-new-tokens", "4")

@@ -20,8 +20,8 @@ from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import IGNORE_INDEX, PromptOptions, TokenLimits
 from peftbench.model.load import load_model
-from tests.conftest import tiny_run_args, without_dropout
-from tests.test_methods import _trainer
+from tests.e2e.test_methods import _trainer
+from tests.helpers import tiny_run_args, without_dropout
 
 
 def _metrics(output, method: str) -> dict:

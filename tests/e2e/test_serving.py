@@ -21,7 +21,7 @@ from peftbench.measure.memory import in_memory_window, weights_bytes
 from peftbench.measure.serving import load_adapters
 from peftbench.measure.timing import PhaseTimer
 from peftbench.store.records import Efficiency
-from tests.conftest import tiny_run_args
+from tests.helpers import tiny_run_args
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from peftbench.cli import main
 from peftbench.task.metrics import per_example
-from tests.conftest import launched, tiny_run_args
+from tests.helpers import launched, tiny_run_args
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "bleu"}
 TEST_KEYS = {"loss", "rouge1", "rouge2", "rougeL", "bleu"}

@@ -1,0 +1,149 @@
+"""Helpers the tests share: processes a test starts (launched, and what is alive), the arguments of a fast run on a
+tiny model, a run killed at a checkpoint, and models without dropout."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def status_of(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent PID, or None where it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs (a zombie, dead but not yet reaped, does not)."""
+    status = status_of(pid)
+    return status is not None and status[0] not in "ZX"
+
+
+def children(pid: int) -> list[int]:
+    """The living child processes of pid."""
+    found = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    return [child for child in found if (status_of(child) or ("Z", 0))[1] == pid and alive(child)]
+
+
+def gone_within(pids: list[int], seconds: float) -> bool:
+    """Whether every process of pids has ended within seconds."""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@contextlib.contextmanager
+def launched(command: list[str], **options) -> Iterator[subprocess.Popen]:
+    """A process in a session of its own; on the way out, it and everything in its process group are killed."""
+    process = subprocess.Popen(command, start_new_session=True, **options)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def without_dropout(model: Path, directory: Path) -> Path:
+    """A copy of a tiny model with every dropout off, so that runs compare exactly."""
+    shutil.copytree(model, directory)
+    config = json.loads((directory / "config.json").read_text())
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate", "attention_dropout"):
+        if key in config:
+            config[key] = 0.0
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+# Latency timing generates latency_prompts x latency_new_tokens tokens up to three times per method: tests keep it to
+# one short prompt (tiny_run_args does), which still times every model a method has.
+QUICK_LATENCY = ("--latency-prompts", "1", "--latency-new-tokens", "2")
+
+
+def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
+    """CLI arguments for a fast run on a tiny model: a few examples, short sequences, latency on one short prompt."""
+    return [
+        "run",
+        "--model",
+        str(model),
+        "--dataset",
+        str(data),
+        "--output",
+        str(output),
+        "--quiet",
+        "--train-size",
+        "8",
+        "--eval-size",
+        "4",
+        "--test-size",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-source-tokens",
+        "48",
+        "--max-target-tokens",
+        "16",
+        "--max-new-tokens",
+        "8",
+        *QUICK_LATENCY,
+        *extra,
+    ]
+
+
+# A program that saves its first checkpoint (its KILL_AT_SAVE-th with that variable set), then waits to be killed
+# (`python -c KILLABLE ARGS`, or a script under torchrun): the kill lands after that epoch every time, however fast or
+# slow this machine is (a real crash anywhere in the next epoch resumes from the same checkpoint).
+KILLABLE = """
+import os, sys, time
+from peftbench.training import checkpoint
+save, saved = checkpoint.save, []
+def save_then_wait(*args, **kwargs):
+    saved.append(save(*args, **kwargs))
+    if len(saved) == int(os.environ.get("KILL_AT_SAVE", "1")):
+        time.sleep(600)
+    return saved[-1]
+checkpoint.save = save_then_wait
+from peftbench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def killed_at(args: list[str], checkpoint: Path, saves: int = 1) -> None:
+    """Run peftbench with args in a child process (KILLABLE) and SIGKILL it once it wrote checkpoint, its saves-th."""
+    with launched(
+        [sys.executable, "-c", KILLABLE, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KILL_AT_SAVE": str(saves)},
+    ) as child:
+        deadline = time.monotonic() + 600
+        while not checkpoint.is_dir():
+            assert child.poll() is None, child.stderr.read()
+            assert time.monotonic() < deadline, f"no {checkpoint}"
+            time.sleep(0.1)
