@@ -26,11 +26,11 @@ from bench_train import Settings, load_and_encode
 from peftbench.config.run_config import EMBEDDED
 from peftbench.measure.latency import prompt_batch
 from peftbench.measure.timing import sync_device
-from peftbench.methods.apply import apply_method, build_optimizer
 from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings
 from peftbench.pipeline.console import quiet_libraries
-from peftbench.training.trainer import Trainer, TrainOptions
+from peftbench.pipeline.method_run import setup_method
+from peftbench.training.trainer import TrainOptions
 
 PARTS = ("lora", "full", "generate", "decode")
 
@@ -74,10 +74,8 @@ def training_step(args: argparse.Namespace, method_name: str):
     config = settings.run_config()
     loaded, items = load_and_encode(settings)
     method, method_settings = METHODS[method_name], MethodSettings.from_config(config)
-    model = apply_method(method, loaded, method_settings)
-    optimizer = build_optimizer(method, model, method.default_lr, method_settings)
     options = dataclasses.replace(TrainOptions.from_config(config, "no"), epochs=100)  # a schedule not yet at 0
-    trainer = Trainer(model, optimizer, items, loaded.layout, options)
+    trainer = setup_method(method, loaded, method_settings, method.default_lr, items, options)
     tokens = sum(it.length for it in items)
     return trainer.train_epoch, f"{len(items)} examples, {tokens} real tokens"
 

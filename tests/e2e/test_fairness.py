@@ -11,8 +11,8 @@ import torch
 from accelerate.state import AcceleratorState
 from torch import nn
 
-import peftbench.pipeline.compare
 import peftbench.pipeline.method_run
+import peftbench.pipeline.units
 from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import Example, _normalised, _split_by_hash, load_splits
@@ -98,8 +98,8 @@ def test_epoch_zero_is_the_base_model_shared_by_every_method(tiny_gpt2, articles
     """Prefix and prompt tuning attach random virtual tokens before training: epoch 0 must still be the base model,
     evaluated once per seed and identical in every method's metrics.json."""
     calls = []
-    real = peftbench.pipeline.compare.run_zero_shot
-    monkeypatch.setattr(peftbench.pipeline.compare, "run_zero_shot", lambda *a: calls.append(1) or real(*a))
+    real = peftbench.pipeline.units.run_zero_shot
+    monkeypatch.setattr(peftbench.pipeline.units, "run_zero_shot", lambda *a: calls.append(1) or real(*a))
     output = tmp_path / "out"
     args = tiny_run_args(tiny_gpt2, articles, output, "--epochs", "1", "--in-process")
     assert main([*args, "--methods", "lora,prefix,prompt"]) == 0

@@ -15,11 +15,12 @@ from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import Example
 from peftbench.errors import ConfigError
-from peftbench.methods.apply import apply_method, build_optimizer, check_method, count_parameters, loss_term
+from peftbench.methods.apply import apply_method, check_method, count_parameters
 from peftbench.methods.registry import METHODS
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model, skeleton
+from peftbench.pipeline.method_run import setup_method
 from peftbench.training.trainer import Trainer, TrainOptions
 from tests.helpers import tiny_run_args
 
@@ -129,11 +130,8 @@ def test_trainable_counts_match_peft(arch, tiny_models):
 def _trainer(method: str, arch: str, tiny_models, config: RunConfig) -> Trainer:
     loaded = load_model(str(tiny_models[arch]))
     items = loaded.layout.encode(EXAMPLES, TokenLimits(config.max_source_tokens, config.max_target_tokens))
-    settings = MethodSettings.from_config(config)
-    model = apply_method(METHODS[method], loaded, settings)
-    optimizer = build_optimizer(METHODS[method], model, 1e-3, settings)
     options = TrainOptions.from_config(config, precision="no")
-    return Trainer(model, optimizer, items, loaded.layout, options, loss_term(METHODS[method]))
+    return setup_method(METHODS[method], loaded, MethodSettings.from_config(config), 1e-3, items, options)
 
 
 def test_loraplus_trains_b_faster_than_a(tiny_models):

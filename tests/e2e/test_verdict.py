@@ -16,9 +16,10 @@ from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import load_splits
 from peftbench.pipeline.references import lead, sentences
+from peftbench.report.analysis import analyse
 from peftbench.report.load import load_sections
 from peftbench.report.stats import RESAMPLES
-from peftbench.report.verdict import analyse, verdict_lines
+from peftbench.report.verdict import verdict_lines
 from peftbench.store import records as results
 from peftbench.store import rundir
 from peftbench.store.records import Efficiency, EpochMetrics, MethodResult, prediction_rows

@@ -162,8 +162,8 @@ def test_write_tree_refuses_paths_outside_before_writing_any(tmp_path):
 def test_an_empty_method_directory_is_not_finished(tmp_path):
     directory = MethodDir(tmp_path / "lora")
     assert directory.name == "lora" and directory.comparison == tmp_path
-    assert not directory.has_results() and not directory.finished() and not directory.complete()
-    assert not directory.holds_results()
+    assert not directory.has_run() and not directory.finished() and not directory.finished_whole()
+    assert not directory.holds_work()
     assert directory.unreadable_result() is None
     assert directory.read_failure() == {} and directory.read_predictions() == [] and directory.read_log() == []
 
@@ -172,7 +172,7 @@ def test_a_written_result_is_finished_and_reads_back(tmp_path):
     directory = MethodDir(tmp_path / "lora")
     result = _result()
     directory.write_result(result)
-    assert directory.finished() and directory.complete() and directory.has_results() and directory.holds_results()
+    assert directory.finished() and directory.finished_whole() and directory.has_run() and directory.holds_work()
     assert directory.read_result() == result
     assert rundir.method_dirs(tmp_path) == [directory]
 
@@ -182,17 +182,17 @@ def test_a_garbled_result_is_finished_but_not_complete(tmp_path):
     directory.write_result(_result())
     text = directory.metrics.read_text()
     directory.metrics.write_text(text[: len(text) // 2])  # cut short
-    assert directory.finished() and not directory.complete()
+    assert directory.finished() and not directory.finished_whole()
     assert directory.unreadable_result().startswith("JSONDecodeError")
 
 
 def test_a_failure_is_a_result_but_not_finished(tmp_path):
     directory = MethodDir(tmp_path / "ia3")
     directory.write_failure("ia3", "tiny", 0, "boom")
-    assert directory.has_results() and not directory.finished()
+    assert directory.has_run() and not directory.finished()
     assert directory.read_failure() == {"method": "ia3", "model": "tiny", "seed": 0, "error": "boom"}
     directory.clear_failure()
-    assert directory.read_failure() == {} and not directory.has_results()
+    assert directory.read_failure() == {} and not directory.has_run()
 
 
 def test_predictions_round_trip_and_skip_damaged_lines(tmp_path):

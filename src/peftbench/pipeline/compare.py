@@ -1,33 +1,28 @@
-"""The comparison: every configured method at every seed on the same model, data and budget, each a unit of work
-that the executor runs in its own process (here, or on a Ray cluster): the references of every seed first, then every
+"""The comparison: every configured method at every seed on the same model, data and budget, each a unit of work that
+the executor runs in its own process (here, or on a Ray cluster): the references of every seed first, then every
 method; failures isolated per method, finished work skipped, and the summary and report written at the end."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import traceback
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from peftbench import parallel
 from peftbench.config.run_config import ALL_TRACKERS, TRACKERS, RunConfig
 from peftbench.data.splits import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
 from peftbench.pipeline.console import Console
-from peftbench.pipeline.executor import Executor, ExecutorOptions, Unit, WorkerDied, executor, isolated
-from peftbench.pipeline.method_run import Stage, run_method, run_zero_shot
+from peftbench.pipeline.executor import Executor, ExecutorOptions, Unit, executor
 from peftbench.pipeline.preflight import check_before_loading, dry_run, preflight
 from peftbench.pipeline.recording import epoch_line
 from peftbench.pipeline.references import lead_3
-from peftbench.pipeline.search import run_search, settled
+from peftbench.pipeline.search import settled
+from peftbench.pipeline.units import Failure, describe_failure, method_unit, write_reference, zero_shot_unit
 from peftbench.report.write import Published, publish
 from peftbench.store import fingerprints, rundir
-from peftbench.store.records import EpochMetrics, MethodResult
+from peftbench.store.records import EpochMetrics
 from peftbench.store.rundir import LEAD_3, ZERO_SHOT, MethodDir
 from peftbench.task.presets import TASKS
 from peftbench.training import checkpoint
@@ -43,7 +38,7 @@ def references_recorded(
     units = []
     for config in configs:
         zero_shot = rundir.reference_dir(Path(config.output), ZERO_SHOT)
-        if config.force or not (zero_shot.complete() and fingerprints.matches(zero_shot, config)):
+        if config.force or not (zero_shot.finished_whole() and fingerprints.matches(zero_shot, config)):
             _start_reference(zero_shot, config)
             units.append(Unit(_unit_name(ZERO_SHOT, config, configs), zero_shot, zero_shot_unit, (splits, config)))
     parallel.wait_for_everyone()  # every process decided, and the directories are ready, before any unit runs
@@ -73,43 +68,11 @@ def _lead_3_recorded(splits: Splits, config: RunConfig, model: str) -> None:
     """For summarisation, the Lead-3 reference row (no model: computed here), unless already written."""
     lead = rundir.reference_dir(Path(config.output), LEAD_3)
     if TASKS[config.task].extractive_reference and (
-        config.force or not (lead.complete() and fingerprints.matches(lead, config))
+        config.force or not (lead.finished_whole() and fingerprints.matches(lead, config))
     ):
         _start_reference(lead, config)
         if parallel.is_main():
-            _write_reference(lead, *lead_3(splits, model, config.to_dict()))
-
-
-def zero_shot_unit(directory: MethodDir, splits: Splits, config: RunConfig) -> None:
-    """The zero-shot reference as a unit of work (method_run.run_zero_shot), written into directory."""
-    result, rows = run_zero_shot(splits, config)
-    if parallel.is_main():
-        _write_reference(directory, result, rows)
-
-
-def method_unit(directory: MethodDir, name: str, splits: Splits, config: RunConfig, zero_shot: EpochMetrics) -> None:
-    """One method at one seed as a unit of work, written into directory: method_run.run_method, or with --search the
-    method's search (search.run_search: every trial in a process of its own, then the selected one tested)."""
-    if config.search:
-        run_search(name, config, directory, functools.partial(stage_recorded, name, splits, zero_shot))
-    else:
-        run_method(name, splits, config, directory, zero_shot)
-
-
-def stage_recorded(
-    name: str, splits: Splits, zero_shot: EpochMetrics, config: RunConfig, directory: MethodDir, stage: Stage
-) -> None:
-    """One stage of a search (a trial's stint, or the selected trial's test) in a process of its own, so that no
-    trial's memory peak reaches another's figures; a failure leaves failed.json in directory, then propagates."""
-    try:
-        isolated(run_method, name, splits, config, directory, zero_shot, stage, in_process=config.in_process)
-    except Exception as exc:
-        if parallel.is_main():
-            message = describe_failure(exc, config.batch_size).message
-            directory.write_failure(name, config.model, config.seed, message)
-        raise
-    if parallel.is_main():
-        directory.clear_failure()
+            write_reference(lead, *lead_3(splits, model, config.to_dict()))
 
 
 def _start_reference(directory: MethodDir, config: RunConfig) -> None:
@@ -118,40 +81,9 @@ def _start_reference(directory: MethodDir, config: RunConfig) -> None:
         fingerprints.write_fingerprint(directory, config)
 
 
-def _write_reference(directory: MethodDir, result: MethodResult, rows: list[dict]) -> None:
-    directory.write_predictions(rows)
-    directory.write_result(result)  # last: its presence means the reference is finished
-
-
 def _unit_name(name: str, config: RunConfig, configs: list[RunConfig]) -> str:
     """A method's (or reference's) name, with its seed where the run has several."""
     return f"{name} (seed {config.seed})" if len(configs) > 1 else name
-
-
-@dataclass
-class Failure:
-    message: str
-    user_facing: bool  # a cause the user can fix (exit code 2), not a bug (exit code 1, with a traceback)
-
-
-def describe_failure(exc: BaseException, batch_size: int) -> Failure:
-    """What to tell the user about a failed method: the error, and for running out of memory what to change (the
-    run's --batch-size first)."""
-    smaller = (
-        f"lower --batch-size (now {batch_size}; raise --grad-accum to keep the effective batch), "
-        "--eval-batch-size or --max-source-tokens, or add --gradient-checkpointing"
-    )
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return Failure(f"out of GPU memory ({str(exc).splitlines()[0] if str(exc) else 'CUDA'}); {smaller}", True)
-    if isinstance(exc, BrokenProcessPool | WorkerDied):
-        how = str(exc) if isinstance(exc, WorkerDied) else "out of memory, or killed"
-        return Failure(
-            f"its process died ({how}); {smaller}. Rerunning the same command resumes it from its last checkpoint",
-            True,
-        )
-    if isinstance(exc, UserError):
-        return Failure(str(exc), True)
-    return Failure(f"{type(exc).__name__}: {exc}", False)
 
 
 def prepare_method(name: str, config: RunConfig, directory: MethodDir, console: Console) -> bool:

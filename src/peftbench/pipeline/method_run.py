@@ -215,6 +215,61 @@ def setup(name: str, config: RunConfig, splits: Splits, log: Callable[[dict], No
     )
 
 
+@dataclass
+class Prepared:
+    """A method set up for its run: the model (adapted), its data, trainer and evaluator, the result being filled,
+    and where and at what precision it computes."""
+
+    method: Method
+    loaded: LoadedModel
+    data: EncodedSplits
+    trainer: Trainer
+    evaluator: Evaluator
+    result: MethodResult
+    device: Any
+    compute: AbstractContextManager
+
+
+def prepare(
+    method: Method,
+    splits: Splits,
+    config: RunConfig,
+    directory: MethodDir,
+    progress: Progress,
+    timer: PhaseTimer,
+    measure_base: bool,
+) -> Prepared:
+    """The setup stages as the run goes through them, timed: the model and data, then (measure_base: where the run
+    starts afresh, before the method touches the model) the base model's latency into progress, then the method and
+    its trainer."""
+    device, precision = parallel.state().device, mixed_precision(config.precision)
+    compute = autocast(precision, device)  # every model call of the run computes at this one precision
+    with timer.phase("model_load"):
+        loaded = setup_model(ModelSource.from_config(config), PromptOptions.from_config(config), device)
+        data = setup_data(loaded.layout, splits, token_limits(config))
+    if measure_base and parallel.is_main():  # latency is one request on one device: the main process measures it
+        with compute, timer.phase("latency"):
+            progress.base_latency_ms, progress.base_memory = timed_generation(
+                loaded.model,
+                data.test.items[: config.latency_prompts],
+                loaded.layout,
+                config.latency_new_tokens,
+                device,
+            )
+    with timer.phase("model_load"):  # applying the method counts with loading: setting up before training
+        settings, lr = MethodSettings.from_config(config), learning_rate(method, config.lr)
+        resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
+        log = directory.append_log if parallel.is_main() else None  # log.jsonl: the main process's
+        trainer = setup_method(
+            method, loaded, settings, lr, data.train.items, TrainOptions.from_config(config, precision), log
+        )
+    trainable, total = count_parameters(trainer.unwrapped)
+    options = EvalOptions.from_config(config)
+    evaluator = Evaluator(loaded.layout, options, device, show_progress(config.quiet), not method.prompt_learning)
+    result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
+    return Prepared(method, loaded, data, trainer, evaluator, result, device, compute)
+
+
 def run_method(
     name: str, splits: Splits, config: RunConfig, directory: MethodDir, zero_shot: EpochMetrics, stage: Stage = WHOLE
 ) -> MethodResult:
@@ -222,86 +277,41 @@ def run_method(
     after every epoch, and write its results into directory. zero_shot is the base model's validation (epoch 0),
     evaluated once per seed for every method (run_zero_shot). stage: the part to do, for a search's trials."""
     quiet_libraries()
-    method, trial = METHODS[name], stage.until_epoch is not None
-    tag = f"{name} {directory.name}" if trial else name
-    console = Console(config.quiet)
-    say = lambda text: console.say(f"[{tag}] {text}")  # noqa: E731
+    tag = f"{name} {directory.name}" if stage.until_epoch is not None else name
+    say = lambda text: Console(config.quiet).say(f"[{tag}] {text}")  # noqa: E731
     resume = checkpoint.load_latest(stage.resume_from or directory)  # None: from scratch (unreadable ones set aside)
     set_seed(config.seed)
     started, progress = time.perf_counter(), Progress()
     timer = PhaseTimer(progress.phase_seconds, progress.phase_other_cpu_seconds)
-    device, precision = parallel.state().device, mixed_precision(config.precision)
-    compute = autocast(precision, device)  # every model call below computes at this one precision
-    with timer.phase("model_load"):
-        loaded = setup_model(ModelSource.from_config(config), PromptOptions.from_config(config), device)
-        data = setup_data(loaded.layout, splits, token_limits(config))
-    latency_items = data.test.items[: config.latency_prompts]
-    if not resume and parallel.is_main():  # latency is one request on one device: the main process measures it
-        with compute, timer.phase("latency"):
-            progress.base_latency_ms, progress.base_memory = timed_generation(
-                loaded.model, latency_items, loaded.layout, config.latency_new_tokens, device
-            )
-    with timer.phase("model_load"):  # applying the method counts with loading: setting up before training
-        settings, lr = MethodSettings.from_config(config), learning_rate(method, config.lr)
-        resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
-        log = directory.append_log if parallel.is_main() else None  # log.jsonl: the main process's
-        options = TrainOptions.from_config(config, precision)
-        trainer = setup_method(method, loaded, settings, lr, data.train.items, options, log)
-    trainable, total = count_parameters(trainer.unwrapped)
-    evaluator = Evaluator(
-        loaded.layout,
-        EvalOptions.from_config(config),
-        device,
-        show_progress(config.quiet),
-        one_pass=not method.prompt_learning,
+    run = prepare(METHODS[name], splits, config, directory, progress, timer, measure_base=resume is None)
+    trainer, result = run.trainer, run.result
+    trackers = rundir.trackers_dir(directory.comparison)
+    tracking.start(
+        trainer.accelerator, config.report_to, trackers, f"{tag.replace(' ', '-')}-seed{config.seed}", result.config
     )
-    result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
-    run_name = f"{tag.replace(' ', '-')}-seed{config.seed}"
-    tracking.start(trainer.accelerator, config.report_to, rundir.trackers_dir(directory.comparison), run_name, resolved)
-    say(f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%), lr {lr:g}")
+    say(
+        f"{result.trainable_params:,} of {result.total_params:,} parameters trainable "
+        f"({100 * result.trainable_params / result.total_params:.3f}%), lr {result.config['lr']:g}"
+    )
 
     progress = resume_or_start(resume, trainer, progress, timer, zero_shot, directory, stage.resume_from, say)
     earlier = progress.wall_seconds
     wall = lambda: earlier + time.perf_counter() - started  # noqa: E731 - this method's wall time, all sessions
     schedule = Schedule(stage.until_epoch or config.epochs, config.epochs, config.eval_every, config.eval_generate_size)
-    train_and_validate(trainer, evaluator, data.validation, schedule, progress, timer, compute, directory, say, wall)
+    train_and_validate(
+        trainer, run.evaluator, run.data.validation, schedule, progress, timer, run.compute, directory, say, wall
+    )
     result.epochs = progress.epochs
-    if trial:  # validated and checkpointed: the search decides whether it goes on, and only its choice is tested
+    if stage.until_epoch is not None:  # a trial: the search decides whether it goes on; only its choice is tested
         finish_trial(trainer, directory, result)
         return result
 
-    with compute:
-        scores, generation = evaluator.evaluate(
-            trainer.unwrapped, data.test.items, data.test.examples, None, "test", timer, "test"
-        )
-    progress.add_generation(generation.new_tokens, generation.seconds)
-    result.test = TestMetrics(scores.loss, scores.metrics)
-    if parallel.is_main():
-        directory.append_log(log_record("test", config.epochs, config.epochs * trainer.steps_per_epoch, result.test))
+    scores, generation = test(run, progress, timer, config.epochs, directory)
     result.environment, result.data = environment(), splits.rows.record()
     result.provenance, result.search = provenance(config.model, splits), stage.search
-
     if parallel.is_main():  # measure and write: the main process alone (the others hold the same results)
-        with timer.phase("merge_check"):
-            final = merged_model(trainer, method)
-        with compute:
-            efficiency = measure_efficiency(
-                trainer,
-                progress,
-                method,
-                loaded,
-                latency_items,
-                directory,
-                final,
-                config.latency_new_tokens,
-                base_loader(ModelSource.from_config(config), device),
-                timer,
-            )
-        del final
-        result.efficiency = replace(
-            efficiency, phase_seconds=dict(timer.seconds), other_cpu_share=timer.other_cpu_share(), wall_seconds=wall()
-        )
-        write(trainer, directory, result, generation_rows(data.test.examples, generation), stage.resume_from)
+        measure(run, progress, timer, config, directory, wall)
+        write(trainer, directory, result, generation_rows(run.data.test.examples, generation), stage.resume_from)
     parallel.wait_for_everyone()  # no process starts the next method while the main one writes this one's
     say(
         f"test: loss {scores.loss:.4f}, {scores_text(scores.metrics)}; "
@@ -309,6 +319,53 @@ def run_method(
         f"({wall():.0f} s)"
     )
     return result
+
+
+def test(run: Prepared, progress: Progress, timer: PhaseTimer, epochs: int, directory: MethodDir):
+    """The trained model on the test split, once: its scores into the result (and log.jsonl), its generation speed
+    into progress; returns the scores and the generation (for predictions.jsonl)."""
+    with run.compute:
+        scores, generation = run.evaluator.evaluate(
+            run.trainer.unwrapped, run.data.test.items, run.data.test.examples, None, "test", timer, "test"
+        )
+    progress.add_generation(generation.new_tokens, generation.seconds)
+    run.result.test = TestMetrics(scores.loss, scores.metrics)
+    if parallel.is_main():
+        directory.append_log(log_record("test", epochs, epochs * run.trainer.steps_per_epoch, run.result.test))
+    return scores, generation
+
+
+def measure(
+    run: Prepared,
+    progress: Progress,
+    timer: PhaseTimer,
+    config: RunConfig,
+    directory: MethodDir,
+    wall: Callable[[], float],
+) -> None:
+    """What the trained method costs (costs.measure_efficiency, on its merged copy where it merges), with the run's
+    phase times and wall time so far, into the result. It saves the adapter (into the method's directory)."""
+    with timer.phase("merge_check"):
+        final = merged_model(run.trainer, run.method)
+    latency_items = run.data.test.items[: config.latency_prompts]
+    load_base = base_loader(ModelSource.from_config(config), run.device)
+    with run.compute:
+        efficiency = measure_efficiency(
+            run.trainer,
+            progress,
+            run.method,
+            run.loaded,
+            latency_items,
+            directory,
+            final,
+            config.latency_new_tokens,
+            load_base,
+            timer,
+        )
+    del final
+    run.result.efficiency = replace(
+        efficiency, phase_seconds=dict(timer.seconds), other_cpu_share=timer.other_cpu_share(), wall_seconds=wall()
+    )
 
 
 def resume_or_start(

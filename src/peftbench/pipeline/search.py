@@ -170,7 +170,7 @@ class SearchRecord:
 
 
 # Runs one stage of a method (run_method with a Stage) in its own process, recording a failure in its directory:
-# pipeline.stage_recorded, given (config, directory, stage).
+# units.stage_recorded, given (config, directory, stage).
 Runner = Callable[[RunConfig, MethodDir, Stage], None]
 
 
@@ -216,28 +216,14 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
     rungs = range(1, config.epochs + 1) if config.search_halving else [config.epochs]
     for rung in rungs:
         for trial in list(active):
-            trial_config, place = trial.config(config), dirs[trial]
-            if reached(place, trial_config) >= rung:
-                continue
-            if main:
-                if not fingerprints.matches(place, trial_config):
-                    place.remove()  # another configuration's trial: start it over
-                fingerprints.write_fingerprint(place, trial_config)
-            parallel.wait_for_everyone()
-            try:
-                train(trial_config, place, Stage(until_epoch=rung))
-            except Exception as exc:  # one trial's failure (a diverging learning rate) must not end the search
-                errors.append(exc)
-                outcomes[trial].error = place.read_failure().get("error") or f"{type(exc).__name__}: {exc}"
+            error = _train_trial(trial.config(config), dirs[trial], rung, train)
+            if error is not None:  # one trial's failure (a diverging learning rate) must not end the search
+                errors.append(error)
+                outcomes[trial].error = dirs[trial].read_failure().get("error") or f"{type(error).__name__}: {error}"
                 active.remove(trial)
                 console.warn(f"{name} {trial.name} failed: {outcomes[trial].error}")
         if rung < config.epochs and len(active) > 1:
-            figures = {t: figure(_validation_at(dirs[t].read_record(), rung), config.select_by) for t in active}
-            kept = best_first(figures, config.select_by)[: survivors(len(active))]
-            for trial in active:
-                if trial not in kept:
-                    outcomes[trial].stopped_after = rung
-            active = [t for t in active if t in kept]
+            active = _halve(active, dirs, rung, config.select_by, outcomes)
     records = {t: dirs[t].read_record() for t in trials if outcomes[t].error is None}
     for trial, record in records.items():
         outcomes[trial].epochs = [epoch.to_dict() for epoch in record.epochs] if record else []
@@ -263,6 +249,36 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
         for trial in active:
             if trial != chosen:
                 checkpoint.remove(dirs[trial])
+
+
+def _train_trial(config: RunConfig, place: TrialDir, rung: int, train: Runner) -> Exception | None:
+    """Train one trial up to epoch rung unless it got there already (in this configuration); the exception that
+    stopped it, if one did."""
+    if reached(place, config) >= rung:
+        return None
+    if parallel.is_main():
+        if not fingerprints.matches(place, config):
+            place.remove()  # another configuration's trial: start it over
+        fingerprints.write_fingerprint(place, config)
+    parallel.wait_for_everyone()
+    try:
+        train(config, place, Stage(until_epoch=rung))
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _halve(
+    active: list[Trial], dirs: dict[Trial, TrialDir], rung: int, select_by: str, outcomes: dict[Trial, TrialOutcome]
+) -> list[Trial]:
+    """Successive halving's rung: the better half of the active trials on their validation at epoch rung goes on;
+    the others' outcomes say where they stopped."""
+    figures = {t: figure(_validation_at(dirs[t].read_record(), rung), select_by) for t in active}
+    kept = best_first(figures, select_by)[: survivors(len(active))]
+    for trial in active:
+        if trial not in kept:
+            outcomes[trial].stopped_after = rung
+    return [t for t in active if t in kept]
 
 
 def _finish(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from peftbench.methods.registry import METHODS
+from peftbench.report.analysis import Analysis
 from peftbench.report.document import (
     Block,
     Bullets,
@@ -35,7 +36,7 @@ from peftbench.report.table import (
     several_seeds,
     sig,
 )
-from peftbench.report.verdict import Analysis, verdict_lines
+from peftbench.report.verdict import verdict_lines
 from peftbench.store.records import RANDOM_WEIGHTS, Efficiency, MethodResult
 from peftbench.task.metrics import METRICS
 

@@ -152,7 +152,7 @@ def _load_comparison(comparison: Path) -> list[Run]:
     """The runs of one single-seed comparison directory, its references' included. Failures take the model of their
     siblings (failed.json has the model as given, e.g. 'embedded', not as loaded), and their seed where failed.json
     lacks one."""
-    directories = [d for d in rundir.method_dirs(comparison) if d.has_results()]
+    directories = [d for d in rundir.method_dirs(comparison) if d.has_run()]
     directories += [d for d in rundir.reference_dirs(comparison) if d.finished()]
     runs = [_load_run(directory) for directory in directories]
     known = next((run for run in runs if run.result is not None and run.method not in REFERENCES), None)

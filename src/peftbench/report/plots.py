@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
+from peftbench.report.analysis import Analysis
 from peftbench.report.curves import png
 from peftbench.report.load import MethodRuns, Run, Section
 from peftbench.report.stats import Estimate, Interval, estimate
@@ -20,7 +21,6 @@ from peftbench.report.table import (
     deployed_memory_mib,
     peak_memory_mib,
 )
-from peftbench.report.verdict import Analysis
 from peftbench.store.records import PHASES
 from peftbench.task.metrics import METRICS
 

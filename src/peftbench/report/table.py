@@ -7,10 +7,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from peftbench.report.analysis import Analysis
 from peftbench.report.document import Table
 from peftbench.report.load import MethodRuns, Section
 from peftbench.report.stats import ALPHA, holm, paired_t_p
-from peftbench.report.verdict import Analysis
 from peftbench.store.records import MethodResult
 from peftbench.task.metrics import METRICS
 

@@ -8,13 +8,13 @@ from functools import cached_property
 from pathlib import Path
 
 from peftbench.errors import ConfigError
+from peftbench.report.analysis import Analysis, analyse
 from peftbench.report.blocks import header, how_to_read, random_note, report_blocks, verdict_blocks
 from peftbench.report.card import render
 from peftbench.report.document import Block, Bullets, Figure, Heading, Paragraph, to_html, to_markdown
 from peftbench.report.export import EXPORT_KINDS, write_exports
 from peftbench.report.load import Section, load_sections
 from peftbench.report.table import failures, results_table, several_seeds
-from peftbench.report.verdict import Analysis, analyse
 from peftbench.store import rundir
 from peftbench.store.rundir import write_atomic, write_files
 

@@ -61,7 +61,7 @@ def check_output(output: Path, config: RunConfig) -> None:
         return
     single = config.seeds[0] if config.seeds else config.seed  # the seed of directories directly under OUTPUT
     started = [(d, seed) for comparison, seed in rundir.comparisons(output) for d in rundir.method_dirs(comparison)]
-    for directory, seed in [(d, seed) for d, seed in started if d.holds_results()]:
+    for directory, seed in [(d, seed) for d, seed in started if d.holds_work()]:
         this = replace(config, seed=single if seed is None else seed)
         expected = json.loads(json.dumps(fingerprinted(this)))  # as stored: lists, not tuples
         stored = _stored_settings(directory)

@@ -269,19 +269,19 @@ class MethodDir:
         for name in METHOD_FILES:
             inside(self.path, name, f"{self.name}'s")
 
-    def has_results(self) -> bool:
-        """Whether it holds a method's results, finished or failed."""
+    def has_run(self) -> bool:
+        """Whether a method ran here: it finished or failed (its results, failure, predictions or adapter are there)."""
         return any((self.path / marker).exists() for marker in METHOD_MARKERS)
 
     def finished(self) -> bool:
         """Whether the method's results are written (metrics.json is written last)."""
         return self.metrics.is_file()
 
-    def complete(self) -> bool:
+    def finished_whole(self) -> bool:
         """Whether its results are written and read back whole: an unreadable metrics.json is work to do again."""
         return self.finished() and self.unreadable_result() is None
 
-    def holds_results(self) -> bool:
+    def holds_work(self) -> bool:
         """Whether it holds something a rerun could lose: finished results, a checkpoint or a search's trials."""
         return self.finished() or self.checkpoints.is_dir() or self.trials.is_dir()
 

@@ -1,0 +1,200 @@
+"""The comparison's statistics: every method's and reference's test scores with bootstrap intervals (paired over the
+test examples and seeds), and the differences to full fine-tuning and to the best method with paired tests (Holm-
+corrected)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from peftbench.report.load import ExampleScores, MethodRuns, Section
+from peftbench.report.stats import (
+    ALPHA,
+    CONFIDENCE,
+    RESAMPLES,
+    Interval,
+    bootstrap_distribution,
+    bootstrap_p,
+    holm,
+    intervals,
+)
+from peftbench.store.rundir import LEAD_3, ZERO_SHOT
+from peftbench.task.metrics import METRICS, corpus_score
+
+MIN_EXAMPLES = 2  # a bootstrap over one example has no spread to show
+
+
+ANCHOR = "full"  # differences are taken against full fine-tuning where it ran, else against the best method
+
+
+_REFERENCE_NAMES = (ZERO_SHOT, LEAD_3)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A row's score minus another's, with its interval and its paired test's p-value (raw and Holm-adjusted)."""
+
+    interval: Interval
+    p: float
+    p_holm: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < ALPHA
+
+
+@dataclass
+class Analysis:
+    """The statistics of one section's test scores. figures holds each row's value and bootstrap distribution per
+    metric; with paired rows the distributions come from the same resamples, so any two rows' difference is
+    paired."""
+
+    rows: list[str]  # rows (methods and references) with per-example test scores, in the section's order
+    metrics: list[str]  # the task metrics, in the order chosen
+    primary: str  # the metric the verdict and the rankings use
+    seeds: int  # seeds every row has (the bootstrap resamples them when there are several)
+    examples: int
+    paired: bool  # every row scored on the same test examples
+    figures: dict[str, dict[str, tuple[float, np.ndarray]]]  # row -> metric -> (value, bootstrap distribution)
+    scores: dict[str, dict[str, Interval]]  # row -> metric -> value and interval
+    trained: list[str]  # the rows that are methods (not references)
+    best: dict[str, str]  # metric -> the trained method with the highest value
+    anchor: str | None  # the row differences are taken against: full fine-tuning, else the best method
+    note: str  # how the figures were computed, for the report
+
+    def compare(self, against: dict[str, str], rows: list[str] | None = None) -> dict[str, dict[str, Difference]]:
+        """Each row's difference to against[metric] on every metric both have, with p-values adjusted with Holm's
+        method over the rows compared on that metric (rows: these only; default every row)."""
+        rows = self.rows if rows is None else rows
+        result: dict[str, dict[str, Difference]] = {name: {} for name in rows}
+        for metric, other in against.items():
+            compared = [name for name in rows if name != other and metric in self.figures[name]]
+            if other not in self.figures or metric not in self.figures[other] or not compared:
+                continue
+            value = np.array([self.figures[n][metric][0] - self.figures[other][metric][0] for n in compared])
+            spread = np.stack([self.figures[n][metric][1] - self.figures[other][metric][1] for n in compared])
+            raw = bootstrap_p(spread)
+            for name, span, p, q in zip(compared, intervals(value, spread), raw, holm(raw.tolist()), strict=True):
+                result[name][metric] = Difference(span, float(p), q)
+        return {name: values for name, values in result.items() if values}
+
+    @property
+    def vs_anchor(self) -> dict[str, dict[str, Difference]]:
+        """Each method's difference to the anchor, adjusted over the methods alone: the same family of tests as
+        indistinguishable's, so that a method's line and the recommendation never disagree."""
+        return self.compare(dict.fromkeys(self.metrics, self.anchor), self.trained) if self.anchor else {}
+
+    def indistinguishable(self, metric: str) -> list[str]:
+        """The methods whose value is not significantly below the best one's (the best included)."""
+        below = self.compare({metric: self.best[metric]}, self.trained)
+        present = [name for name in self.trained if metric in self.scores[name]]
+        return [name for name in present if name not in below or not below[name][metric].significant]
+
+
+def _stacked(runs: MethodRuns, seeds: list[int], ids: list[str] | None) -> ExampleScores | None:
+    """A row's per-example scores over the given seeds, stacked [seed, example] (in the order of ids)."""
+    by_seed = {run.seed: run.examples for run in runs.finished if run.examples is not None}
+    if runs.reference:  # references do not depend on the seed: one run stands for all
+        by_seed = dict.fromkeys(seeds, next(iter(by_seed.values()), None))
+    if any(by_seed.get(seed) is None for seed in seeds):
+        return None
+    scores = [by_seed[seed] if ids is None else by_seed[seed].reordered(ids) for seed in seeds]
+    return ExampleScores(
+        scores[0].ids,
+        {k: np.stack([s.values[k] for s in scores]) for k in scores[0].values},
+        {k: np.stack([s.statistics[k] for s in scores]) for k in scores[0].statistics},
+    )
+
+
+def _statistic(pairs: list[tuple[ExampleScores, str]]):
+    """Each (row, metric) pair's figure from resampled indices: a mean metric's mean over the resampled examples; a
+    corpus metric's corpus score per resampled seed, averaged over the seeds."""
+
+    def figures(seeds: np.ndarray, examples: np.ndarray) -> np.ndarray:
+        picked, out = (seeds[..., None], examples), []
+        for row, metric in pairs:
+            if METRICS[metric].corpus:
+                sums = row.statistics[metric][picked].sum(axis=-2)  # [B, S, statistics]: one corpus per seed
+                out.append(np.array([[corpus_score(metric, c) for c in resample] for resample in sums]).mean(axis=-1))
+            else:
+                out.append(row.values[metric][picked].mean(axis=(-2, -1)))
+        return np.stack(out)
+
+    return figures
+
+
+def _common_seeds(section: Section) -> list[int]:
+    trained = [runs for runs in section.trained if runs.finished]
+    sets = [{run.seed for run in runs.finished if run.examples is not None} for runs in trained]
+    common = set.intersection(*sets) if sets else set()
+    return sorted(seed for seed in common if seed is not None) or sorted(common, key=lambda s: s or 0)
+
+
+def _pairs(scores: ExampleScores, metrics: list[str]) -> list[str]:
+    return [m for m in metrics if m in scores.values or m in scores.statistics]
+
+
+def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
+    """Bootstrap intervals of every row's test scores on the task's metrics, and of its differences to the anchor and
+    the best method, with paired tests and Holm's correction per metric and family; None where no row has
+    per-example scores on at least MIN_EXAMPLES test examples."""
+    seeds = _common_seeds(section)
+    candidates = [runs for runs in section.methods if runs.finished]
+    raw = {runs.method: _stacked(runs, seeds, None) for runs in candidates} if seeds else {}
+    raw = {name: scores for name, scores in raw.items() if scores is not None}
+    first = next((r for runs in section.trained for r in runs.results), None)
+    if not raw or first is None or min(len(scores.ids) for scores in raw.values()) < MIN_EXAMPLES:
+        return None
+    paired = len({frozenset(scores.ids) for scores in raw.values()}) == 1
+    if paired:
+        order = next(iter(raw.values())).ids
+        raw = {name: _stacked(next(r for r in candidates if r.method == name), seeds, order) for name in raw}
+    metrics = first.metrics
+    pairs = [(name, metric) for name in raw for metric in _pairs(raw[name], metrics)]
+    full, distribution = _joint_distribution(raw, pairs, len(seeds), paired, resamples)
+    span = intervals(full, distribution)
+    figures: dict[str, dict[str, tuple[float, np.ndarray]]] = {name: {} for name in raw}
+    scores: dict[str, dict[str, Interval]] = {name: {} for name in raw}
+    for index, (name, metric) in enumerate(pairs):
+        figures[name][metric] = (float(full[index]), distribution[index])
+        scores[name][metric] = span[index]
+    names = list(raw)
+    trained = [name for name in names if name not in _REFERENCE_NAMES]
+    best = {
+        metric: max((n for n in trained if metric in scores[n]), key=lambda n: scores[n][metric].value)
+        for metric in metrics
+        if any(metric in scores[n] for n in trained)
+    }
+    primary = first.primary_metric if first.primary_metric in best else next(iter(best), first.primary_metric)
+    anchor = ANCHOR if ANCHOR in trained else best.get(primary)
+    level = "seeds, then test examples within each seed" if len(seeds) > 1 else "test examples"
+    note = (
+        f"Test scores: {CONFIDENCE:.0%} percentile bootstrap intervals over {level} ({resamples:,} resamples, "
+        f"seeded), {'paired: every row resampled on the same examples' if paired else 'UNPAIRED'}. Differences: "
+        "the same resamples of both rows; p-values from the bootstrap distribution of the difference, adjusted with "
+        "Holm's method over the methods (or, in the cautions, the rows) compared to the same row on the same metric; "
+        "a difference is significant "
+        f"when the adjusted p is below {ALPHA:g}."
+    )
+    if not paired:
+        note += (
+            " The rows were scored on different test examples (their example ids differ), so paired statistics "
+            "are refused: each row is resampled on its own, and differences compare independent resamples."
+        )
+    examples = len(next(iter(raw.values())).ids)
+    return Analysis(names, metrics, primary, len(seeds), examples, paired, figures, scores, trained, best, anchor, note)
+
+
+def _joint_distribution(
+    raw: dict[str, ExampleScores], pairs: list[tuple[str, str]], seeds: int, paired: bool, resamples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The figures of every (row, metric) pair over the same resamples (paired), or over each row's own."""
+    if paired:
+        statistic = _statistic([(raw[name], metric) for name, metric in pairs])
+        return bootstrap_distribution(statistic, seeds, len(next(iter(raw.values())).ids), resamples)
+    parts = []
+    for index, name in enumerate(raw):
+        mine = [(raw[name], metric) for row, metric in pairs if row == name]
+        parts.append(bootstrap_distribution(_statistic(mine), seeds, len(raw[name].ids), resamples, random_seed=index))
+    return np.concatenate([full for full, _ in parts]), np.concatenate([dist for _, dist in parts])
