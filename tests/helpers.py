@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from peftbench.training.trainer import TrainOptions
+
 
 def status_of(pid: int) -> tuple[str, int] | None:
     """A process's state letter and parent PID, or None where it is gone."""
@@ -84,36 +86,31 @@ def without_dropout(model: Path, directory: Path) -> Path:
 QUICK_LATENCY = ("--latency-prompts", "1", "--latency-new-tokens", "2")
 
 
+# A fast run on a tiny model: a few examples, short sequences.
+TINY_RUN = {
+    "train-size": 8,
+    "eval-size": 4,
+    "test-size": 4,
+    "epochs": 2,
+    "batch-size": 4,
+    "max-source-tokens": 48,
+    "max-target-tokens": 16,
+    "max-new-tokens": 8,
+}
+
+
 def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[str]:
-    """CLI arguments for a fast run on a tiny model: a few examples, short sequences, latency on one short prompt."""
-    return [
-        "run",
-        "--model",
-        str(model),
-        "--dataset",
-        str(data),
-        "--output",
-        str(output),
-        "--quiet",
-        "--train-size",
-        "8",
-        "--eval-size",
-        "4",
-        "--test-size",
-        "4",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--max-source-tokens",
-        "48",
-        "--max-target-tokens",
-        "16",
-        "--max-new-tokens",
-        "8",
-        *QUICK_LATENCY,
-        *extra,
-    ]
+    """CLI arguments for a fast run on a tiny model (TINY_RUN), latency on one short prompt."""
+    sizes = [word for flag, value in TINY_RUN.items() for word in (f"--{flag}", str(value))]
+    where = ["--model", str(model), "--dataset", str(data), "--output", str(output)]
+    return ["run", *where, "--quiet", *sizes, *QUICK_LATENCY, *extra]
+
+
+def train_options(**changes) -> TrainOptions:
+    """Training options for a unit test: no warmup, no progress bars, fp32, one step per batch of 2 (changes: any
+    TrainOptions field)."""
+    fields = {"epochs": 4, "batch_size": 2, "grad_accum": 1, "warmup_ratio": 0.0, "max_grad_norm": 1.0, "seed": 0}
+    return TrainOptions(**fields | {"gradient_checkpointing": False, "precision": "no", "progress": False} | changes)
 
 
 # A program that saves its first checkpoint (its KILL_AT_SAVE-th with that variable set), then waits to be killed

@@ -19,7 +19,8 @@ from peftbench.model.load import load_model
 from peftbench.store.records import EpochMetrics, Progress
 from peftbench.store.rundir import MethodDir
 from peftbench.training import checkpoint
-from peftbench.training.trainer import Trainer, TrainOptions
+from peftbench.training.trainer import Trainer
+from tests.helpers import train_options
 
 pytestmark = pytest.mark.fast
 
@@ -28,17 +29,7 @@ EXAMPLES = [
     Example("b", "Heavy rain flooded streets in the old town.", "Rain floods the old town."),
     Example("c", "A local team won the regional cup after extra time.", "Local team wins the cup."),
 ]
-OPTIONS = TrainOptions(
-    epochs=3,
-    batch_size=len(EXAMPLES),  # one step an epoch: quick
-    grad_accum=1,
-    warmup_ratio=0.0,
-    max_grad_norm=1.0,
-    seed=0,
-    gradient_checkpointing=False,
-    precision="no",
-    progress=False,
-)
+OPTIONS = train_options(epochs=3, batch_size=len(EXAMPLES))  # one step an epoch: quick
 
 
 def _trainer(model_path) -> Trainer:

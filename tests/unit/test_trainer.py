@@ -13,6 +13,7 @@ from peftbench.data.splits import Example, steps_per_epoch
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model
 from peftbench.training.trainer import Trainer, TrainOptions
+from tests.helpers import train_options
 
 pytestmark = pytest.mark.fast
 
@@ -26,21 +27,6 @@ EXAMPLES = [
 LIMITS = TokenLimits(source=24, target=8)
 
 
-def _options(**changes) -> TrainOptions:
-    options = TrainOptions(
-        epochs=4,
-        batch_size=2,
-        grad_accum=1,
-        warmup_ratio=0.0,
-        max_grad_norm=1.0,
-        seed=0,
-        gradient_checkpointing=False,
-        precision="no",
-        progress=False,
-    )
-    return TrainOptions(**{**options.__dict__, **changes})
-
-
 def _trainer(model_path, options: TrainOptions, lr: float = 1e-3, log=None) -> Trainer:
     loaded = load_model(str(model_path))
     items = loaded.layout.encode(EXAMPLES, LIMITS)
@@ -49,7 +35,7 @@ def _trainer(model_path, options: TrainOptions, lr: float = 1e-3, log=None) -> T
 
 
 def test_training_lowers_the_loss(gpt2_exact):
-    trainer = _trainer(gpt2_exact, _options(epochs=4, batch_size=len(EXAMPLES)), lr=1e-2)  # one step an epoch
+    trainer = _trainer(gpt2_exact, train_options(epochs=4, batch_size=len(EXAMPLES)), lr=1e-2)  # one step an epoch
     losses = [trainer.train_epoch() for _ in range(4)]
     assert all(math.isfinite(loss) for loss in losses)
     # From random weights (about ln(50257) = 10.8 per token), on the same five examples every epoch.
@@ -61,7 +47,9 @@ def test_training_lowers_the_loss(gpt2_exact):
 @pytest.mark.parametrize(("batch_size", "grad_accum"), [(2, 1), (1, 2), (4, 1)])
 def test_steps_per_epoch_match_the_sampler_and_the_optimizer(gpt2_exact, batch_size, grad_accum):
     log: list[dict] = []
-    trainer = _trainer(gpt2_exact, _options(epochs=1, batch_size=batch_size, grad_accum=grad_accum), log=log.append)
+    trainer = _trainer(
+        gpt2_exact, train_options(epochs=1, batch_size=batch_size, grad_accum=grad_accum), log=log.append
+    )
     expected = steps_per_epoch(len(EXAMPLES), batch_size * grad_accum)
     assert trainer.steps_per_epoch == expected == math.ceil(len(EXAMPLES) / (batch_size * grad_accum))
     trainer.train_epoch()
@@ -72,7 +60,7 @@ def test_steps_per_epoch_match_the_sampler_and_the_optimizer(gpt2_exact, batch_s
 
 def test_an_epoch_counts_every_example_and_real_token_once(gpt2_exact):
     log: list[dict] = []
-    trainer = _trainer(gpt2_exact, _options(epochs=1), log=log.append)
+    trainer = _trainer(gpt2_exact, train_options(epochs=1), log=log.append)
     trainer.train_epoch()
     assert trainer.samples == len(EXAMPLES)
     assert trainer.tokens == sum(item.length for item in trainer.items)  # padding is not counted
@@ -81,7 +69,7 @@ def test_an_epoch_counts_every_example_and_real_token_once(gpt2_exact):
 
 
 def test_the_learning_rate_decays_to_zero_at_the_last_step(gpt2_exact):
-    trainer = _trainer(gpt2_exact, _options(epochs=2), lr=1e-3)
+    trainer = _trainer(gpt2_exact, train_options(epochs=2), lr=1e-3)
     trainer.train_epoch()
     assert 0 < trainer.scheduler.get_last_lr()[0] < 1e-3
     trainer.train_epoch()
@@ -89,7 +77,7 @@ def test_the_learning_rate_decays_to_zero_at_the_last_step(gpt2_exact):
 
 
 def test_trainable_weights_are_every_weight_for_full_fine_tuning(gpt2_exact):
-    trainer = _trainer(gpt2_exact, _options())
+    trainer = _trainer(gpt2_exact, train_options())
     weights = trainer.trainable_weights()
     assert set(weights) == {name for name, _ in trainer.unwrapped.named_parameters()}
     assert all(tensor.device.type == "cpu" for tensor in weights.values())
@@ -98,7 +86,7 @@ def test_trainable_weights_are_every_weight_for_full_fine_tuning(gpt2_exact):
 
 
 def test_state_and_weights_round_trip_into_a_fresh_trainer(gpt2_exact):
-    options = _options(epochs=3)
+    options = train_options(epochs=3)
     first = _trainer(gpt2_exact, options)
     first.train_epoch()
     # Copies: on the CPU the optimizer's state and the weights given are the live tensors, which the next epoch moves.

@@ -68,22 +68,22 @@ def adalora(loaded: LoadedModel, settings: MethodSettings, options: Options) -> 
     )
 
 
-def loha(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
-    return LoHaConfig(
-        task_type=loaded.layout.task_type,
-        r=settings.lora_r,
-        alpha=settings.lora_alpha,
-        target_modules=options["targets"],
-    )
+def _product(config_class: type[PeftConfig]):
+    """A builder for a product of low-rank factors (LoHa's Hadamard, LoKr's Kronecker): --lora-r and --lora-alpha."""
+
+    def build(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
+        return config_class(
+            task_type=loaded.layout.task_type,
+            r=settings.lora_r,
+            alpha=settings.lora_alpha,
+            target_modules=options["targets"],
+        )
+
+    return build
 
 
-def lokr(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
-    return LoKrConfig(
-        task_type=loaded.layout.task_type,
-        r=settings.lora_r,
-        alpha=settings.lora_alpha,
-        target_modules=options["targets"],
-    )
+loha = _product(LoHaConfig)
+lokr = _product(LoKrConfig)
 
 
 def vera(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
