@@ -3,10 +3,11 @@
     setup_model -> setup_data -> (the base model's latency) -> setup_method -> train_and_validate -> test
     -> measure -> write
 
-Each stage takes the few values it needs; `run_method` strings them together (a search's trial stops after
-train_and_validate; its selected trial resumes from there), and `setup` gives tests and benchmarks the same model,
-data and trainer without retyping the chain. The method process writes records only (metrics.json, predictions.jsonl,
-log.jsonl, the adapter); curves, model cards and the report are drawn from them at the end of the run.
+Each stage takes the few values it needs; `prepare` strings the setup stages together (run_method, tests and
+benchmarks call it instead of retyping the chain) and `run_method` the rest (a search's trial stops after
+train_and_validate; its selected trial resumes from there). The method process writes records only (metrics.json,
+predictions.jsonl, log.jsonl, the adapter); curves, model cards and the report are drawn from them at the end of the
+run.
 """
 
 from __future__ import annotations
@@ -190,32 +191,6 @@ def validation_epoch(
 
 
 @dataclass
-class Setup:
-    """What trains and evaluates one method: the loaded (and adapted) model, its data, settings and trainer."""
-
-    method: Method
-    loaded: LoadedModel
-    data: EncodedSplits
-    settings: MethodSettings
-    lr: float
-    trainer: Trainer
-
-
-def setup(name: str, config: RunConfig, splits: Splits, log: Callable[[dict], None] | None = None) -> Setup:
-    """The setup stages of a method's run, as run_method goes through them (without the base model's latency): for
-    tests and benchmarks that train or time a method outside a comparison."""
-    device = parallel.state().device
-    loaded = setup_model(ModelSource.from_config(config), PromptOptions.from_config(config), device)
-    data = setup_data(loaded.layout, splits, token_limits(config))
-    method, settings = METHODS[name], MethodSettings.from_config(config)
-    lr = learning_rate(method, config.lr)
-    options = TrainOptions.from_config(config, mixed_precision(config.precision))
-    return Setup(
-        method, loaded, data, settings, lr, setup_method(method, loaded, settings, lr, data.train.items, options, log)
-    )
-
-
-@dataclass
 class Prepared:
     """A method set up for its run: the model (adapted), its data, trainer and evaluator, the result being filled,
     and where and at what precision it computes."""
@@ -234,20 +209,19 @@ def prepare(
     method: Method,
     splits: Splits,
     config: RunConfig,
-    directory: MethodDir,
-    progress: Progress,
     timer: PhaseTimer,
-    measure_base: bool,
+    progress: Progress | None = None,
+    log: Callable[[dict], None] | None = None,
 ) -> Prepared:
-    """The setup stages as the run goes through them, timed: the model and data, then (measure_base: where the run
-    starts afresh, before the method touches the model) the base model's latency into progress, then the method and
-    its trainer."""
+    """The setup stages, timed: the model and data, then (given progress: a run that starts afresh, before the method
+    touches the model) the base model's latency into progress, then the method and its trainer (log: where its steps
+    go). The one place that builds this chain: run_method, tests and benchmarks call it."""
     device, precision = parallel.state().device, mixed_precision(config.precision)
     compute = autocast(precision, device)  # every model call of the run computes at this one precision
     with timer.phase("model_load"):
         loaded = setup_model(ModelSource.from_config(config), PromptOptions.from_config(config), device)
         data = setup_data(loaded.layout, splits, token_limits(config))
-    if measure_base and parallel.is_main():  # latency is one request on one device: the main process measures it
+    if progress is not None and parallel.is_main():  # one request on one device: the main process measures it
         with compute, timer.phase("latency"):
             progress.base_latency_ms, progress.base_memory = timed_generation(
                 loaded.model,
@@ -259,7 +233,6 @@ def prepare(
     with timer.phase("model_load"):  # applying the method counts with loading: setting up before training
         settings, lr = MethodSettings.from_config(config), learning_rate(method, config.lr)
         resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
-        log = directory.append_log if parallel.is_main() else None  # log.jsonl: the main process's
         trainer = setup_method(
             method, loaded, settings, lr, data.train.items, TrainOptions.from_config(config, precision), log
         )
@@ -283,7 +256,8 @@ def run_method(
     set_seed(config.seed)
     started, progress = time.perf_counter(), Progress()
     timer = PhaseTimer(progress.phase_seconds, progress.phase_other_cpu_seconds)
-    run = prepare(METHODS[name], splits, config, directory, progress, timer, measure_base=resume is None)
+    log = directory.append_log if parallel.is_main() else None  # log.jsonl: the main process's
+    run = prepare(METHODS[name], splits, config, timer, None if resume else progress, log)
     trainer, result = run.trainer, run.result
     trackers = rundir.trackers_dir(directory.comparison)
     tracking.start(
