@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report.html; csv and json write results.csv and results.jsonl, one row per model x method "
         "x seed (default: md,html)",
     )
+    report.add_argument("--comparator", metavar="METHOD", help=help_of("comparator") + " (default: each run's own)")
+    report.add_argument(
+        "--margin", type=float, metavar="POINTS", help=help_of("margin") + " (default: each run's own, else 1)"
+    )
     methods = commands.add_parser(
         "methods",
         help="list the fine-tuning methods; with --model, each one's trainable parameters on that model",
@@ -141,19 +145,43 @@ def _report(args: argparse.Namespace) -> None:
     if unknown or not formats:
         raise ConfigError(f"--format {args.format!r}: choose a comma list of {', '.join(REPORT_FORMATS)}")
     from peftbench.report.export import write_exports  # matplotlib and the statistics only when reporting
-    from peftbench.report.write import analysed, write_report
+    from peftbench.report.write import analysed, write_report, write_verdict
 
     outputs = [Path(p) for p in args.outputs]
     destination = Path(args.output) if args.output else outputs[0]
-    results = analysed(outputs)
+    results = analysed(outputs, _rule(args))
+    _check_comparator(args.comparator, results.sections)
     written = []
     if {"md", "html"} & set(formats):
         written += [p for p in write_report(results, destination) if p.suffix.lstrip(".") in formats]
+        written.append(write_verdict(results, destination))
     exports = tuple(kind for kind in ("csv", "json") if kind in formats)
     if exports:
         written += write_exports(results.sections, destination, exports)
     for path in written:
         print(path)
+
+
+def _rule(args: argparse.Namespace):
+    """The verdict's rule the report flags give, or None (each run's own)."""
+    if args.comparator is None and args.margin is None:
+        return None
+    valid = SETTINGS["margin"].valid
+    if args.margin is not None and not valid.holds(args.margin):
+        raise ConfigError(f"--margin must be {valid.describe(False)}, got {args.margin!r}")
+    from peftbench.report.decision import Rule
+
+    return Rule(args.comparator, args.margin)
+
+
+def _check_comparator(comparator: str | None, sections) -> None:
+    for section in sections:
+        ran = [runs.method for runs in section.trained]
+        if comparator is not None and comparator not in ran:
+            raise ConfigError(
+                f"--comparator {comparator!r} did not run for {section.model} in {section.output}: choose from "
+                f"{', '.join(ran)}"
+            )
 
 
 def _table(rows: list[list[str]]) -> str:

@@ -90,6 +90,23 @@ SETTINGS: dict[str, Setting] = {
         "the metric the verdict, the report's ranking and the plots use (default: the task's)",
         default_shown=False,
     ),
+    "comparator": Setting(
+        "the method the verdict asks the cheaper ones to match, declared before the results are seen (default: full "
+        "fine-tuning)",
+        fingerprinted=False,
+        reproduced=False,
+        default_shown=False,
+        metavar="METHOD",
+    ),
+    "margin": Setting(
+        "how far below the comparator a method may score and still count as good as it, in points out of 100 of "
+        "the primary metric (ROUGE 0.01, BLEU 1); the verdict calls a method non-inferior only where its interval "
+        "rules out a larger loss",
+        valid=Range(0, 100),
+        fingerprinted=False,
+        reproduced=False,
+        metavar="POINTS",
+    ),
     "choices": Setting(
         "comma list of the label set, for accuracy and accuracy_ll (e.g. True,False); a target that is a number "
         "indexes it",

@@ -54,6 +54,8 @@ class RunConfig:
     task: str | None = None  # summarization, qa, classification; None: the embedded dataset's, else summarization
     metrics: list[str] | None = None  # task metrics (metrics.METRICS, or "rouge"); None: the task's
     primary_metric: str | None = None  # what the verdict and rankings use; None: the task's
+    comparator: str | None = None  # the method the verdict asks the others to match; None: full fine-tuning
+    margin: float = 1.0  # how far below the comparator a method may score and count as good: points out of 100
     choices: list[str] | None = None  # a fixed label set (accuracy, accuracy_ll)
     choices_column: str | None = None  # or a column holding each example's options
     train_split: str = "train"  # for datasets with their own splits (hub, save_to_disk folders); slices allowed
@@ -160,6 +162,10 @@ class RunConfig:
         self._validate_executor()
         if not self.methods:
             raise ConfigError("--methods is empty; give a comma list such as full,lora,ia3")
+        if self.comparator is not None and self.comparator not in self.methods:
+            raise ConfigError(
+                f"--comparator {self.comparator!r} is not one of the methods run: choose from {', '.join(self.methods)}"
+            )
         self._validate_trackers()
         for name in TARGET_FIELDS:
             _check_target_spec(name, getattr(self, name))

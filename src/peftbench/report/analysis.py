@@ -1,6 +1,6 @@
 """The comparison's statistics: every method's and reference's test scores with bootstrap intervals (paired over the
-test examples and seeds), and the differences to full fine-tuning and to the best method with paired tests (Holm-
-corrected)."""
+test examples and seeds), and differences between rows with paired tests, two-sided or of a one-sided claim (Holm-
+adjusted over the rows tested)."""
 
 from __future__ import annotations
 
@@ -18,30 +18,28 @@ from peftbench.report.stats import (
     bootstrap_p,
     holm,
     intervals,
+    one_sided_p,
 )
-from peftbench.store.rundir import LEAD_3, ZERO_SHOT
+from peftbench.store.rundir import REFERENCES
 from peftbench.task.metrics import METRICS, corpus_score
 
 MIN_EXAMPLES = 2  # a bootstrap over one example has no spread to show
-
-
-ANCHOR = "full"  # differences are taken against full fine-tuning where it ran, else against the best method
-
-
-_REFERENCE_NAMES = (ZERO_SHOT, LEAD_3)
+ONE_SIDED_ALPHA = ALPHA / 2  # a one-sided claim at the level of the 95% interval's lower end (as CONSORT's rule)
 
 
 @dataclass(frozen=True)
 class Difference:
-    """A row's score minus another's, with its interval and its paired test's p-value (raw and Holm-adjusted)."""
+    """A row's score minus another's, with its two-sided interval and the p-value of a test about it (raw and
+    Holm-adjusted): two-sided "it is not zero" (Analysis.compare) or a one-sided claim (Analysis.claim)."""
 
     interval: Interval
     p: float
     p_holm: float
+    alpha: float = ALPHA
 
     @property
     def significant(self) -> bool:
-        return self.p_holm < ALPHA
+        return self.p_holm < self.alpha
 
 
 @dataclass
@@ -52,44 +50,54 @@ class Analysis:
 
     rows: list[str]  # rows (methods and references) with per-example test scores, in the section's order
     metrics: list[str]  # the task metrics, in the order chosen
-    primary: str  # the metric the verdict and the rankings use
+    primary: str  # the metric the verdict uses
     seeds: int  # seeds every row has (the bootstrap resamples them when there are several)
     examples: int
     paired: bool  # every row scored on the same test examples
     figures: dict[str, dict[str, tuple[float, np.ndarray]]]  # row -> metric -> (value, bootstrap distribution)
     scores: dict[str, dict[str, Interval]]  # row -> metric -> value and interval
     trained: list[str]  # the rows that are methods (not references)
-    best: dict[str, str]  # metric -> the trained method with the highest value
-    anchor: str | None  # the row differences are taken against: full fine-tuning, else the best method
     note: str  # how the figures were computed, for the report
 
+    def _differences(self, metric: str, other: str, rows: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The rows compared with other on metric, their differences to it and those differences' distributions."""
+        compared = [name for name in rows if name != other and metric in self.figures.get(name, {})]
+        if metric not in self.figures.get(other, {}) or not compared:
+            return [], np.empty(0), np.empty((0, 0))
+        value = np.array([self.figures[n][metric][0] - self.figures[other][metric][0] for n in compared])
+        spread = np.stack([self.figures[n][metric][1] - self.figures[other][metric][1] for n in compared])
+        return compared, value, spread
+
     def compare(self, against: dict[str, str], rows: list[str] | None = None) -> dict[str, dict[str, Difference]]:
-        """Each row's difference to against[metric] on every metric both have, with p-values adjusted with Holm's
-        method over the rows compared on that metric (rows: these only; default every row)."""
+        """Each row's difference to against[metric] on every metric both have, with two-sided p-values adjusted with
+        Holm's method over the rows compared on that metric (rows: these only; default every row)."""
         rows = self.rows if rows is None else rows
         result: dict[str, dict[str, Difference]] = {name: {} for name in rows}
         for metric, other in against.items():
-            compared = [name for name in rows if name != other and metric in self.figures[name]]
-            if other not in self.figures or metric not in self.figures[other] or not compared:
+            compared, value, spread = self._differences(metric, other, rows)
+            if not compared:
                 continue
-            value = np.array([self.figures[n][metric][0] - self.figures[other][metric][0] for n in compared])
-            spread = np.stack([self.figures[n][metric][1] - self.figures[other][metric][1] for n in compared])
             raw = bootstrap_p(spread)
             for name, span, p, q in zip(compared, intervals(value, spread), raw, holm(raw.tolist()), strict=True):
                 result[name][metric] = Difference(span, float(p), q)
         return {name: values for name, values in result.items() if values}
 
-    @property
-    def vs_anchor(self) -> dict[str, dict[str, Difference]]:
-        """Each method's difference to the anchor, adjusted over the methods alone: the same family of tests as
-        indistinguishable's, so that a method's line and the recommendation never disagree."""
-        return self.compare(dict.fromkeys(self.metrics, self.anchor), self.trained) if self.anchor else {}
-
-    def indistinguishable(self, metric: str) -> list[str]:
-        """The methods whose value is not significantly below the best one's (the best included)."""
-        below = self.compare({metric: self.best[metric]}, self.trained)
-        present = [name for name in self.trained if metric in self.scores[name]]
-        return [name for name in present if name not in below or not below[name][metric].significant]
+    def claim(
+        self, metric: str, other: str, rows: list[str], bound: float, above: bool = True
+    ) -> dict[str, Difference]:
+        """One-sided tests of "row minus other lies above bound" (above=False: below it) for each row, adjusted with
+        Holm's method over the rows, so that the more rows make the claim, the harder it is for each to make it. The
+        claim holds at ONE_SIDED_ALPHA: where it does at the raw p, the 95% interval's near end is past the bound."""
+        compared, value, spread = self._differences(metric, other, rows)
+        if not compared:
+            return {}
+        raw = one_sided_p(spread, bound) if above else one_sided_p(-spread, -bound)
+        spans = intervals(value, spread)
+        adjusted = holm(raw.tolist())
+        return {
+            name: Difference(span, float(p), q, ONE_SIDED_ALPHA)
+            for name, span, p, q in zip(compared, spans, raw, adjusted, strict=True)
+        }
 
 
 def _stacked(runs: MethodRuns, seeds: list[int], ids: list[str] | None) -> ExampleScores | None:
@@ -136,9 +144,8 @@ def _pairs(scores: ExampleScores, metrics: list[str]) -> list[str]:
 
 
 def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
-    """Bootstrap intervals of every row's test scores on the task's metrics, and of its differences to the anchor and
-    the best method, with paired tests and Holm's correction per metric and family; None where no row has
-    per-example scores on at least MIN_EXAMPLES test examples."""
+    """Bootstrap intervals of every row's test scores on the task's metrics, from resamples shared by all rows (so
+    that differences are paired); None where no row has per-example scores on at least MIN_EXAMPLES test examples."""
     seeds = _common_seeds(section)
     candidates = [runs for runs in section.methods if runs.finished]
     raw = {runs.method: _stacked(runs, seeds, None) for runs in candidates} if seeds else {}
@@ -160,22 +167,16 @@ def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
         figures[name][metric] = (float(full[index]), distribution[index])
         scores[name][metric] = span[index]
     names = list(raw)
-    trained = [name for name in names if name not in _REFERENCE_NAMES]
-    best = {
-        metric: max((n for n in trained if metric in scores[n]), key=lambda n: scores[n][metric].value)
-        for metric in metrics
-        if any(metric in scores[n] for n in trained)
-    }
-    primary = first.primary_metric if first.primary_metric in best else next(iter(best), first.primary_metric)
-    anchor = ANCHOR if ANCHOR in trained else best.get(primary)
-    level = "seeds, then test examples within each seed" if len(seeds) > 1 else "test examples"
+    trained = [name for name in names if name not in REFERENCES]
+    primary = first.primary_metric if first.primary_metric in metrics else metrics[0]
+    level = "seeds crossed with the test examples they share" if len(seeds) > 1 else "test examples"
     note = (
         f"Test scores: {CONFIDENCE:.0%} percentile bootstrap intervals over {level} ({resamples:,} resamples, "
         f"seeded), {'paired: every row resampled on the same examples' if paired else 'UNPAIRED'}. Differences: "
-        "the same resamples of both rows; p-values from the bootstrap distribution of the difference, adjusted with "
-        "Holm's method over the methods (or, in the cautions, the rows) compared to the same row on the same metric; "
-        "a difference is significant "
-        f"when the adjusted p is below {ALPHA:g}."
+        "the same resamples of both rows; p-values from the bootstrap distribution of the difference, (1 + k) / "
+        f"(B + 1) so never 0, adjusted with Holm's method over the rows tested together; a two-sided difference is "
+        f"significant when the adjusted p is below {ALPHA:g}, a one-sided claim (better than, not worse than by more "
+        f"than the margin) when it is below {ONE_SIDED_ALPHA:g}."
     )
     if not paired:
         note += (
@@ -183,7 +184,7 @@ def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
             "are refused: each row is resampled on its own, and differences compare independent resamples."
         )
     examples = len(next(iter(raw.values())).ids)
-    return Analysis(names, metrics, primary, len(seeds), examples, paired, figures, scores, trained, best, anchor, note)
+    return Analysis(names, metrics, primary, len(seeds), examples, paired, figures, scores, trained, note)
 
 
 def _joint_distribution(

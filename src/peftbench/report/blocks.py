@@ -7,6 +7,7 @@ from datetime import datetime
 
 from peftbench.methods.registry import METHODS
 from peftbench.report.analysis import Analysis
+from peftbench.report.decision import Verdict
 from peftbench.report.document import (
     Block,
     Bullets,
@@ -319,22 +320,24 @@ def serving_blocks(section: Section) -> list[Block]:
     ]
 
 
-def verdict_blocks(section: Section, analysis: Analysis | None) -> list[Block]:
-    """The verdict, one bullet per sentence, and how its figures were computed; none for random weights."""
+def verdict_blocks(section: Section, analysis: Analysis | None, verdict: Verdict | None) -> list[Block]:
+    """The verdict: the headline, then one bullet per method and caution, and how its figures were computed; none for
+    random weights."""
     if random_weights(section.results):
         return [Paragraph(f"No verdict: {RANDOM_WEIGHTS} (the model was given by its config alone).")]
-    blocks: list[Block] = [Bullets(verdict_lines(section, analysis))]
+    lines = verdict_lines(section, analysis, verdict)
+    blocks: list[Block] = [Paragraph(lines[0], strong=True), Bullets(lines[1:])] if verdict else [Bullets(lines)]
     return blocks + ([Paragraph(analysis.note)] if analysis is not None else [])
 
 
-def section_blocks(section: Section, analysis: Analysis | None, index: int) -> list[Block]:
+def section_blocks(section: Section, analysis: Analysis | None, verdict: Verdict | None, index: int) -> list[Block]:
     """Everything about one model: header, verdict, table, failures, scores, curves, trade-offs and examples."""
     several = several_seeds([section])
     blocks: list[Block] = [
         Heading(2, f"Model: {section.model}"),
         header(section),
         Heading(3, "Verdict"),
-        *verdict_blocks(section, analysis),
+        *verdict_blocks(section, analysis, verdict),
         Heading(3, "Results"),
     ]
     rows = [([runs.method], runs) for runs in section.methods]
@@ -407,14 +410,21 @@ def _curves(runs: MethodRuns, stem: str) -> Figure | None:
     return Figure(f"{stem}-{runs.method}-curves.png", run.curves, caption)
 
 
-def report_blocks(sections: list[Section], analyses: list[Analysis | None]) -> list[Block]:
-    """The whole report: how to read it, the verdict per model, a combined table where there are several models,
-    then a section each."""
+def report_blocks(
+    sections: list[Section], analyses: list[Analysis | None], verdicts: list[Verdict | None]
+) -> list[Block]:
+    """The whole report: the answer per model, how to read it, a combined table where there are several models, then
+    a section each."""
     several = several_seeds(sections)
     sources = ", ".join(map(str, dict.fromkeys(section.output for section in sections)))
     blocks: list[Block] = [
         Heading(1, "peftbench comparison report"),
         Paragraph(f"Generated {datetime.now().astimezone().isoformat(timespec='seconds')} from {sources}."),
+        *(
+            Paragraph(f"{section.model}: {verdict.headline}", strong=True)
+            for section, verdict in zip(sections, verdicts, strict=True)
+            if verdict
+        ),
         how_to_read(several),
     ]
     if len(sections) > 1:
@@ -428,6 +438,6 @@ def report_blocks(sections: list[Section], analyses: list[Analysis | None]) -> l
             ),
         ]
         blocks += filter(None, [random_note([r for section in sections for r in section.results])])
-    for index, (section, analysis) in enumerate(zip(sections, analyses, strict=True), 1):
-        blocks += section_blocks(section, analysis, index)
+    for index, (section, analysis, verdict) in enumerate(zip(sections, analyses, verdicts, strict=True), 1):
+        blocks += section_blocks(section, analysis, verdict, index)
     return blocks

@@ -19,6 +19,7 @@ class Heading:
 @dataclass
 class Paragraph:
     text: str
+    strong: bool = False  # the answer: set in bold
 
 
 @dataclass
@@ -70,8 +71,8 @@ def to_markdown(blocks: list[Block]) -> str:
         match block:
             case Heading(level, text):
                 parts.append("#" * level + " " + text)
-            case Paragraph(text):
-                parts.append(text)
+            case Paragraph(text, strong):
+                parts.append(f"**{text}**" if strong else text)
             case Bullets(items):
                 parts.append("\n".join(f"- {item}" for item in items))
             case Table():
@@ -86,6 +87,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1, h2, h3 { line-height: 1.2; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 .scroll { overflow-x: auto; margin: 1em 0; }
+p.answer { font-weight: 600; background: #eef4fb; border-left: 4px solid #3b73b9; padding: .5em .8em; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; vertical-align: top; }
 th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
@@ -123,8 +125,8 @@ def to_html(blocks: list[Block], title: str) -> str:
         match block:
             case Heading(level, text):
                 parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-            case Paragraph(text):
-                parts.append(f"<p>{html.escape(text)}</p>")
+            case Paragraph(text, strong):
+                parts.append(f'<p class="answer">{html.escape(text)}</p>' if strong else f"<p>{html.escape(text)}</p>")
             case Bullets(items):
                 parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in items) + "</ul>")
             case Table():

@@ -1,7 +1,7 @@
 """Statistics: bootstrap intervals and paired tests over test examples (and seeds), Holm's correction for many
 comparisons, and t-intervals and paired t-tests over seeds. scipy.stats does the resampling over examples, the t
-quantiles and the t-tests; what it has no method for lives here: resampling seeds and then examples within them,
-p-values from a bootstrap distribution, and Holm's step-down adjustment.
+quantiles and the t-tests; what it has no method for lives here: the crossed bootstrap over seeds and the examples they
+share, p-values from a bootstrap distribution, and Holm's step-down adjustment.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def bootstrap_distribution(
     """The statistic's figures on the full sample [K] and over bootstrap resamples [K, B].
 
     One seed: examples are resampled with scipy.stats.bootstrap, the same indices for every figure, so that figures
-    of several methods (and their differences) are paired. Several seeds: seeds are resampled, then examples within
-    each chosen seed (a two-level bootstrap), so that the intervals carry both the training noise between seeds and
-    the sampling noise of the test set.
+    of several methods (and their differences) are paired. Several seeds: a crossed bootstrap, since every seed is
+    scored on the same test examples: each replicate resamples the seeds and, once, the examples, and every chosen
+    seed is read on those same examples. (Resampling examples anew within each seed would treat the seeds' test sets
+    as independent samples and divide the test set's sampling noise by the number of seeds.)
     """
     rng = np.random.default_rng(random_seed)
     full = statistic(*_full_sample(seeds, examples))[:, 0]
@@ -101,8 +102,8 @@ def bootstrap_distribution(
         )
         return full, np.asarray(result.bootstrap_distribution).reshape(len(full), resamples)
     chosen_seeds = rng.integers(0, seeds, size=(resamples, seeds))
-    chosen_examples = rng.integers(0, examples, size=(resamples, seeds, examples))
-    return full, statistic(chosen_seeds, chosen_examples)
+    chosen_examples = rng.integers(0, examples, size=(resamples, 1, examples))
+    return full, statistic(chosen_seeds, np.broadcast_to(chosen_examples, (resamples, seeds, examples)))
 
 
 def intervals(full: np.ndarray, distribution: np.ndarray, confidence: float = CONFIDENCE) -> list[Interval]:
@@ -114,10 +115,17 @@ def intervals(full: np.ndarray, distribution: np.ndarray, confidence: float = CO
 
 def bootstrap_p(distribution: np.ndarray) -> np.ndarray:
     """Two-sided p-value of "the difference is zero", for each row of a bootstrap distribution of differences: twice
-    the smaller share of resamples on either side of zero (the level at which the percentile interval would just
-    touch zero). Differences that are zero in every resample have p = 1."""
-    below, above = (distribution <= 0).mean(axis=1), (distribution >= 0).mean(axis=1)
-    return np.minimum(1.0, 2 * np.minimum(below, above))
+    the smaller one-sided p-value (below zero or above it). Differences that are zero in every resample have p = 1."""
+    below, above = one_sided_p(distribution, 0.0), one_sided_p(-distribution, 0.0)
+    return np.where((distribution == 0).all(axis=1), 1.0, np.minimum(1.0, 2 * np.minimum(below, above)))
+
+
+def one_sided_p(distribution: np.ndarray, bound: float) -> np.ndarray:
+    """p-value of the claim "the figure lies above bound", for each row of a bootstrap distribution: (1 + k) / (B + 1)
+    where k of the B resamples lie at or below it. The + 1 counts the observed sample as one of the resamples, so that
+    a p-value is never 0: B resamples cannot show a smaller one (Davison and Hinkley, 1997, section 4.2)."""
+    at_or_below = (distribution <= bound).sum(axis=1)
+    return (1 + at_or_below) / (distribution.shape[1] + 1)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

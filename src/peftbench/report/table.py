@@ -167,10 +167,12 @@ def _cell(runs: MethodRuns, column: Column, analysis: Analysis | None) -> str:
 def _tested_best(column: Column, rows: list[MethodRuns], analysis: Analysis | None) -> tuple[str | None, str]:
     """The method with the best value where a test says it beats every other, else None and why not."""
     if column.metric and analysis is not None:
-        best = analysis.best.get(column.metric)
-        if best is None:
+        present = [name for name in analysis.trained if column.metric in analysis.scores[name]]
+        if not present:
             return None, ""
-        tied = analysis.indistinguishable(column.metric)
+        best = max(present, key=lambda name: analysis.scores[name][column.metric].value)
+        below = analysis.compare({column.metric: best}, present)
+        tied = [best] + [name for name in present if name != best and not below[name][column.metric].significant]
         return (best, "") if tied == [best] else (None, f"{NO_DIFFERENCE}: {', '.join(tied)}")
     by_seed = {runs.method: {run.seed: column.value(run.result) for run in runs.finished} for runs in rows}
     by_seed = {name: {s: v for s, v in values.items() if v is not None} for name, values in by_seed.items()}

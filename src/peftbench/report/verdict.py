@@ -1,18 +1,17 @@
-"""The verdict in plain sentences, from the analysis: what each method buys against full fine-tuning and what it costs,
-which one to use, and the cautions that apply."""
+"""The verdict in plain sentences, from the decision (decision.py): the headline (the answer and what it rests on), what
+each method buys against the comparator and the bars it must clear and what it costs, and the cautions that apply."""
 
 from __future__ import annotations
 
 import statistics
 
-from peftbench.report.analysis import _REFERENCE_NAMES, ANCHOR, MIN_EXAMPLES, Analysis, Difference
+from peftbench.report.analysis import MIN_EXAMPLES, Analysis
+from peftbench.report.decision import INCONCLUSIVE, Comparison, MethodDecision, Rule, Verdict, decide
 from peftbench.report.load import MethodRuns, Section
-from peftbench.report.stats import (
-    CONFIDENCE,
-    Interval,
-)
+from peftbench.report.stats import CONFIDENCE, Interval
+from peftbench.report.table import random_weights
 from peftbench.store.records import MethodResult
-from peftbench.store.rundir import LEAD_3, ZERO_SHOT
+from peftbench.store.rundir import LEAD_3, MAJORITY, ZERO_SHOT
 from peftbench.task.metrics import METRICS
 
 
@@ -51,17 +50,6 @@ def _value(metric: str, x: float) -> str:
 
 def _span(metric: str, interval: Interval) -> str:
     return f"[{_value(metric, interval.low)}, {_value(metric, interval.high)}]"
-
-
-def _difference_text(difference: Difference, other: str) -> str:
-    span = f"[{_points(difference.interval.low)}, {_points(difference.interval.high)}]"
-    if difference.significant:
-        direction = "better" if difference.interval.value > 0 else "worse"
-        p = "p < 0.001" if difference.p_holm < 0.001 else f"p = {difference.p_holm:.3f}"
-        judged = f"significantly {direction} than {other} (adjusted {p})"
-    else:
-        judged = f"not significantly different from {other} (adjusted p = {difference.p_holm:.2f})"
-    return f"{_points(difference.interval.value)} {span}: {judged}"
 
 
 def _cost_text(runs: MethodRuns, anchor: MethodRuns | None) -> str:
@@ -112,63 +100,122 @@ def _merges(runs: MethodRuns) -> bool:
     return any(r.efficiency and r.efficiency.latency_ms.get("merged") is not None for r in runs.results)
 
 
-def verdict_lines(section: Section, analysis: Analysis | None) -> list[str]:
-    """The verdict in plain sentences: each method against full fine-tuning (or the best method), the
-    recommendation, then the cautions that apply."""
-    if analysis is None or not analysis.anchor:
+_NAMES = {
+    ZERO_SHOT: "the zero-shot base model",
+    MAJORITY: "the majority class",
+    LEAD_3: "Lead-3 (each source's first three sentences, no model)",
+}
+
+
+def _said(name: str) -> str:
+    return _NAMES.get(name, name)
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _compared(c: Comparison) -> str:
+    return f"{_points(c.difference)} [{_points(c.low)}, {_points(c.high)}], adjusted one-sided {_p(c.p_adjusted)}"
+
+
+def _against_comparator(verdict: Verdict, m: MethodDecision) -> str:
+    c = m.vs_comparator
+    if c is None:
+        return ""
+    margin = f"the margin ({_value(verdict.primary, verdict.margin)})"
+    if m.non_inferior:
+        said = f"non-inferior to {c.to}: a loss larger than {margin} is ruled out"
+    elif m.inferior:
+        said = f"inferior to {c.to}: it scores below {c.to} by more than {margin}"
+    else:
+        said = f"inconclusive against {c.to}: a loss larger than {margin} is neither ruled out nor shown"
+        if m.examples_needed:
+            said += f"; about {m.examples_needed:,} test examples would decide it"
+    return f"; {said} ({_compared(c)})"
+
+
+def _against_bars(m: MethodDecision) -> str:
+    parts = []
+    for bar, c in m.bars.items():
+        parts.append(f"{'beats' if c.holds else 'not shown to beat'} {_said(bar)} ({_compared(c)})")
+    return "; " + "; ".join(parts) if parts else "; not checked against the base model (no zero-shot row)"
+
+
+def judge(section: Section, analysis: Analysis | None, rule: Rule | None = None) -> Verdict | None:
+    """The verdict of one model's comparison under rule (default: the one the run declared), its headline written;
+    None where there is none to give (too few per-example scores, or a model with random weights)."""
+    if analysis is None or random_weights(section.results):
+        return None
+    verdict = decide(section, analysis, (rule or Rule()).of(section))
+    verdict.headline = headline(verdict)
+    return verdict
+
+
+def verdict_lines(section: Section, analysis: Analysis | None, verdict: Verdict | None) -> list[str]:
+    """The verdict in plain sentences: the headline, each method against the comparator and the bars it must clear
+    with what it costs, then the cautions that apply."""
+    if analysis is None or verdict is None:
         return [
             f"No verdict: it needs per-example test scores on at least {MIN_EXAMPLES} examples (rerun with this "
             "peftbench, or with a larger --test-size)."
         ]
-    primary = analysis.primary
-    label = METRICS[primary].label
     by_name = {runs.method: runs for runs in section.methods}
-    anchor = by_name[analysis.anchor]
-    anchor_score = analysis.scores[analysis.anchor][primary]
-    vs_anchor = analysis.vs_anchor
-    lines = [
-        f"{analysis.anchor}: {label} {_value(primary, anchor_score.value)} {_span(primary, anchor_score)}; "
-        f"{_cost_text(anchor, None)}."
-    ]
-    for name in analysis.rows:
-        if name == analysis.anchor or by_name[name].reference:
-            continue
-        score = analysis.scores[name][primary]
-        difference = vs_anchor[name][primary]
-        compared = _difference_text(difference, analysis.anchor)
-        lines.append(
-            f"{name}: {label} {_value(primary, score.value)} {_span(primary, score)}, {compared}; "
-            f"{_cost_text(by_name[name], anchor)}."
-        )
-    lines.append(recommendation(section, analysis))
-    return lines + cautions(section, analysis)
+    comparator = by_name.get(verdict.comparator) if verdict.comparator_ran else None
+    lines = [verdict.headline]
+    for m in verdict.methods:
+        row = verdict.rows[m.method]
+        score = f"{verdict.label} {_value(verdict.primary, row.value)} {_span(verdict.primary, Interval(**vars(row)))}"
+        judged = _against_bars(m) + _against_comparator(verdict, m)
+        cost = _cost_text(by_name[m.method], comparator if comparator is not by_name[m.method] else None)
+        lines.append(f"{m.method} ({m.decision}): {score}{judged}; {cost}.")
+    return lines + cautions(section, analysis, verdict)
 
 
-def recommendation(section: Section, analysis: Analysis) -> str:
-    """The cheapest method (by trainable parameters, then training memory) whose primary score is statistically
-    indistinguishable from the best method's; or that none matches full fine-tuning."""
-    primary = analysis.primary
-    label = METRICS[primary].label
-    by_name = {runs.method: runs for runs in section.methods}
-    matching = analysis.indistinguishable(primary)
-    best = analysis.best[primary]
-    if analysis.anchor == ANCHOR and matching == [ANCHOR]:
-        return (
-            f"Recommendation: no method matches full fine-tuning here: every other method's {label} is "
-            "significantly below full fine-tuning's."
-        )
-
-    def cost(name: str) -> tuple[float, float]:
-        return (by_name[name].results[0].trainable_params, _mean(by_name[name], _memory) or float("inf"))
-
-    choice = min(matching, key=cost)
-    others = [name for name in matching if name != choice]
-    tied = f" (also indistinguishable: {', '.join(others)})" if others else ""
+def _context(verdict: Verdict) -> str:
+    seeds = f"{verdict.seeds} seed{'s' if verdict.seeds != 1 else ''}"
+    points = f"{verdict.margin_points:g} point{'s' if verdict.margin_points != 1 else ''}"
     return (
-        f"Recommendation: {choice}: the cheapest method (trainable parameters, then training memory) whose "
-        f"{label} is statistically indistinguishable from the best ({best}, "
-        f"{_value(primary, analysis.scores[best][primary].value)}){tied}."
+        f"({verdict.examples} test examples, {seeds}; comparator {verdict.comparator}; margin {points} = "
+        f"{_value(verdict.primary, verdict.margin)} {verdict.label})"
     )
+
+
+def headline(verdict: Verdict) -> str:
+    """The answer in one sentence, with what it rests on: the metric, the test examples, the comparator, the margin."""
+    label, comparator, choice = verdict.label, verdict.comparator, verdict.recommended
+    bars = " and ".join(_said(bar) for bar in {bar for m in verdict.methods for bar in m.bars}) or "the base model"
+    if choice is None:
+        said = f"do not fine-tune at this size: no method is shown to beat {bars} on {label}"
+    elif verdict.reason == "comparator":
+        said = (
+            f"{choice} (the comparator): it beats {bars} on {label}, and no cheaper method is shown to be as good "
+            "within the margin"
+        )
+        undecided = [m for m in verdict.methods if m.decision == INCONCLUSIVE and m.eligible is not False]
+        if undecided:
+            said += f" (inconclusive: {', '.join(_needed(m) for m in undecided)})"
+    elif verdict.reason == "non-inferior":
+        c = verdict.method(choice).vs_comparator
+        said = (
+            f"{choice}: the cheapest method that beats {bars} and is as good as {comparator} within the margin on "
+            f"{label}: {_points(c.difference)} [{_points(c.low)}, {_points(c.high)}] against it"
+        )
+    elif verdict.reason == "no comparator":
+        said = (
+            f"{choice}: the cheapest method shown to beat {bars} on {label}; whether it is as good as {comparator} "
+            f"is not tested ({comparator} did not run)"
+        )
+    else:
+        said = f"{choice}: the cheapest method shown to beat {bars} on {label}; {comparator} (the comparator) is not"
+    for rival in verdict.rivals:
+        score = _value(verdict.primary, verdict.rows[rival].value)
+        said += f". But {_said(rival)} scores significantly higher ({score})"
+    return f"Answer: {said} {_context(verdict)}."
+
+
+def _needed(m: MethodDecision) -> str:
+    return f"{m.method}, about {m.examples_needed:,} test examples would decide" if m.examples_needed else m.method
 
 
 def _lr_edge(search: dict | None) -> str | None:
@@ -199,38 +246,33 @@ def _contended(section: Section) -> str:
     return ", ".join(found)
 
 
-def cautions(section: Section, analysis: Analysis) -> list[str]:
-    """What limits the verdict: references that score well, untuned learning rates (or tuned at a grid's end), few
-    examples, one seed."""
+LITERATURE = {
+    "rougeLsum": "Published CNN/DailyMail figures are ROUGE-Lsum F1 x 100 (summary-level LCS over sentences split at "
+    "line breaks; pyrouge's ROUGE-L) on its 11,490 test articles, e.g. Lead-3 36.6 (See et al., 2017); only the same "
+    "metric on comparable articles compares with them."
+}
+
+
+def cautions(section: Section, analysis: Analysis, verdict: Verdict) -> list[str]:
+    """What limits the verdict: a trivial reference that scores well, untuned learning rates (or tuned at a grid's
+    end), few examples, one seed; and what the literature's figures are computed with."""
     primary, notes = analysis.primary, []
     label = METRICS[primary].label
-    trained = [name for name in analysis.rows if name not in _REFERENCE_NAMES]
-    for reference, what in (
-        (LEAD_3, "Lead-3 (each article's first three sentences, no model)"),
-        (ZERO_SHOT, "the zero-shot base model (no fine-tuning)"),
-    ):
+    trained = analysis.trained
+    for reference in (LEAD_3, MAJORITY):
         if primary not in analysis.scores.get(reference, {}):
             continue
         score = analysis.scores[reference][primary]
         beaten = [n for n in trained if analysis.scores[n][primary].value < score.value]
-        if reference == LEAD_3 and beaten:
+        if beaten:
             share = "every fine-tuned method" if len(beaten) == len(trained) else ", ".join(beaten)
             below = analysis.compare({primary: reference}, beaten)
             clear = [n for n in beaten if below[n][primary].significant]
             tested = f"significantly above {', '.join(clear)}" if clear else "none of these differences is significant"
             notes.append(
-                f"Caution: {what} scores {label} {_value(primary, score.value)} {_span(primary, score)}, "
+                f"Caution: {_said(reference)} scores {label} {_value(primary, score.value)} {_span(primary, score)}, "
                 f"above {share} ({tested})."
             )
-        if reference == ZERO_SHOT:
-            above = analysis.compare({primary: reference}, trained)
-            gains = {n: above[n][primary] for n in trained}
-            no_gain = [n for n, gain in gains.items() if not (gain.significant and gain.interval.value > 0)]
-            if no_gain:
-                notes.append(
-                    f"Caution: {', '.join(no_gain)} {'is' if len(no_gain) == 1 else 'are'} not "
-                    f"significantly better than {what} ({label} {_value(primary, score.value)})."
-                )
     configs = [r.config for runs in section.trained for r in runs.results]
     if configs and not any(config.get("search") for config in configs):
         rates = ", ".join(f"{runs.method} {runs.results[0].config['lr']:g}" for runs in section.trained if runs.results)
@@ -270,4 +312,6 @@ def cautions(section: Section, analysis: Analysis) -> list[str]:
         )
     if not analysis.paired:
         notes.append("Caution: the rows were scored on different test examples: differences are unpaired.")
+    if primary in LITERATURE:
+        notes.append(f"Note: {LITERATURE[primary]}")
     return notes

@@ -3,6 +3,7 @@ derived from the records (curves, model cards, exports), from one load and one a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -11,34 +12,52 @@ from peftbench.errors import ConfigError
 from peftbench.report.analysis import Analysis, analyse
 from peftbench.report.blocks import header, how_to_read, random_note, report_blocks, verdict_blocks
 from peftbench.report.card import render
+from peftbench.report.decision import Rule, Verdict
 from peftbench.report.document import Block, Bullets, Figure, Heading, Paragraph, to_html, to_markdown
 from peftbench.report.export import EXPORT_KINDS, write_exports
 from peftbench.report.load import Section, load_sections
 from peftbench.report.table import failures, results_table, several_seeds
+from peftbench.report.verdict import judge
 from peftbench.store import rundir
 from peftbench.store.rundir import write_atomic, write_files
 
 
 @dataclass
 class Analysed:
-    """Output folders' records, loaded once and analysed once (when first asked): what every writer takes."""
+    """Output folders' records, loaded once and analysed and judged once (when first asked): what every writer takes.
+    rule: the verdict's rule for every section (None: each run's own)."""
 
     sections: list[Section]
+    rule: Rule | None = None
 
     @cached_property
     def analyses(self) -> list[Analysis | None]:
         return [analyse(section) for section in self.sections]
 
+    @cached_property
+    def verdicts(self) -> list[Verdict | None]:
+        return [
+            judge(section, analysis, self.rule) for section, analysis in zip(self.sections, self.analyses, strict=True)
+        ]
 
-def analysed(outputs: list[Path]) -> Analysed:
-    """The records under outputs, one section per model and folder, to be analysed once."""
-    return Analysed(load_sections(outputs))
+
+def analysed(outputs: list[Path], rule: Rule | None = None) -> Analysed:
+    """The records under outputs, one section per model and folder, to be analysed once (under rule, if given)."""
+    return Analysed(load_sections(outputs), rule)
+
+
+def write_verdict(results: Analysed, destination: Path) -> Path:
+    """destination/verdict.json: each model's verdict as data (null where there is none), the answer a script reads."""
+    verdicts = [verdict.to_json() if verdict else None for verdict in results.verdicts]
+    path = rundir.verdict_path(destination)
+    write_atomic(path, json.dumps({"verdicts": verdicts}, indent=2, allow_nan=False) + "\n")
+    return path
 
 
 def write_report(results: Analysed, destination: Path) -> list[Path]:
     """Write report.md (figures in report_files/) and a self-contained report.html into destination, all files or
     none of them; returns both paths."""
-    blocks = report_blocks(results.sections, results.analyses)
+    blocks = report_blocks(results.sections, results.analyses, results.verdicts)
     markdown, html, figures = rundir.report_paths(destination)
     files = {rundir.inside(figures, block.name, "figure"): block.png for block in blocks if isinstance(block, Figure)}
     try:
@@ -49,22 +68,23 @@ def write_report(results: Analysed, destination: Path) -> list[Path]:
 
 
 def write_summary(results: Analysed, output: Path) -> str:
-    """OUTPUT/summary.md: for each model the verdict, the header, the comparison table (over the seeds where there
-    are several) and the failed runs; returns the verdict and the tables as Markdown (what `peftbench run` prints at
-    the end)."""
+    """OUTPUT/summary.md and OUTPUT/verdict.json: for each model the answer, the verdict, the header, the comparison
+    table (over the seeds where there are several) and the failed runs; returns what `peftbench run` prints at the
+    end as Markdown: the answer first, then the tables and the verdict's lines."""
     several = several_seeds(results.sections)
     blocks: list[Block] = [Heading(1, "peftbench summary")]
     shown: list[Block] = []
-    for section, analysis in zip(results.sections, results.analyses, strict=True):
+    for section, analysis, judged in zip(results.sections, results.analyses, results.verdicts, strict=True):
         table = results_table([([runs.method], runs) for runs in section.methods], ["method"], several, analysis)
-        verdict = verdict_blocks(section, analysis)
-        shown += [Heading(2, f"Model: {section.model}"), table, Heading(3, "Verdict"), verdict[0]]
+        verdict = verdict_blocks(section, analysis, judged)
+        shown += [Heading(2, f"Model: {section.model}"), verdict[0], table, Heading(3, "Verdict"), *verdict[1:2]]
         blocks += [Heading(2, f"Model: {section.model}"), Heading(3, "Verdict"), *verdict, header(section), table]
         blocks += filter(None, [random_note(section.results)])
         missing = failures(section)
         if missing:
             blocks += [Paragraph("Failed or missing runs (see <method>/failed.json):"), Bullets(missing)]
     write_atomic(rundir.summary_path(output), to_markdown([*blocks, how_to_read(several)]))
+    write_verdict(results, output)
     return to_markdown(shown)
 
 

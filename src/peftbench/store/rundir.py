@@ -36,6 +36,7 @@ from peftbench.errors import ConfigError, no_space
 from peftbench.store.records import MethodResult
 
 SUMMARY_FILE = "summary.md"
+VERDICT_FILE = "verdict.json"  # the verdict as data, beside summary.md
 TRACKERS_DIR = "trackers"
 ZERO_SHOT = "zero-shot"  # the base model before any method: every method's epoch 0, and a reference on the test split
 LEAD_3 = "lead-3"  # summarisation's extractive reference: each source's first three sentences
@@ -468,6 +469,10 @@ def summary_path(comparison: Path) -> Path:
     return inside(comparison, SUMMARY_FILE, "summary")
 
 
+def verdict_path(comparison: Path) -> Path:
+    return inside(comparison, VERDICT_FILE, "verdict")
+
+
 def trackers_dir(comparison: Path) -> Path:
     """Where trackers keep their local files; the libraries write anywhere under it, so no symlink there leads out."""
     return no_links_out(inside(comparison, TRACKERS_DIR, "trackers folder"), "trackers folder")
@@ -487,12 +492,14 @@ def check_paths(output: Path, seeds: list[int], methods: list[str]) -> None:
     for seed in seeds:
         comparison = seed_dir(output, seed, several)
         summary_path(comparison)
+        verdict_path(comparison)
         trackers_dir(comparison)
         for reference in reference_dirs(comparison):
             reference.check()
         for name in methods:
             method_dir(comparison, name).check()
     summary_path(output)
+    verdict_path(output)
     report_paths(output)
     for kind in EXPORTS:
         export_path(output, kind)

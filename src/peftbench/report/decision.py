@@ -1,0 +1,251 @@
+"""The decision rule, applied to the analysis: which methods beat the base model (and the task's trivial reference),
+which are as good as the comparator within the margin, and which one to use. The outcome is data (Verdict, written
+as verdict.json); verdict.py puts it into sentences.
+
+The rule, declared before any result is seen: the comparator is full fine-tuning unless the run names another. A
+method is eligible when it is significantly better than the zero-shot base model and than the task's trivial
+reference where it has one (the majority class), one-sided and Holm-adjusted over the methods. It is non-inferior
+when its paired difference to the comparator is shown to lie above -margin, one-sided and Holm-adjusted over the
+methods (the more methods claim it, the harder the claim), and inferior when shown to lie below -margin. The answer
+is the cheapest eligible method among the comparator and the non-inferior ones; where the comparator is not eligible,
+the cheapest eligible method; else none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from scipy import stats as scipy_stats
+
+from peftbench.report.analysis import ONE_SIDED_ALPHA, Analysis, Difference
+from peftbench.report.load import MethodRuns, Section
+from peftbench.store.rundir import LEAD_3, MAJORITY, ZERO_SHOT
+from peftbench.task.metrics import METRICS
+
+DEFAULT_COMPARATOR = "full"
+BARS = (ZERO_SHOT, MAJORITY)  # rows a method must significantly beat to be eligible
+RIVALS = (LEAD_3,)  # strong references without a model: the headline says where one beats the answer
+POWER = 0.8  # examples needed: enough to decide at this power if the true difference is the one observed
+NEEDED_CAP = 100  # beyond this many times the test set, "examples needed" is reported as out of reach
+
+RECOMMENDED, NON_INFERIOR, INFERIOR, INCONCLUSIVE, NOT_ELIGIBLE, COMPARATOR = (
+    "recommended",
+    "non-inferior",
+    "inferior",
+    "inconclusive",
+    "not eligible",
+    "comparator",
+)
+
+
+DEFAULT_MARGIN = 1.0  # points out of 100 (RunConfig.margin's default, for records written before it existed)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the verdict asks: the comparator (None: full fine-tuning) and the margin in points out of 100 (None:
+    the run's own)."""
+
+    comparator: str | None = None
+    margin: float | None = None
+
+    def of(self, section: Section) -> Rule:
+        """This rule, where a value is unset the one the run declared (its configuration), else the default."""
+        config = next((r.config for runs in section.trained for r in runs.results), {})
+        margin = self.margin if self.margin is not None else config.get("margin", DEFAULT_MARGIN)
+        return Rule(self.comparator or config.get("comparator"), float(margin))
+
+
+def per_point(metric: str) -> float:
+    """One point out of 100 on a metric's own scale: 0.01 for scores from 0 to 1, 1 for BLEU and chrF (0-100)."""
+    return 1.0 if METRICS[metric].corpus else 0.01
+
+
+@dataclass
+class Comparison:
+    """A method's difference to another row on the primary metric: estimate, 95% interval, and the adjusted p-value
+    of the claim tested (claim: what was claimed, e.g. "above -0.01")."""
+
+    to: str
+    difference: float
+    low: float
+    high: float
+    claim: str
+    p_adjusted: float
+    holds: bool
+
+    @classmethod
+    def of(cls, to: str, difference: Difference, claim: str) -> Comparison:
+        span = difference.interval
+        return cls(to, span.value, span.low, span.high, claim, difference.p_holm, difference.significant)
+
+
+@dataclass
+class Row:
+    """A row's primary score and its 95% interval."""
+
+    value: float
+    low: float
+    high: float
+
+
+@dataclass
+class MethodDecision:
+    """What the rule found for one method."""
+
+    method: str
+    decision: str  # RECOMMENDED, NON_INFERIOR, INFERIOR, INCONCLUSIVE, NOT_ELIGIBLE or COMPARATOR
+    eligible: bool | None  # None: no bar to test against (no zero-shot row)
+    non_inferior: bool | None  # None: no comparator row (or this is the comparator)
+    inferior: bool | None
+    bars: dict[str, Comparison]  # each bar's claim "better than it"
+    vs_comparator: Comparison | None  # the claim "not worse than the comparator by more than the margin"
+    examples_needed: int | None  # test examples that would decide an inconclusive comparison (None: not asked)
+    trainable_params: int
+    peak_memory_bytes: float | None
+
+
+@dataclass
+class Verdict:
+    """The verdict of one model's comparison, as data: what verdict.json holds and the sentences are made from."""
+
+    model: str
+    primary: str
+    label: str
+    comparator: str
+    comparator_ran: bool
+    margin_points: float  # out of 100
+    margin: float  # on the metric's own scale
+    one_sided_alpha: float
+    examples: int
+    seeds: int
+    rows: dict[str, Row]
+    methods: list[MethodDecision]
+    recommended: str | None
+    reason: str
+    rivals: list[str] = field(default_factory=list)  # trivial references significantly above the answer
+    headline: str = ""  # set by verdict.headline (the sentence is verdict.py's)
+
+    def method(self, name: str) -> MethodDecision:
+        return next(m for m in self.methods if m.method == name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cost(runs: MethodRuns) -> tuple[float, float]:
+    """What "cheapest" orders by: trainable parameters, then peak training memory."""
+    memories = [r.efficiency.peak_train_memory_bytes for r in runs.results if r.efficiency]
+    return (runs.results[0].trainable_params, sum(memories) / len(memories) if memories else math.inf)
+
+
+def examples_needed(difference: Difference, examples: int, bound: float, tests: int) -> int | None:
+    """Test examples that would decide whether a difference lies above or below bound at POWER, if the true difference
+    were the one observed and its spread shrank as 1 / sqrt(examples): from the measured interval, at the one-sided
+    level Holm asks of the first of `tests` claims. None where the estimate sits on the bound (no size decides it)."""
+    span = difference.interval
+    distance = abs(span.value - bound)
+    z_interval = scipy_stats.norm.ppf(0.975)
+    spread = (span.high - span.low) / (2 * z_interval) * math.sqrt(examples)  # one example's standard deviation
+    if distance == 0 or spread == 0:
+        return None
+    z = scipy_stats.norm.ppf(1 - ONE_SIDED_ALPHA / max(tests, 1)) + scipy_stats.norm.ppf(POWER)
+    needed = math.ceil((z * spread / distance) ** 2)
+    return needed if needed <= NEEDED_CAP * examples else None
+
+
+def decide(section: Section, analysis: Analysis, rule: Rule) -> Verdict:
+    """Apply the rule to one model's comparison."""
+    primary, by_name = analysis.primary, {runs.method: runs for runs in section.methods}
+    methods = [name for name in analysis.trained if primary in analysis.scores[name]]
+    comparator, margin_points = rule.comparator or DEFAULT_COMPARATOR, rule.margin or 0.0
+    margin = margin_points * per_point(primary)
+    bars = {bar: analysis.claim(primary, bar, methods, 0.0) for bar in BARS if primary in analysis.scores.get(bar, {})}
+    others = [name for name in methods if name != comparator]
+    ran = comparator in methods
+    above = analysis.claim(primary, comparator, others, -margin) if ran else {}
+    below = analysis.claim(primary, comparator, others, -margin, above=False) if ran else {}
+    decisions = []
+    for name in methods:
+        passed = {bar: Comparison.of(bar, tests[name], "above 0") for bar, tests in bars.items()}
+        eligible = all(c.holds for c in passed.values()) if ZERO_SHOT in bars else None
+        non_inferior = above[name].significant if name in above else None
+        inferior = below[name].significant if name in below else None
+        versus = None
+        if name in above:  # the claim that holds, else the one the rule asks
+            claim = (below, f"below {-margin:g}") if inferior else (above, f"above {-margin:g}")
+            versus = Comparison.of(comparator, claim[0][name], claim[1])
+        needed = None
+        if versus and not non_inferior and not inferior:
+            needed = examples_needed(above[name], analysis.examples, -margin, len(others))
+        decision = _decision(name == comparator, eligible, non_inferior, inferior)
+        memory = _cost(by_name[name])
+        decisions.append(
+            MethodDecision(
+                name, decision, eligible, non_inferior, inferior, passed, versus, needed, int(memory[0]), memory[1]
+            )
+        )
+    recommended, reason = _recommend(decisions, comparator, ran, by_name)
+    for decision in decisions:
+        if decision.method == recommended:
+            decision.decision = RECOMMENDED
+    rows = {name: Row(**vars(s[primary])) for name, s in analysis.scores.items() if primary in s}
+    verdict = Verdict(
+        section.model,
+        primary,
+        METRICS[primary].label,
+        comparator,
+        ran,
+        margin_points,
+        margin,
+        ONE_SIDED_ALPHA,
+        analysis.examples,
+        analysis.seeds,
+        rows,
+        decisions,
+        recommended,
+        reason,
+    )
+    verdict.rivals = _rivals(analysis, verdict)
+    return verdict
+
+
+def _decision(is_comparator: bool, eligible: bool | None, non_inferior: bool | None, inferior: bool | None) -> str:
+    if is_comparator:
+        return COMPARATOR
+    if eligible is False:
+        return NOT_ELIGIBLE
+    if non_inferior:
+        return NON_INFERIOR
+    return INFERIOR if inferior else INCONCLUSIVE
+
+
+def _recommend(
+    decisions: list[MethodDecision], comparator: str, ran: bool, by_name: dict[str, MethodRuns]
+) -> tuple[str | None, str]:
+    """The recommended method and why (a short reason the headline words out), or None and why not."""
+    eligible = [d.method for d in decisions if d.eligible is not False]
+    cheapest = lambda names: min(names, key=lambda name: _cost(by_name[name]))  # noqa: E731
+    if ran and comparator in eligible:
+        pool = [comparator] + [d.method for d in decisions if d.method in eligible and d.non_inferior]
+        choice = cheapest(pool)
+        return choice, "comparator" if choice == comparator else "non-inferior"
+    if eligible:
+        return cheapest(eligible), "beats the bars" if ran else "no comparator"
+    return None, "nothing beats the bars"
+
+
+def _rivals(analysis: Analysis, verdict: Verdict) -> list[str]:
+    """The trivial references significantly above the recommended method (or, with none, above every method)."""
+    primary = analysis.primary
+    targets = [verdict.recommended] if verdict.recommended else [m.method for m in verdict.methods]
+    found = []
+    for rival in RIVALS:
+        if primary not in analysis.scores.get(rival, {}) or not targets:
+            continue
+        worse = analysis.claim(primary, rival, targets, 0.0, above=False)
+        if worse and all(worse[name].significant for name in targets):
+            found.append(rival)
+    return found
