@@ -1,5 +1,6 @@
-"""The verdict's statistics on fixed results: bootstrap intervals against an independent recomputation, a verdict
-that flips when a method's predictions are made worse, several seeds, unpaired fallback, exports."""
+"""The verdict on fixed results: bootstrap intervals against an independent recomputation; the decision rule (a method
+made worse is inferior, a copy of full fine-tuning non-inferior at a margin and inconclusive at a finer one, nothing
+recommended where nothing beats the bars); verdict.json; several seeds, unpaired fallback, exports."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import load_splits
 from peftbench.pipeline.references import lead, sentences
 from peftbench.report.analysis import analyse
+from peftbench.report.decision import Rule
 from peftbench.report.load import load_sections
 from peftbench.report.stats import RESAMPLES
-from peftbench.report.verdict import verdict_lines
+from peftbench.report.verdict import judge, verdict_lines
 from peftbench.store import records as results
 from peftbench.store import rundir
 from peftbench.store.records import Efficiency, EpochMetrics, MethodResult, prediction_rows
@@ -85,9 +87,21 @@ def _good(seed: int = 0) -> list[str]:
     return out
 
 
-def _bad() -> list[str]:
+def _changed(seed: int, words: int) -> list[str]:
+    """Each reference with `words` words replaced at places that vary with the seed: full fine-tuning run again
+    (one word), or made worse on purpose (more)."""
+    out = []
+    for index, ex in enumerate(EXAMPLES):
+        text = ex.target.split()
+        for word in range(words):
+            text[(7 * index + seed + 3 * word) % len(text)] = "something"
+        out.append(" ".join(text))
+    return out
+
+
+def _bad(shift: int = 7) -> list[str]:
     """Another example's reference: fluent text that does not summarise this article."""
-    return [EXAMPLES[(i + 7) % len(EXAMPLES)].target for i in range(len(EXAMPLES))]
+    return [EXAMPLES[(i + shift) % len(EXAMPLES)].target for i in range(len(EXAMPLES))]
 
 
 def test_bootstrap_intervals_match_an_independent_recomputation(tmp_path):
@@ -121,26 +135,71 @@ def test_bootstrap_intervals_match_an_independent_recomputation(tmp_path):
     assert (interval.low, interval.high) == pytest.approx((direct.low, direct.high), abs=1e-9)
 
 
-def test_verdict_flips_when_predictions_are_made_worse(tmp_path):
-    same = tmp_path / "same"
-    for method in ("full", "lora", "ia3"):
-        _write(same, method, _good())  # three methods that generate the same text: indistinguishable
-    section = load_sections([same])[0]
-    lines = verdict_lines(section, analyse(section))
-    lora = next(line for line in lines if line.startswith("lora:"))
-    assert "not significantly different from full" in lora and "trains 1% of the parameters" in lora
-    assert "Recommendation: ia3" in next(line for line in lines if line.startswith("Recommendation"))
+def _judged(comparison, rule: Rule | None = None):
+    """The comparison's verdict and its printed lines (the rule: as the run declared, or as given)."""
+    section = load_sections([comparison])[0]
+    analysis = analyse(section)
+    verdict = judge(section, analysis, rule)
+    lines = verdict_lines(section, analysis, verdict)
+    assert not any("indistinguishable" in line for line in lines)  # "not shown different" is never "the same"
+    return verdict, lines
 
-    worse = tmp_path / "worse"
-    _write(worse, "full", _good())
-    for method in ("lora", "ia3"):
-        _write(worse, method, _bad())
-    section = load_sections([worse])[0]
-    lines = verdict_lines(section, analyse(section))
-    lora = next(line for line in lines if line.startswith("lora:"))
-    assert "significantly worse than full" in lora and "not significantly" not in lora
-    assert "no method matches full fine-tuning" in next(line for line in lines if line.startswith("Recommendation"))
+
+def _line(lines: list[str], method: str) -> str:
+    return next(line for line in lines if line.startswith(f"{method} ("))
+
+
+def test_a_method_made_worse_on_purpose_is_inferior(tmp_path):
+    _write(tmp_path, "full", _good())
+    _write(tmp_path, "lora", _changed(2, words=2))  # two words lost per summary: about 2 points of ROUGE-L
+    _write(tmp_path, "ia3", _good(1))
+    _write(tmp_path, "zero-shot", _bad())
+    verdict, lines = _judged(tmp_path)
+    lora = verdict.method("lora")
+    assert lora.eligible and lora.inferior and not lora.non_inferior and lora.decision == "inferior"
+    assert lora.vs_comparator.high < -verdict.margin and lora.vs_comparator.claim == "below -0.01"
+    assert "inferior to full: it scores below full by more than the margin" in _line(lines, "lora")
+    assert verdict.recommended == "ia3" and verdict.reason == "non-inferior"
+    assert lines[0].startswith("Answer: ia3: the cheapest method that beats the zero-shot base model")
+    assert "(40 test examples, 1 seed; comparator full; margin 1 point = 0.0100 ROUGE-L)" in lines[0]
     assert any("one seed" in line for line in lines) and any("not tuned per method" in line for line in lines)
+
+
+def test_a_copy_of_full_is_non_inferior_at_a_margin_and_inconclusive_at_a_smaller_one(tmp_path):
+    _write(tmp_path, "full", _good())
+    _write(tmp_path, "lora", _changed(5, words=1))  # full fine-tuning again: one other word changed per summary
+    _write(tmp_path, "zero-shot", _bad())
+    wide, lines = _judged(tmp_path)  # the run's own margin: 1 point
+    assert wide.method("lora").non_inferior and wide.recommended == "lora"
+    assert "non-inferior to full: a loss larger than the margin (0.0100) is ruled out" in _line(lines, "lora")
+    narrow, lines = _judged(tmp_path, Rule(margin=0.05))  # 0.0005 ROUGE-L: finer than 40 examples can show
+    lora = narrow.method("lora")
+    assert lora.decision == "inconclusive" and lora.non_inferior is False and lora.inferior is False
+    assert lora.examples_needed > narrow.examples
+    assert f"about {lora.examples_needed:,} test examples would decide it" in _line(lines, "lora")
+    assert narrow.recommended == "full" and narrow.reason == "comparator"
+    assert "no cheaper method is shown to be as good within the margin (inconclusive: lora, about" in lines[0]
+
+
+def test_nothing_that_beats_zero_shot_means_no_recommendation(tmp_path):
+    for method in ("full", "lora", "ia3", "zero-shot"):
+        _write(tmp_path, method, _bad())  # every method generates what the base model does
+    verdict, lines = _judged(tmp_path)
+    assert verdict.recommended is None and all(m.eligible is False for m in verdict.methods)
+    assert {m.decision for m in verdict.methods} == {"comparator", "not eligible"}
+    assert lines[0].startswith("Answer: do not fine-tune at this size: no method is shown to beat the zero-shot")
+
+
+def test_the_majority_class_is_a_bar_to_clear(tmp_path):
+    _write(tmp_path, "full", _good())
+    _write(tmp_path, "lora", _changed(5, words=1))
+    _write(tmp_path, "zero-shot", _bad())
+    _write(tmp_path, "majority-class", _good())  # a trivial reference that scores as well as the methods
+    verdict, lines = _judged(tmp_path)
+    assert set(verdict.method("full").bars) == {"zero-shot", "majority-class"}
+    assert verdict.method("full").bars["zero-shot"].holds and not verdict.method("full").bars["majority-class"].holds
+    assert verdict.recommended is None
+    assert "no method is shown to beat the zero-shot base model and the majority class" in lines[0]
 
 
 def test_one_test_example_gives_no_verdict_instead_of_failing(tmp_path):
@@ -149,7 +208,7 @@ def test_one_test_example_gives_no_verdict_instead_of_failing(tmp_path):
         _write(tmp_path, method, [ex.target for ex in one], examples=one)
     section = load_sections([tmp_path])[0]
     assert analyse(section) is None
-    assert "at least 2 examples" in verdict_lines(section, None)[0]
+    assert "at least 2 examples" in verdict_lines(section, None, None)[0]
 
 
 def test_references_are_rows_and_cautions(tmp_path):
@@ -159,55 +218,59 @@ def test_references_are_rows_and_cautions(tmp_path):
     _write(tmp_path, "zero-shot", _bad())
     section = load_sections([tmp_path])[0]
     assert [runs.label for runs in section.methods] == ["full", "lora", "zero-shot (reference)", "lead-3 (reference)"]
-    lines = verdict_lines(section, analyse(section))
+    verdict, lines = _judged(tmp_path)
+    assert verdict.rivals == ["lead-3"] and verdict.recommended is None
+    assert "But Lead-3 (each source's first three sentences, no model) scores significantly higher" in lines[0]
     assert any(line.startswith("Caution: Lead-3") and "above every fine-tuned method" in line for line in lines)
-    assert any("not significantly better than the zero-shot base model" in line for line in lines)
+    assert "not shown to beat the zero-shot base model" in _line(lines, "lora")
 
 
 def test_timed_phases_on_a_busy_machine_get_a_caution(tmp_path):
     _write(tmp_path, "full", _good(), contention={"training": 0.05, "latency": 0.1, "test_generation": 0.9})
     _write(tmp_path, "lora", _good(), contention={"training": 0.41, "latency": 0.02})
     _write(tmp_path, "ia3", _good(), contention={"training": 0.0, "latency": 0.3})
-    section = load_sections([tmp_path])[0]
-    busy = [line for line in verdict_lines(section, analyse(section)) if "share of this machine's CPU" in line]
+    busy = [line for line in _judged(tmp_path)[1] if "share of this machine's CPU" in line]
     assert len(busy) == 1 and "lora trained (41%), ia3 had its latency timed (30%):" in busy[0]
     assert "full" not in busy[0]  # its busy phase times nothing the table shows
     quiet = tmp_path / "quiet"
     _write(quiet, "full", _good(), contention={"training": 0.05, "latency": 0.1})
-    section = load_sections([quiet])[0]
-    assert not any("share of this machine's CPU" in line for line in verdict_lines(section, analyse(section)))
+    assert not any("share of this machine's CPU" in line for line in _judged(quiet)[1])
 
 
-def test_a_method_line_and_the_recommendation_rest_on_the_same_tests(tmp_path):
-    """References are rows, but not in the family of tests the methods' lines share with the recommendation (else
-    Holm's adjustment over more rows could call a method 'not significantly different' from full fine-tuning while
-    the recommendation says that none matches it)."""
+def test_verdict_json_is_what_the_report_prints(tmp_path, capsys):
     _write(tmp_path, "full", _good())
-    _write(tmp_path, "lora", _bad())
-    _write(tmp_path, "zero-shot", _bad())
-    _write(tmp_path, "lead-3", _good())
-    section = load_sections([tmp_path])[0]
-    analysis = analyse(section)
-    assert set(analysis.vs_anchor) == {"lora"}
-    assert (
-        analysis.vs_anchor["lora"]["rougeL"] == analysis.compare({"rougeL": "full"}, analysis.trained)["lora"]["rougeL"]
-    )
-    lines = verdict_lines(section, analysis)
-    apart = "significantly worse than full" in next(line for line in lines if line.startswith("lora:"))
-    assert apart == ("no method matches" in next(line for line in lines if line.startswith("Recommendation")))
-    assert not any(line.startswith("Recommendation: lead-3") for line in lines)  # references are never recommended
+    _write(tmp_path, "lora", _good(1))
+    _write(tmp_path, "ia3", _bad())
+    _write(tmp_path, "zero-shot", _bad(shift=3))
+    _write(tmp_path, "lead-3", _bad(shift=5))
+    assert main(["report", str(tmp_path)]) == 0
+    (saved,) = json.loads((tmp_path / "verdict.json").read_text())["verdicts"]
+    report = (tmp_path / "report.md").read_text()
+    assert f"**{saved['headline']}**" in report and saved["recommended"] == "lora"
+    assert saved["comparator"] == "full" and saved["margin_points"] == 1.0 and saved["examples"] == 40
+    assert set(saved["rows"]) == {"full", "lora", "ia3", "zero-shot", "lead-3"}  # references are rows...
+    assert [m["method"] for m in saved["methods"]] == ["full", "lora", "ia3"]  # ...but never candidates
+    ia3 = next(m for m in saved["methods"] if m["method"] == "ia3")
+    assert ia3["decision"] == "not eligible" and ia3["bars"]["zero-shot"]["p_adjusted"] > 0
+    assert main(["report", str(tmp_path), "--comparator", "lora", "--margin", "0.5"]) == 0
+    (saved,) = json.loads((tmp_path / "verdict.json").read_text())["verdicts"]
+    assert saved["comparator"] == "lora" and saved["margin"] == pytest.approx(0.005)
+    assert main(["report", str(tmp_path), "--comparator", "dora"]) == 2
+    assert "--comparator 'dora' did not run for tiny" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--margin", "-1"]) == 2
+    assert "--margin must be a number in [0, 100), got -1.0" in capsys.readouterr().err
 
 
-def test_several_seeds_resample_seeds_then_examples(tmp_path):
+def test_several_seeds_resample_seeds_crossed_with_examples(tmp_path):
     for seed in (0, 1, 2):
         for method in ("full", "lora"):
             _write(tmp_path / f"seed-{seed}", method, _good(seed) if method == "full" else _bad(), seed=seed)
     analysis = analyse(load_sections([tmp_path])[0])
-    assert analysis.seeds == 3 and analysis.paired and "seeds, then test examples" in analysis.note
+    assert analysis.seeds == 3 and analysis.paired and "seeds crossed with the test examples" in analysis.note
     full = analysis.scores["full"]["rougeL"]
     per_seed = [np.mean(per_example("rougeL", _good(s), [[ex.target] for ex in EXAMPLES])) for s in (0, 1, 2)]
     assert full.value == pytest.approx(np.mean(per_seed)) and full.low < full.value < full.high
-    assert analysis.vs_anchor["lora"]["rougeL"].significant
+    assert analysis.compare({"rougeL": "full"}, ["lora"])["lora"]["rougeL"].significant
 
 
 def test_different_test_sets_fall_back_to_unpaired(tmp_path, capsys):

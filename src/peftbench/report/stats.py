@@ -83,7 +83,8 @@ def bootstrap_distribution(
 
     One seed: examples are resampled with scipy.stats.bootstrap, the same indices for every figure, so that figures
     of several methods (and their differences) are paired. Several seeds: a crossed bootstrap, since every seed is
-    scored on the same test examples: each replicate resamples the seeds and, once, the examples, and every chosen
+    scored on the same test examples: each replicate draws S - 1 of the S seeds with replacement (so that the
+    variance of their mean is the unbiased s^2 / S, not (S - 1) / S of it) and, once, the examples, and every chosen
     seed is read on those same examples. (Resampling examples anew within each seed would treat the seeds' test sets
     as independent samples and divide the test set's sampling noise by the number of seeds.)
     """
@@ -101,9 +102,10 @@ def bootstrap_distribution(
             (np.arange(examples),), over_examples, n_resamples=resamples, method="percentile", vectorized=True, rng=rng
         )
         return full, np.asarray(result.bootstrap_distribution).reshape(len(full), resamples)
-    chosen_seeds = rng.integers(0, seeds, size=(resamples, seeds))
+    drawn = seeds - 1  # S - 1 draws from S seeds: the bootstrap variance of their mean is the unbiased s^2 / S
+    chosen_seeds = rng.integers(0, seeds, size=(resamples, drawn))
     chosen_examples = rng.integers(0, examples, size=(resamples, 1, examples))
-    return full, statistic(chosen_seeds, np.broadcast_to(chosen_examples, (resamples, seeds, examples)))
+    return full, statistic(chosen_seeds, np.broadcast_to(chosen_examples, (resamples, drawn, examples)))
 
 
 def intervals(full: np.ndarray, distribution: np.ndarray, confidence: float = CONFIDENCE) -> list[Interval]:

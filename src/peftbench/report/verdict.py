@@ -184,7 +184,10 @@ def _context(verdict: Verdict) -> str:
 def headline(verdict: Verdict) -> str:
     """The answer in one sentence, with what it rests on: the metric, the test examples, the comparator, the margin."""
     label, comparator, choice = verdict.label, verdict.comparator, verdict.recommended
-    bars = " and ".join(_said(bar) for bar in {bar for m in verdict.methods for bar in m.bars}) or "the base model"
+    bars = (
+        " and ".join(_said(bar) for bar in dict.fromkeys(b for m in verdict.methods for b in m.bars))
+        or "the base model"
+    )
     if choice is None:
         said = f"do not fine-tune at this size: no method is shown to beat {bars} on {label}"
     elif verdict.reason == "comparator":
