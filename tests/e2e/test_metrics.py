@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import sacrebleu
-
 from rouge_score import rouge_scorer
 
 from peftbench.task.metrics import (
