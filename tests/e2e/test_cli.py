@@ -15,12 +15,12 @@ from peftbench.cli import main
 from peftbench.task.metrics import per_example
 from tests.helpers import launched, tiny_run_args
 
-EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "bleu"}
-TEST_KEYS = {"loss", "rouge1", "rouge2", "rougeL", "bleu"}
+EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"}
+TEST_KEYS = {"loss", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"}
 
 
 def _check_scores(scores: dict) -> None:
-    for key in ("rouge1", "rouge2", "rougeL"):
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         assert 0.0 <= scores[key] <= 1.0, (key, scores[key])
     assert 0.0 <= scores["bleu"] <= 100.0
     assert scores.get("loss", scores.get("val_loss")) > 0
@@ -105,7 +105,7 @@ def test_run_all_methods_writes_documented_outputs(arch, tiny_models, articles, 
 
         rows = [json.loads(line) for line in (directory / "predictions.jsonl").read_text().splitlines()]
         assert len(rows) == 4
-        keys = {"id", "source", "reference", "prediction", "rouge1", "rouge2", "rougeL"}
+        keys = {"id", "source", "reference", "prediction", "rouge1", "rouge2", "rougeL", "rougeLsum"}
         assert all(set(row) == keys for row in rows)
         recomputed = per_example("rougeL", [row["prediction"] for row in rows], [[row["reference"]] for row in rows])
         assert [row["rougeL"] for row in rows] == pytest.approx(recomputed)  # each example's own score

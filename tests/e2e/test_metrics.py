@@ -7,16 +7,21 @@ import math
 import numpy as np
 import pytest
 import sacrebleu
+from rouge_score import rouge_scorer
 
 from peftbench.task.metrics import (
     corpus_score,
     expand,
+    first_line,
     matched_choice,
     normalise_answer,
+    normalise_choice,
     per_example,
     score,
     statistics,
 )
+from peftbench.task.presets import TASKS
+from peftbench.task.sentences import sentences
 
 
 def _one(names, prediction, references, choices=None):
@@ -111,4 +116,57 @@ def test_mismatched_lengths_are_rejected():
 
 
 def test_metric_groups_expand():
-    assert expand(["rouge", "bleu", "rougeL"]) == ["rouge1", "rouge2", "rougeL", "bleu"]
+    assert expand(["rouge", "bleu", "rougeL"]) == ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"]
+
+
+def test_sentences_split_with_abbreviations_initials_and_quotes():
+    text = 'Mr. Smith went to Washington. He met Dr. J. Doe at 5 p.m. on Monday. "It was great," he said. Then more.'
+    assert sentences(text) == [
+        "Mr. Smith went to Washington.",
+        "He met Dr. J. Doe at 5 p.m. on Monday.",
+        '"It was great," he said.',
+        "Then more.",
+    ]
+    assert sentences("  Lead space. Second one.  ") == ["Lead space.", "Second one."]  # no white space kept around
+    assert sentences("Line one\nLine two.") == ["Line one", "Line two."]  # a line break ends a sentence too
+    assert sentences("No full stop at all") == ["No full stop at all"] and sentences("  ") == []
+
+
+def test_rouge_lsum_is_the_lcs_over_sentences():
+    prediction, reference = "The dog ran away. The cat sat.", "The cat sat. The dog ran away."
+    metrics = _one(["rougeL", "rougeLsum"], prediction, [reference])
+    # Plain ROUGE-L: one LCS over the whole text, "the dog ran away" or "the cat sat" plus a "the": 4 of 7 tokens.
+    assert metrics["rougeL"] == pytest.approx(4 / 7)
+    # ROUGE-Lsum: each reference sentence's LCS against every predicted sentence (union): all 7 tokens.
+    assert metrics["rougeLsum"] == pytest.approx(1.0)
+    # The same as rouge_score itself with one sentence a line (the literature's CNN/DailyMail figure).
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    long = "Mr. Smith met Dr. J. Doe at 5 p.m. today. They talked. Nothing came of it."
+    short = "Mr. Smith and Dr. Doe met. Nothing came of the talks."
+    expected = scorer.score("\n".join(sentences(long)), "\n".join(sentences(short)))["rougeLsum"].fmeasure
+    assert _one(["rougeLsum"], short, [long])["rougeLsum"] == pytest.approx(expected)
+    assert expected != pytest.approx(scorer.score(long, short)["rougeLsum"].fmeasure)  # unsplit, it differs
+
+
+def test_summarisation_ranks_by_rouge_lsum():
+    summarisation = TASKS["summarization"]
+    assert summarisation.primary == "rougeLsum"
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"} == set(summarisation.metrics)
+
+
+def test_choices_keep_their_words():
+    """A choice "A" is not an article to delete: an empty answer names no choice, and "a." names A."""
+    choices = ["A", "B", "C"]
+    assert normalise_answer("A") == ""  # SQuAD's normalisation, which exact match and F1 keep
+    assert normalise_choice("A") == "a" and normalise_choice('  "The  answer." ') == "the answer"
+    assert matched_choice("", choices) is None and matched_choice("   ", choices) is None
+    assert matched_choice("A", choices) == "A" and matched_choice("a.", choices) == "A"
+    assert matched_choice("B) because", choices) == "B"
+    assert matched_choice("an apple", choices) is None  # "a" only as a word of its own
+    assert per_example("accuracy", ["", "a.", "C"], [["A"], ["A"], ["B"]], [choices] * 3) == [0.0, 1.0, 0.0]
+
+
+def test_one_line_answers_are_their_first_line():
+    assert first_line("\n  Paris\nThe capital of France.") == "Paris"
+    assert first_line(" Paris, France ") == "Paris, France" and first_line("\n\n") == ""
+    assert TASKS["qa"].one_line and TASKS["classification"].one_line and not TASKS["summarization"].one_line

@@ -4,6 +4,7 @@ before any model loads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -86,7 +87,7 @@ def test_qa_preset_scores_exact_match_and_f1_against_every_reference(tiny_gpt2, 
     assert all(row["references"][0] == row["reference"] for row in several)
     summary = (output / "summary.md").read_text()
     assert "test exact match" in summary and "test F1" in summary and "ROUGE" not in summary
-    assert not (output / "lead-3").exists()  # an extractive reference is summarisation's only
+    assert not (output / "lead-3").exists() and not (output / "majority-class").exists()  # qa has no trivial one
 
 
 def test_accuracy_by_generation_and_by_likelihood(tiny_gpt2, labels_file, tmp_path):
@@ -105,18 +106,25 @@ def test_accuracy_by_generation_and_by_likelihood(tiny_gpt2, labels_file, tmp_pa
     items = loaded.layout.encode(splits.test, TokenLimits(48, 8))
     evaluator = Evaluator(loaded.layout, EvalOptions.from_config(config), torch.device("cpu"))
     scores, generation = evaluator.evaluate(loaded.model, items, splits.test)
-    # The likelihood choice by brute force: each choice's summed log-probability after the prompt, one at a time.
-    for item, ex, chosen in zip(items, splits.test, generation.likely_choices, strict=True):
+    # The likelihood choice by brute force: each choice's summed log-probability after the prompt, one at a time;
+    # length-normalised as lm-evaluation-harness's acc_norm: over the choice's length in characters.
+    chosen = zip(splits.test, generation.likely_choices, generation.likely_choices_norm, strict=True)
+    for item, (ex, plain, normed) in zip(items, chosen, strict=True):
         losses = []
         for choice_item in loaded.layout.choice_items(item, ex.choices):
             with torch.no_grad():
                 ids = torch.tensor([choice_item.prompt + choice_item.target])
                 logits = loaded.model(ids).logits[0, len(choice_item.prompt) - 1 : -1]
                 losses.append(-torch.log_softmax(logits, -1)[range(len(choice_item.target)), choice_item.target].sum())
-        assert chosen == ex.choices[int(torch.stack(losses).argmin())]
+        assert plain == ex.choices[int(torch.stack(losses).argmin())]
+        lengths = torch.tensor([float(len(choice)) for choice in ex.choices])
+        assert normed == ex.choices[int((-torch.stack(losses) / lengths).argmax())]
     accuracy, likely = generation.per_example["accuracy"], generation.per_example["accuracy_ll"]
     assert scores.metrics["accuracy"] == pytest.approx(sum(accuracy) / 12)
     assert scores.metrics["accuracy_ll"] == pytest.approx(sum(likely) / 12)
+    assert scores.metrics["accuracy_ll_norm"] == pytest.approx(sum(generation.per_example["accuracy_ll_norm"]) / 12)
+    # "False" is one character longer than "True": where the two rules choose differently, the lengths decided.
+    assert generation.likely_choices != generation.likely_choices_norm
     # A random tiny model generates no choice at all, while its likelihood still picks one: the two disagree.
     assert any(a == 0 and b == 1 for a, b in zip(accuracy, likely, strict=True))
 
@@ -139,9 +147,14 @@ def test_classification_run_end_to_end(tiny_gpt2, labels_file, tmp_path):
     )
     assert main(args) == 0
     metrics = _metrics(output, "ia3")
-    assert set(metrics["test"]) == {"loss", "accuracy", "accuracy_ll"}
+    assert set(metrics["test"]) == {"loss", "accuracy", "accuracy_ll", "accuracy_ll_norm"}
     rows = [json.loads(line) for line in (output / "ia3" / "predictions.jsonl").read_text().splitlines()]
     assert all(row["likely_choice"] in ("False", "True") and row["choices"] == ["False", "True"] for row in rows)
+    assert all(row["likely_choice_norm"] in ("False", "True") for row in rows)
+    majority = _metrics(output, "majority-class")  # the trivial reference: the training split's commonest label
+    predicted = {json.loads(line)["prediction"] for line in (output / "majority-class" / "predictions.jsonl").open()}
+    assert len(predicted) == 1 and predicted <= {"False", "True"}
+    assert set(majority["test"]) == {"loss", "accuracy", "accuracy_ll", "accuracy_ll_norm"}
     assert "Recommendation" in (output / "summary.md").read_text()
 
 
@@ -238,3 +251,41 @@ def test_an_empty_answer_list_names_its_row(tmp_path, capsys):
         == 2
     )
     assert "row q7 (number 8) has an empty list of answers in column 'answers'" in capsys.readouterr().err
+
+
+def _word_line_model(path, tokenizer, word: str):
+    """Tiny GPT-2 rewired to write `word`, a line break, `word`, ...: its blocks add nothing to the residual stream,
+    and each position's huge position embedding points at the token that position predicts (word at even positions,
+    "\\n" at odd ones), so the prediction starts with a word and carries on over several lines."""
+    model = load_model(str(path)).model
+    (word_id,), (newline_id,) = tokenizer(word).input_ids, tokenizer("\n").input_ids
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for projection in (block.attn.c_proj, block.mlp.c_proj):
+                projection.weight.zero_()
+                projection.bias.zero_()
+        embeddings, positions = model.transformer.wte.weight, model.transformer.wpe.weight
+        for token, axis in ((word_id, 0), (newline_id, 2)):
+            embeddings[token] = 0.0
+            embeddings[token, axis], embeddings[token, axis + 1] = 5.0, -5.0  # zero mean: layer norm keeps it
+        positions[0::2] = 1000 * embeddings[word_id]
+        positions[1::2] = 1000 * embeddings[newline_id]
+    return model
+
+
+def test_one_line_answers_are_scored_on_their_first_line(tiny_gpt2, qa_file):
+    config = RunConfig(dataset=str(qa_file), task="qa", train_size=4, eval_size=1, test_size=4, max_new_tokens=6)
+    splits = load_splits(config)
+    loaded = load_model(str(tiny_gpt2), prompt=PromptOptions.from_config(config))
+    model = _word_line_model(tiny_gpt2, loaded.tokenizer, " Paris")
+    items = loaded.layout.encode(splits.test, TokenLimits(48, 8))
+    options = EvalOptions.from_config(config)
+    assert options.one_line
+    whole, _ = Evaluator(loaded.layout, dataclasses.replace(options, one_line=False), torch.device("cpu")).generate(
+        model, items
+    )
+    assert all(prediction.count("\n") >= 2 for prediction in whole.predictions)  # several lines generated
+    scores, generation = Evaluator(loaded.layout, options, torch.device("cpu")).evaluate(model, items, splits.test)
+    assert generation.predictions == ["Paris"] * 4  # the first line only, stored and scored
+    paris = [1.0 if "Paris" in ex.references else 0.0 for ex in splits.test]
+    assert generation.per_example["exact_match"] == paris and scores.metrics["exact_match"] == sum(paris) / 4

@@ -16,7 +16,6 @@ import peftbench
 from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import load_splits
-from peftbench.pipeline.references import lead, sentences
 from peftbench.report.analysis import analyse
 from peftbench.report.decision import Rule
 from peftbench.report.load import load_sections
@@ -309,15 +308,3 @@ def test_exports_one_row_per_run_with_provenance(tmp_path, capsys):
     assert list(frame["method"]) == ["full", "lora", "lead-3"] and frame["test_rougeL"].notna().all()
     assert main(["report", str(tmp_path), "--format", "pdf"]) == 2
     assert "choose a comma list of md, html, csv, json" in capsys.readouterr().err
-
-
-def test_lead_sentences():
-    text = 'Mr. Smith went to Washington. He met Dr. J. Doe at 5 p.m. on Monday. "It was great," he said. Then more.'
-    assert sentences(text) == [
-        "Mr. Smith went to Washington.",
-        "He met Dr. J. Doe at 5 p.m. on Monday.",
-        '"It was great," he said.',
-        "Then more.",
-    ]
-    assert lead(text) == 'Mr. Smith went to Washington. He met Dr. J. Doe at 5 p.m. on Monday. "It was great," he said.'
-    assert lead("No full stop at all") == "No full stop at all"

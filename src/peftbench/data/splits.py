@@ -543,25 +543,39 @@ class LengthGroupedBatches:
     """The batches of one optimizer step each: shuffle, group similar lengths inside windows of 50 batches, then
     shuffle the batch order.
 
-    Per-batch padding then wastes almost nothing, while each epoch still sees a new, seeded order. Every index
-    appears exactly once per epoch, and the batches are a function of the epoch alone (nothing to checkpoint).
-    batch_size is one optimizer step's examples across all processes and micro-batches; with several processes
-    each batch holds at least one example per process.
+    Per-batch padding then wastes little, while each epoch and each seed sees batches of its own: inside a window the
+    examples are sorted by their length times a seeded random factor in [1 - jitter, 1 + jitter] (as fairseq's and
+    torchtext's bucketing add noise to the sort key), so that examples of similar length meet in varying company.
+    Sorting by length alone would give a run with one window (a few hundred examples) the same batches at every seed
+    and epoch, in another order only. Every index appears exactly once per epoch, every epoch has the same number of
+    batches (steps_per_epoch counts them), and the batches are a function of the seed and epoch alone (nothing to
+    checkpoint). batch_size is one optimizer step's examples across all processes and micro-batches; with several
+    processes each batch holds at least one example per process.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50, processes: int = 1):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int,
+        window: int = 50,
+        processes: int = 1,
+        jitter: float = 0.2,
+    ):
         self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
-        self.processes = processes
+        self.processes, self.jitter = processes, jitter
 
     def batches(self, epoch: int) -> list[list[int]]:
         """Every step's batch of an epoch (all processes' shares together)."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
+        noisy = {i: self.lengths[i] * rng.uniform(1 - self.jitter, 1 + self.jitter) for i in order}
         span = self.batch_size * self.window
         batches = []
         for start in range(0, len(order), span):
-            group = sorted(order[start : start + span], key=lambda i: -self.lengths[i])
+            # Ties (equal lengths, zero lengths) keep the shuffled order: a stable sort.
+            group = sorted(order[start : start + span], key=lambda i: -noisy[i])
             batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
         # Only the last window can end short; a share for every process, or no batch of its own.
         if len(batches) > 1 and len(batches[-1]) < self.processes:

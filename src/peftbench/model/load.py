@@ -242,6 +242,11 @@ class ModelSource:
     def from_config(cls, config: RunConfig) -> ModelSource:
         return cls(config.model, config.trust_remote_code, config.allow_pickle, config.quantize)
 
+    def tokenizer(self):
+        """The model's tokenizer alone (its config read, no weights loaded), as load gives it: what counts tokens
+        where no model runs (the Lead-3 reference's budget)."""
+        return _open(self.name, self.trust_remote_code, self.allow_pickle, None).loaded.tokenizer
+
     def load(self, prompt: PromptOptions | None = None, device=None) -> LoadedModel:
         """load_model of this source, moved onto device (a quantized model is placed on the GPU as it loads)."""
         loaded = load_model(self.name, self.trust_remote_code, self.allow_pickle, self.quantize, prompt)

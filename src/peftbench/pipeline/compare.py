@@ -17,13 +17,13 @@ from peftbench.pipeline.console import Console
 from peftbench.pipeline.executor import Executor, ExecutorOptions, Unit, executor
 from peftbench.pipeline.preflight import check_before_loading, dry_run, preflight
 from peftbench.pipeline.recording import epoch_line
-from peftbench.pipeline.references import lead_3
+from peftbench.pipeline.references import REFERENCE_ROWS
 from peftbench.pipeline.search import settled
 from peftbench.pipeline.units import Failure, describe_failure, method_unit, write_reference, zero_shot_unit
 from peftbench.report.write import Published, publish
 from peftbench.store import fingerprints, rundir
 from peftbench.store.records import EpochMetrics
-from peftbench.store.rundir import LEAD_3, ZERO_SHOT, MethodDir
+from peftbench.store.rundir import ZERO_SHOT, MethodDir
 from peftbench.task.presets import TASKS
 from peftbench.training import checkpoint
 from peftbench.training.tracking import resolve_trackers
@@ -34,7 +34,8 @@ def references_recorded(
 ) -> dict[int, EpochMetrics | Exception]:
     """Every seed's reference rows, read back where this configuration already wrote them, else computed and
     written: the zero-shot base model (a unit each, all seeds at once: its validation is every method's epoch 0,
-    which is returned per seed, or the exception that stopped it) and, for summarisation, Lead-3."""
+    which is returned per seed, or the exception that stopped it) and the task's trivial reference (Lead-3, the
+    majority class)."""
     units = []
     for config in configs:
         zero_shot = rundir.reference_dir(Path(config.output), ZERO_SHOT)
@@ -56,7 +57,7 @@ def references_recorded(
                 console.say(
                     f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} {result.test.scores[primary]:.4f}"
                 )
-            _lead_3_recorded(splits, config, result.model)
+            _trivial_recorded(splits, config, result.model)
             epochs[config.seed] = result.epochs[0]
         except Exception as exc:  # reported as each pending method's failure
             epochs[config.seed] = exc
@@ -64,15 +65,17 @@ def references_recorded(
     return epochs
 
 
-def _lead_3_recorded(splits: Splits, config: RunConfig, model: str) -> None:
-    """For summarisation, the Lead-3 reference row (no model: computed here), unless already written."""
-    lead = rundir.reference_dir(Path(config.output), LEAD_3)
-    if TASKS[config.task].extractive_reference and (
-        config.force or not (lead.finished_whole() and fingerprints.matches(lead, config))
-    ):
-        _start_reference(lead, config)
+def _trivial_recorded(splits: Splits, config: RunConfig, model: str) -> None:
+    """The task's trivial reference row, where its preset names one (no model: built here, by its builder in
+    references.REFERENCE_ROWS), unless already written."""
+    name = TASKS[config.task].trivial_reference
+    if name is None:
+        return
+    directory = rundir.reference_dir(Path(config.output), name)
+    if config.force or not (directory.finished_whole() and fingerprints.matches(directory, config)):
+        _start_reference(directory, config)
         if parallel.is_main():
-            write_reference(lead, *lead_3(splits, model, config.to_dict()))
+            write_reference(directory, *REFERENCE_ROWS[name](splits, model, config))
 
 
 def _start_reference(directory: MethodDir, config: RunConfig) -> None:

@@ -93,7 +93,13 @@ def log_record(split: str, epoch: int, step: int, scores: EpochMetrics | TestMet
 
 def generation_rows(examples: list[Example], generation: Generation) -> list[dict[str, Any]]:
     """predictions.jsonl's rows of a generation: each prediction with its own scores (and its most likely choice)."""
-    return prediction_rows(examples, generation.predictions, generation.per_example, generation.likely_choices)
+    return prediction_rows(
+        examples,
+        generation.predictions,
+        generation.per_example,
+        generation.likely_choices,
+        generation.likely_choices_norm,
+    )
 
 
 def epoch_line(scores: EpochMetrics) -> str:

@@ -229,10 +229,12 @@ def prediction_rows(
     predictions: list[str],
     per_example: dict[str, list[float]] | None,
     likely_choices: list[str] | None = None,
+    likely_choices_norm: list[str] | None = None,
 ) -> list[dict]:
     """predictions.jsonl's rows, one per test example (data.Example): id, source, reference (the first), every
     reference where there are several, the choices where there are any, the prediction, the choice the model finds
-    most likely where choices were scored, and the prediction's own scores (per_example: metric -> a value each)."""
+    most likely where choices were scored (likely_choice; likely_choice_norm: per character of the choice), and the
+    prediction's own scores (per_example: metric -> a value each)."""
     per_example = per_example or {}
     rows = []
     for index, (ex, prediction) in enumerate(zip(examples, predictions, strict=True)):
@@ -241,5 +243,6 @@ def prediction_rows(
         row |= {"choices": ex.choices} if ex.choices else {}
         row |= {"prediction": prediction}
         row |= {"likely_choice": likely_choices[index]} if likely_choices else {}
+        row |= {"likely_choice_norm": likely_choices_norm[index]} if likely_choices_norm else {}
         rows.append(row | {name: values[index] for name, values in per_example.items()})
     return rows

@@ -3,8 +3,9 @@
     OUTPUT/                          one comparison (one seed), or several seeds:
       summary.md, report.md, report.html, report_files/, trackers/, .peftbench.lock
       results.csv, results.jsonl     every model x method x seed as one row (export.py)
-      zero-shot/, lead-3/            reference rows (MethodDir each): the base model before any method (also every
-                                     method's epoch 0), and each source's first three sentences
+      zero-shot/, lead-3/,           reference rows (MethodDir each): the base model before any method (also every
+      majority-class/                method's epoch 0), each source's first three sentences (summarisation), the
+                                     training split's most frequent label (classification)
       <method>/                      one method at one seed (MethodDir)
         metrics.json predictions.jsonl log.jsonl curves.png adapter/ (with README.md, the model card)
         fingerprint.json failed.json checkpoint/
@@ -34,13 +35,12 @@ from typing import Any
 
 from peftbench.errors import ConfigError, no_space
 from peftbench.store.records import MethodResult
+from peftbench.task.presets import LEAD_3, MAJORITY  # the trivial references' names, owned by the tasks
 
 SUMMARY_FILE = "summary.md"
 VERDICT_FILE = "verdict.json"  # the verdict as data, beside summary.md
 TRACKERS_DIR = "trackers"
 ZERO_SHOT = "zero-shot"  # the base model before any method: every method's epoch 0, and a reference on the test split
-LEAD_3 = "lead-3"  # summarisation's extractive reference: each source's first three sentences
-MAJORITY = "majority-class"  # classification's trivial reference: the training split's most frequent label, always
 TRIVIAL = (LEAD_3, MAJORITY)  # references without a model: a method that does not beat them has learned nothing useful
 REFERENCES = (ZERO_SHOT, *TRIVIAL)  # reference rows, which cost no training
 REPORT_MARKDOWN, REPORT_HTML, REPORT_FILES = "report.md", "report.html", "report_files"

@@ -1,7 +1,8 @@
 """Task metrics: the registry of names that --metrics and --primary-metric accept, and how each scores predictions
 against one or several references (or a set of choices). A metric is either the mean of per-example scores (ROUGE,
 exact match, F1, accuracy) or a corpus score computed from summed per-example statistics (BLEU, chrF, with
-sacrebleu), so that any resample of examples can be scored again exactly."""
+sacrebleu), so that any resample of examples can be scored again exactly. Also what of a generated answer is scored
+(first_line, for one-line answers) and how an answer is matched to a choice (normalise_choice)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+from peftbench.task.sentences import sentences
+
+# rougeLsum: the summary-level LCS over sentences (one a line), as the CNN/DailyMail literature reports ROUGE-L.
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # sacrebleu's defaults (BLEU: 13a tokenisation, exponential smoothing, 4-grams; chrF: character 6-grams, beta 2).
 # Its per-sentence statistics (_extract_corpus_statistics) sum to the corpus score (_compute_score_from_stats): the
 # same pair of calls sacrebleu's own paired significance tests use.
@@ -41,15 +45,18 @@ METRICS = {
         Metric("rouge1", "ROUGE-1", 4),
         Metric("rouge2", "ROUGE-2", 4),
         Metric("rougeL", "ROUGE-L", 4),
+        Metric("rougeLsum", "ROUGE-Lsum", 4),
         Metric("bleu", "BLEU", 2, corpus=True),
         Metric("chrf", "chrF", 2, corpus=True),
         Metric("exact_match", "exact match", 4),
         Metric("f1", "F1", 4),
         Metric("accuracy", "accuracy", 4, choices=True),
         Metric("accuracy_ll", "accuracy (log-likelihood)", 4, choices=True, likelihood=True),
+        # lm-evaluation-harness's acc_norm: each choice's summed log-likelihood over its length in characters.
+        Metric("accuracy_ll_norm", "accuracy (log-likelihood, length-normalised)", 4, choices=True, likelihood=True),
     ]
 }
-GROUPS = {"rouge": ROUGE_TYPES}  # --metrics rouge means all three
+GROUPS = {"rouge": ROUGE_TYPES}  # --metrics rouge means all four
 
 
 def expand(names: list[str]) -> list[str]:
@@ -86,26 +93,61 @@ def _f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+_ENDS = string.punctuation + string.whitespace
+
+
+def normalise_choice(text: str) -> str:
+    """A choice or an answer as choices are compared: lower case, punctuation and white space stripped from the ends,
+    single spaces. Unlike SQuAD's normalise_answer it keeps every word: with articles deleted, a choice "A" would be
+    empty, and so equal to an empty answer."""
+    return " ".join(text.lower().strip(_ENDS).split())
+
+
 def matched_choice(prediction: str, choices: list[str]) -> str | None:
-    """The choice a generated answer names: the one equal to it after normalisation, else the one it starts with
-    (the longest, so that 'no' does not take 'not sure'); None where it names none."""
-    said = normalise_answer(prediction)
-    normalised = {choice: normalise_answer(choice) for choice in choices}
+    """The choice a generated answer names: the one equal to it after normalise_choice, else the one it starts with
+    as a whole word (the longest, so that 'no' does not take 'not sure'); None where it names none."""
+    said = normalise_choice(prediction)
+    normalised = {choice: normalise_choice(choice) for choice in choices}
     exact = [choice for choice, text in normalised.items() if text == said]
     if exact:
         return exact[0]
-    starts = [choice for choice, text in normalised.items() if text and (said + " ").startswith(text + " ")]
+    starts = [
+        choice
+        for choice, text in normalised.items()
+        if text and said.startswith(text) and not said[len(text)].isalnum()  # "false, because": a word of its own
+    ]
     return max(starts, key=lambda choice: len(normalised[choice])) if starts else None
 
 
+def same_choice(choice: str | None, reference: str) -> float:
+    """1.0 where a choice (a generated answer's, or the likeliest) is the reference's, else 0.0 (also for None)."""
+    return float(choice is not None and normalise_choice(choice) == normalise_choice(reference))
+
+
 def _accurate(prediction: str, reference: str, choices: list[str]) -> float:
-    named = matched_choice(prediction, choices)
-    return float(named is not None and normalise_answer(named) == normalise_answer(reference))
+    return same_choice(matched_choice(prediction, choices), reference)
+
+
+def first_line(text: str) -> str:
+    """A one-line answer as it is scored: leading white space dropped, then everything from the first line break on
+    (lm-evaluation-harness stops short answers at "\n" the same way), stripped."""
+    return text.lstrip().split("\n", 1)[0].strip()
+
+
+def sentence_lines(text: str) -> str:
+    """A text with one sentence a line, as rouge_score's rougeLsum reads it (line breaks already there stay)."""
+    return "\n".join(sentences(text))
 
 
 def _rouge(kind: str) -> Callable[[str, str], float]:
     scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
-    return lambda prediction, reference: scorer.score(reference, prediction)[kind].fmeasure
+    # rougeLsum's LCS is over sentences, which rouge_score finds at line breaks only: the texts get one a line.
+    lines = sentence_lines if kind == "rougeLsum" else str
+
+    def fmeasure(prediction: str, reference: str) -> float:
+        return scorer.score(lines(reference), lines(prediction))[kind].fmeasure
+
+    return fmeasure
 
 
 _PAIRWISE = {"exact_match": _exact_match, "f1": _f1} | {kind: _rouge(kind) for kind in ROUGE_TYPES}

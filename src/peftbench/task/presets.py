@@ -1,14 +1,22 @@
 """Task presets: what --task sets unless a flag says otherwise: the prompt template (the first whose columns the data
-has), the target column, the metrics and the primary metric, the chat instruction, and the plain format's cue."""
+has), the target column, the metrics and the primary metric, the chat instruction, and the plain format's cue; and
+what the task is scored with besides: whether its answers are one line, and its trivial reference row."""
 
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass
 
+# The trivial references (no model): a method that does not beat its task's has learned nothing useful. The names are
+# their directories in OUTPUT too (store.rundir): they live here, the lowest layer that needs them.
+LEAD_3 = "lead-3"  # summarisation's extractive reference: each source's first three sentences
+MAJORITY = "majority-class"  # classification's: the training split's most frequent label, for every example
+
 
 @dataclass(frozen=True)
 class Task:
+    """One task's defaults and scoring."""
+
     name: str
     templates: tuple[str, ...]  # Python format strings over columns, tried in order
     targets: tuple[str, ...]  # target columns, tried in order
@@ -16,7 +24,9 @@ class Task:
     primary: str
     instruction: str  # the chat format's request before the source ({choices}: the choice list, where fixed)
     cue: str  # the plain format's text after the source (a template ending in a cue of its own needs none)
-    extractive_reference: bool = False  # Lead-3 is a meaningful reference row
+    trivial_reference: str | None = None  # its reference row without a model (LEAD_3, MAJORITY), if it has one
+    # Answers are one line: generation is scored up to its first line break (as lm-evaluation-harness's until "\n").
+    one_line: bool = False
 
 
 TASKS = {
@@ -26,11 +36,11 @@ TASKS = {
             "summarization",
             ("{article}", "{document}", "{text}"),
             ("highlights", "right_summary", "summary"),
-            ("rouge1", "rouge2", "rougeL", "bleu"),
-            "rougeL",
+            ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"),
+            "rougeLsum",
             "Summarize the following news article in three or four sentences.",
             "\nTL;DR:",
-            extractive_reference=True,
+            trivial_reference=LEAD_3,
         ),
         Task(
             "qa",
@@ -44,15 +54,18 @@ TASKS = {
             "f1",
             "Answer the question from the text given. Reply with the answer only, in a few words.",
             "",
+            one_line=True,
         ),
         Task(
             "classification",
             ("{text}\nAnswer:", "{sentence}\nAnswer:", "{question}\nAnswer:"),
             ("label", "answer"),
-            ("accuracy", "accuracy_ll"),
+            ("accuracy", "accuracy_ll", "accuracy_ll_norm"),
             "accuracy",
             "Answer with one of: {choices}. Reply with the answer only.",
             "",
+            trivial_reference=MAJORITY,
+            one_line=True,
         ),
     ]
 }

@@ -1,4 +1,5 @@
-"""Evaluation: loss over target tokens, batched generation, and the text metrics of what was generated."""
+"""Evaluation: loss over target tokens, batched generation, the text metrics of what was generated, and the choice
+each example's model finds likeliest (plain and length-normalised, for the likelihood metrics)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from peftbench.data.splits import Example, to_device
 from peftbench.measure.latency import prompt_batch
 from peftbench.measure.timing import PhaseTimer
 from peftbench.model.layout import Encoded, Layout
-from peftbench.task.metrics import METRICS, normalise_answer, score
+from peftbench.task.metrics import METRICS, first_line, same_choice, score
+from peftbench.task.presets import TASKS
 
 
 @dataclass
@@ -42,20 +44,29 @@ class Generation:
     seconds: float
     per_example: dict[str, list[float]] | None = None  # each prediction's own scores, once scored
     likely_choices: list[str] | None = None  # the choice of each example the model finds most likely (accuracy_ll)
+    likely_choices_norm: list[str] | None = None  # the same per character of the choice (accuracy_ll_norm)
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """Batching and decoding for evaluation (from RunConfig)."""
+    """Batching and decoding for evaluation (from RunConfig and its task's preset). one_line: a generated answer is
+    its first line (metrics.first_line): what is scored and stored, for tasks whose answers are short."""
 
     batch_size: int
     max_new_tokens: int
     num_beams: int
     metrics: tuple[str, ...]
+    one_line: bool = False
 
     @classmethod
     def from_config(cls, config: RunConfig) -> EvalOptions:
-        return cls(config.eval_batch_size, config.max_new_tokens, config.num_beams, tuple(config.metrics))
+        return cls(
+            config.eval_batch_size,
+            config.max_new_tokens,
+            config.num_beams,
+            tuple(config.metrics),
+            TASKS[config.task].one_line,
+        )
 
 
 class Evaluator:
@@ -99,6 +110,10 @@ class Evaluator:
         Each process generates its share of the batches; every process returns all predictions. timer, when given,
         records the prompts' reading and the decoding as <phase>_generation and the targets' loss as <phase>_loss;
         Generation.seconds is the first of them: the generation's wall time, the loss left out.
+
+        With options.one_line each prediction is cut at its first line break (after leading white space), as
+        lm-evaluation-harness stops short answers; generation itself still runs to EOS or max_new_tokens, so that
+        its token counts and timings stay those of the model's own stopping.
         """
         model.eval()
         timer, generation = timer or PhaseTimer(), f"{phase}_generation"
@@ -112,7 +127,8 @@ class Evaluator:
             total, count = total + summed, count + n_tokens
         with timer.phase(generation):  # the text, and waiting for the slowest process's share
             decode, stops = self.layout.tokenizer.decode, self.layout.stop_ids
-            predictions = {i: decode(ids, skip_special_tokens=True).strip() for i, ids in new.items()}
+            cut = first_line if self.options.one_line else str.strip
+            predictions = {i: cut(decode(ids, skip_special_tokens=True)) for i, ids in new.items()}
             new_tokens = int(parallel.totals(sum(count_new_tokens(ids, stops) for ids in new.values()))[0])
             for shares in parallel.everyone(predictions):
                 predictions |= shares
@@ -143,30 +159,37 @@ class Evaluator:
     @torch.inference_mode()
     def likely_choices(
         self, model, items: list[Encoded], examples: list[Example], desc: str = "score choices"
-    ) -> list[str]:
-        """Each example's choice of highest log-likelihood under the model as the answer to its prompt (as
-        lm-evaluation-harness scores multiple choice), all choices of a batch of examples in one forward pass."""
+    ) -> tuple[list[str], list[str]]:
+        """Each example's choice of highest log-likelihood under the model as the answer to its prompt, and its choice
+        of highest log-likelihood per character of the choice (lm-evaluation-harness's acc and acc_norm: the
+        continuation's summed log-likelihood, over len(choice)), both from one forward pass over all choices of a
+        batch of examples. Of equally likely choices, the first."""
         model.eval()
         rows = [
             (index, choice, choice_item)
             for index, (item, ex) in enumerate(zip(items, examples, strict=True))
             for choice, choice_item in zip(ex.choices, self.layout.choice_items(item, ex.choices), strict=True)
         ]
-        scored: dict[int, float] = {}
+        losses: dict[int, float] = {}  # each row's summed loss: minus its choice's log-likelihood
         batches = parallel.share(
             _batches_by_length([row[2] for row in rows], self.options.batch_size, lambda it: it.length)
         )
         for positions in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
             batch = self.layout.collate([rows[p][2] for p in positions])
-            losses = self.layout.row_losses(model, to_device(batch, self.device)).tolist()
-            scored |= dict(zip(positions, losses, strict=True))
-        for shares in parallel.everyone(scored):
-            scored |= shares
-        best: dict[int, tuple[float, str]] = {}
+            row_losses = self.layout.row_losses(model, to_device(batch, self.device)).tolist()
+            losses |= dict(zip(positions, row_losses, strict=True))
+        for shares in parallel.everyone(losses):
+            losses |= shares
+        plain: dict[int, tuple[float, str]] = {}
+        normed: dict[int, tuple[float, str]] = {}
         for position, (index, choice, _) in enumerate(rows):
-            if index not in best or scored[position] < best[index][0]:  # the first of equally likely choices
-                best[index] = (scored[position], choice)
-        return [best[index][1] for index in range(len(items))]
+            loss = losses[position]
+            if index not in plain or loss < plain[index][0]:  # strictly lower: the first of equal ones stays
+                plain[index] = (loss, choice)
+            per_character = loss / max(len(choice), 1)
+            if index not in normed or per_character < normed[index][0]:
+                normed[index] = (per_character, choice)
+        return [plain[i][1] for i in range(len(items))], [normed[i][1] for i in range(len(items))]
 
     def evaluate(
         self,
@@ -197,10 +220,11 @@ class Evaluator:
                 list(self.options.metrics), generation.predictions, [ex.references for ex in shown], choices
             )
             if any(METRICS[name].likelihood for name in self.options.metrics):
-                generation.likely_choices = self.likely_choices(model, items[:count], shown, f"{desc}: choices")
-                right = [
-                    float(normalise_answer(choice) == normalise_answer(ex.references[0]))
-                    for choice, ex in zip(generation.likely_choices, shown, strict=True)
-                ]
-                metrics["accuracy_ll"], generation.per_example["accuracy_ll"] = sum(right) / len(right), right
+                chosen = self.likely_choices(model, items[:count], shown, f"{desc}: choices")
+                generation.likely_choices, generation.likely_choices_norm = chosen
+                for name, choices in zip(("accuracy_ll", "accuracy_ll_norm"), chosen, strict=True):
+                    if name not in self.options.metrics:
+                        continue
+                    right = [same_choice(choice, ex.references[0]) for choice, ex in zip(choices, shown, strict=True)]
+                    metrics[name], generation.per_example[name] = sum(right) / len(right), right
         return Scores(total / max(tokens, 1), {name: metrics[name] for name in self.options.metrics}), generation
