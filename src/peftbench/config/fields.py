@@ -83,7 +83,7 @@ SETTINGS: dict[str, Setting] = {
         default_shown=False,
     ),
     "metrics": Setting(
-        "comma list of task metrics: {metrics} (rouge = rouge1,rouge2,rougeL; default: the task's)",
+        "comma list of task metrics: {metrics} (rouge = rouge1,rouge2,rougeL,rougeLsum; default: the task's)",
         default_shown=False,
     ),
     "primary_metric": Setting(

@@ -26,7 +26,11 @@ from peftbench.task.metrics import METRICS
 HUB_TASKS = {"summarization": "summarization", "qa": "question-answering", "classification": "text-classification"}
 # The Hub dataset each embedded dataset's rows come from (HaluEval rows of CNN/DailyMail and of HotpotQA, re-split).
 EMBEDDED_SOURCES = {"embedded": "cnn_dailymail", "embedded-qa": "hotpot_qa"}
-METRIC_TYPES = {"rouge1": "rouge", "rouge2": "rouge", "rougeL": "rouge", "accuracy_ll": "accuracy"}  # else its name
+# The Hub's metric type of each metric; else its name.
+METRIC_TYPES = {"rouge1": "rouge", "rouge2": "rouge", "rougeL": "rouge", "rougeLsum": "rouge"} | {
+    "accuracy_ll": "accuracy",
+    "accuracy_ll_norm": "accuracy",
+}
 
 
 def base_model(result: MethodResult) -> str | None:
