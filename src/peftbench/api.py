@@ -4,10 +4,12 @@ leaves behind, loaded. The CLI goes through `run` too.
     import peftbench
     results = peftbench.run(methods="lora,ia3", train_size=32, output="runs/try")
     results.frame()  # one row per model x method x seed (pandas)
+    results.verdicts[0]["recommended"]  # the verdict as data (OUTPUT/verdict.json)
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from peftbench.pipeline import compare
 from peftbench.pipeline.console import quiet_libraries
 from peftbench.report.export import columns, rows
 from peftbench.report.load import Section, load_sections
+from peftbench.store import rundir
 
 
 @dataclass
@@ -32,6 +35,11 @@ class Results:
     def frame(self):
         """Every run as a pandas DataFrame (the rows of results.csv). Needs pandas."""
         return _frame(rows(self.sections))
+
+    @property
+    def verdicts(self) -> list[dict[str, Any] | None]:
+        """Each model's verdict as written to OUTPUT/verdict.json: recommended, decisions, intervals."""
+        return load_verdicts(self.output)
 
 
 def run(config: RunConfig | str | Path | None = None, **settings: Any) -> Results:
@@ -56,6 +64,16 @@ def load_results(paths: list[str | Path] | str | Path):
     seed (references included; the columns of results.csv). Needs pandas."""
     outputs = [Path(paths)] if isinstance(paths, str | Path) else [Path(path) for path in paths]
     return _frame(rows(load_sections(outputs)))
+
+
+def load_verdicts(output: str | Path) -> list[dict[str, Any] | None]:
+    """The verdicts of a `peftbench run` output folder (OUTPUT/verdict.json): one per model, None where there was
+    none to give. ConfigError where the folder has none (a run that did not finish, or one from before verdict.json)."""
+    path = rundir.verdict_path(Path(output))
+    try:
+        return json.loads(path.read_text())["verdicts"]
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path)!r} does not exist: rebuild it with peftbench report {output}") from None
 
 
 def _frame(table: list[dict[str, Any]]):

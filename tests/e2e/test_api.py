@@ -47,6 +47,12 @@ def test_run_returns_the_results_it_wrote(finished):
     assert set(frame["method"]) == {"lora", "lead-3", "zero-shot"}
     assert frame.equals(peftbench.load_results(output))  # the same rows as load_results, and results.csv
     assert (output / "lora" / "curves.png").read_bytes().startswith(b"\x89PNG")  # drawn at the end, from records
+    [verdict] = results.verdicts  # the verdict as data, as verdict.json holds it
+    assert verdict == peftbench.load_verdicts(output)[0] and verdict["comparator"] == "full"
+    assert not verdict["comparator_ran"] and [m["method"] for m in verdict["methods"]] == ["lora"]
+    assert verdict["headline"] in (output / "summary.md").read_text()
+    with pytest.raises(ConfigError, match="verdict.json' does not exist"):
+        peftbench.load_verdicts(output / "lora")
 
 
 def test_run_takes_settings_as_the_cli_does():

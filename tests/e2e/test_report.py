@@ -66,10 +66,15 @@ def _tables(markdown: str) -> list[list[list[str]]]:
     return tables
 
 
-def _rows(table: list[list[str]]) -> dict[str, dict[str, str]]:
-    """A results table as {method: {column: cell}} (the 'best' row under 'best')."""
-    header = table[0]
-    return {row[header.index("method")]: dict(zip(header, row, strict=True)) for row in table[1:]}
+def _rows(text: str, first: int = 0) -> dict[str, dict[str, str]]:
+    """The results tables (quality and costs, the first two from table `first`) as {method: {column: cell}} (the
+    'best' row under 'best')."""
+    rows: dict[str, dict[str, str]] = {}
+    for table in _tables(text)[first : first + 2]:
+        header = table[0]
+        for row in table[1:]:
+            rows.setdefault(row[header.index("method")], {}).update(zip(header, row, strict=True))
+    return rows
 
 
 def _lead(cell: str) -> str:
@@ -168,7 +173,7 @@ def test_report_files_images_and_numbers(gpt2_run):
     assert parser.stack == [] and parser.external == []
     assert "<script" not in page and "://" not in page  # ':' is not in the base64 alphabet
 
-    rows = _rows(_tables(report)[0])
+    rows = _rows(report)
     for method in ("full", "lora", "ia3"):
         metrics = _metrics(gpt2_run / method)
         for column, read in FIGURES.items():
@@ -180,7 +185,7 @@ def test_report_files_images_and_numbers(gpt2_run):
         metrics = _metrics(gpt2_run / reference)
         cell = rows[f"{reference} (reference)"]["test ROUGE-L"]
         assert _shown(metrics["test"]["rougeL"], cell) and re.search(r"\(\d\.\d{4}–\d\.\d{4}\)", cell)
-    assert "Verdict" in report and "Recommendation:" in report
+    assert "Verdict" in report and "**Answer: " in report
     # The best of each column is bold in Markdown, has class "best" in HTML and is named in the 'best' row.
     fewest = min(("full", "lora", "ia3"), key=lambda m: _metrics(gpt2_run / m)["trainable_params"])
     assert rows["best"]["trainable params"] == fewest
@@ -221,7 +226,7 @@ def test_several_seeds_layout_and_intervals(seeds_run):
     assert runs["lora"][0]["epochs"][1]["train_loss"] != runs["lora"][1]["epochs"][1]["train_loss"]  # seeds differ
 
     for name in ("report.md", "summary.md"):
-        rows = _rows(_tables((seeds_run / name).read_text())[0])
+        rows = _rows((seeds_run / name).read_text())
         for method, metrics in runs.items():
             assert rows[method]["seeds"] == "2 of 2"
             for column in ("final val loss", "train tokens/s", "latency unmerged (ms)"):
@@ -265,7 +270,7 @@ def test_failed_and_missing_methods_are_reported(gpt2_run, seeds_run, tmp_path, 
     (output / "lora" / "failed.json").write_text(json.dumps({"method": "lora", "error": "RuntimeError: boom"}))
     assert main(["report", str(output)]) == 0
     report = (output / "report.md").read_text()
-    rows = _rows(_tables(report)[0])
+    rows = _rows(report)
     assert rows["ia3"]["trainable params"] == "failed/missing" and rows["lora"]["trainable params"] == "failed/missing"
     assert _shown(_metrics(output / "full")["test"]["rougeL"], rows["full"]["test ROUGE-L"])
     assert "lora, seed 0: failed: RuntimeError: boom" in report and "ia3, seed 0: failed:" in report
@@ -275,7 +280,7 @@ def test_failed_and_missing_methods_are_reported(gpt2_run, seeds_run, tmp_path, 
     shutil.rmtree(seeds / "seed-1" / "ia3")  # a method that never ran for one seed
     assert main(["report", str(seeds)]) == 0
     report = (seeds / "report.md").read_text()
-    rows = _rows(_tables(report)[0])
+    rows = _rows(report)
     assert rows["ia3"]["seeds"] == "1 of 2" and rows["lora"]["seeds"] == "2 of 2"
     assert _shown(_metrics(seeds / "seed-0" / "ia3")["test"]["rougeL"], rows["ia3"]["test ROUGE-L"])
     assert "ia3, seed 1: missing" in report
@@ -290,7 +295,7 @@ def test_a_failing_method_leaves_failed_json_for_the_report(tiny_models, article
     assert failure["method"] == "full" and failure["seed"] == 0 and "training loss is" in failure["error"]
     assert main(["report", str(output)]) == 0
     report = (output / "report.md").read_text()
-    assert _rows(_tables(report)[0])["full"]["trainable params"] == "failed/missing"
+    assert _rows(report)["full"]["trainable params"] == "failed/missing"
     assert "full, seed 0: failed: training loss is" in report and "No method finished" in report
 
 
@@ -356,7 +361,7 @@ def test_random_weights_are_marked_and_their_quality_is_not_shown(gpt2_shape, gp
     output = tmp_path / "random"
     assert main(tiny_run_args(gpt2_shape, articles, output, "--methods", "lora,ia3", *FAST)) == 0
     summary, report = (output / "summary.md").read_text(), (output / "report.md").read_text()
-    rows = _rows(_tables(summary)[0])
+    rows = _rows(summary)
     quality = [column.label for column in columns(["rouge1", "rouge2", "rougeL", "bleu"]) if column.quality]
     assert quality == ["final val loss", "test loss", "test ROUGE-1", "test ROUGE-2", "test ROUGE-L", "test BLEU"]
     for method in ("lora", "ia3"):

@@ -155,7 +155,7 @@ def test_classification_run_end_to_end(tiny_gpt2, labels_file, tmp_path):
     predicted = {json.loads(line)["prediction"] for line in (output / "majority-class" / "predictions.jsonl").open()}
     assert len(predicted) == 1 and predicted <= {"False", "True"}
     assert set(majority["test"]) == {"loss", "accuracy", "accuracy_ll", "accuracy_ll_norm"}
-    assert "Recommendation" in (output / "summary.md").read_text()
+    assert "Answer: " in (output / "summary.md").read_text()
 
 
 def test_parquet_and_datasets_folders_with_their_own_splits(qa_file, tmp_path, capsys):
@@ -273,7 +273,7 @@ def _word_line_model(path, tokenizer, word: str):
     return model
 
 
-def test_one_line_answers_are_scored_on_their_first_line(tiny_gpt2, qa_file):
+def test_one_line_answers_stop_and_are_scored_at_their_first_line(tiny_gpt2, qa_file):
     config = RunConfig(dataset=str(qa_file), task="qa", train_size=4, eval_size=1, test_size=4, max_new_tokens=6)
     splits = load_splits(config)
     loaded = load_model(str(tiny_gpt2), prompt=PromptOptions.from_config(config))
@@ -287,5 +287,7 @@ def test_one_line_answers_are_scored_on_their_first_line(tiny_gpt2, qa_file):
     assert all(prediction.count("\n") >= 2 for prediction in whole.predictions)  # several lines generated
     scores, generation = Evaluator(loaded.layout, options, torch.device("cpu")).evaluate(model, items, splits.test)
     assert generation.predictions == ["Paris"] * 4  # the first line only, stored and scored
+    # Generation stopped at the line break that ends the answer: at most a leading "\n", " Paris" and that "\n".
+    assert generation.new_tokens <= 3 * 4 < whole.new_tokens == 6 * 4
     paris = [1.0 if "Paris" in ex.references else 0.0 for ex in splits.test]
     assert generation.per_example["exact_match"] == paris and scores.metrics["exact_match"] == sum(paris) / 4

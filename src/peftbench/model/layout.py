@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from peftbench.config.run_config import RunConfig
@@ -197,11 +203,14 @@ class Layout:
         num_beams: int = 1,
         fixed_length: bool = False,
         prefilled: dict[str, object] | None = None,
+        one_line: bool = False,
     ) -> list[list[int]]:
         """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row.
 
         fixed_length ignores EOS and always makes max_new_tokens tokens, so timings compare like with like.
         prefilled: prefill's state for this batch (greedy only: beam search would need it copied per beam).
+        one_line: a row also stops at the first line break after its answer began (as lm-evaluation-harness
+        generates short answers, until "\n"); the tokens after it are padding.
         """
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -213,8 +222,22 @@ class Layout:
             decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
         )
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        output = model.generate(**inputs, **(prefilled or {}), generation_config=config)
-        return output[:, self._new_tokens_start(batch) :].tolist()
+        start = self._new_tokens_start(batch)
+        stop = StoppingCriteriaList([FirstLineDone(self.tokenizer, start)] if one_line else [])
+        output = model.generate(**inputs, **(prefilled or {}), generation_config=config, stopping_criteria=stop)
+        return output[:, start:].tolist()
+
+
+class FirstLineDone(StoppingCriteria):
+    """Per row: whether the text generated since `start` holds a line break after something other than white space
+    (a leading line break does not end an answer that has not begun)."""
+
+    def __init__(self, tokenizer, start: int):
+        self.tokenizer, self.start = tokenizer, start
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        return torch.tensor(["\n" in text.lstrip() for text in texts], dtype=torch.bool, device=input_ids.device)
 
 
 class CausalLayout(Layout):

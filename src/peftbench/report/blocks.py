@@ -30,10 +30,9 @@ from peftbench.report.plots import (
 from peftbench.report.table import (
     MEANINGLESS,
     NO_DIFFERENCE,
-    NOT_TESTED,
     failures,
     random_weights,
-    results_table,
+    results_tables,
     several_seeds,
     sig,
 )
@@ -237,15 +236,17 @@ def how_to_read(several_seeds: bool) -> Paragraph:
         "paired t-tests over seeds (Holm-adjusted)."
         if several_seeds
         else "Other cells are one run's measurement: counts and sizes are exact and compared as they are; memory, "
-        f"speed, latency and losses vary between runs, and with one seed the 'best' row says '{NOT_TESTED}' "
-        "(run with --seeds 0,1,2 to test them)."
+        "speed, latency and losses vary between runs, and with one seed their cell in the 'best' row is blank: "
+        "one reading cannot be tested (run with --seeds 0,1,2 to test them)."
     )
     return Paragraph(
+        "Two tables: quality (the primary metric first) and costs. "
         f"Test-metric cells are the score and its 95% bootstrap interval {over} (paired: every row resampled "
         "on the same examples). A column's best value is in bold, and named in the 'best' row, only when a test says "
         f"it beats every other method (Holm-adjusted p < 0.05); otherwise the row says '{NO_DIFFERENCE}' and lists "
-        f"the methods it cannot tell apart. {spread} Reference rows (zero-shot base model, Lead-3) train nothing "
-        "and are never ranked."
+        f"the methods it cannot tell apart (which is not a claim that they are as good: the verdict's margin decides "
+        f"that). {spread} Reference rows (zero-shot base model, Lead-3, majority class) train nothing and are never "
+        "ranked."
     )
 
 
@@ -341,7 +342,7 @@ def section_blocks(section: Section, analysis: Analysis | None, verdict: Verdict
         Heading(3, "Results"),
     ]
     rows = [([runs.method], runs) for runs in section.methods]
-    blocks.append(results_table(rows, ["method"], several, analysis))
+    blocks += results_tables(rows, ["method"], several, analysis)
     blocks += filter(None, [random_note(section.results), latency_caution(section)])
     blocks += serving_blocks(section)
     missing = failures(section)
@@ -431,7 +432,7 @@ def report_blocks(
         rows = [([section.label, runs.method], runs) for section in sections for runs in section.methods]
         blocks += [
             Heading(2, "All models"),
-            results_table(rows, ["model", "method"], several, rank=False),
+            *results_tables(rows, ["model", "method"], several, rank=False),
             Paragraph(
                 "Each model's own section ranks its methods; across models the test sets and "
                 "intervals are the models' own."

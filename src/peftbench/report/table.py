@@ -15,7 +15,7 @@ from peftbench.store.records import MethodResult
 from peftbench.task.metrics import METRICS
 
 NO_DIFFERENCE = "no significant difference"
-NOT_TESTED = "one run: not tested"
+NOT_TESTED = ""  # a figure measured once: nothing to test (how_to_read says why the cell is blank)
 MEANINGLESS = "n/a (random)"  # a quality cell of a model with random weights
 
 
@@ -197,18 +197,38 @@ def _tested_best(column: Column, rows: list[MethodRuns], analysis: Analysis | No
     return (best, "") if len(tied) == 1 else (None, f"{NO_DIFFERENCE}: {', '.join(tied)}")
 
 
-def results_table(
+def results_tables(
     rows: list[tuple[list[str], MethodRuns]],
     labels: list[str],
     several_seeds: bool,
     analysis: Analysis | None = None,
     rank: bool = True,
+) -> list[Table]:
+    """The comparison in two tables that each fit a screen: quality (what a search chose, the test scores with the
+    primary metric first, the losses) and costs. One row per method, then per reference (its labels first, then with
+    several seeds how many finished); with rank, a last 'best' row naming each column's tested winner."""
+    trained = [runs for _, runs in rows if not runs.reference]
+    metrics = metrics_of(trained)
+    if analysis is not None and analysis.primary in metrics:
+        metrics.remove(analysis.primary)
+        metrics.insert(0, analysis.primary)
+    shown = columns(metrics, searched_settings(trained))
+    quality = [column for column in shown if column.quality or column.choice]
+    costs = [column for column in shown if not (column.quality or column.choice)]
+    quality = [column for column in quality if column.metric] + [c for c in quality if not c.metric]
+    return [_table(rows, labels, several_seeds, analysis, rank, part) for part in (quality, costs)]
+
+
+def _table(
+    rows: list[tuple[list[str], MethodRuns]],
+    labels: list[str],
+    several_seeds: bool,
+    analysis: Analysis | None,
+    rank: bool,
+    shown: list[Column],
 ) -> Table:
-    """One row per method, then per reference (its labels first, then with several seeds how many finished); with
-    rank, a last 'best' row naming each column's tested winner, or that there is none."""
     lead = [*labels, *(["seeds"] if several_seeds else [])]
     trained = [runs for _, runs in rows if not runs.reference]
-    shown = columns(metrics_of(trained), searched_settings(trained))
     table = Table([*lead, *(column.label for column in shown)], [], verdict_row=rank)
     for names, runs in rows:
         cells = [_cell(runs, column, analysis) for column in shown]

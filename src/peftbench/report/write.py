@@ -16,7 +16,7 @@ from peftbench.report.decision import Rule, Verdict
 from peftbench.report.document import Block, Bullets, Figure, Heading, Paragraph, to_html, to_markdown
 from peftbench.report.export import EXPORT_KINDS, write_exports
 from peftbench.report.load import Section, load_sections
-from peftbench.report.table import failures, results_table, several_seeds
+from peftbench.report.table import failures, results_tables, several_seeds
 from peftbench.report.verdict import judge
 from peftbench.store import rundir
 from peftbench.store.rundir import write_atomic, write_files
@@ -75,10 +75,10 @@ def write_summary(results: Analysed, output: Path) -> str:
     blocks: list[Block] = [Heading(1, "peftbench summary")]
     shown: list[Block] = []
     for section, analysis, judged in zip(results.sections, results.analyses, results.verdicts, strict=True):
-        table = results_table([([runs.method], runs) for runs in section.methods], ["method"], several, analysis)
+        tables = results_tables([([runs.method], runs) for runs in section.methods], ["method"], several, analysis)
         verdict = verdict_blocks(section, analysis, judged)
-        shown += [Heading(2, f"Model: {section.model}"), verdict[0], table, Heading(3, "Verdict"), *verdict[1:2]]
-        blocks += [Heading(2, f"Model: {section.model}"), Heading(3, "Verdict"), *verdict, header(section), table]
+        shown += [Heading(2, f"Model: {section.model}"), verdict[0], *tables, Heading(3, "Verdict"), *verdict[1:2]]
+        blocks += [Heading(2, f"Model: {section.model}"), Heading(3, "Verdict"), *verdict, header(section), *tables]
         blocks += filter(None, [random_note(section.results)])
         missing = failures(section)
         if missing:

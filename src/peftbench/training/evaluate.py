@@ -111,9 +111,9 @@ class Evaluator:
         records the prompts' reading and the decoding as <phase>_generation and the targets' loss as <phase>_loss;
         Generation.seconds is the first of them: the generation's wall time, the loss left out.
 
-        With options.one_line each prediction is cut at its first line break (after leading white space), as
-        lm-evaluation-harness stops short answers; generation itself still runs to EOS or max_new_tokens, so that
-        its token counts and timings stay those of the model's own stopping.
+        With options.one_line generation stops at the first line break after the answer began and each prediction
+        is cut there (metrics.first_line), as lm-evaluation-harness generates and scores short answers; the new
+        tokens counted end at that line break.
         """
         model.eval()
         timer, generation = timer or PhaseTimer(), f"{phase}_generation"
@@ -127,6 +127,8 @@ class Evaluator:
             total, count = total + summed, count + n_tokens
         with timer.phase(generation):  # the text, and waiting for the slowest process's share
             decode, stops = self.layout.tokenizer.decode, self.layout.stop_ids
+            if self.options.one_line:  # a row stopped at its line break is padded from there on
+                stops = [*stops, self.layout.pad_id]
             cut = first_line if self.options.one_line else str.strip
             predictions = {i: cut(decode(ids, skip_special_tokens=True)) for i, ids in new.items()}
             new_tokens = int(parallel.totals(sum(count_new_tokens(ids, stops) for ids in new.values()))[0])
@@ -142,9 +144,10 @@ class Evaluator:
         of the prompts ((0.0, 0) without)."""
         options, layout = self.options, self.layout
         prompts = prompt_batch(items, layout, self.device)
+        tokens, one_line = options.max_new_tokens, options.one_line
         if not self.one_pass:
             with timer.phase(f"{phase}_generation"):
-                return layout.generate(model, prompts, options.max_new_tokens, options.num_beams), (0.0, 0)
+                return layout.generate(model, prompts, tokens, options.num_beams, one_line=one_line), (0.0, 0)
         with timer.phase(f"{phase}_generation"):
             prefilled = layout.prefill(model, prompts)
         with timer.phase(f"{phase}_loss"):
@@ -154,7 +157,7 @@ class Evaluator:
                 summed, count = layout.token_loss(model, to_device(layout.collate(items), self.device))
             loss = (summed.item(), count)
         with timer.phase(f"{phase}_generation"):
-            return self.layout.generate(model, prompts, options.max_new_tokens, prefilled=prefilled), loss
+            return layout.generate(model, prompts, tokens, prefilled=prefilled, one_line=one_line), loss
 
     @torch.inference_mode()
     def likely_choices(
