@@ -174,8 +174,8 @@ def test_a_copy_of_full_is_non_inferior_at_a_margin_and_inconclusive_at_a_smalle
     narrow, lines = _judged(tmp_path, Rule(margin=0.05))  # 0.0005 ROUGE-L: finer than 40 examples can show
     lora = narrow.method("lora")
     assert lora.decision == "inconclusive" and lora.non_inferior is False and lora.inferior is False
-    assert lora.examples_needed > narrow.examples
-    assert f"about {lora.examples_needed:,} test examples would decide it" in _line(lines, "lora")
+    needed = lora.vs_comparator.examples_needed
+    assert needed > narrow.examples and f"about {needed:,} test examples would decide it" in _line(lines, "lora")
     assert narrow.recommended == "full" and narrow.reason == "comparator"
     assert "no cheaper method is shown to be as good within the margin (inconclusive: lora, about" in lines[0]
 

@@ -65,8 +65,9 @@ def per_point(metric: str) -> float:
 
 @dataclass
 class Comparison:
-    """A method's difference to another row on the primary metric: estimate, 95% interval, and the adjusted p-value
-    of the claim tested (claim: what was claimed, e.g. "above -0.01")."""
+    """A method's difference to another row on the primary metric: estimate, 95% interval, the adjusted p-value of the
+    claim tested (claim: what was claimed, e.g. "above -0.01"), and where the data left it open, the test examples
+    that would decide it."""
 
     to: str
     difference: float
@@ -75,11 +76,12 @@ class Comparison:
     claim: str
     p_adjusted: float
     holds: bool
+    examples_needed: int | None = None
 
     @classmethod
-    def of(cls, to: str, difference: Difference, claim: str) -> Comparison:
+    def of(cls, to: str, difference: Difference, claim: str, needed: int | None = None) -> Comparison:
         span = difference.interval
-        return cls(to, span.value, span.low, span.high, claim, difference.p_holm, difference.significant)
+        return cls(to, span.value, span.low, span.high, claim, difference.p_holm, difference.significant, needed)
 
 
 @dataclass
@@ -102,7 +104,6 @@ class MethodDecision:
     inferior: bool | None
     bars: dict[str, Comparison]  # each bar's claim "better than it"
     vs_comparator: Comparison | None  # the claim "not worse than the comparator by more than the margin"
-    examples_needed: int | None  # test examples that would decide an inconclusive comparison (None: not asked)
     trainable_params: int
     peak_memory_bytes: float | None
 
@@ -167,25 +168,25 @@ def decide(section: Section, analysis: Analysis, rule: Rule) -> Verdict:
     ran = comparator in methods
     above = analysis.claim(primary, comparator, others, -margin) if ran else {}
     below = analysis.claim(primary, comparator, others, -margin, above=False) if ran else {}
-    decisions = []
+    n, decisions = analysis.examples, []
     for name in methods:
-        passed = {bar: Comparison.of(bar, tests[name], "above 0") for bar, tests in bars.items()}
+        passed = {}
+        for bar, tests in bars.items():  # open where not shown and the estimate is a gain: more examples may show it
+            open_gain = not tests[name].significant and tests[name].interval.value > 0
+            needed = examples_needed(tests[name], n, 0.0, len(methods)) if open_gain else None
+            passed[bar] = Comparison.of(bar, tests[name], "above 0", needed)
         eligible = all(c.holds for c in passed.values()) if ZERO_SHOT in bars else None
         non_inferior = above[name].significant if name in above else None
         inferior = below[name].significant if name in below else None
         versus = None
         if name in above:  # the claim that holds, else the one the rule asks
             claim = (below, f"below {-margin:g}") if inferior else (above, f"above {-margin:g}")
-            versus = Comparison.of(comparator, claim[0][name], claim[1])
-        needed = None
-        if versus and not non_inferior and not inferior:
-            needed = examples_needed(above[name], analysis.examples, -margin, len(others))
+            needed = None if non_inferior or inferior else examples_needed(above[name], n, -margin, len(others))
+            versus = Comparison.of(comparator, claim[0][name], claim[1], needed)
+        cost = _cost(by_name[name])
         decision = _decision(name == comparator, eligible, non_inferior, inferior)
-        memory = _cost(by_name[name])
         decisions.append(
-            MethodDecision(
-                name, decision, eligible, non_inferior, inferior, passed, versus, needed, int(memory[0]), memory[1]
-            )
+            MethodDecision(name, decision, eligible, non_inferior, inferior, passed, versus, int(cost[0]), cost[1])
         )
     recommended, reason = _recommend(decisions, comparator, ran, by_name)
     for decision in decisions:

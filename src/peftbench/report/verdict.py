@@ -130,15 +130,16 @@ def _against_comparator(verdict: Verdict, m: MethodDecision) -> str:
         said = f"inferior to {c.to}: it scores below {c.to} by more than {margin}"
     else:
         said = f"inconclusive against {c.to}: a loss larger than {margin} is neither ruled out nor shown"
-        if m.examples_needed:
-            said += f"; about {m.examples_needed:,} test examples would decide it"
+        if c.examples_needed:
+            said += f"; about {c.examples_needed:,} test examples would decide it"
     return f"; {said} ({_compared(c)})"
 
 
 def _against_bars(m: MethodDecision) -> str:
     parts = []
     for bar, c in m.bars.items():
-        parts.append(f"{'beats' if c.holds else 'not shown to beat'} {_said(bar)} ({_compared(c)})")
+        needed = f"; about {c.examples_needed:,} test examples would show a gain this size" if c.examples_needed else ""
+        parts.append(f"{'beats' if c.holds else 'not shown to beat'} {_said(bar)} ({_compared(c)}{needed})")
     return "; " + "; ".join(parts) if parts else "; not checked against the base model (no zero-shot row)"
 
 
@@ -190,6 +191,13 @@ def headline(verdict: Verdict) -> str:
     )
     if choice is None:
         said = f"do not fine-tune at this size: no method is shown to beat {bars} on {label}"
+        open_gains = [m for m in verdict.methods if any(c.examples_needed for c in m.bars.values())]
+        if open_gains:
+            needed = max(c.examples_needed or 0 for m in open_gains for c in m.bars.values())
+            said += (
+                f" ({', '.join(m.method for m in open_gains)}: a gain estimated, not shown; about {needed:,} test "
+                "examples would show one as large as estimated)"
+            )
     elif verdict.reason == "comparator":
         said = (
             f"{choice} (the comparator): it beats {bars} on {label}, and no cheaper method is shown to be as good "
@@ -218,7 +226,8 @@ def headline(verdict: Verdict) -> str:
 
 
 def _needed(m: MethodDecision) -> str:
-    return f"{m.method}, about {m.examples_needed:,} test examples would decide" if m.examples_needed else m.method
+    needed = m.vs_comparator.examples_needed if m.vs_comparator else None
+    return f"{m.method}, about {needed:,} test examples would decide" if needed else m.method
 
 
 def _lr_edge(search: dict | None) -> str | None:
