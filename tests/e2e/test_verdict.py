@@ -160,7 +160,7 @@ def test_a_method_made_worse_on_purpose_is_inferior(tmp_path):
     assert "inferior to full: it scores below full by more than the margin" in _line(lines, "lora")
     assert verdict.recommended == "ia3" and verdict.reason == "non-inferior"
     assert lines[0].startswith("Answer: ia3: the cheapest method that beats the zero-shot base model")
-    assert "(40 test examples, 1 seed; comparator full; margin 1 point = 0.0100 ROUGE-L)" in lines[0]
+    assert "(40 test examples, 1 seed; comparator full; margin 1 point = 0.0100 ROUGE-Lsum)" in lines[0]
     assert any("one seed" in line for line in lines) and any("not tuned per method" in line for line in lines)
 
 
