@@ -332,11 +332,11 @@ def verdict_blocks(section: Section, analysis: Analysis | None, verdict: Verdict
 
 
 def section_blocks(section: Section, analysis: Analysis | None, verdict: Verdict | None, index: int) -> list[Block]:
-    """Everything about one model: header, verdict, table, failures, scores, curves, trade-offs and examples."""
+    """Everything about one model: the verdict and the results tables first (the answer and its evidence), then the
+    setup, failures, serving, scores, curves, trade-offs and examples."""
     several = several_seeds([section])
     blocks: list[Block] = [
         Heading(2, f"Model: {section.model}"),
-        header(section),
         Heading(3, "Verdict"),
         *verdict_blocks(section, analysis, verdict),
         Heading(3, "Results"),
@@ -344,6 +344,7 @@ def section_blocks(section: Section, analysis: Analysis | None, verdict: Verdict
     rows = [([runs.method], runs) for runs in section.methods]
     blocks += results_tables(rows, ["method"], several, analysis)
     blocks += filter(None, [random_note(section.results), latency_caution(section)])
+    blocks += [Heading(3, "Setup"), header(section)]
     blocks += serving_blocks(section)
     missing = failures(section)
     if missing:
