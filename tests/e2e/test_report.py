@@ -244,7 +244,7 @@ def test_several_seeds_layout_and_intervals(seeds_run):
             assert rows["best"][column] in ("lora", "ia3") or rows["best"][column].startswith("no significant")
         assert rows["best"]["trainable params"] in ("lora", "ia3")  # identical over seeds: exact
     page = (seeds_run / "report.html").read_text()
-    assert "seeds, then test examples within each seed" in page
+    assert "seeds crossed with the test examples they share" in page
     for png in _embedded_pngs(page):
         _check_png(png)
 
