@@ -157,57 +157,76 @@ def examples_needed(difference: Difference, examples: int, bound: float, tests: 
     return needed if needed <= NEEDED_CAP * examples else None
 
 
+def _bars(tests: dict[str, dict[str, Difference]], name: str, examples: int, claims: int) -> dict[str, Comparison]:
+    """A method's claims "better than each bar"; where one is not shown but the estimate is a gain, the test examples
+    that would show a gain that size."""
+    passed = {}
+    for bar, by_method in tests.items():
+        test = by_method[name]
+        open_gain = not test.significant and test.interval.value > 0
+        needed = examples_needed(test, examples, 0.0, claims) if open_gain else None
+        passed[bar] = Comparison.of(bar, test, "above 0", needed)
+    return passed
+
+
+def _versus(above: Difference, below: Difference, to: str, margin: float, examples: int, claims: int) -> Comparison:
+    """A method against the comparator: the claim that holds (inferior, else non-inferior), or the one the rule asks
+    with the test examples that would decide it."""
+    if below.significant:
+        return Comparison.of(to, below, f"below {-margin:g}")
+    needed = None if above.significant else examples_needed(above, examples, -margin, claims)
+    return Comparison.of(to, above, f"above {-margin:g}", needed)
+
+
+def _decisions(
+    analysis: Analysis, methods: list[str], comparator: str, margin: float, by_name: dict[str, MethodRuns]
+) -> list[MethodDecision]:
+    """Each method's claims against the bars and the comparator, and what they make it."""
+    primary, n = analysis.primary, analysis.examples
+    bars = {bar: analysis.claim(primary, bar, methods, 0.0) for bar in BARS if primary in analysis.scores.get(bar, {})}
+    others = [name for name in methods if name != comparator]
+    above = analysis.claim(primary, comparator, others, -margin) if comparator in methods else {}
+    below = analysis.claim(primary, comparator, others, -margin, above=False) if comparator in methods else {}
+    decisions = []
+    for name in methods:
+        passed = _bars(bars, name, n, len(methods))
+        eligible = all(c.holds for c in passed.values()) if ZERO_SHOT in bars else None
+        versus = _versus(above[name], below[name], comparator, margin, n, len(others)) if name in above else None
+        non_inferior, inferior = (above[name].significant, below[name].significant) if versus else (None, None)
+        cost = _cost(by_name[name])
+        decision = _decision(name == comparator, eligible, non_inferior, inferior)
+        decisions.append(
+            MethodDecision(name, decision, eligible, non_inferior, inferior, passed, versus, int(cost[0]), cost[1])
+        )
+    return decisions
+
+
 def decide(section: Section, analysis: Analysis, rule: Rule) -> Verdict:
     """Apply the rule to one model's comparison."""
     primary, by_name = analysis.primary, {runs.method: runs for runs in section.methods}
     methods = [name for name in analysis.trained if primary in analysis.scores[name]]
     comparator, margin_points = rule.comparator or DEFAULT_COMPARATOR, rule.margin or 0.0
     margin = margin_points * per_point(primary)
-    bars = {bar: analysis.claim(primary, bar, methods, 0.0) for bar in BARS if primary in analysis.scores.get(bar, {})}
-    others = [name for name in methods if name != comparator]
-    ran = comparator in methods
-    above = analysis.claim(primary, comparator, others, -margin) if ran else {}
-    below = analysis.claim(primary, comparator, others, -margin, above=False) if ran else {}
-    n, decisions = analysis.examples, []
-    for name in methods:
-        passed = {}
-        for bar, tests in bars.items():  # open where not shown and the estimate is a gain: more examples may show it
-            open_gain = not tests[name].significant and tests[name].interval.value > 0
-            needed = examples_needed(tests[name], n, 0.0, len(methods)) if open_gain else None
-            passed[bar] = Comparison.of(bar, tests[name], "above 0", needed)
-        eligible = all(c.holds for c in passed.values()) if ZERO_SHOT in bars else None
-        non_inferior = above[name].significant if name in above else None
-        inferior = below[name].significant if name in below else None
-        versus = None
-        if name in above:  # the claim that holds, else the one the rule asks
-            claim = (below, f"below {-margin:g}") if inferior else (above, f"above {-margin:g}")
-            needed = None if non_inferior or inferior else examples_needed(above[name], n, -margin, len(others))
-            versus = Comparison.of(comparator, claim[0][name], claim[1], needed)
-        cost = _cost(by_name[name])
-        decision = _decision(name == comparator, eligible, non_inferior, inferior)
-        decisions.append(
-            MethodDecision(name, decision, eligible, non_inferior, inferior, passed, versus, int(cost[0]), cost[1])
-        )
-    recommended, reason = _recommend(decisions, comparator, ran, by_name)
+    decisions = _decisions(analysis, methods, comparator, margin, by_name)
+    recommended, reason = _recommend(decisions, comparator, comparator in methods, by_name)
     for decision in decisions:
         if decision.method == recommended:
             decision.decision = RECOMMENDED
-    rows = {name: Row(**vars(s[primary])) for name, s in analysis.scores.items() if primary in s}
     verdict = Verdict(
-        section.model,
-        primary,
-        METRICS[primary].label,
-        comparator,
-        ran,
-        margin_points,
-        margin,
-        ONE_SIDED_ALPHA,
-        analysis.examples,
-        analysis.seeds,
-        rows,
-        decisions,
-        recommended,
-        reason,
+        model=section.model,
+        primary=primary,
+        label=METRICS[primary].label,
+        comparator=comparator,
+        comparator_ran=comparator in methods,
+        margin_points=margin_points,
+        margin=margin,
+        one_sided_alpha=ONE_SIDED_ALPHA,
+        examples=analysis.examples,
+        seeds=analysis.seeds,
+        rows={name: Row(**vars(s[primary])) for name, s in analysis.scores.items() if primary in s},
+        methods=decisions,
+        recommended=recommended,
+        reason=reason,
     )
     verdict.rivals = _rivals(analysis, verdict)
     return verdict

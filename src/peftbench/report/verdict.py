@@ -170,7 +170,7 @@ def verdict_lines(section: Section, analysis: Analysis | None, verdict: Verdict 
         judged = _against_bars(m) + _against_comparator(verdict, m)
         cost = _cost_text(by_name[m.method], comparator if comparator is not by_name[m.method] else None)
         lines.append(f"{m.method} ({m.decision}): {score}{judged}; {cost}.")
-    return lines + cautions(section, analysis, verdict)
+    return lines + cautions(section, analysis)
 
 
 def _context(verdict: Verdict) -> str:
@@ -265,12 +265,10 @@ LITERATURE = {
 }
 
 
-def cautions(section: Section, analysis: Analysis, verdict: Verdict) -> list[str]:
-    """What limits the verdict: a trivial reference that scores well, untuned learning rates (or tuned at a grid's
-    end), few examples, one seed; and what the literature's figures are computed with."""
+def _trivial_cautions(analysis: Analysis) -> list[str]:
+    """A trivial reference (Lead-3, the majority class) that scores above fine-tuned methods, with the tests."""
     primary, notes = analysis.primary, []
-    label = METRICS[primary].label
-    trained = analysis.trained
+    label, trained = METRICS[primary].label, analysis.trained
     for reference in (LEAD_3, MAJORITY):
         if primary not in analysis.scores.get(reference, {}):
             continue
@@ -285,6 +283,14 @@ def cautions(section: Section, analysis: Analysis, verdict: Verdict) -> list[str
                 f"Caution: {_said(reference)} scores {label} {_value(primary, score.value)} {_span(primary, score)}, "
                 f"above {share} ({tested})."
             )
+    return notes
+
+
+def cautions(section: Section, analysis: Analysis) -> list[str]:
+    """What limits the verdict: a trivial reference that scores well, untuned learning rates (or tuned at a grid's
+    end), few examples, one seed; and what the literature's figures are computed with."""
+    primary, notes = analysis.primary, _trivial_cautions(analysis)
+    label, trained = METRICS[primary].label, analysis.trained
     configs = [r.config for runs in section.trained for r in runs.results]
     if configs and not any(config.get("search") for config in configs):
         rates = ", ".join(f"{runs.method} {runs.results[0].config['lr']:g}" for runs in section.trained if runs.results)
