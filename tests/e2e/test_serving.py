@@ -158,7 +158,9 @@ def test_results_without_serving_figures_still_report(two_seeds, tmp_path):
     (tmp_path / "lora" / "metrics.json").write_text(json.dumps(metrics))
     assert main(["report", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
-    header, _, lora = next(t for t in report.split("\n\n") if t.startswith("| method |")).splitlines()[:3]
+    tables = [t for t in report.split("\n\n") if t.startswith("| method |")]
+    costs = next(t for t in tables if "trainable params" in t.splitlines()[0])
+    header, _, lora = costs.splitlines()[:3]  # the costs table (quality is the first)
     cells = dict(zip(header.split("|"), lora.split("|"), strict=True))
     assert cells[" inference memory (MiB) "].strip() == "-" and cells[" adapter load (ms) "].strip() == "-"
     assert "Serving N tasks" not in report and "fully fine-tuned copies" not in report
