@@ -247,7 +247,10 @@ def _recommend(
 ) -> tuple[str | None, str]:
     """The recommended method and why (a short reason the headline words out), or None and why not."""
     eligible = [d.method for d in decisions if d.eligible is not False]
-    cheapest = lambda names: min(names, key=lambda name: _cost(by_name[name]))  # noqa: E731
+
+    def cheapest(names: list[str]) -> str:
+        return min(names, key=lambda name: _cost(by_name[name]))
+
     if ran and comparator in eligible:
         pool = [comparator] + [d.method for d in decisions if d.method in eligible and d.non_inferior]
         choice = cheapest(pool)
