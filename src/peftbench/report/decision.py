@@ -21,6 +21,7 @@ from scipy import stats as scipy_stats
 
 from peftbench.report.analysis import ONE_SIDED_ALPHA, Analysis, Difference
 from peftbench.report.load import MethodRuns, Section
+from peftbench.report.stats import CONFIDENCE, Interval
 from peftbench.store.rundir import LEAD_3, MAJORITY, ZERO_SHOT
 from peftbench.task.metrics import METRICS
 
@@ -85,15 +86,6 @@ class Comparison:
 
 
 @dataclass
-class Row:
-    """A row's primary score and its 95% interval."""
-
-    value: float
-    low: float
-    high: float
-
-
-@dataclass
 class MethodDecision:
     """What the rule found for one method."""
 
@@ -122,7 +114,7 @@ class Verdict:
     one_sided_alpha: float
     examples: int
     seeds: int
-    rows: dict[str, Row]
+    rows: dict[str, Interval]  # each row's primary score and its 95% interval
     methods: list[MethodDecision]
     recommended: str | None
     reason: str
@@ -148,7 +140,7 @@ def examples_needed(difference: Difference, examples: int, bound: float, tests: 
     level Holm asks of the first of `tests` claims. None where the estimate sits on the bound (no size decides it)."""
     span = difference.interval
     distance = abs(span.value - bound)
-    z_interval = scipy_stats.norm.ppf(0.975)
+    z_interval = scipy_stats.norm.ppf((1 + CONFIDENCE) / 2)
     spread = (span.high - span.low) / (2 * z_interval) * math.sqrt(examples)  # one example's standard deviation
     if distance == 0 or spread == 0:
         return None
@@ -223,7 +215,7 @@ def decide(section: Section, analysis: Analysis, rule: Rule) -> Verdict:
         one_sided_alpha=ONE_SIDED_ALPHA,
         examples=analysis.examples,
         seeds=analysis.seeds,
-        rows={name: Row(**vars(s[primary])) for name, s in analysis.scores.items() if primary in s},
+        rows={name: scores[primary] for name, scores in analysis.scores.items() if primary in scores},
         methods=decisions,
         recommended=recommended,
         reason=reason,

@@ -213,9 +213,9 @@ def results_tables(
         metrics.remove(analysis.primary)
         metrics.insert(0, analysis.primary)
     shown = columns(metrics, searched_settings(trained))
-    quality = [column for column in shown if column.quality or column.choice]
-    costs = [column for column in shown if not (column.quality or column.choice)]
-    quality = [column for column in quality if column.metric] + [c for c in quality if not c.metric]
+    # Quality: the test metrics first, then what a search chose and the losses; costs: every other column.
+    quality = [c for c in shown if c.metric] + [c for c in shown if (c.quality or c.choice) and not c.metric]
+    costs = [c for c in shown if not (c.quality or c.choice)]
     return [_table(rows, labels, several_seeds, analysis, rank, part) for part in (quality, costs)]
 
 

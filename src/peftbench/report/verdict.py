@@ -166,7 +166,7 @@ def verdict_lines(section: Section, analysis: Analysis | None, verdict: Verdict 
     lines = [verdict.headline]
     for m in verdict.methods:
         row = verdict.rows[m.method]
-        score = f"{verdict.label} {_value(verdict.primary, row.value)} {_span(verdict.primary, Interval(**vars(row)))}"
+        score = f"{verdict.label} {_value(verdict.primary, row.value)} {_span(verdict.primary, row)}"
         judged = _against_bars(m) + _against_comparator(verdict, m)
         cost = _cost_text(by_name[m.method], comparator if comparator is not by_name[m.method] else None)
         lines.append(f"{m.method} ({m.decision}): {score}{judged}; {cost}.")
