@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from peftbench.config.run_config import EMBEDDED, RunConfig
+from peftbench.data.retention import load_held_out
 from peftbench.data.splits import load_splits
 from peftbench.methods.registry import METHODS, check_method_names
 from peftbench.model.layout import CausalLayout, Seq2SeqLayout
@@ -129,15 +130,16 @@ def main() -> int:
             output=output,
         )
         config.validate()
-        splits = load_splits(config)
+        splits, held_out = load_splits(config), load_held_out(config)
         zero_shot = None
         for name in [rundir.ZERO_SHOT, *args.methods]:
             recorder.start()
             try:
                 if zero_shot is None:  # the base model's epoch 0, which every method's run starts from
-                    zero_shot = method_run.run_zero_shot(splits, config)[0].epochs[0]
+                    zero_shot = method_run.run_zero_shot(splits, held_out, config)[0]
                 else:
-                    method_run.run_method(name, splits, config, rundir.method_dir(Path(output), name), zero_shot)
+                    directory = rundir.method_dir(Path(output), name)
+                    method_run.run_method(name, splits, held_out, config, directory, zero_shot)
             except Exception as exc:  # noqa: BLE001 - one method's failure is reported with the others' results
                 failed.append(name)
                 print(f"[{name}] failed: {type(exc).__name__}: {exc}", flush=True)

@@ -96,6 +96,7 @@ TINY_RUN = {
     "max-source-tokens": 48,
     "max-target-tokens": 16,
     "max-new-tokens": 8,
+    "retention-size": 8,
 }
 
 

@@ -105,6 +105,10 @@ def test_two_processes_match_one(tiny_models, articles, tmp_path, family, method
             if epoch_one["train_loss"] is not None:  # None for epoch 0, before training
                 assert epoch_two["train_loss"] == pytest.approx(epoch_one["train_loss"], abs=LOSS_TOLERANCE, rel=0)
         assert two_metrics["test"]["loss"] == pytest.approx(one_metrics["test"]["loss"], abs=LOSS_TOLERANCE, rel=0)
+        retention_one, retention_two = one_metrics["retention"], two_metrics["retention"]  # each process a share
+        assert (retention_two["ids"], retention_two["tokens"]) == (retention_one["ids"], retention_one["tokens"])
+        assert retention_two["nats"] == pytest.approx(retention_one["nats"], rel=1e-5)
+        assert retention_two["base_loss"] == pytest.approx(retention_one["base_loss"], rel=1e-6)
         # Generation on the same weights: ROUGE and BLEU may move only if a near tie flips a greedy token.
         for key in ("rouge1", "rouge2", "rougeL", "bleu"):
             assert two_metrics["test"][key] == pytest.approx(one_metrics["test"][key], abs=0.02), (method, key)
@@ -192,4 +196,4 @@ def test_two_processes_resume_to_the_uninterrupted_metrics(tiny_models, articles
     resumed = _torchrun(args(output))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     one, two = (json.loads((path / "lora" / "metrics.json").read_text()) for path in (tmp_path / "reference", output))
-    assert two["epochs"] == one["epochs"] and two["test"] == one["test"]
+    assert two["epochs"] == one["epochs"] and two["test"] == one["test"] and two["retention"] == one["retention"]

@@ -135,6 +135,10 @@ def test_ray_executor_matches_the_local_one(tiny_gpt2, articles, tmp_path, ray_h
     assert len(trials) == 2 * 4  # lora, ia3 and the two references (zero-shot, Lead-3) at each seed
     for trial in trials:
         assert _quality(remote / trial) == _quality(local / trial), trial
+        held_out = [json.loads(path.read_text())["retention"] for path in (remote / trial, local / trial)]
+        if trial.parent.name != "lead-3":  # the base model and every method: forgetting's figures, as local
+            assert held_out[0]["ids"] == held_out[1]["ids"] and held_out[0]["tokens"] == held_out[1]["tokens"]
+            assert held_out[0]["nats"] == pytest.approx(held_out[1]["nats"], rel=1e-6), trial
         predictions = trial.parent / "predictions.jsonl"
         assert (remote / predictions).read_text() == (local / predictions).read_text()
     for seed in (0, 1):

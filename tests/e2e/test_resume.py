@@ -36,6 +36,7 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tiny_models, articles, 
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1, 2, 3]
     assert resumed["epochs"] == reference["epochs"]  # epochs 0-1 from the checkpoint, 2-3 trained after resuming
     assert resumed["test"] == reference["test"]
+    assert resumed["retention"] == reference["retention"] and resumed["retention"]["base_loss"] is not None
     efficiency = resumed["efficiency"]
     assert efficiency["train_samples_per_s"] * efficiency["train_seconds"] == pytest.approx(24)  # 3 epochs x 8
     assert resumed["efficiency"]["latency_ms"]["base"] > 0

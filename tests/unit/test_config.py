@@ -199,3 +199,34 @@ def test_flags_for_round_trips_a_per_device_batch_size():
     flags = flags_for(config.to_dict())
     assert "--batch-size" not in flags and "--per-device-batch-size" in flags  # batch_size is derived from it
     assert build_config({}, _values(flags), processes=3) == config
+
+
+@pytest.mark.parametrize(
+    "values,expected",
+    [
+        ({"retention_task": "embedded-qq"}, ["'embedded-qq'", "embedded-qa"]),
+        ({"retention_task": "embedded"}, ["'embedded'", "embedded-qa", "not the data trained on"]),
+        ({"retention": "wiki"}, ["--retention", "wikipedia", "none"]),
+        ({"retention": "none", "retention_data": "x.txt"}, ["--retention none", "give one"]),
+        ({"retention_column": "text"}, ["--retention-column", "--retention-data"]),
+        ({"retention_data": " "}, ["--retention-data is empty"]),
+        ({"retention_size": 1}, ["--retention-size", "at least 2"]),
+    ],
+)
+def test_bad_retention_settings_are_named(values, expected):
+    with pytest.raises(ConfigError) as error:
+        RunConfig(**values).validate()
+    assert all(part in str(error.value) for part in expected), str(error.value)
+
+
+def test_the_retention_task_is_scored_as_its_own_task_on_this_runs_model_and_budget():
+    config = RunConfig(retention_task="embedded-qa", retention_size=40, max_new_tokens=12, metrics=["rouge1"])
+    other = config.for_retention_task()
+    assert (other.dataset, other.task, other.metrics, other.primary_metric) == (
+        "embedded-qa",
+        "qa",
+        ["exact_match", "f1"],
+        "f1",
+    )
+    assert (other.test_size, other.train_size, other.max_new_tokens, other.model) == (40, 0, 12, config.model)
+    assert other.retention == "none" and other.retention_task is None

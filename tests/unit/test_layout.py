@@ -206,3 +206,21 @@ def test_seq2seq_real_tokens_count_encoder_and_decoder_without_padding(t5):
     assert layout.real_tokens(batch) == sum(len(item.prompt) + len(item.target) for item in items)
     assert layout.padded_positions(batch) == batch["input_ids"].numel() + batch["labels"].numel()
     assert layout.real_tokens(batch) < layout.padded_positions(batch)
+
+
+TEXTS = ["The river rose overnight and the old bridge closed.", "Short one."]
+
+
+def test_causal_text_items_predict_every_token_after_the_first(gpt2):
+    items = gpt2.layout.text_items(TEXTS, budget=6)
+    ids = [_ids(gpt2.tokenizer, text) for text in TEXTS]
+    assert [item.prompt + item.target for item in items] == [row[:6] for row in ids]  # no template, cut to budget
+    assert [len(item.prompt) for item in items] == [1, 1]
+
+
+def test_seq2seq_text_items_read_half_and_predict_the_rest(t5):
+    items = t5.layout.text_items(TEXTS, budget=8)
+    for item, text in zip(items, TEXTS, strict=True):
+        ids = _ids(t5.tokenizer, text)[:8]
+        half = len(ids) // 2
+        assert item.prompt == ids[:half] + [t5.tokenizer.eos_token_id] and item.target == ids[half:]

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from peftbench.report import stats
+from peftbench.report.forgetting import loss_distributions
 
 pytestmark = pytest.mark.fast
 
@@ -182,3 +183,20 @@ def test_bootstrap_p_of_a_real_difference_is_small():
     full, distribution = stats.bootstrap_distribution(difference, 1, len(a))
     assert full[0] == pytest.approx(a.mean() - b.mean())
     assert stats.bootstrap_p(distribution)[0] < 0.01
+
+
+def test_forgetting_interval_matches_an_independent_paired_bootstrap():
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(5, 40, size=(1, 60)).astype(float)
+    base = tokens * rng.uniform(2.0, 4.0, size=(1, 60))
+    trained = base + tokens * rng.normal(0.3, 0.5, size=(1, 60))  # forgets 0.3 nats/token, noisily per text
+    losses = loss_distributions({"base": base, "full": trained}, {"base": tokens, "full": tokens})
+    change = losses["full"][1] - losses["base"][1]
+    # By hand: resample texts with replacement, the same texts for both rows; the ratio of sums each time.
+    draws = rng.integers(0, 60, size=(4000, 60))
+    by_hand = trained[0][draws].sum(1) / tokens[0][draws].sum(1) - base[0][draws].sum(1) / tokens[0][draws].sum(1)
+    assert losses["full"][0] - losses["base"][0] == pytest.approx((trained.sum() - base.sum()) / tokens.sum())
+    low, high = np.percentile(change, [2.5, 97.5])
+    expected_low, expected_high = np.percentile(by_hand, [2.5, 97.5])
+    assert low == pytest.approx(expected_low, abs=0.1 * (expected_high - expected_low))
+    assert high == pytest.approx(expected_high, abs=0.1 * (expected_high - expected_low))

@@ -169,6 +169,25 @@ SETTINGS: dict[str, Setting] = {
     ),
     "latency_prompts": Setting("test prompts timed one at a time (batch size 1) for latency_ms", valid=Range(1)),
     "latency_new_tokens": Setting("tokens generated per prompt when timing latency (fixed length)", valid=Range(1)),
+    "retention": Setting(
+        "the general text forgetting is measured on (the per-token loss before and after training): auto (the "
+        "task's: Wikipedia sentences, or news articles for qa, never the task's own data), wikipedia, news, or none",
+    ),
+    "retention_data": Setting(
+        "your own general text for forgetting instead: a .txt file (a text per line) or a .jsonl/.json/.csv/.parquet "
+        "file's --retention-column",
+        metavar="FILE",
+    ),
+    "retention_column": Setting("the column of --retention-data holding the texts (default: text, or the only one)"),
+    "retention_size": Setting(
+        "texts of the retention sample (a fixed pseudo-random choice), and test examples of --retention-task",
+        valid=Range(2),
+    ),
+    "retention_task": Setting(
+        "also score another task before and after training, with its own prompt and metric (no training on it): an "
+        "embedded dataset, e.g. embedded-qa when training on summaries",
+        metavar="DATASET",
+    ),
     "gradient_checkpointing": Setting("recompute activations in the backward pass: less memory, more compute"),
     "precision": Setting(
         "auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16; mixed precision is GPU-only",

@@ -15,7 +15,7 @@ import yaml
 from peftbench.config.fields import RANGES, SETTINGS
 from peftbench.errors import ConfigError
 from peftbench.task.metrics import GROUPS, METRICS, expand
-from peftbench.task.presets import EMBEDDED_TASKS, TASKS, template_fields
+from peftbench.task.presets import EMBEDDED_TASKS, NEWS, TASKS, WIKIPEDIA, template_fields
 
 EMBEDDED = "embedded"
 SEARCHABLE = ("lr", "lora_r")  # what --search can tune: the learning rate, and the rank of methods that have one
@@ -39,6 +39,20 @@ ALIASES = {
 }
 TARGET_ALIASES = {"all": ALL_LINEAR}  # LLaMA-Factory's lora_target: all
 EXECUTORS = ("local", "ray")  # where the trials run (executor.py); ray is an optional extra
+AUTO, NONE = "auto", "none"
+# What a task decides unless given: reset where another task is scored (RunConfig.for_retention_task).
+TASK_SETTINGS = (
+    "task",
+    "metrics",
+    "primary_metric",
+    "instruction",
+    "prompt_template",
+    "source_column",
+    "target_column",
+    "choices",
+    "choices_column",
+)
+RETENTION = (AUTO, NONE, WIKIPEDIA, NEWS)  # --retention: the task's default sample, none, or a named one
 
 
 @dataclass
@@ -88,6 +102,12 @@ class RunConfig:
     eval_generate_size: int | None = None  # validation examples generated per epoch; None: all of them
     latency_prompts: int = 4  # test prompts timed one by one for latency_ms
     latency_new_tokens: int = 32
+    # Forgetting (data.retention): the per-token loss on general text the task never trains on, before and after.
+    retention: str = AUTO  # RETENTION: auto is the task's default sample (task.presets); none measures nothing
+    retention_data: str | None = None  # the user's own texts instead: a .txt (a text per line) or a table's column
+    retention_column: str | None = None  # that column (default: text, or a table's only column)
+    retention_size: int = 128  # texts of the sample (and test examples of the retention task)
+    retention_task: str | None = None  # an embedded dataset scored with its own task before and after training
 
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp32
@@ -167,6 +187,7 @@ class RunConfig:
                 f"--comparator {self.comparator!r} is not one of the methods run: choose from {', '.join(self.methods)}"
             )
         self._validate_trackers()
+        self._validate_retention()
         for name in TARGET_FIELDS:
             _check_target_spec(name, getattr(self, name))
 
@@ -212,6 +233,43 @@ class RunConfig:
         for name in ("train_split", "validation_split", "test_split"):
             if not getattr(self, name).strip():
                 raise ConfigError(f"--{_flag(name)} is empty; name a split, e.g. train or train[:2000]")
+
+    def _validate_retention(self) -> None:
+        """The retention settings that can be checked without reading a file (data.retention reads it)."""
+        if self.retention not in RETENTION:
+            raise ConfigError(f"--retention must be one of {', '.join(RETENTION)}, got {self.retention!r}")
+        if self.retention_data is not None:
+            if not self.retention_data.strip():
+                raise ConfigError("--retention-data is empty; give a .txt, .jsonl, .json, .csv or .parquet file")
+            if self.retention != AUTO:
+                raise ConfigError(
+                    f"--retention {self.retention} and --retention-data both say which text to measure on; give one"
+                )
+        elif self.retention_column is not None:
+            raise ConfigError("--retention-column names a column of --retention-data; give the file too")
+        if self.retention_task is not None:
+            valid = [name for name in EMBEDDED_TASKS if name != self.dataset]
+            if self.retention_task not in valid:
+                raise ConfigError(
+                    f"--retention-task {self.retention_task!r} is not a task to score beside this one: choose from "
+                    f"{', '.join(valid)} (an embedded dataset, scored with its own task; not the data trained on)"
+                )
+
+    def for_retention_task(self) -> RunConfig:
+        """The configuration that scores --retention-task: its embedded dataset with its own task's prompt, metrics
+        and answers, retention_size test examples, no training examples; the model, budget and decoding this run's."""
+        return dataclasses.replace(
+            self,
+            dataset=self.retention_task,
+            **dict.fromkeys(TASK_SETTINGS),
+            train_size=0,
+            eval_size=0,
+            test_size=self.retention_size,
+            retention=NONE,
+            retention_data=None,
+            retention_column=None,
+            retention_task=None,
+        )
 
     def _validate_executor(self) -> None:
         if self.executor not in EXECUTORS:

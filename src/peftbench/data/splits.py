@@ -130,17 +130,17 @@ def embedded_data_path(name: str = "embedded") -> Path:
     return path
 
 
-def _read_local(path: Path) -> list[dict]:
+def read_rows(path: Path, what: str = "dataset file") -> list[dict]:
     """Read rows from a UTF-8 .jsonl, .json or .csv file (a byte-order mark is fine) or a .parquet file, naming the
-    line of any malformed row."""
+    line of any malformed row (what: how errors name the file)."""
     if not path.is_file():
-        raise ConfigError(f"dataset file {str(path)!r} does not exist")
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
     if path.suffix == ".parquet":
         return _read_parquet(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")  # line ends untouched: inside CSV fields they are data
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read dataset file {str(path)!r}: {exc}") from None
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc}") from None
     rows: list = []
     if path.suffix == ".jsonl":
         for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in a string is valid
@@ -169,7 +169,7 @@ def _read_local(path: Path) -> list[dict]:
         if not isinstance(row, dict):
             raise ConfigError(f"{path}: row {number} is not an object with named fields")
     if not rows:
-        raise ConfigError(f"dataset file {str(path)!r} holds no rows")
+        raise ConfigError(f"{what} {str(path)!r} holds no rows")
     return rows
 
 
@@ -491,7 +491,7 @@ def _read(config: RunConfig) -> tuple[list[dict] | dict[str, Any], str, dict[str
         path = embedded_data_path(config.dataset)
         provenance = {"file": f"{EMBEDDED_DATA_PACKAGE}:{EMBEDDED_DATA[config.dataset][0]}", "sha256": file_hash(path)}
         _refuse_split_flags(config, "an embedded sample")
-        return _read_local(path), EMBEDDED_DATA[config.dataset][1], provenance
+        return read_rows(path), EMBEDDED_DATA[config.dataset][1], provenance
     path = Path(config.dataset)
     if path.is_dir():
         read = _read_folder(path)
@@ -503,7 +503,7 @@ def _read(config: RunConfig) -> tuple[list[dict] | dict[str, Any], str, dict[str
     if config.dataset.endswith(LOCAL_SUFFIXES) or path.exists():
         if path.suffix not in LOCAL_SUFFIXES:
             raise ConfigError(f"dataset file {str(path)!r} must end in one of {', '.join(LOCAL_SUFFIXES)}")
-        rows = _read_local(path)
+        rows = read_rows(path)
         _refuse_split_flags(config, f"file {str(path)!r} (one table)")
         return rows, f"{path.name} ({path.suffix[1:]} file", {"file": path.name, "sha256": file_hash(path)}
     splits = _read_hub(config)

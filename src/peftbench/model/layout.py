@@ -130,6 +130,11 @@ class Layout:
         """An answer's token ids as they follow the prompt, without the end token (for scoring choices)."""
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def text_items(self, texts: list[str], budget: int) -> list[Encoded]:
+        """Plain texts (no prompt format, no task prefix), each cut to budget tokens, as items whose target is the
+        text the model predicts: the per-token loss on general text that forgetting compares."""
+        raise NotImplementedError
+
     def choice_items(self, item: Encoded, choices: list[str]) -> list[Encoded]:
         """One item per choice: the example's prompt, with the choice as the target to score."""
         return [Encoded(item.prompt, self.answer_ids(choice)) for choice in choices]
@@ -314,6 +319,14 @@ class CausalLayout(Layout):
     def answer_ids(self, text: str) -> list[int]:
         return self.tokenizer(self._lead + text, add_special_tokens=False).input_ids
 
+    def text_items(self, texts: list[str], budget: int) -> list[Encoded]:
+        # Every token but the first is predicted (after BOS, for tokenizers that add one: then every token is).
+        start = self._ids("", special=True)
+        ids = [
+            (start + text)[: budget + len(start)] for text in self.tokenizer(texts, add_special_tokens=False).input_ids
+        ]
+        return [Encoded(row[:1], row[1:]) for row in ids]
+
     def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
         sequences = [it.prompt + it.target if with_targets else it.prompt for it in items]
         mask = _pad([[1] * len(seq) for seq in sequences], 0, left=True)
@@ -409,6 +422,12 @@ class Seq2SeqLayout(Layout):
         return [
             Encoded(src + [eos], tgt[: limits.target - 1] + [eos]) for src, tgt in zip(sources, targets, strict=True)
         ]
+
+    def text_items(self, texts: list[str], budget: int) -> list[Encoded]:
+        # The encoder reads a text's first half and the decoder predicts the rest: a prefix language model's reading
+        # (an encoder-decoder model has no loss on text it only reads).
+        ids = [row[:budget] for row in self.tokenizer(texts, add_special_tokens=False).input_ids]
+        return [Encoded(row[: len(row) // 2] + [self.eos_id], row[len(row) // 2 :]) for row in ids]
 
     def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
         batch = {"input_ids": _pad([it.prompt for it in items], self.pad_id, left=False)}

@@ -42,6 +42,10 @@ class LoadedModel:
     name: str
     random_weights: bool = False  # built from a config alone: its speed and memory are real, its quality is not
 
+    def prompted(self, prompt: PromptOptions) -> Layout:
+        """The layout of this model prompted another way (another task's prompt, for the retention task)."""
+        return layout_for(self.model.config, self.tokenizer, self.family.task_prefixes.get(prompt.task, ""), prompt)
+
 
 def cache_dir() -> Path:
     """Where converted models are kept: $PEFTBENCH_CACHE, else ~/.cache/peftbench."""

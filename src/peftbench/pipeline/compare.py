@@ -11,18 +11,20 @@ from pathlib import Path
 
 from peftbench import parallel
 from peftbench.config.run_config import ALL_TRACKERS, TRACKERS, RunConfig
+from peftbench.data.retention import HeldOut, load_held_out
 from peftbench.data.splits import Splits, load_splits
 from peftbench.errors import MethodsFailed, UserError
 from peftbench.pipeline.console import Console
 from peftbench.pipeline.executor import Executor, ExecutorOptions, Unit, executor
+from peftbench.pipeline.method_run import write_records
 from peftbench.pipeline.preflight import check_before_loading, dry_run, preflight
 from peftbench.pipeline.recording import epoch_line
 from peftbench.pipeline.references import REFERENCE_ROWS
 from peftbench.pipeline.search import settled
-from peftbench.pipeline.units import Failure, describe_failure, method_unit, write_reference, zero_shot_unit
+from peftbench.pipeline.units import Failure, describe_failure, method_unit, zero_shot_unit
 from peftbench.report.write import Published, publish
 from peftbench.store import fingerprints, rundir
-from peftbench.store.records import EpochMetrics
+from peftbench.store.records import MethodResult
 from peftbench.store.rundir import ZERO_SHOT, MethodDir
 from peftbench.task.presets import TASKS
 from peftbench.training import checkpoint
@@ -30,22 +32,23 @@ from peftbench.training.tracking import resolve_trackers
 
 
 def references_recorded(
-    pool: Executor, splits: Splits, configs: list[RunConfig], console: Console
-) -> dict[int, EpochMetrics | Exception]:
+    pool: Executor, splits: Splits, held_out: HeldOut, configs: list[RunConfig], console: Console
+) -> dict[int, MethodResult | Exception]:
     """Every seed's reference rows, read back where this configuration already wrote them, else computed and
-    written: the zero-shot base model (a unit each, all seeds at once: its validation is every method's epoch 0,
-    which is returned per seed, or the exception that stopped it) and the task's trivial reference (Lead-3, the
-    majority class)."""
+    written: the zero-shot base model (a unit each, all seeds at once: its validation is every method's epoch 0 and
+    its figures on held_out every method's forgetting's start; its result is returned per seed, or the exception
+    that stopped it) and the task's trivial reference (Lead-3, the majority class)."""
     units = []
     for config in configs:
         zero_shot = rundir.reference_dir(Path(config.output), ZERO_SHOT)
         if config.force or not (zero_shot.finished_whole() and fingerprints.matches(zero_shot, config)):
             _start_reference(zero_shot, config)
-            units.append(Unit(_unit_name(ZERO_SHOT, config, configs), zero_shot, zero_shot_unit, (splits, config)))
+            name = _unit_name(ZERO_SHOT, config, configs)
+            units.append(Unit(name, zero_shot, zero_shot_unit, (splits, held_out, config)))
     parallel.wait_for_everyone()  # every process decided, and the directories are ready, before any unit runs
     errors = pool.run_all(units)
     parallel.wait_for_everyone()  # the main process wrote what the others read back
-    epochs: dict[int, EpochMetrics | Exception] = {}
+    bases: dict[int, MethodResult | Exception] = {}
     for config in configs:
         name = _unit_name(ZERO_SHOT, config, configs)
         try:
@@ -58,11 +61,11 @@ def references_recorded(
                     f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} {result.test.scores[primary]:.4f}"
                 )
             _trivial_recorded(splits, config, result.model)
-            epochs[config.seed] = result.epochs[0]
+            bases[config.seed] = result
         except Exception as exc:  # reported as each pending method's failure
-            epochs[config.seed] = exc
+            bases[config.seed] = exc
     parallel.wait_for_everyone()
-    return epochs
+    return bases
 
 
 def _trivial_recorded(splits: Splits, config: RunConfig, model: str) -> None:
@@ -75,7 +78,7 @@ def _trivial_recorded(splits: Splits, config: RunConfig, model: str) -> None:
     if config.force or not (directory.finished_whole() and fingerprints.matches(directory, config)):
         _start_reference(directory, config)
         if parallel.is_main():
-            write_reference(directory, *REFERENCE_ROWS[name](splits, model, config))
+            write_records(directory, *REFERENCE_ROWS[name](splits, model, config), None)
 
 
 def _start_reference(directory: MethodDir, config: RunConfig) -> None:
@@ -141,8 +144,9 @@ def record_outcome(
 def methods_recorded(
     pool: Executor,
     splits: Splits,
+    held_out: HeldOut,
     configs: list[RunConfig],
-    zero_shots: dict[int, EpochMetrics | Exception],
+    bases: dict[int, MethodResult | Exception],
     console: Console,
 ) -> dict[str, Failure]:
     """Every method at every seed that has not finished yet, run as units all at once; a failing method does not
@@ -156,12 +160,13 @@ def methods_recorded(
             if not prepare_method(name, config, directory, console):
                 continue
             pending[name] = (config, directory)
-            zero_shot = zero_shots[config.seed]
-            if isinstance(zero_shot, Exception):  # the base model's evaluation failed: no method can start without it
-                errors[name] = zero_shot
+            base = bases[config.seed]
+            if isinstance(base, Exception):  # the base model's evaluation failed: no method can start without it
+                errors[name] = base
             else:
                 carried = directory.search_state() if config.search else {}  # a Ray worker resumes the search from it
-                units.append(Unit(name, directory, method_unit, (method, splits, config, zero_shot), carried))
+                args = (method, splits, held_out, config, base)
+                units.append(Unit(name, directory, method_unit, args, carried))
     errors |= pool.run_all(units)
     failures = {name: record_outcome(name, *pending[name], errors[name], console) for name in pending}
     return {name: failure for name, failure in failures.items() if failure is not None}
@@ -210,6 +215,7 @@ def show_published(published: Published, console: Console) -> None:
 def compare(config: RunConfig, output: Path, console: Console) -> Path:
     """run's work once OUTPUT is checked and held: data, model checks, then every seed's comparison and the report."""
     splits = load_splits(config)  # bad data fails here, before a model is loaded
+    held_out = load_held_out(config)  # and bad retention data
     note, loud = splits.rows.describe()
     if note and loud:
         console.warn(f"warning: {note}")
@@ -233,8 +239,8 @@ def compare(config: RunConfig, output: Path, console: Console) -> Path:
         dataclasses.replace(config, seed=seed, output=str(rundir.seed_dir(output, seed, several))) for seed in seeds
     ]
     with executor(ExecutorOptions.from_config(config)) as pool:
-        zero_shots = references_recorded(pool, splits, configs, console)  # first: every method's epoch 0
-        failures = methods_recorded(pool, splits, configs, zero_shots, console)
+        bases = references_recorded(pool, splits, held_out, configs, console)  # first: every method's epoch 0
+        failures = methods_recorded(pool, splits, held_out, configs, bases, console)
     if parallel.is_main():
         show_published(publish(output, [Path(c.output) for c in configs]), console)
     if failures:

@@ -1,7 +1,7 @@
 """One method's run, as named stages that read top to bottom:
 
     setup_model -> setup_data -> (the base model's latency) -> setup_method -> train_and_validate -> test
-    -> measure -> write
+    -> retain -> measure -> write
 
 Each stage takes the few values it needs; `prepare` strings the setup stages together (run_method, tests and
 benchmarks call it instead of retyping the chain) and `run_method` the rest (a search's trial stops after
@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 
 from peftbench import parallel
 from peftbench.config.run_config import RunConfig
+from peftbench.data.retention import HeldOut, TextSample
 from peftbench.data.splits import Example, Splits
 from peftbench.measure.timing import PhaseTimer
 from peftbench.methods.apply import apply_method, build_optimizer, count_parameters, loss_term
@@ -44,7 +45,7 @@ from peftbench.pipeline.recording import (
     validation_figures,
 )
 from peftbench.store import rundir
-from peftbench.store.records import EpochMetrics, MethodResult, Progress, TestMetrics
+from peftbench.store.records import EpochMetrics, MethodResult, Progress, Retention, TaskRetention, TestMetrics
 from peftbench.store.rundir import ZERO_SHOT, MethodDir
 from peftbench.training import checkpoint, tracking
 from peftbench.training.evaluate import EvalOptions, Evaluator
@@ -244,11 +245,18 @@ def prepare(
 
 
 def run_method(
-    name: str, splits: Splits, config: RunConfig, directory: MethodDir, zero_shot: EpochMetrics, stage: Stage = WHOLE
+    name: str,
+    splits: Splits,
+    held_out: HeldOut,
+    config: RunConfig,
+    directory: MethodDir,
+    base: MethodResult,
+    stage: Stage = WHOLE,
 ) -> MethodResult:
     """Fine-tune one method from a freshly loaded base model (or resume it from its last checkpoint), checkpoint
-    after every epoch, and write its results into directory. zero_shot is the base model's validation (epoch 0),
-    evaluated once per seed for every method (run_zero_shot). stage: the part to do, for a search's trials."""
+    after every epoch, and write its results into directory. base is the zero-shot base model's result, evaluated once
+    per seed for every method (run_zero_shot): its validation is the method's epoch 0, and its retention figures
+    stand beside the method's, measured on held_out. stage: the part to do, for a search's trials."""
     quiet_libraries()
     tag = f"{name} {directory.name}" if stage.until_epoch is not None else name
     say = lambda text: Console(config.quiet).say(f"[{tag}] {text}")  # noqa: E731
@@ -268,7 +276,7 @@ def run_method(
         f"({100 * result.trainable_params / result.total_params:.3f}%), lr {result.config['lr']:g}"
     )
 
-    progress = resume_or_start(resume, trainer, progress, timer, zero_shot, directory, stage.resume_from, say)
+    progress = resume_or_start(resume, trainer, progress, timer, base.epochs[0], directory, stage.resume_from, say)
     earlier = progress.wall_seconds
     wall = lambda: earlier + time.perf_counter() - started  # noqa: E731 - this method's wall time, all sessions
     schedule = Schedule(stage.until_epoch or config.epochs, config.epochs, config.eval_every, config.eval_generate_size)
@@ -281,11 +289,14 @@ def run_method(
         return result
 
     scores, generation = test(run, progress, timer, config.epochs, directory)
+    with run.compute, timer.phase("retention"):
+        task_rows = retain(run.trainer.unwrapped, run.loaded, run.evaluator, held_out, config, result, base)
     result.environment, result.data = environment(), splits.rows.record()
     result.provenance, result.search = provenance(config.model, splits), stage.search
     if parallel.is_main():  # measure and write: the main process alone (the others hold the same results)
         measure(run, progress, timer, config, directory, wall)
-        write(trainer, directory, result, generation_rows(run.data.test.examples, generation), stage.resume_from)
+        rows = generation_rows(run.data.test.examples, generation)
+        write(trainer, directory, result, rows, task_rows, stage.resume_from)
     parallel.wait_for_everyone()  # no process starts the next method while the main one writes this one's
     say(
         f"test: loss {scores.loss:.4f}, {scores_text(scores.metrics)}; "
@@ -384,23 +395,78 @@ def write(
     directory: MethodDir,
     result: MethodResult,
     rows: list[dict[str, Any]],
+    task_rows: list[dict[str, Any]] | None,
     resume_from: MethodDir | None,
 ) -> None:
-    """The method's records: the trackers' last figures, predictions.jsonl, then metrics.json (its presence means
-    the method finished), and only then its checkpoints go."""
+    """The method's records: the trackers' last figures, predictions.jsonl (and the retention task's rows), then
+    metrics.json (its presence means the method finished), and only then its checkpoints go."""
     test = result.test
     figures = {"test/loss": test.loss} | {f"test/{k}": v for k, v in test.scores.items()}
+    if result.retention is not None:
+        figures["retention/loss"] = result.retention.loss
     trainer.accelerator.log(figures | tracker_numbers(result.efficiency))
     tracking.finish(trainer.accelerator)
-    directory.write_predictions(rows)
-    directory.write_result(result)
+    write_records(directory, result, rows, task_rows)
     checkpoint.remove(resume_from or directory)
 
 
-def run_zero_shot(splits: Splits, config: RunConfig) -> tuple[MethodResult, list[dict[str, Any]]]:
+def retain(
+    model,
+    loaded: LoadedModel,
+    evaluator: Evaluator,
+    held_out: HeldOut,
+    config: RunConfig,
+    result: MethodResult,
+    base: MethodResult | None = None,
+) -> list[dict[str, Any]] | None:
+    """What training cost the model (held_out, as the configuration asks): the loss on held-out text and the retention
+    task's scores of model as it is deployed (an adapter unmerged computes what it merged does; virtual tokens
+    included), with the base model's (base) beside them, into result; returns the retention task's rows (None
+    without one)."""
+    if held_out.texts is not None:
+        result.retention = text_retention(model, loaded.layout, evaluator, held_out.texts, config.max_source_tokens)
+        result.retention.base_loss = base.retention.loss if base and base.retention else None
+    if held_out.task is None:
+        return None
+    other = held_out.task_config
+    layout = loaded.prompted(PromptOptions.from_config(other))
+    examples = held_out.task.test
+    scorer = Evaluator(layout, EvalOptions.from_config(other), evaluator.device, evaluator.progress, evaluator.one_pass)
+    scores, generation = scorer.evaluate(
+        model, layout.encode(examples, token_limits(other)), examples, None, f"retention task {other.dataset}"
+    )
+    base_scores = base.retention_task.scores if base and base.retention_task else None
+    result.retention_task = TaskRetention(
+        other.dataset, other.task, len(examples), other.primary_metric, scores.metrics, base_scores
+    )
+    return generation_rows(examples, generation)
+
+
+def text_retention(model, layout: Layout, evaluator: Evaluator, sample: TextSample, budget: int) -> Retention:
+    """The model's loss on each held-out text, cut to budget tokens (forward passes only)."""
+    items = layout.text_items(sample.texts, budget)
+    nats = evaluator.text_losses(model, items)
+    return Retention(sample.description, sample.ids, nats, [len(item.target) for item in items])
+
+
+def write_records(
+    directory: MethodDir, result: MethodResult, rows: list[dict[str, Any]], task_rows: list[dict[str, Any]] | None
+) -> None:
+    """A method's or reference's records: its predictions (and the retention task's), then metrics.json, last: its
+    presence means the work is finished."""
+    directory.write_predictions(rows)
+    if task_rows is not None:
+        directory.write_predictions(task_rows, retention_task=True)
+    directory.write_result(result)
+
+
+def run_zero_shot(
+    splits: Splits, held_out: HeldOut, config: RunConfig
+) -> tuple[MethodResult, list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The base model as loaded, before any method touches it (no adapter, no virtual tokens): on the validation
-    split, the epoch 0 that every method of this seed shares, evaluated once; on the test split, a reference row.
-    Returns its result and its test predictions."""
+    split, the epoch 0 that every method of this seed shares, evaluated once; on the test split, a reference row;
+    on held_out, what every method's forgetting is measured from. Returns its result, its test predictions and the
+    retention task's (None without one)."""
     quiet_libraries()
     set_seed(config.seed)
     device, precision = parallel.state().device, mixed_precision(config.precision)
@@ -418,11 +484,13 @@ def run_zero_shot(splits: Splits, config: RunConfig) -> tuple[MethodResult, list
         scores, generation = evaluator.evaluate(
             loaded.model, data.test.items, data.test.examples, None, "zero-shot test"
         )
+        result = MethodResult(ZERO_SHOT, loaded.name, splits.description, 0, 0, {})
+        task_rows = retain(loaded.model, loaded, evaluator, held_out, config, result)
     _, total = count_parameters(loaded.model)
     resolved = config.to_dict() | model_settings(loaded, precision)
-    result = MethodResult(ZERO_SHOT, loaded.name, splits.description, 0, total, resolved)
+    result.total_params, result.config = total, resolved
     result.epochs = [EpochMetrics(0, None, validation.loss, validation.metrics)]
     result.test = TestMetrics(scores.loss, scores.metrics)
     result.environment = environment()
     result.provenance = provenance(config.model, splits)
-    return result, generation_rows(data.test.examples, generation)
+    return result, generation_rows(data.test.examples, generation), task_rows

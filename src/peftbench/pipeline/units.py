@@ -12,38 +12,48 @@ import torch
 
 from peftbench import parallel
 from peftbench.config.run_config import RunConfig
+from peftbench.data.retention import HeldOut
 from peftbench.data.splits import Splits
 from peftbench.errors import UserError
 from peftbench.pipeline.executor import WorkerDied, isolated
-from peftbench.pipeline.method_run import Stage, run_method, run_zero_shot
+from peftbench.pipeline.method_run import Stage, run_method, run_zero_shot, write_records
 from peftbench.pipeline.search import run_search
-from peftbench.store.records import EpochMetrics, MethodResult
+from peftbench.store.records import MethodResult
 from peftbench.store.rundir import MethodDir
 
 
-def zero_shot_unit(directory: MethodDir, splits: Splits, config: RunConfig) -> None:
+def zero_shot_unit(directory: MethodDir, splits: Splits, held_out: HeldOut, config: RunConfig) -> None:
     """The zero-shot reference as a unit of work (method_run.run_zero_shot), written into directory."""
-    result, rows = run_zero_shot(splits, config)
+    result, rows, task_rows = run_zero_shot(splits, held_out, config)
     if parallel.is_main():
-        write_reference(directory, result, rows)
+        write_records(directory, result, rows, task_rows)
 
 
-def method_unit(directory: MethodDir, name: str, splits: Splits, config: RunConfig, zero_shot: EpochMetrics) -> None:
+def method_unit(
+    directory: MethodDir, name: str, splits: Splits, held_out: HeldOut, config: RunConfig, base: MethodResult
+) -> None:
     """One method at one seed as a unit of work, written into directory: method_run.run_method, or with --search the
-    method's search (search.run_search: every trial in a process of its own, then the selected one tested)."""
+    method's search (search.run_search: every trial in a process of its own, then the selected one tested). base:
+    the seed's zero-shot result."""
     if config.search:
-        run_search(name, config, directory, functools.partial(stage_recorded, name, splits, zero_shot))
+        run_search(name, config, directory, functools.partial(stage_recorded, name, splits, held_out, base))
     else:
-        run_method(name, splits, config, directory, zero_shot)
+        run_method(name, splits, held_out, config, directory, base)
 
 
 def stage_recorded(
-    name: str, splits: Splits, zero_shot: EpochMetrics, config: RunConfig, directory: MethodDir, stage: Stage
+    name: str,
+    splits: Splits,
+    held_out: HeldOut,
+    base: MethodResult,
+    config: RunConfig,
+    directory: MethodDir,
+    stage: Stage,
 ) -> None:
     """One stage of a search (a trial's stint, or the selected trial's test) in a process of its own, so that no
     trial's memory peak reaches another's figures; a failure leaves failed.json in directory, then propagates."""
     try:
-        isolated(run_method, name, splits, config, directory, zero_shot, stage, in_process=config.in_process)
+        isolated(run_method, name, splits, held_out, config, directory, base, stage, in_process=config.in_process)
     except Exception as exc:
         if parallel.is_main():
             message = describe_failure(exc, config.batch_size).message
@@ -51,11 +61,6 @@ def stage_recorded(
         raise
     if parallel.is_main():
         directory.clear_failure()
-
-
-def write_reference(directory: MethodDir, result: MethodResult, rows: list[dict]) -> None:
-    directory.write_predictions(rows)
-    directory.write_result(result)  # last: its presence means the reference is finished
 
 
 @dataclass

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peftbench.report.load import ExampleScores, MethodRuns, Section
+from peftbench.report.forgetting import Forgetting, forgetting
+from peftbench.report.load import ExampleScores, MethodRuns, Run, Section
 from peftbench.report.stats import (
     ALPHA,
     CONFIDENCE,
+    ONE_SIDED_ALPHA,
     RESAMPLES,
+    Difference,
     Interval,
     bootstrap_distribution,
     bootstrap_p,
@@ -24,22 +27,6 @@ from peftbench.store.rundir import REFERENCES
 from peftbench.task.metrics import METRICS, corpus_score
 
 MIN_EXAMPLES = 2  # a bootstrap over one example has no spread to show
-ONE_SIDED_ALPHA = ALPHA / 2  # a one-sided claim at the level of the 95% interval's lower end (as CONSORT's rule)
-
-
-@dataclass(frozen=True)
-class Difference:
-    """A row's score minus another's, with its two-sided interval and the p-value of a test about it (raw and
-    Holm-adjusted): two-sided "it is not zero" (Analysis.compare) or a one-sided claim (Analysis.claim)."""
-
-    interval: Interval
-    p: float
-    p_holm: float
-    alpha: float = ALPHA
-
-    @property
-    def significant(self) -> bool:
-        return self.p_holm < self.alpha
 
 
 @dataclass
@@ -58,6 +45,11 @@ class Analysis:
     scores: dict[str, dict[str, Interval]]  # row -> metric -> value and interval
     trained: list[str]  # the rows that are methods (not references)
     note: str  # how the figures were computed, for the report
+    # What training cost the model: the loss on held-out text (forgetting.py), and the retention task's scores (an
+    # Analysis of their own, the base model a row of it); None where not measured.
+    forgetting: Forgetting | None = None
+    retention_task: Analysis | None = None
+    dataset: str | None = None  # the retention task's analysis: its dataset, as run with --retention-task
 
     def _differences(self, metric: str, other: str, rows: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         """The rows compared with other on metric, their differences to it and those differences' distributions."""
@@ -100,9 +92,14 @@ class Analysis:
         }
 
 
-def _stacked(runs: MethodRuns, seeds: list[int], ids: list[str] | None) -> ExampleScores | None:
-    """A row's per-example scores over the given seeds, stacked [seed, example] (in the order of ids)."""
-    by_seed = {run.seed: run.examples for run in runs.finished if run.examples is not None}
+def _examples(run: Run, task: bool) -> ExampleScores | None:
+    return run.task_examples if task else run.examples
+
+
+def _stacked(runs: MethodRuns, seeds: list[int], ids: list[str] | None, task: bool = False) -> ExampleScores | None:
+    """A row's per-example scores (task: on the retention task) over the given seeds, stacked [seed, example] (in
+    the order of ids)."""
+    by_seed = {run.seed: _examples(run, task) for run in runs.finished if _examples(run, task) is not None}
     if runs.reference:  # references do not depend on the seed: one run stands for all
         by_seed = dict.fromkeys(seeds, next(iter(by_seed.values()), None))
     if any(by_seed.get(seed) is None for seed in seeds):
@@ -132,9 +129,9 @@ def _statistic(pairs: list[tuple[ExampleScores, str]]):
     return figures
 
 
-def _common_seeds(section: Section) -> list[int]:
+def _common_seeds(section: Section, task: bool) -> list[int]:
     trained = [runs for runs in section.trained if runs.finished]
-    sets = [{run.seed for run in runs.finished if run.examples is not None} for runs in trained]
+    sets = [{run.seed for run in runs.finished if _examples(run, task) is not None} for runs in trained]
     common = set.intersection(*sets) if sets else set()
     return sorted(seed for seed in common if seed is not None) or sorted(common, key=lambda s: s or 0)
 
@@ -145,19 +142,34 @@ def _pairs(scores: ExampleScores, metrics: list[str]) -> list[str]:
 
 def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
     """Bootstrap intervals of every row's test scores on the task's metrics, from resamples shared by all rows (so
-    that differences are paired); None where no row has per-example scores on at least MIN_EXAMPLES test examples."""
-    seeds = _common_seeds(section)
+    that differences are paired), with what training cost the model beside them: forgetting on the held-out text
+    (forgetting.py) and the retention task's scores, analysed the same way; None where no row has per-example scores
+    on at least MIN_EXAMPLES test examples."""
+    analysis = _analyse(section, resamples)
+    if analysis is not None:
+        analysis.forgetting = forgetting(section, resamples)
+        analysis.retention_task = _analyse(section, resamples, task=True)
+    return analysis
+
+
+def _analyse(section: Section, resamples: int, task: bool = False) -> Analysis | None:
+    """analyse's test scores (task: the retention task's) without what it adds."""
+    seeds = _common_seeds(section, task)
     candidates = [runs for runs in section.methods if runs.finished]
-    raw = {runs.method: _stacked(runs, seeds, None) for runs in candidates} if seeds else {}
+    raw = {runs.method: _stacked(runs, seeds, None, task) for runs in candidates} if seeds else {}
     raw = {name: scores for name, scores in raw.items() if scores is not None}
-    first = next((r for runs in section.trained for r in runs.results), None)
+    first = next((r for runs in section.trained for r in runs.results if r.retention_task or not task), None)
     if not raw or first is None or min(len(scores.ids) for scores in raw.values()) < MIN_EXAMPLES:
         return None
     paired = len({frozenset(scores.ids) for scores in raw.values()}) == 1
     if paired:
         order = next(iter(raw.values())).ids
-        raw = {name: _stacked(next(r for r in candidates if r.method == name), seeds, order) for name in raw}
-    metrics = first.metrics
+        raw = {name: _stacked(next(r for r in candidates if r.method == name), seeds, order, task) for name in raw}
+    metrics, primary = (
+        (list(first.retention_task.scores), first.retention_task.primary_metric)
+        if task
+        else (first.metrics, first.primary_metric)
+    )
     pairs = [(name, metric) for name in raw for metric in _pairs(raw[name], metrics)]
     full, distribution = _joint_distribution(raw, pairs, len(seeds), paired, resamples)
     span = intervals(full, distribution)
@@ -168,7 +180,7 @@ def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
         scores[name][metric] = span[index]
     names = list(raw)
     trained = [name for name in names if name not in REFERENCES]
-    primary = first.primary_metric if first.primary_metric in metrics else metrics[0]
+    primary = primary if primary in metrics else metrics[0]
     level = "seeds crossed with the test examples they share" if len(seeds) > 1 else "test examples"
     note = (
         f"Test scores: {CONFIDENCE:.0%} percentile bootstrap intervals over {level} ({resamples:,} resamples, "
@@ -184,7 +196,10 @@ def analyse(section: Section, resamples: int = RESAMPLES) -> Analysis | None:
             "are refused: each row is resampled on its own, and differences compare independent resamples."
         )
     examples = len(next(iter(raw.values())).ids)
-    return Analysis(names, metrics, primary, len(seeds), examples, paired, figures, scores, trained, note)
+    dataset = first.retention_task.dataset if task else None
+    return Analysis(
+        names, metrics, primary, len(seeds), examples, paired, figures, scores, trained, note, dataset=dataset
+    )
 
 
 def _joint_distribution(

@@ -274,6 +274,22 @@ def _pareto_text(section: Section, analysis: Analysis) -> Paragraph:
     )
 
 
+def _pareto_caption(analysis: Analysis) -> str:
+    """The Pareto figure's caption: each cost, and where it was measured forgetting, whose interval is another kind."""
+    label = METRICS[analysis.primary].label
+    if analysis.forgetting is None:
+        return (
+            f"Test {label} against each cost; vertical bars: 95% bootstrap intervals; horizontal bars: 95% intervals "
+            "over seeds"
+        )
+    return (
+        f"Test {label} against each cost and against forgetting (the rise in loss per token on held-out text over the "
+        "base model's, at x = 0; lower is better, as for a cost); vertical bars: 95% bootstrap intervals; horizontal "
+        "bars: 95% intervals over seeds, for forgetting its paired bootstrap interval over the held-out texts (and "
+        "seeds)"
+    )
+
+
 def random_note(results: list[MethodResult]) -> Paragraph | None:
     """What a model with random weights can tell, where one is in the table."""
     if not random_weights(results):
@@ -388,8 +404,7 @@ def section_blocks(section: Section, analysis: Analysis | None, verdict: Verdict
             Figure(
                 f"{stem}-pareto.png",
                 plot_pareto(section, analysis),
-                f"Test {label} against each cost; "
-                "vertical bars: 95% bootstrap intervals; horizontal bars: 95% intervals over seeds",
+                _pareto_caption(analysis),
             ),
             _pareto_text(section, analysis),
         ]

@@ -147,6 +147,45 @@ def _scores(result: MethodResult, intervals: dict[str, Interval] | None, note: s
     return [*lines, "", scales, note or ""]
 
 
+def _task_score(metric: str, value: float) -> str:
+    return f"{value:.{METRICS[metric].decimals}f}" if metric in METRICS else _shown(value)
+
+
+def _retention(result: MethodResult) -> list[str]:
+    """What training cost the model, as this run measured it (one seed): forgetting on the held-out text, and the
+    retention task's primary score against the base model's; empty where neither was measured."""
+    held_out, task = result.retention, result.retention_task
+    lines = []
+    if held_out is not None:
+        over = f"{len(held_out.ids):,} held-out texts of {held_out.sample}"
+        if held_out.forgetting is not None and held_out.base_loss:
+            relative = held_out.forgetting / held_out.base_loss
+            lines.append(
+                f"- Forgetting: {held_out.forgetting:+.4g} nats/token ({relative:+.1%}): the loss per token over "
+                f"{over} went from the base model's {held_out.base_loss:.4g} to {held_out.loss:.4g}"
+            )
+        else:
+            lines.append(f"- Loss per token over {over}: {held_out.loss:.4g} nats")
+    if task is not None:
+        metric = task.primary_metric
+        base = (task.base_scores or {}).get(metric)
+        against = f" against the base model's {_task_score(metric, base)}" if base is not None else ""
+        lines.append(
+            f"- Retention task: {task.dataset} ({task.task}, {task.examples:,} test examples, no training on it): "
+            f"{_label(metric)} {_task_score(metric, task.scores[metric])}{against}"
+        )
+    if not lines:
+        return []
+    said = (
+        "From random weights, these figures mean nothing about the method."
+        if result.random_weights
+        else f"One seed's figures (seed {result.config.get('seed')}); their 95% intervals (over the texts, crossed "
+        "with the seeds where there are several) and the tests against the base model are in the comparison's report "
+        "and verdict.json."
+    )
+    return ["## Forgetting", "", *lines, "", said, ""]
+
+
 def render(result: MethodResult, intervals: dict[str, Interval] | None = None, note: str | None = None) -> str:
     """The card of one finished method: intervals (metric -> Interval) and their note where the comparison's
     statistics exist (verdict.analyse)."""
@@ -182,6 +221,7 @@ def render(result: MethodResult, intervals: dict[str, Interval] | None = None, n
         "",
         *_scores(result, intervals, note),
         "",
+        *_retention(result),
         "## Efficiency",
         "",
     ]

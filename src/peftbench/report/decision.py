@@ -19,9 +19,10 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
-from peftbench.report.analysis import ONE_SIDED_ALPHA, Analysis, Difference
+from peftbench.report.analysis import Analysis
+from peftbench.report.forgetting import Forgetting
 from peftbench.report.load import MethodRuns, Section
-from peftbench.report.stats import CONFIDENCE, Interval
+from peftbench.report.stats import CONFIDENCE, ONE_SIDED_ALPHA, Difference, Interval
 from peftbench.store.rundir import LEAD_3, MAJORITY, ZERO_SHOT
 from peftbench.task.metrics import METRICS
 
@@ -86,6 +87,18 @@ class Comparison:
 
 
 @dataclass
+class Retained:
+    """What training cost a method on the held-out text: its loss there (nats per token), its forgetting (that loss
+    minus the base model's, two-sided test of "no change", Holm over the methods), the same relative to the base
+    model's loss, and its loss minus the comparator's."""
+
+    loss: float
+    forgetting: Comparison
+    relative: Interval
+    vs_comparator: Comparison | None
+
+
+@dataclass
 class MethodDecision:
     """What the rule found for one method."""
 
@@ -98,6 +111,8 @@ class MethodDecision:
     vs_comparator: Comparison | None  # the claim "not worse than the comparator by more than the margin"
     trainable_params: int
     peak_memory_bytes: float | None
+    retention: Retained | None = None  # None where forgetting was not measured
+    retention_task: Comparison | None = None  # its retention task score minus the base model's (primary metric)
 
 
 @dataclass
@@ -120,6 +135,13 @@ class Verdict:
     reason: str
     rivals: list[str] = field(default_factory=list)  # trivial references significantly above the answer
     headline: str = ""  # set by verdict.headline (the sentence is verdict.py's)
+    # Forgetting (None where not measured): the held-out text (sample, texts, the base model's loss and interval) and
+    # the retention task (dataset, task, metric, examples, the base model's score and interval).
+    retention: dict[str, Any] | None = None
+    retention_task: dict[str, Any] | None = None
+    # The tie-breaker: methods the rule chose among by cost (the comparator and the non-inferior ones) that forget
+    # significantly less than the recommended one. It informs; it does not change the answer.
+    forgets_less: list[str] = field(default_factory=list)
 
     def method(self, name: str) -> MethodDecision:
         return next(m for m in self.methods if m.method == name)
@@ -221,7 +243,50 @@ def decide(section: Section, analysis: Analysis, rule: Rule) -> Verdict:
         reason=reason,
     )
     verdict.rivals = _rivals(analysis, verdict)
+    _add_retention(analysis, verdict)
     return verdict
+
+
+def _add_retention(analysis: Analysis, verdict: Verdict) -> None:
+    """What training cost each method (analysis.forgetting, analysis.retention_task) into the verdict, and the
+    methods as good as the answer that forget significantly less than it."""
+    methods = [m.method for m in verdict.methods]
+    forgetting, task = analysis.forgetting, analysis.retention_task
+    if forgetting is not None:
+        base = forgetting.loss(ZERO_SHOT)
+        verdict.retention = {"sample": forgetting.sample, "texts": forgetting.texts, "seeds": forgetting.seeds}
+        verdict.retention |= {"base_loss": base}
+        changes = forgetting.differences(methods)
+        versus = forgetting.differences(methods, verdict.comparator) if verdict.comparator in forgetting.losses else {}
+        for m in verdict.methods:
+            if m.method in changes:
+                to = versus.get(m.method)
+                m.retention = Retained(
+                    forgetting.losses[m.method][0],
+                    Comparison.of(ZERO_SHOT, changes[m.method], "not 0"),
+                    forgetting.relative(m.method),
+                    Comparison.of(verdict.comparator, to, "not 0") if to else None,
+                )
+        verdict.forgets_less = _forgets_less(forgetting, verdict)
+    if task is not None and ZERO_SHOT in task.scores:
+        verdict.retention_task = {"dataset": task.dataset, "metric": task.primary, "examples": task.examples}
+        verdict.retention_task |= {"base": task.scores[ZERO_SHOT][task.primary]}
+        for name, difference in task.compare({task.primary: ZERO_SHOT}, methods).items():
+            verdict.method(name).retention_task = Comparison.of(ZERO_SHOT, difference[task.primary], "not 0")
+
+
+def _forgets_less(forgetting: Forgetting, verdict: Verdict) -> list[str]:
+    """The methods the rule chose the answer from by cost (the comparator and the non-inferior ones, all eligible)
+    whose loss on the held-out text is significantly below the answer's (two-sided, Holm over them)."""
+    if verdict.recommended is None or verdict.reason not in ("comparator", "non-inferior"):
+        return []
+    pool = [
+        m.method
+        for m in verdict.methods
+        if m.eligible is not False and (m.method == verdict.comparator or m.non_inferior)
+    ]
+    lower = forgetting.differences(pool, verdict.recommended)
+    return [name for name, d in lower.items() if d.significant and d.interval.value < 0]
 
 
 def _decision(is_comparator: bool, eligible: bool | None, non_inferior: bool | None, inferior: bool | None) -> str:

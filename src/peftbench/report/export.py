@@ -11,6 +11,7 @@ from typing import Any
 
 from peftbench.report.load import Run, Section
 from peftbench.store import rundir
+from peftbench.store.records import MethodResult
 from peftbench.store.rundir import write_files
 
 EXPORT_KINDS = ("csv", "json")
@@ -24,6 +25,25 @@ def _flat(prefix: str, value: Any) -> dict[str, Any]:
     if isinstance(value, list):
         return {prefix: ",".join(map(str, value))}
     return {prefix: value}
+
+
+def retention_columns(result: MethodResult) -> dict[str, Any]:
+    """What training cost the model, as scalars: the held-out text's sample, its size, the loss on it and the base
+    model's, forgetting (absolute and relative), and the retention task's scores with the base model's. The per-text
+    figures stay in metrics.json: a row holds one value per column."""
+    row: dict[str, Any] = {}
+    held_out, task = result.retention, result.retention_task
+    if held_out is not None:
+        base, forgetting = held_out.base_loss, held_out.forgetting
+        row |= {"retention_sample": held_out.sample, "retention_texts": len(held_out.ids)}
+        row |= {"retention_loss": held_out.loss, "retention_base_loss": base, "forgetting": forgetting}
+        row |= {"forgetting_relative": forgetting / base if forgetting is not None and base else None}
+    if task is not None:
+        row |= {"retention_task_dataset": task.dataset, "retention_task_task": task.task}
+        row |= {"retention_task_examples": task.examples}
+        row |= {f"retention_task_{metric}": value for metric, value in task.scores.items()}
+        row |= {f"retention_task_base_{metric}": value for metric, value in (task.base_scores or {}).items()}
+    return row
 
 
 def row_of(section: Section, run: Run, reference: bool) -> dict[str, Any]:
@@ -46,6 +66,7 @@ def row_of(section: Section, run: Run, reference: bool) -> dict[str, Any]:
         row |= {"final_val_loss": trained[-1].val_loss, "final_train_loss": trained[-1].train_loss}
     if result.epochs:
         row |= {"zero_shot_val_loss": result.epochs[0].val_loss}
+    row |= retention_columns(result)
     row |= _flat("efficiency", vars(result.efficiency) if result.efficiency else {})
     row |= _flat("config", {k: v for k, v in result.config.items() if k not in ("methods", "seeds")})
     chosen = ("settings", "select_by", "halving", "selected", "lr", "lora_r")  # every trial: metrics.json, report

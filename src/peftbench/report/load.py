@@ -76,6 +76,14 @@ class Run:
         return _example_scores(self.directory.read_predictions(), self.result.metrics)
 
     @cached_property
+    def task_examples(self) -> ExampleScores | None:
+        """Its retention task's examples' scores (None where it scored none)."""
+        if self.result is None or self.directory is None or self.result.retention_task is None:
+            return None
+        metrics = list(self.result.retention_task.scores)
+        return _example_scores(self.directory.read_predictions(retention_task=True), metrics)
+
+    @cached_property
     def curves(self) -> bytes | None:
         """Its learning curves as PNG bytes, drawn once from its records (None without a result)."""
         if self.result is None or self.directory is None:

@@ -1,10 +1,11 @@
 """Figures, drawn from records: a run's learning curves, and per section the per-epoch scores, test scores with
-intervals, quality against each cost (Pareto), where the time went and the search's sensitivity. Each returns PNG
-bytes."""
+intervals, quality against each cost and forgetting (Pareto), where the time went and the search's sensitivity. Each
+returns PNG bytes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -86,23 +87,60 @@ def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
     ]
 
 
-def _pareto_points(section: Section, analysis: Analysis, cost: Callable) -> list[tuple[str, Estimate, Interval]]:
-    """(method, its cost over seeds, its primary score and interval) for every trained method with both."""
+FORGETTING_AXIS = "forgetting (nats/token over the base model)"
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One method on a quality-against-cost panel: its cost (x) with the error bar's extent below and above it, and
+    its primary test score with its interval (y)."""
+
+    method: str
+    x: float
+    x_error: tuple[float, float]
+    y: Interval
+
+
+def _cost_points(section: Section, analysis: Analysis, cost: Callable) -> list[ParetoPoint]:
+    """Every trained method with both a cost (its mean over seeds, bars its t-interval) and a primary score."""
     points = []
     for runs in section.trained:
         x = runs.estimate(cost)
         if x is not None and runs.method in analysis.scores:
-            points.append((runs.method, x, analysis.scores[runs.method][analysis.primary]))
+            y = analysis.scores[runs.method][analysis.primary]
+            points.append(ParetoPoint(runs.method, x.mean, (_half(x), _half(x)), y))
     return points
 
 
+def _forgetting_points(section: Section, analysis: Analysis) -> list[ParetoPoint]:
+    """Every trained method with a forgetting figure and a primary score: forgetting with its paired bootstrap
+    interval over the texts (and seeds), as the verdict gives it."""
+    names = [runs.method for runs in section.trained if runs.method in analysis.scores]
+    changes = analysis.forgetting.differences(names) if analysis.forgetting is not None else {}
+    points = []
+    for name, change in changes.items():
+        span = change.interval
+        below, above = span.value - span.low, span.high - span.value
+        points.append(ParetoPoint(name, span.value, (below, above), analysis.scores[name][analysis.primary]))
+    return points
+
+
+def _pareto_axes(section: Section, analysis: Analysis) -> list[tuple[str, list[ParetoPoint], bool]]:
+    """Each axis the primary score is set against, with its points and whether it is drawn on a log scale: the
+    costs (PARETO_PANELS), then forgetting where it was measured."""
+    axes = [(label, _cost_points(section, analysis, cost), log) for label, cost, log in PARETO_PANELS]
+    if analysis.forgetting is not None:
+        axes.append((FORGETTING_AXIS, _forgetting_points(section, analysis), False))
+    return axes
+
+
 def pareto_sets(section: Section, analysis: Analysis) -> dict[str, list[str]]:
-    """For each cost axis, the methods on the Pareto front of the primary score (higher) against that cost (lower)."""
+    """For each axis (every cost, and forgetting where measured), the methods on the Pareto front of the primary
+    score (higher) against it (lower)."""
     fronts = {}
-    for label, cost, _ in PARETO_PANELS:
-        points = _pareto_points(section, analysis, cost)
-        optimal = pareto_optimal([(x.mean, y.value) for _, x, y in points])
-        fronts[label] = [method for (method, _, _), best in zip(points, optimal, strict=True) if best]
+    for label, points, _ in _pareto_axes(section, analysis):
+        optimal = pareto_optimal([(p.x, p.y.value) for p in points])
+        fronts[label] = [p.method for p, best in zip(points, optimal, strict=True) if best]
     return fronts
 
 
@@ -110,33 +148,60 @@ def _y_error(interval: Interval) -> list[list[float]]:
     return [[interval.value - interval.low], [interval.high - interval.value]]
 
 
+def _draw_front(ax, points: list[ParetoPoint], colors: dict[str, str]) -> None:
+    """The points of one panel, Pareto-optimal ones as filled stars joined by a dashed line."""
+    optimal = pareto_optimal([(p.x, p.y.value) for p in points])
+    for index, (point, best) in enumerate(zip(points, optimal, strict=True)):
+        marker = dict(fmt="*", markersize=14) if best else dict(fmt="o", markersize=8, markerfacecolor="white")
+        x_error = [[point.x_error[0]], [point.x_error[1]]]
+        ax.errorbar(
+            point.x,
+            point.y.value,
+            xerr=x_error,
+            yerr=_y_error(point.y),
+            capsize=3,
+            color=colors[point.method],
+            **marker,
+        )
+        # Alternate label heights: methods with close figures would otherwise print over each other.
+        ax.annotate(
+            point.method, (point.x, point.y.value), textcoords="offset points", xytext=(8, 6 - 18 * (index % 2))
+        )
+    front = sorted((p.x, p.y.value) for p, best in zip(points, optimal, strict=True) if best)
+    if len(front) > 1:
+        ax.plot(*zip(*front, strict=True), "--", color="grey", alpha=0.6, zorder=0)
+
+
+def _draw_references(ax, section: Section, analysis: Analysis, colors: dict[str, str]) -> None:
+    """Each reference row's primary score as a dotted horizontal line."""
+    for runs in section.methods:
+        if runs.reference and analysis.primary in analysis.scores.get(runs.method, {}):
+            level = analysis.scores[runs.method][analysis.primary].value
+            ax.axhline(level, linestyle=":", color=colors[runs.method], label=runs.label)
+
+
 def plot_pareto(section: Section, analysis: Analysis) -> bytes:
-    """The primary test score against each cost, with its bootstrap interval (and the cost's interval over seeds);
-    Pareto-optimal methods (on the point values) are filled stars joined by a line; references are dashed lines."""
-    figure, axes = plt.subplots(1, len(PARETO_PANELS), figsize=(4.4 * len(PARETO_PANELS), 4))
+    """The primary test score against each cost, with its bootstrap interval (and the cost's interval over seeds),
+    and where it was measured against forgetting (its paired bootstrap interval; the base model at x = 0: lower is
+    better, as for a cost); Pareto-optimal methods (on the point values) are filled stars joined by a line; references
+    are dotted lines."""
+    panels = _pareto_axes(section, analysis)
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4))
     colors = _colors(section)
     label = METRICS[analysis.primary].label
-    for ax, (cost_label, cost, log) in zip(axes, PARETO_PANELS, strict=True):
-        points = _pareto_points(section, analysis, cost)
-        optimal = pareto_optimal([(x.mean, y.value) for _, x, y in points])
-        for index, ((method, x, y), best) in enumerate(zip(points, optimal, strict=True)):
-            marker = dict(fmt="*", markersize=14) if best else dict(fmt="o", markersize=8, markerfacecolor="white")
-            ax.errorbar(x.mean, y.value, xerr=_half(x), yerr=_y_error(y), capsize=3, color=colors[method], **marker)
-            # Alternate label heights: methods with close figures would otherwise print over each other.
-            ax.annotate(method, (x.mean, y.value), textcoords="offset points", xytext=(8, 6 - 18 * (index % 2)))
-        front = sorted((x.mean, y.value) for (_, x, y), best in zip(points, optimal, strict=True) if best)
-        if len(front) > 1:
-            ax.plot(*zip(*front, strict=True), "--", color="grey", alpha=0.6, zorder=0)
-        for runs in section.methods:
-            if runs.reference and analysis.primary in analysis.scores.get(runs.method, {}):
-                level = analysis.scores[runs.method][analysis.primary].value
-                ax.axhline(level, linestyle=":", color=colors[runs.method], label=runs.label)
-        ax.set(xlabel=cost_label, ylabel=f"test {label}", xscale="log" if log else "linear")
+    for ax, (axis_label, points, log) in zip(axes, panels, strict=True):
+        _draw_front(ax, points, colors)
+        _draw_references(ax, section, analysis, colors)
+        if axis_label == FORGETTING_AXIS:  # the base model forgets nothing: the axis's origin is a reference too
+            ax.axvline(0.0, linestyle="-.", color="black", alpha=0.6, label="base model (no forgetting)")
+            ax.legend(loc="lower left", fontsize="small")
+        ax.set(xlabel=axis_label, ylabel=f"test {label}", xscale="log" if log else "linear")
         ax.xaxis.set_minor_formatter(NullFormatter())  # log axes: decades only, no crowded minor labels
         ax.grid(alpha=0.3)
     if any(runs.reference for runs in section.methods):
         axes[0].legend(loc="lower left", fontsize="small")
-    figure.suptitle(f"Quality against cost: {section.label} (stars: Pareto-optimal; bars: 95% intervals)")
+    against = "cost and forgetting" if analysis.forgetting is not None else "cost"
+    figure.suptitle(f"Quality against {against}: {section.label} (stars: Pareto-optimal; bars: 95% intervals)")
     return png(figure)
 
 

@@ -16,6 +16,7 @@ CONFIDENCE = 0.95
 RESAMPLES = 2000  # bootstrap resamples: intervals and p-values to about +-0.005 of their level
 RANDOM_SEED = 0  # every bootstrap is seeded: the same results give the same intervals
 ALPHA = 1 - CONFIDENCE
+ONE_SIDED_ALPHA = ALPHA / 2  # a one-sided claim at the level of the 95% interval's lower end (as CONSORT's rule)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,21 @@ class Interval:
     @property
     def width(self) -> float:
         return self.high - self.low
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A row's figure minus another's, with its two-sided interval and the p-value of a test about it (raw and
+    Holm-adjusted): two-sided "it is not zero", or a one-sided claim (then alpha is ONE_SIDED_ALPHA)."""
+
+    interval: Interval
+    p: float
+    p_holm: float
+    alpha: float = ALPHA
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < self.alpha
 
 
 # A statistic maps resampled indices to figures: (seeds [B, S], examples [B, S, N]) -> array [K, B]. The full sample

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from peftbench.report.analysis import Analysis
 from peftbench.report.document import Table
 from peftbench.report.load import MethodRuns, Section
-from peftbench.report.stats import ALPHA, holm, paired_t_p
+from peftbench.report.stats import ALPHA, Interval, holm, paired_t_p
 from peftbench.store.records import MethodResult
+from peftbench.store.rundir import ZERO_SHOT
 from peftbench.task.metrics import METRICS
 
 NO_DIFFERENCE = "no significant difference"
@@ -82,6 +83,10 @@ class Column:
     metric: str | None = None
     quality: bool = False
     choice: bool = False  # a setting a search chose: its distinct values over the runs, never ranked
+    held_out: str | None = None  # FORGETTING or TASK: its cells and tests come from the analysis's held-out figures
+
+
+FORGETTING, TASK = "forgetting", "retention task"
 
 
 COST_COLUMNS = [
@@ -116,9 +121,33 @@ SEARCH_COLUMNS = {
 }
 
 
-def columns(metrics: list[str], searched: Sequence[str] = ()) -> list[Column]:
+def _forgetting(r: MethodResult) -> float | None:
+    return r.retention.forgetting if r.retention else None
+
+
+def _task_score(r: MethodResult) -> float | None:
+    return r.retention_task.scores[r.retention_task.primary_metric] if r.retention_task else None
+
+
+def held_out_columns(results: list[MethodResult]) -> list[Column]:
+    """What training cost the model, where these results measured it: forgetting on the held-out text, and the
+    retention task's primary score."""
+    shown = []
+    if any(r.retention and r.retention.base_loss is not None for r in results):
+        shown.append(
+            Column("forgetting (nats/token)", _forgetting, "{:+.3f}".format, "low", quality=True, held_out=FORGETTING)
+        )
+    task = next((r.retention_task for r in results if r.retention_task), None)
+    if task:
+        metric = METRICS[task.primary_metric]
+        label = f"{task.dataset} {metric.label}"
+        shown.append(Column(label, _task_score, _fixed(metric.decimals), "high", quality=True, held_out=TASK))
+    return shown
+
+
+def columns(metrics: list[str], searched: Sequence[str] = (), results: Sequence[MethodResult] = ()) -> list[Column]:
     """The table's columns for results scored on these task metrics: what a search chose (the settings searched),
-    the costs and losses, then one column each."""
+    the costs and losses, one column each, then what training cost the model (held_out_columns of results)."""
     chosen = [column for setting, column in SEARCH_COLUMNS.items() if setting in searched]
     return (
         chosen
@@ -127,6 +156,7 @@ def columns(metrics: list[str], searched: Sequence[str] = ()) -> list[Column]:
             Column(f"test {METRICS[m].label}", _test(m), _fixed(METRICS[m].decimals), "high", metric=m, quality=True)
             for m in metrics
         ]
+        + held_out_columns(list(results))
     )
 
 
@@ -147,15 +177,37 @@ def random_weights(results: list[MethodResult]) -> bool:
     return any(result.random_weights for result in results)
 
 
+def _interval_text(column: Column, interval: Interval) -> str:
+    return f"{column.format(interval.value)} ({column.format(interval.low)}–{column.format(interval.high)})"
+
+
+def _held_out_cell(runs: MethodRuns, column: Column, analysis: Analysis) -> str | None:
+    """A held-out column's cell from the analysis (None where it has none for this row): a method's forgetting with
+    its interval (the base model's row: its loss, which forgetting is measured from), a row's retention task score."""
+    forgetting, task = analysis.forgetting, analysis.retention_task
+    if column.held_out == FORGETTING and forgetting is not None and runs.method in forgetting.losses:
+        if runs.method == ZERO_SHOT:
+            return f"loss {forgetting.loss(ZERO_SHOT).value:.3f}"
+        return _interval_text(column, forgetting.differences([runs.method])[runs.method].interval)
+    if column.held_out == TASK and task is not None and task.primary in task.scores.get(runs.method, {}):
+        return _interval_text(column, task.scores[runs.method][task.primary])
+    return None
+
+
 def _cell(runs: MethodRuns, column: Column, analysis: Analysis | None) -> str:
+    if column.quality and random_weights(runs.results):
+        return MEANINGLESS
+    if column.held_out and analysis is not None:
+        shown = _held_out_cell(runs, column, analysis)
+        if shown is not None:
+            return shown
     if column.choice:  # each seed's search chose on its own: every value chosen, not their mean
         chosen = [value for value in dict.fromkeys(map(column.value, runs.results)) if value is not None]
         return "/".join(map(column.format, chosen)) or "-"
     if column.quality and random_weights(runs.results):
         return MEANINGLESS
     if column.metric and analysis is not None and runs.method in analysis.scores:
-        interval = analysis.scores[runs.method][column.metric]
-        return f"{column.format(interval.value)} ({column.format(interval.low)}–{column.format(interval.high)})"
+        return _interval_text(column, analysis.scores[runs.method][column.metric])
     value = runs.estimate(column.value)
     if value is None:
         return "-"
@@ -164,8 +216,29 @@ def _cell(runs: MethodRuns, column: Column, analysis: Analysis | None) -> str:
     return f"{column.format(value.mean)} ± {column.format(value.half_width)}"
 
 
+def _held_out_best(column: Column, analysis: Analysis) -> tuple[str | None, str]:
+    """_tested_best for a held-out column: the method with the least forgetting, or the best retention task score,
+    where the paired test says it beats every other."""
+    if column.held_out == FORGETTING:
+        figures = analysis.forgetting
+        values = {name: figures.losses[name][0] for name in figures.methods} if figures else {}
+        best = min(values, key=values.get) if len(values) > 1 else None
+        tests = figures.differences(list(values), best) if best else {}
+    else:
+        task = analysis.retention_task
+        present = [n for n in task.trained if task.primary in task.scores[n]] if task else []
+        best = max(present, key=lambda n: task.scores[n][task.primary].value) if len(present) > 1 else None
+        tests = {n: d[task.primary] for n, d in task.compare({task.primary: best}, present).items()} if best else {}
+    if best is None:
+        return None, ""
+    tied = [best] + [name for name, test in tests.items() if not test.significant]
+    return (best, "") if tied == [best] else (None, f"{NO_DIFFERENCE}: {', '.join(tied)}")
+
+
 def _tested_best(column: Column, rows: list[MethodRuns], analysis: Analysis | None) -> tuple[str | None, str]:
     """The method with the best value where a test says it beats every other, else None and why not."""
+    if column.held_out and analysis is not None:
+        return _held_out_best(column, analysis)
     if column.metric and analysis is not None:
         present = [name for name in analysis.trained if column.metric in analysis.scores[name]]
         if not present:
@@ -212,7 +285,7 @@ def results_tables(
     if analysis is not None and analysis.primary in metrics:
         metrics.remove(analysis.primary)
         metrics.insert(0, analysis.primary)
-    shown = columns(metrics, searched_settings(trained))
+    shown = columns(metrics, searched_settings(trained), [r for runs in trained for r in runs.results])
     # Quality: the test metrics first, then what a search chose and the losses; costs: every other column.
     quality = [c for c in shown if c.metric] + [c for c in shown if (c.quality or c.choice) and not c.metric]
     costs = [c for c in shown if not (c.quality or c.choice)]

@@ -169,8 +169,57 @@ def verdict_lines(section: Section, analysis: Analysis | None, verdict: Verdict 
         score = f"{verdict.label} {_value(verdict.primary, row.value)} {_span(verdict.primary, row)}"
         judged = _against_bars(m) + _against_comparator(verdict, m)
         cost = _cost_text(by_name[m.method], comparator if comparator is not by_name[m.method] else None)
-        lines.append(f"{m.method} ({m.decision}): {score}{judged}; {cost}.")
-    return lines + cautions(section, analysis)
+        lines.append(f"{m.method} ({m.decision}): {score}{judged}; {cost}{_retention_text(verdict, m)}.")
+    return lines + _forgetting_lines(verdict) + cautions(section, analysis)
+
+
+def _nats(x: float) -> str:
+    return f"{x:+.3f}"
+
+
+def _retention_text(verdict: Verdict, m: MethodDecision) -> str:
+    """What training cost the method: its forgetting (against the base model, and against the comparator) and its
+    retention task score against the base model's; empty where neither was measured."""
+    parts = []
+    if m.retention is not None:
+        f, relative = m.retention.forgetting, m.retention.relative
+        said = f"forgetting {_nats(f.difference)} nats/token [{_nats(f.low)}, {_nats(f.high)}] ({relative.value:+.1%})"
+        said += f" over the base model ({'significant' if f.holds else 'not significant'}, {_p(f.p_adjusted)})"
+        c = m.retention.vs_comparator
+        if c is not None:
+            more = "more" if c.difference > 0 else "less"
+            said += f", {abs(c.difference):.3f} {more} than {c.to}'s [{_nats(c.low)}, {_nats(c.high)}]"
+        parts.append(said)
+    task, c = verdict.retention_task, m.retention_task
+    if task is not None and c is not None:
+        label = METRICS[task["metric"]].label
+        parts.append(
+            f"{task['dataset']} {label} {_points(c.difference)} [{_points(c.low)}, {_points(c.high)}] against the "
+            f"base model's {_value(task['metric'], task['base'].value)} ({_p(c.p_adjusted)}; no training on it)"
+        )
+    return "".join(f"; {part}" for part in parts)
+
+
+def _forgetting_lines(verdict: Verdict) -> list[str]:
+    """What forgetting was measured on, and the tie-breaker: methods as good as the answer that forget less."""
+    if verdict.retention is None:
+        return []
+    r, base = verdict.retention, verdict.retention["base_loss"]
+    lines = [
+        f"Forgetting: the rise in per-token loss (nats) on {r['texts']} held-out texts the task never trains on "
+        f"({r['sample']}), where the base model scores {base.value:.3f} [{base.low:.3f}, {base.high:.3f}]; "
+        f"intervals over the texts{' crossed with the seeds' if r['seeds'] > 1 else ''}, paired. It informs the "
+        "choice; the answer is not weighed by it."
+    ]
+    if verdict.forgets_less:
+        one = len(verdict.forgets_less) == 1
+        lines.append(
+            f"Tie-breaker: {', '.join(verdict.forgets_less)} {'qualifies' if one else 'qualify'} like "
+            f"{verdict.recommended} ({verdict.comparator}, or as good as it within the margin) and "
+            f"{'forgets' if one else 'forget'} significantly less than {verdict.recommended}: prefer "
+            f"{'it' if one else 'one of them'} where the base model's other abilities matter more than the cost."
+        )
+    return lines
 
 
 def _context(verdict: Verdict) -> str:

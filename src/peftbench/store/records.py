@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: retention and retention_task
 # config["model_weights"]: a pretrained model's, or random ones of a config's shape (older files: pretrained).
 PRETRAINED = "pretrained"
 RANDOM_WEIGHTS = "random weights: speed and memory only"
@@ -57,6 +57,7 @@ PHASES = (
     "validation_generation",
     "test_loss",
     "test_generation",
+    "retention",
     "merge_check",
     "saving",
     "serving",
@@ -134,6 +135,53 @@ class Efficiency:
 
 
 @dataclass
+class Retention:
+    """The model's loss on held-out general text (data.retention): each text's summed cross-entropy (nats) over the
+    tokens the model predicts, and their count, in the sample's order (ids). For a method, base_loss is the base model's
+    loss on the same texts, measured in the same seed's zero-shot run."""
+
+    sample: str  # what the texts are
+    ids: list[str]
+    nats: list[float]
+    tokens: list[int]
+    base_loss: float | None = None
+
+    @property
+    def loss(self) -> float:
+        """Per token over the whole sample (as the training loss is), in nats."""
+        return sum(self.nats) / max(sum(self.tokens), 1)
+
+    @property
+    def forgetting(self) -> float | None:
+        """The loss's rise over the base model's, nats per token (negative: the method lowered it)."""
+        return None if self.base_loss is None else self.loss - self.base_loss
+
+    def to_dict(self) -> dict[str, Any]:
+        figures = {"loss": self.loss, "forgetting": self.forgetting}
+        if self.base_loss:
+            figures["forgetting_relative"] = self.forgetting / self.base_loss
+        return figures | asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Retention:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class TaskRetention:
+    """Scores on the retention task (--retention-task), which the model never trained on: its dataset, task and test
+    examples, the scores on its own metrics, and for a method the base model's beside them. Each example's prediction
+    and scores are in the method's retention_task.jsonl."""
+
+    dataset: str
+    task: str
+    examples: int
+    primary_metric: str
+    scores: dict[str, float]
+    base_scores: dict[str, float] | None = None
+
+
+@dataclass
 class MethodResult:
     method: str
     model: str
@@ -154,6 +202,9 @@ class MethodResult:
     # With --search: the settings searched, the selection rule, the selected trial and every trial's validation
     # figures (search.SearchRecord as a dict; None without a search).
     search: dict[str, Any] | None = None
+    # Forgetting: the loss on held-out general text, and the scores on another task (None where not measured).
+    retention: Retention | None = None
+    retention_task: TaskRetention | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -175,6 +226,7 @@ class MethodResult:
         data = asdict(self)
         data["epochs"] = [epoch.to_dict() for epoch in self.epochs]
         data["test"] = self.test.to_dict() if self.test else None
+        data["retention"] = self.retention.to_dict() if self.retention else None
         return data
 
     @classmethod
@@ -183,6 +235,8 @@ class MethodResult:
         data["epochs"] = [EpochMetrics.from_dict(e) for e in data.get("epochs", [])]
         data["test"] = TestMetrics.from_dict(data["test"]) if data.get("test") else None
         data["efficiency"] = Efficiency(**data["efficiency"]) if data.get("efficiency") else None
+        data["retention"] = Retention.from_dict(data["retention"]) if data.get("retention") else None
+        data["retention_task"] = TaskRetention(**data["retention_task"]) if data.get("retention_task") else None
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 

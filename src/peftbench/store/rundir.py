@@ -50,6 +50,7 @@ LOCK_FILE = ".peftbench.lock"
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+RETENTION_TASK_FILE = "retention_task.jsonl"  # predictions.jsonl's rows for the retention task's test examples
 FINGERPRINT_FILE = "fingerprint.json"
 CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
@@ -62,6 +63,7 @@ METHOD_FILES = (
     METRICS_FILE,
     FAILED_FILE,
     PREDICTIONS_FILE,
+    RETENTION_TASK_FILE,
     FINGERPRINT_FILE,
     CHECKPOINT_DIR,
     ADAPTER_DIR,
@@ -256,6 +258,7 @@ class MethodDir:
     metrics = _inside_method(METRICS_FILE)
     failed = _inside_method(FAILED_FILE)
     predictions = _inside_method(PREDICTIONS_FILE)
+    retention_task = _inside_method(RETENTION_TASK_FILE)
     fingerprint = _inside_method(FINGERPRINT_FILE)
     checkpoints = _inside_method(CHECKPOINT_DIR)
     adapter = _inside_method(ADAPTER_DIR)
@@ -320,13 +323,15 @@ class MethodDir:
     def clear_failure(self) -> None:
         self.failed.unlink(missing_ok=True)
 
-    def read_predictions(self) -> list[dict[str, Any]]:
-        """The rows of predictions.jsonl that read back whole: they illustrate the report, so a damaged line is left
-        out rather than stopping it. Lines end at \\n only: a prediction may hold U+2028, which splitlines() splits."""
-        if not self.predictions.is_file():
+    def read_predictions(self, retention_task: bool = False) -> list[dict[str, Any]]:
+        """The rows of predictions.jsonl (retention_task: of retention_task.jsonl) that read back whole: they
+        illustrate the report, so a damaged line is left out rather than stopping it. Lines end at \\n only: a
+        prediction may hold U+2028, which splitlines() splits."""
+        path = self.retention_task if retention_task else self.predictions
+        if not path.is_file():
             return []
         rows = []
-        for line in self.predictions.read_text(encoding="utf-8", errors="replace").split("\n"):
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
             try:
                 row = json.loads(line) if line.strip() else None
             except ValueError:
@@ -335,9 +340,10 @@ class MethodDir:
                 rows.append(row)
         return rows
 
-    def write_predictions(self, rows: list[dict[str, Any]]) -> None:
-        """One JSON object per test example."""
-        write_atomic(self.predictions, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    def write_predictions(self, rows: list[dict[str, Any]], retention_task: bool = False) -> None:
+        """One JSON object per test example (retention_task: per example of the retention task)."""
+        path = self.retention_task if retention_task else self.predictions
+        write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
     def append_log(self, record: dict[str, Any]) -> None:
         """One line of log.jsonl (a step or an evaluation), written at once so that the log can be followed live."""

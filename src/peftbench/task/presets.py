@@ -11,6 +11,10 @@ from dataclasses import dataclass
 # their directories in OUTPUT too (store.rundir): they live here, the lowest layer that needs them.
 LEAD_3 = "lead-3"  # summarisation's extractive reference: each source's first three sentences
 MAJORITY = "majority-class"  # classification's: the training split's most frequent label, for every example
+# The general-text samples forgetting is measured on unless --retention-data gives one (data.retention reads them). A
+# task's default is never its own embedded data: summaries are trained on news, so their retention text is Wikipedia.
+WIKIPEDIA = "wikipedia"  # the embedded HotpotQA rows' supporting Wikipedia sentences
+NEWS = "news"  # the embedded CNN/DailyMail articles
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class Task:
     trivial_reference: str | None = None  # its reference row without a model (LEAD_3, MAJORITY), if it has one
     # Answers are one line: generation is scored up to its first line break (as lm-evaluation-harness's until "\n").
     one_line: bool = False
+    retention: str = WIKIPEDIA  # the general-text sample forgetting is measured on by default (WIKIPEDIA, NEWS)
 
 
 TASKS = {
@@ -55,6 +60,7 @@ TASKS = {
             "Answer the question from the text given. Reply with the answer only, in a few words.",
             "",
             one_line=True,
+            retention=NEWS,  # its embedded rows' contexts are Wikipedia sentences
         ),
         Task(
             "classification",

@@ -160,6 +160,22 @@ class Evaluator:
             return layout.generate(model, prompts, tokens, prefilled=prefilled, one_line=one_line), loss
 
     @torch.inference_mode()
+    def text_losses(self, model, items: list[Encoded], desc: str = "retention") -> list[float]:
+        """Each item's summed cross-entropy over its target tokens (nats), in the items' order, every process's
+        share gathered: the loss forgetting compares (Layout.text_items)."""
+        model.eval()
+        losses: dict[int, float] = {}
+        batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: it.length))
+        for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
+            batch = self.layout.collate([items[i] for i in indices])
+            losses |= dict(
+                zip(indices, self.layout.row_losses(model, to_device(batch, self.device)).tolist(), strict=True)
+            )
+        for shares in parallel.everyone(losses):
+            losses |= shares
+        return [losses[i] for i in range(len(items))]
+
+    @torch.inference_mode()
     def likely_choices(
         self, model, items: list[Encoded], examples: list[Example], desc: str = "score choices"
     ) -> tuple[list[str], list[str]]:
