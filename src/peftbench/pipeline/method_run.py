@@ -445,7 +445,7 @@ def retain(
 def text_retention(model, layout: Layout, evaluator: Evaluator, sample: TextSample, budget: int) -> Retention:
     """The model's loss on each held-out text, cut to budget tokens (forward passes only)."""
     items = layout.text_items(sample.texts, budget)
-    nats = evaluator.text_losses(model, items)
+    nats = evaluator.item_losses(model, items)
     return Retention(sample.description, sample.ids, nats, [len(item.target) for item in items])
 
 
@@ -473,6 +473,9 @@ def run_zero_shot(
     loaded = setup_model(ModelSource.from_config(config), PromptOptions.from_config(config), device)
     data = setup_data(loaded.layout, splits, token_limits(config))
     evaluator = Evaluator(loaded.layout, EvalOptions.from_config(config), device, show_progress(config.quiet))
+    _, total = count_parameters(loaded.model)
+    resolved = config.to_dict() | model_settings(loaded, precision)
+    result = MethodResult(ZERO_SHOT, loaded.name, splits.description, 0, total, resolved)
     with autocast(precision, device):
         validation, _ = evaluator.evaluate(
             loaded.model,
@@ -484,11 +487,7 @@ def run_zero_shot(
         scores, generation = evaluator.evaluate(
             loaded.model, data.test.items, data.test.examples, None, "zero-shot test"
         )
-        result = MethodResult(ZERO_SHOT, loaded.name, splits.description, 0, 0, {})
         task_rows = retain(loaded.model, loaded, evaluator, held_out, config, result)
-    _, total = count_parameters(loaded.model)
-    resolved = config.to_dict() | model_settings(loaded, precision)
-    result.total_params, result.config = total, resolved
     result.epochs = [EpochMetrics(0, None, validation.loss, validation.metrics)]
     result.test = TestMetrics(scores.loss, scores.metrics)
     result.environment = environment()

@@ -158,11 +158,10 @@ def _retention(result: MethodResult) -> list[str]:
     lines = []
     if held_out is not None:
         over = f"{len(held_out.ids):,} held-out texts of {held_out.sample}"
-        if held_out.forgetting is not None and held_out.base_loss:
-            relative = held_out.forgetting / held_out.base_loss
+        if held_out.forgetting_relative is not None:
             lines.append(
-                f"- Forgetting: {held_out.forgetting:+.4g} nats/token ({relative:+.1%}): the loss per token over "
-                f"{over} went from the base model's {held_out.base_loss:.4g} to {held_out.loss:.4g}"
+                f"- Forgetting: {held_out.forgetting:+.4g} nats/token ({held_out.forgetting_relative:+.1%}): the loss "
+                f"per token over {over} went from the base model's {held_out.base_loss:.4g} to {held_out.loss:.4g}"
             )
         else:
             lines.append(f"- Loss per token over {over}: {held_out.loss:.4g} nats")

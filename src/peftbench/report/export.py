@@ -37,7 +37,7 @@ def retention_columns(result: MethodResult) -> dict[str, Any]:
         base, forgetting = held_out.base_loss, held_out.forgetting
         row |= {"retention_sample": held_out.sample, "retention_texts": len(held_out.ids)}
         row |= {"retention_loss": held_out.loss, "retention_base_loss": base, "forgetting": forgetting}
-        row |= {"forgetting_relative": forgetting / base if forgetting is not None and base else None}
+        row |= {"forgetting_relative": held_out.forgetting_relative}
     if task is not None:
         row |= {"retention_task_dataset": task.dataset, "retention_task_task": task.task}
         row |= {"retention_task_examples": task.examples}

@@ -156,10 +156,15 @@ class Retention:
         """The loss's rise over the base model's, nats per token (negative: the method lowered it)."""
         return None if self.base_loss is None else self.loss - self.base_loss
 
+    @property
+    def forgetting_relative(self) -> float | None:
+        """forgetting as a share of the base model's loss (None where there is no base loss to divide by)."""
+        return self.forgetting / self.base_loss if self.base_loss else None
+
     def to_dict(self) -> dict[str, Any]:
         figures = {"loss": self.loss, "forgetting": self.forgetting}
         if self.base_loss:
-            figures["forgetting_relative"] = self.forgetting / self.base_loss
+            figures["forgetting_relative"] = self.forgetting_relative
         return figures | asdict(self)
 
     @classmethod

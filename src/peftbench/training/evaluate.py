@@ -160,9 +160,10 @@ class Evaluator:
             return layout.generate(model, prompts, tokens, prefilled=prefilled, one_line=one_line), loss
 
     @torch.inference_mode()
-    def text_losses(self, model, items: list[Encoded], desc: str = "retention") -> list[float]:
-        """Each item's summed cross-entropy over its target tokens (nats), in the items' order, every process's
-        share gathered: the loss forgetting compares (Layout.text_items)."""
+    def item_losses(self, model, items: list[Encoded], desc: str = "retention") -> list[float]:
+        """Each item's summed cross-entropy over its target tokens (nats: minus its target's log-likelihood), in the
+        items' order, every process's share gathered: the loss forgetting compares (Layout.text_items), and each
+        choice's score (likely_choices)."""
         model.eval()
         losses: dict[int, float] = {}
         batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: it.length))
@@ -183,22 +184,12 @@ class Evaluator:
         of highest log-likelihood per character of the choice (lm-evaluation-harness's acc and acc_norm: the
         continuation's summed log-likelihood, over len(choice)), both from one forward pass over all choices of a
         batch of examples. Of equally likely choices, the first."""
-        model.eval()
         rows = [
             (index, choice, choice_item)
             for index, (item, ex) in enumerate(zip(items, examples, strict=True))
             for choice, choice_item in zip(ex.choices, self.layout.choice_items(item, ex.choices), strict=True)
         ]
-        losses: dict[int, float] = {}  # each row's summed loss: minus its choice's log-likelihood
-        batches = parallel.share(
-            _batches_by_length([row[2] for row in rows], self.options.batch_size, lambda it: it.length)
-        )
-        for positions in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
-            batch = self.layout.collate([rows[p][2] for p in positions])
-            row_losses = self.layout.row_losses(model, to_device(batch, self.device)).tolist()
-            losses |= dict(zip(positions, row_losses, strict=True))
-        for shares in parallel.everyone(losses):
-            losses |= shares
+        losses = self.item_losses(model, [row[2] for row in rows], desc)  # minus each choice's log-likelihood
         plain: dict[int, tuple[float, str]] = {}
         normed: dict[int, tuple[float, str]] = {}
         for position, (index, choice, _) in enumerate(rows):
