@@ -1,18 +1,21 @@
-"""Generation speed, side by side in one process: per-example vs batched, and base vs unmerged vs merged adapter.
+"""Generation costs, side by side in one process: the base model against adapters unmerged and merged, at batch size 1
+(prefill and per-token decode apart, with intervals), and batched against per-example throughput.
 
-    python benchmarks/bench_generate.py [--model M] [--dataset D] [--method lora|ia3] [--batch-size 16]
-        [--new-tokens 64]
+    python benchmarks/bench_generate.py [--model M] [--dataset D] [--methods lora,ia3] [--rounds 8]
+        [--latency-prompts 4] [--new-tokens 16] [--batch-size 16]
 
-Every variant generates exactly --new-tokens tokens (EOS ignored) for the same test prompts of the embedded
-CNN/DailyMail sample (or --dataset). Rounds alternate the variants and figures are medians over rounds, so that a
-noisy machine shifts all variants alike. Goals: merged latency within 5% of the base model's; batched throughput at
-least 5x per-example throughput at batch 16.
+The models are timed as a run times them (measure.latency.paired_latency): in each round every model generates exactly
+--new-tokens tokens for the same test prompt (the rounds cycle through --latency-prompts prompts of the embedded
+CNN/DailyMail sample, or --dataset), one after another in a rotating order, and every ratio to the base model has a
+95% interval over the rounds (report.costs). Each adapter is moved off identity first (LoRA's B starts at zero), as
+training would. Goals: every merged/base interval covers 1.00 (a merged adapter has the base model's architecture);
+batched throughput at least 5x per-example throughput at batch 16.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import math
 import statistics
 import time
 
@@ -20,28 +23,34 @@ import torch
 
 from peftbench.config.run_config import EMBEDDED, RunConfig
 from peftbench.data.splits import load_splits
-from peftbench.measure.latency import latency_ms, merged_copy, prompt_batch
-from peftbench.measure.timing import sync_device
+from peftbench.measure.latency import LatencyPlan, inference_memory, merged_copy, paired_latency, prompt_batch
+from peftbench.measure.timing import matmul_flops_per_s, sync_device
 from peftbench.methods.apply import apply_method
-from peftbench.methods.registry import METHODS
+from peftbench.methods.registry import METHODS, check_method_names
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import Layout, TokenLimits
 from peftbench.model.load import load_model
 from peftbench.pipeline.console import quiet_libraries
+from peftbench.report.costs import Ratio, one_sample_ratio
 
-MERGEABLE = [name for name, method in METHODS.items() if method.mergeable]
+PARTS = {"prefill_ms": "prefill", "decode_ms": "decode per token"}
+
+
+def round_ratio(mine: list[float], base: list[float]) -> Ratio:
+    """mine over base, paired by round (as report.costs.latency_ratio pairs a run's rounds)."""
+    return one_sample_ratio([math.log(m / b) for m, b in zip(mine, base, strict=True)])
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=EMBEDDED, help="hub id, local directory, or the embedded model")
     parser.add_argument("--dataset", default=EMBEDDED, help="as peftbench run's (default: the embedded CNN/DM sample)")
-    parser.add_argument("--method", default="lora", choices=MERGEABLE)
+    parser.add_argument("--methods", default="lora,ia3", help="mergeable methods, comma-separated")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts in the batched run")
-    parser.add_argument("--latency-prompts", type=int, default=6, help="prompts timed one by one per round")
-    parser.add_argument("--new-tokens", type=int, default=64, help="tokens per prompt")
+    parser.add_argument("--latency-prompts", type=int, default=4, help="prompts the rounds cycle through")
+    parser.add_argument("--new-tokens", type=int, default=16, help="tokens per prompt (at least 2)")
     parser.add_argument("--max-source-tokens", type=int, default=192)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8)
     return parser.parse_args()
 
 
@@ -55,10 +64,26 @@ def perturb_adapter(model) -> None:
     model.requires_grad_(False)
 
 
+def build_models(model: str, methods: list[str], config: RunConfig, device) -> tuple[dict, Layout]:
+    """The base model (loaded on its own, no adapter wrappers) and each method's adapter, unmerged and merged."""
+    models, layout = {}, None
+    for name in methods:
+        loaded = load_model(model)
+        loaded.model.to(device)
+        layout = loaded.layout
+        if "base" not in models:  # a load of its own, as a run's base model is
+            models["base"] = load_model(model).model.to(device)
+        adapted = apply_method(METHODS[name], loaded, MethodSettings.from_config(config))
+        perturb_adapter(adapted)
+        models[f"{name} unmerged"], models[f"{name} merged"] = adapted, merged_copy(adapted)
+    return models, layout
+
+
 @torch.inference_mode()
 def batched_tokens_per_s(model, items, layout: Layout, new_tokens: int, device) -> float:
     """New tokens per second generating all items as one batch."""
     batch = prompt_batch(items, layout, device)
+    sync_device()
     start = time.perf_counter()
     layout.generate(model, batch, new_tokens, fixed_length=True)
     sync_device()
@@ -68,48 +93,52 @@ def batched_tokens_per_s(model, items, layout: Layout, new_tokens: int, device) 
 def main() -> None:
     args = parse_args()
     quiet_libraries()
+    methods = args.methods.split(",")
+    check_method_names(methods)
     test_size = max(args.batch_size, args.latency_prompts)
     config = RunConfig(model=args.model, dataset=args.dataset, train_size=1, eval_size=1, test_size=test_size)
-    splits = load_splits(config)
-    loaded = load_model(args.model)
-    layout = loaded.layout
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    items = layout.encode(splits.test, TokenLimits(args.max_source_tokens, config.max_target_tokens))
+    models, layout = build_models(args.model, methods, config, device)
+    items = layout.encode(load_splits(config).test, TokenLimits(args.max_source_tokens, config.max_target_tokens))
+    plan = LatencyPlan(items[: args.latency_prompts], args.rounds, args.new_tokens)
+    for model in models.values():
+        inference_memory(model, plan, layout, device)  # the warm-up a run does
+    started = time.perf_counter()
+    rounds = paired_latency(models, plan, layout, device)
+    seconds = time.perf_counter() - started
 
-    base = copy.deepcopy(loaded.model.to(device)).eval()  # a pure pretrained model, no adapter wrappers
-    peft_model = apply_method(METHODS[args.method], loaded, MethodSettings.from_config(config))
-    perturb_adapter(peft_model)
-    variants = {"base": base, "unmerged": peft_model.eval(), "merged": merged_copy(peft_model).eval()}
-
-    latency: dict[str, list[float]] = {name: [] for name in variants}
-    batched: dict[str, list[float]] = {name: [] for name in variants}
-    prompts, batch = items[: args.latency_prompts], items[: args.batch_size]
-    for _ in range(args.rounds):
-        for name, model in variants.items():
-            latency[name].append(latency_ms(model, prompts, layout, args.new_tokens, device))
-            batched[name].append(batched_tokens_per_s(model, batch, layout, args.new_tokens, device))
-
-    longest = max(len(it.prompt) for it in items)
+    longest = max(len(it.prompt) for it in plan.used)
     print(
-        f"model {loaded.name}, method {args.method}, device {device}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}; {args.new_tokens} new tokens per prompt, prompts up to {longest} "
-        f"tokens; medians of {args.rounds} rounds"
+        f"model {args.model}, device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"matmul {matmul_flops_per_s() / 1e9:.0f} GFLOP/s; {args.rounds} rounds of {len(models)} models, "
+        f"{args.new_tokens} new tokens per prompt, prompts up to {longest} tokens: {seconds:.1f} s"
     )
-    columns = ("latency ms (bs 1)", "per-example tok/s", f"batched tok/s (bs {args.batch_size})", "batched/per-ex")
-    print(f"{'variant':<10}" + "".join(f"{c:>24}" for c in columns))
-    medians = {name: (statistics.median(latency[name]), statistics.median(batched[name])) for name in variants}
-    for name, (ms, many) in medians.items():
-        single = args.new_tokens / (ms / 1000)
-        print(f"{name:<10}{ms:>24.1f}{single:>24.1f}{many:>24.1f}{many / single:>23.2f}x")
+    print(f"{'model':<16}{'prefill ms':>12}{'decode ms/token':>17}   ratios to base (95% interval over rounds)")
+    for name in models:
+        medians = [statistics.median(rounds.times[part][name]) for part in PARTS]
+        ratios = "" if name == "base" else "; ".join(_ratio(rounds.times, part, name) for part in PARTS)
+        print(f"{name:<16}{medians[0]:>12.1f}{medians[1]:>17.2f}   {ratios}")
+    for name in methods:
+        covered = all(
+            not round_ratio(rounds.times[p][f"{name} merged"], rounds.times[p]["base"]).measurable for p in PARTS
+        )
+        print(f"{name} merged/base covers 1.00: {_verdict(covered)}")
+    _batched(models, items[: args.batch_size], layout, args.new_tokens, device, rounds.median_ms)
 
-    base_ms, unmerged_ms, merged_ms = (medians[k][0] for k in ("base", "unmerged", "merged"))
-    speedup = medians["merged"][1] / (args.new_tokens / (merged_ms / 1000))
-    print(f"unmerged / base latency: {unmerged_ms / base_ms:.3f}")
-    print(f"merged / base latency:   {merged_ms / base_ms:.3f}   goal <= 1.05: {_verdict(merged_ms <= 1.05 * base_ms)}")
-    print(
-        f"batched / per-example throughput (merged, bs {args.batch_size}): {speedup:.2f}x   goal >= 5: "
-        f"{_verdict(speedup >= 5)}"
-    )
+
+def _ratio(times: dict, part: str, name: str) -> str:
+    return f"{PARTS[part]} {round_ratio(times[part][name], times[part]['base']).text()}"
+
+
+def _batched(models: dict, items, layout: Layout, new_tokens: int, device, median_ms) -> None:
+    """Batched against per-example throughput of the base model and the first merged adapter."""
+    for name in [n for n in models if n == "base" or n.endswith(" merged")][:2]:
+        many = batched_tokens_per_s(models[name], items, layout, new_tokens, device)
+        single = new_tokens / (median_ms(name, new_tokens) / 1000)
+        print(
+            f"{name}: batched {many:.1f} tok/s (bs {len(items)}) / per-example {single:.1f} tok/s = "
+            f"{many / single:.2f}x   goal >= 5: {_verdict(many >= 5 * single)}"
+        )
 
 
 def _verdict(ok: bool) -> str:

@@ -50,12 +50,12 @@ if [ "$REHEARSE" = 1 ]; then
     SMALL_SHAPE=tiny-llama
     LARGE_SHAPE=tiny-llama
     TINY=(--train-size 8 --eval-size 4 --test-size 4 --epochs 1 --batch-size 4 --max-source-tokens 48
-          --max-target-tokens 16 --max-new-tokens 8 --latency-prompts 1 --latency-new-tokens 4)
+          --max-target-tokens 16 --max-new-tokens 8 --latency-prompts 1 --latency-rounds 2 --latency-new-tokens 4)
     COMPARE_SIZES=("${TINY[@]}")
     LARGE_SIZES=("${TINY[@]}")
     DTYPE_ARGS=(--methods full,lora,prefix)  # merged, unmerged-only and full paths; all 14 take 90 s here
     TRAIN_SIZES=(--methods lora --steps 2 --batch-size 2 --max-source-tokens 48 --max-target-tokens 16 --truncate)
-    GENERATE_SIZES=(--batch-size 4 --latency-prompts 2 --new-tokens 4 --rounds 1 --max-source-tokens 48)
+    GENERATE_SIZES=(--batch-size 4 --latency-prompts 2 --new-tokens 4 --rounds 2 --max-source-tokens 48)
 else
     BUDGET=${GPU_CHECK_BUDGET:-570}
     PRECISION=bf16
@@ -66,7 +66,7 @@ else
                  --latency-prompts 2 --latency-new-tokens 16)
     DTYPE_ARGS=()  # every method
     TRAIN_SIZES=()  # full, LoRA and IA3, 6 steps of 4 whole articles of up to 384 tokens
-    GENERATE_SIZES=(--latency-prompts 4 --rounds 2)  # 64 new tokens per prompt, batched at 16
+    GENERATE_SIZES=(--latency-prompts 4 --rounds 8)  # 16 new tokens per prompt, batched at 16
 fi
 
 # Imports the kit installed, names where each comes from, and fails where one is missing.

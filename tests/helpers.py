@@ -81,9 +81,9 @@ def without_dropout(model: Path, directory: Path) -> Path:
     return directory
 
 
-# Latency timing generates latency_prompts x latency_new_tokens tokens up to three times per method: tests keep it to
-# one short prompt (tiny_run_args does), which still times every model a method has.
-QUICK_LATENCY = ("--latency-prompts", "1", "--latency-new-tokens", "2")
+# Latency timing generates latency_new_tokens tokens per model in each of latency_rounds rounds: tests keep it to the
+# fewest (tiny_run_args does), which still times every model a method has and gives each ratio an interval.
+QUICK_LATENCY = ("--latency-prompts", "1", "--latency-rounds", "2", "--latency-new-tokens", "2")
 
 
 # A fast run on a tiny model: a few examples, short sequences.

@@ -22,6 +22,7 @@ TINY = {
     "max_target_tokens": 16,
     "max_new_tokens": 8,
     "latency_prompts": 1,
+    "latency_rounds": 2,
     "latency_new_tokens": 2,
     "quiet": True,
 }

@@ -40,6 +40,19 @@ def _check_efficiency(metrics: dict, directory) -> None:
     latency = eff["latency_ms"]
     assert set(latency) == {"base", "unmerged", "merged"}
     assert latency["base"] > 0 and latency["unmerged"] > 0
+    timed = [name for name, ms in latency.items() if ms is not None]
+    rounds = eff["latency_rounds"]  # every timed model in each of the 2 rounds, prefill and decode apart
+    assert set(rounds) == {"prefill_ms", "decode_ms"}
+    assert all(sorted(part) == sorted(timed) and all(len(v) == 2 for v in part.values()) for part in rounds.values())
+    assert all(ms > 0 for part in rounds.values() for values in part.values() for ms in values)
+    steps = eff["train_steps"]  # 2 epochs of 2 steps, each step's real tokens adding up to the run's
+    assert steps["epoch"] == [1, 1, 2, 2] and sum(steps["tokens"]) == pytest.approx(
+        eff["train_tokens_per_s"] * eff["train_seconds"]
+    )
+    memory = eff["train_memory"]  # the account adds up to the measured peak; the counted parts are the model's
+    assert sum(memory.values()) == eff["peak_train_memory_bytes"] and memory["runtime"] > 0
+    assert memory["gradients"] == 4 * metrics["trainable_params"]  # fp32
+    assert 2 * memory["gradients"] <= memory["optimizer"] < 2 * memory["gradients"] + 2**16  # AdamW: 2 moments, steps
     files = [f for f in (directory / "adapter").rglob("*") if f.is_file()]
     if metrics["method"] == "full":
         assert latency["merged"] is None and eff["merge_check"] is None

@@ -67,6 +67,8 @@ SMALL = (
     "8",
     "--latency-prompts",
     "1",
+    "--latency-rounds",
+    "2",
     "--latency-new-tokens",
     "2",
     "--in-process",

@@ -16,8 +16,8 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.report.stats import Estimate, estimate, holm
-from peftbench.report.table import MEANINGLESS, columns
-from peftbench.store.records import PHASES, RANDOM_WEIGHTS
+from peftbench.report.table import MEANINGLESS, columns, steady_speed
+from peftbench.store.records import PHASES, RANDOM_WEIGHTS, Efficiency
 from tests.helpers import tiny_run_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -98,7 +98,7 @@ FIGURES = {
     "trainable params": lambda m: m["trainable_params"],
     "trainable %": lambda m: 100 * m["trainable_params"] / m["total_params"],
     "peak train memory (MiB)": lambda m: m["efficiency"]["peak_train_memory_bytes"] / 2**20,
-    "train tokens/s": lambda m: m["efficiency"]["train_tokens_per_s"],
+    "train tokens/s (steady)": lambda m: steady_speed(Efficiency(**m["efficiency"])),
     "latency base (ms)": lambda m: m["efficiency"]["latency_ms"]["base"],
     "latency unmerged (ms)": lambda m: m["efficiency"]["latency_ms"]["unmerged"],
     "adapter size (MiB)": lambda m: m["efficiency"]["adapter_size_bytes"] / 2**20,
@@ -229,7 +229,7 @@ def test_several_seeds_layout_and_intervals(seeds_run):
         rows = _rows((seeds_run / name).read_text())
         for method, metrics in runs.items():
             assert rows[method]["seeds"] == "2 of 2"
-            for column in ("final val loss", "train tokens/s", "latency unmerged (ms)"):
+            for column in ("final val loss", "train tokens/s (steady)", "latency unmerged (ms)"):
                 values = [FIGURES[column](m) for m in metrics]
                 cell = rows[method][column]
                 assert _shown(sum(values) / 2, cell), (column, cell, values)
@@ -335,26 +335,33 @@ def test_bad_seeds_are_config_errors(tiny_models, articles, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_inconsistent_base_latency_is_flagged(gpt2_run, tmp_path):
-    """The base model's latency is measured once per method: the report says when those disagree (a busy machine)."""
-    output = tmp_path / "busy"
-    shutil.copytree(gpt2_run, output)
-
-    def set_base(method: str, value: float) -> None:
-        path = output / method / "metrics.json"
-        metrics = json.loads(path.read_text())
-        metrics["efficiency"]["latency_ms"]["base"] = value
-        path.write_text(json.dumps(metrics))
-
-    for method, value in (("full", 100.0), ("lora", 110.0), ("ia3", 124.0)):  # within 1.25x: no caution
-        set_base(method, value)
-    assert main(["report", str(output)]) == 0
-    assert "Caution: the base model's latency" not in (output / "report.md").read_text()
-    set_base("full", 400.0)  # as a measurement in a busy moment would be
-    assert main(["report", str(output)]) == 0
-    report = (output / "report.md").read_text()
-    assert "the base model's latency, measured the same way before every method, ranged from 110 to 400 ms" in report
-    assert "(3.6x)" in report and "rerun on an idle machine" in (output / "report.html").read_text()
+def test_costs_with_intervals(gpt2_run):
+    """The costs block: each method's latency over the base model's from its own paired rounds (a ratio with its
+    interval, or no measurable difference), training against full's, and the memory account adding up to the peak."""
+    report = (gpt2_run / "report.md").read_text()
+    assert "### Costs with intervals" in report and "Caution: the base model's latency" not in report
+    speeds = next(t for t in _tables(report) if t[0][:2] == ["method", "training speed over full's"])
+    memory = next(t for t in _tables(report) if t[0][:2] == ["method", "runtime (MiB)"])
+    speed_rows, memory_rows = ({row[0]: dict(zip(t[0], row, strict=True)) for row in t[1:]} for t in (speeds, memory))
+    assert speed_rows["full"]["training speed over full's"] == "(the comparator)"
+    for method in ("full", "lora", "ia3"):
+        efficiency = _metrics(gpt2_run / method)["efficiency"]
+        rounds = efficiency["latency_rounds"]["decode_ms"]
+        logs = [math.log(mine / base) for mine, base in zip(rounds["unmerged"], rounds["base"], strict=True)]
+        cell = speed_rows[method]["unmerged per-token decode over base"]
+        geometric = math.exp(sum(logs) / len(logs))  # the ratio: the geometric mean of the rounds' ratios
+        assert cell.startswith((f"{geometric:.2f}x [", "no measurable difference (within ±")), cell
+        assert f"{len(logs)} rounds" in cell
+        peak = efficiency["peak_train_memory_bytes"]
+        assert sum(efficiency["train_memory"].values()) == peak
+        assert _shown(peak / 2**20, memory_rows[method]["peak (MiB)"]), memory_rows[method]
+    assert speed_rows["full"]["merged per-token decode over base"] == "-"  # full fine-tuning has nothing to merge
+    inference = next(t for t in _tables(report) if t[0][:3] == ["method", "model", "weights (MiB)"])
+    for method, model, weights, generation, both, peak in inference[1:]:  # as each method's record measured them
+        used = _metrics(gpt2_run / method)["efficiency"]["inference_memory"][model]
+        assert _shown(used["weights_bytes"] / 2**20, weights) and _shown(used["peak_bytes"] / 2**20, peak)
+        assert _shown((used["weights_bytes"] + used["increase_bytes"]) / 2**20, both), (generation, both)
+    assert {(row[0], row[1]) for row in inference[1:]} >= {("full", "base"), ("full", "unmerged"), ("lora", "merged")}
 
 
 def test_random_weights_are_marked_and_their_quality_is_not_shown(gpt2_shape, gpt2_run, articles, tmp_path):
@@ -368,7 +375,7 @@ def test_random_weights_are_marked_and_their_quality_is_not_shown(gpt2_shape, gp
         metrics = _metrics(output / method)
         assert metrics["config"]["model_weights"] == RANDOM_WEIGHTS
         assert all(rows[method][column] == MEANINGLESS for column in quality)
-        assert _shown(metrics["efficiency"]["train_tokens_per_s"], rows[method]["train tokens/s"])
+        assert _shown(FIGURES["train tokens/s (steady)"](metrics), rows[method]["train tokens/s (steady)"])
     assert all(rows["best"][column] == "" for column in quality)  # no winner among meaningless figures
     assert rows["best"]["trainable params"] == "ia3"
     for text in (summary, report):

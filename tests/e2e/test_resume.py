@@ -40,7 +40,9 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tiny_models, articles, 
     efficiency = resumed["efficiency"]
     assert efficiency["train_samples_per_s"] * efficiency["train_seconds"] == pytest.approx(24)  # 3 epochs x 8
     assert resumed["efficiency"]["latency_ms"]["base"] > 0
-    # Phases of both sessions: model loading twice, base latency and epoch 1 from before the kill (in progress.json)
+    steps = efficiency["train_steps"]  # every step of both sessions, each once: 3 epochs of 2 steps
+    assert steps["epoch"] == [1, 1, 2, 2, 3, 3] and all(seconds > 0 for seconds in steps["seconds"])
+    # Phases of both sessions: model loading twice and epoch 1 from before the kill (in progress.json)
     phases, wall = efficiency["phase_seconds"], efficiency["wall_seconds"]
     assert phases["training"] == pytest.approx(efficiency["train_seconds"], rel=0.05, abs=0.05)
     assert phases["latency"] > 0 and sum(phases.values()) <= wall

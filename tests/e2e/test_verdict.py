@@ -251,6 +251,12 @@ def test_verdict_json_is_what_the_report_prints(tmp_path, capsys):
     assert [m["method"] for m in saved["methods"]] == ["full", "lora", "ia3"]  # ...but never candidates
     ia3 = next(m for m in saved["methods"] if m["method"] == "ia3")
     assert ia3["decision"] == "not eligible" and ia3["bars"]["zero-shot"]["p_adjusted"] > 0
+    # Costs: these records have no latency rounds nor training steps (as older results), so no ratio is claimed; the
+    # peak is one reading, stated without a claim.
+    assert ia3["costs"]["anchor"] == "full" and ia3["costs"]["peak_over_anchor"] == pytest.approx(550 / 900)
+    assert ia3["costs"]["training_speed"] is None and ia3["costs"]["latency_over_base"] == {}
+    assert "measured peak training memory 0.61x full's (one reading per seed)" in report
+    assert "training speed" not in report and "x the base model's (" not in report
     assert main(["report", str(tmp_path), "--comparator", "lora", "--margin", "0.5"]) == 0
     (saved,) = json.loads((tmp_path / "verdict.json").read_text())["verdicts"]
     assert saved["comparator"] == "lora" and saved["margin"] == pytest.approx(0.005)

@@ -41,7 +41,7 @@ def _trainer(model_path) -> Trainer:
 
 def _progress(epoch: int) -> Progress:
     epochs = [EpochMetrics(k, None if k == 0 else 10.0 - k, 9.5 - k, {"rougeL": 0.1 * k}) for k in range(epoch + 1)]
-    return Progress(epochs=epochs, base_latency_ms=2.5, log_lines=3 * epoch, phase_seconds={"training": 1.0 * epoch})
+    return Progress(epochs=epochs, log_lines=3 * epoch, phase_seconds={"training": 1.0 * epoch})
 
 
 @pytest.fixture

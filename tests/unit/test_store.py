@@ -279,7 +279,7 @@ def test_method_result_derived_figures():
 
 
 def test_progress_round_trips_and_adds_up():
-    progress = Progress(epochs=[EpochMetrics(0, None, 9.0, {"bleu": 0.1})], base_latency_ms=3.0, log_lines=4)
+    progress = Progress(epochs=[EpochMetrics(0, None, 9.0, {"bleu": 0.1})], log_lines=4)
     progress.add_phases({"training": 2.0}, {"training": 0.5})
     progress.add_phases({"training": 1.0, "saving": 0.25}, {})
     progress.add_generation(30, 1.5)

@@ -167,8 +167,18 @@ SETTINGS: dict[str, Setting] = {
         "validation examples to generate for ROUGE/BLEU each epoch (default: all); loss uses all",
         valid=Range(1),
     ),
-    "latency_prompts": Setting("test prompts timed one at a time (batch size 1) for latency_ms", valid=Range(1)),
-    "latency_new_tokens": Setting("tokens generated per prompt when timing latency (fixed length)", valid=Range(1)),
+    "latency_prompts": Setting(
+        "test prompts the latency rounds cycle through (one per round, batch size 1)", valid=Range(1)
+    ),
+    "latency_rounds": Setting(
+        "latency rounds: in each, the base model, the adapter unmerged and merged generate for the same prompt, one "
+        "after another; each latency ratio's interval is over the rounds",
+        valid=Range(2),
+    ),
+    "latency_new_tokens": Setting(
+        "tokens generated per prompt when timing latency (fixed length; the first times prefill, the rest decode)",
+        valid=Range(2),
+    ),
     "retention": Setting(
         "the general text forgetting is measured on (the per-token loss before and after training): auto (the "
         "task's: Wikipedia sentences, or news articles for qa, never the task's own data), wikipedia, news, or none",

@@ -100,8 +100,9 @@ class RunConfig:
     eval_batch_size: int = 16
     eval_every: int = 1  # validate every N epochs (and always after the last)
     eval_generate_size: int | None = None  # validation examples generated per epoch; None: all of them
-    latency_prompts: int = 4  # test prompts timed one by one for latency_ms
-    latency_new_tokens: int = 32
+    latency_prompts: int = 3  # test prompts the latency rounds cycle through
+    latency_rounds: int = 6
+    latency_new_tokens: int = 16
     # Forgetting (data.retention): the per-token loss on general text the task never trains on, before and after.
     retention: str = AUTO  # RETENTION: auto is the task's default sample (task.presets); none measures nothing
     retention_data: str | None = None  # the user's own texts instead: a .txt (a text per line) or a table's column

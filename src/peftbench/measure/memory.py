@@ -109,3 +109,27 @@ def weights_bytes(model: nn.Module) -> int:
     """Bytes a model's parameters and buffers hold in memory, each tensor once (tied weights count once)."""
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """What training holds besides its activations, counted from the model and optimizer: the weights (parameters and
+    buffers), a gradient per trainable parameter (its size: what backward fills before the optimizer steps), and every
+    tensor the optimizer keeps (Adam: two per trainable parameter)."""
+    trainable = {id(p): p for p in model.parameters() if p.requires_grad}
+    kept = {id(t): t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)}
+    return {
+        "weights": weights_bytes(model),
+        "gradients": _tensor_bytes(trainable.values()),
+        "optimizer": _tensor_bytes(kept.values()),
+    }
+
+
+def memory_account(peak: int, runtime: int, state: dict[str, int]) -> dict[str, int]:
+    """The peak of training split into what the process held before the model (runtime), the counted training state
+    (training_state_bytes) and the rest (activations, data, caches, the allocator's held memory): they add up to
+    peak (Efficiency.train_memory)."""
+    return {"runtime": runtime, **state, "rest": peak - runtime - sum(state.values())}

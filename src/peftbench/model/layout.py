@@ -209,6 +209,7 @@ class Layout:
         fixed_length: bool = False,
         prefilled: dict[str, object] | None = None,
         one_line: bool = False,
+        watch: StoppingCriteria | None = None,
     ) -> list[list[int]]:
         """Greedy (or beam) generation from a prompt-only batch; returns only the new tokens of each row.
 
@@ -216,6 +217,7 @@ class Layout:
         prefilled: prefill's state for this batch (greedy only: beam search would need it copied per beam).
         one_line: a row also stops at the first line break after its answer began (as lm-evaluation-harness
         generates short answers, until "\n"); the tokens after it are padding.
+        watch: called as generate calls a stopping criterion, once per new token (a clock that times each token).
         """
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -229,6 +231,8 @@ class Layout:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
         start = self._new_tokens_start(batch)
         stop = StoppingCriteriaList([FirstLineDone(self.tokenizer, start)] if one_line else [])
+        if watch is not None:
+            stop.append(watch)
         output = model.generate(**inputs, **(prefilled or {}), generation_config=config, stopping_criteria=stop)
         return output[:, start:].tolist()
 

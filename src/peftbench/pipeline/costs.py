@@ -1,5 +1,6 @@
 """The measure stage of a method's run: what the trained method costs, gathered into records.Efficiency: latency
-and inference memory (base, unmerged, merged), the merge check, the saved adapter's size, and its serving costs."""
+and inference memory (base, unmerged, merged, timed together after training), the merge check, the saved adapter's
+size, and its serving costs."""
 
 from __future__ import annotations
 
@@ -10,21 +11,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from peftbench.measure.latency import latency_ms, merge_agreement, merged_copy, warm_up
-from peftbench.measure.memory import in_memory_window, read_weights, weights_bytes
+from peftbench.measure.latency import (
+    LatencyPlan,
+    LatencyRounds,
+    inference_memory,
+    merge_agreement,
+    merged_copy,
+    paired_latency,
+)
+from peftbench.measure.memory import memory_account, read_weights, training_state_bytes
 from peftbench.measure.serving import ServingCosts, adapter_costs, model_load_costs
 from peftbench.measure.timing import PhaseTimer
-from peftbench.methods.apply import (
-    count_parameters,
-)
+from peftbench.methods.apply import count_parameters
 from peftbench.methods.registry import Method
-from peftbench.model.layout import Encoded, Layout
-from peftbench.model.load import LoadedModel, ModelSource
+from peftbench.model.layout import Layout
+from peftbench.model.load import ModelSource
 from peftbench.store import rundir
-from peftbench.store.records import (
-    Efficiency,
-    Progress,
-)
+from peftbench.store.records import Efficiency
 from peftbench.store.rundir import MethodDir
 from peftbench.training.trainer import Trainer
 
@@ -35,24 +38,10 @@ def merged_model(trainer: Trainer, method: Method) -> nn.Module | None:
     return merged_copy(trainer.unwrapped) if method.mergeable else None
 
 
-def timed_generation(
-    model, items: list[Encoded], layout: Layout, new_tokens: int, device
-) -> tuple[float, dict[str, int | None]]:
-    """The model's latency (latency_ms) and its inference memory (Efficiency.inference_memory's form) over the same
-    generation: the bytes of its weights, and the peak of a fresh memory window and its increase (after a warm-up
-    outside the window: weights read, compute paths set up)."""
-    warm_up(model, items, layout, device)
-    ms, window = in_memory_window(lambda: latency_ms(model, items, layout, new_tokens, device))
-    return ms, {
-        "weights_bytes": weights_bytes(model),
-        "peak_bytes": window.peak_bytes,
-        "increase_bytes": window.increase_bytes,
-    }
-
-
 def base_loader(source: ModelSource, device) -> Callable[[], nn.Module]:
-    """A function that loads the base model afresh, as the run loaded it, onto device: the base that adapter loads
-    are timed on (the run's own base carries the trained adapter by then)."""
+    """A function that loads the base model afresh, as the run loaded it, onto device: the base model timed beside
+    the trained one, and the base adapter loads are timed on (the run's own base carries the trained adapter by then,
+    and peft's disabled adapter still routes every adapted layer through its wrapper, which a merged copy does not)."""
     return lambda: read_weights(source.load(device=device).model)
 
 
@@ -79,35 +68,40 @@ def serving_costs(
         return ServingCosts()
 
 
+def time_models(
+    models: dict[str, nn.Module], plan: LatencyPlan, layout: Layout, device
+) -> tuple[LatencyRounds, dict[str, dict[str, int | None]]]:
+    """Each model's inference memory (its warm-up, measured), then all of them timed in paired rounds."""
+    memory = {name: inference_memory(model, plan, layout, device) for name, model in models.items()}
+    return paired_latency(models, plan, layout, device), memory
+
+
 def measure_efficiency(
     trainer: Trainer,
-    progress: Progress,
+    runtime_bytes: int,
+    generation_tokens_per_s: float,
     method: Method,
-    loaded: LoadedModel,
-    items: list[Encoded],
+    layout: Layout,
+    plan: LatencyPlan,
     directory: MethodDir,
     merged: nn.Module | None,
-    new_tokens: int,
     load_base: Callable[[], nn.Module],
     timer: PhaseTimer,
 ) -> Efficiency:
-    """What the trained method costs: training figures, latencies and inference memory (base from progress), merge
-    agreement, adapter size, and serving costs (loading, swapping, merging; load_base gives a fresh base model); the
-    time of each in timer (the caller adds the phase times).
-
-    merged is the trained model's merged copy (None where the method cannot merge). Saves the adapter (for full
-    fine-tuning, the whole model and tokenizer) into the method's directory to measure it.
-    """
-    layout, trained = loaded.layout, trainer.unwrapped
-    device = trainer.accelerator.device
+    """What the trained method costs, the time of each part in timer: latency and inference memory of the base model
+    (a fresh load from load_base), the trained model and its merged copy (merged: None where the method cannot
+    merge), timed together after training; the merge check on the same generations; the adapter's size (saved into
+    the method's directory; for full fine-tuning the whole model and tokenizer); serving costs (loading, swapping,
+    merging); and the training figures: its steps and its peak memory, split into runtime_bytes (what the process
+    held before it loaded the model), the counted training state and the rest. generation_tokens_per_s: the speed of
+    the method's batched evaluation generation. The caller adds the run's phase and wall times."""
+    trained, device = trainer.unwrapped, trainer.accelerator.device
     with timer.phase("latency"):
-        generations = {"unmerged": timed_generation(trained, items, layout, new_tokens, device), "merged": (None, None)}
-        if merged is not None:
-            generations["merged"] = timed_generation(merged, items, layout, new_tokens, device)
-    latencies = {"base": progress.base_latency_ms} | {model: ms for model, (ms, _) in generations.items()}
-    memory = {"base": progress.base_memory} | {model: used for model, (_, used) in generations.items()}
+        models = {"base": load_base(), "unmerged": trained} | ({} if merged is None else {"merged": merged})
+        rounds, memory = time_models(models, plan, layout, device)
+        del models
     with timer.phase("merge_check"):
-        merge_check = merge_agreement(trained, merged, items, layout, 16, device) if merged is not None else None
+        merge_check = None if merged is None else merge_agreement(trained, merged, rounds, plan.used, layout, device)
     with timer.phase("saving"):
         adapter_files = save_adapter(trained, method, layout, directory.adapter)
     with timer.phase("serving"):
@@ -121,17 +115,22 @@ def measure_efficiency(
         train_seconds=trainer.seconds,
         train_tokens_per_s=trainer.tokens / trainer.seconds,
         train_samples_per_s=trainer.samples / trainer.seconds,
-        eval_generate_tokens_per_s=progress.generate_tokens_per_s,
-        latency_ms=latencies,
-        latency_new_tokens=new_tokens,
+        eval_generate_tokens_per_s=generation_tokens_per_s,
+        latency_ms={"merged": None} | {name: rounds.median_ms(name, plan.new_tokens) for name in memory},
+        latency_new_tokens=plan.new_tokens,
         merge_check=merge_check,
         adapter_size_bytes=sum(adapter_files.values()),
         adapter_files=sorted(adapter_files),
-        inference_memory=memory,
+        inference_memory={"merged": None} | memory,
         adapter_load_ms=serving.load_ms,
         adapter_swap_ms=serving.swap_ms,
         merge_unmerge_ms=serving.merge_unmerge_ms,
         adapter_memory_bytes=serving.adapter_bytes,
+        latency_rounds=rounds.times,
+        train_steps=trainer.steps,
+        train_memory=memory_account(
+            trainer.peak_memory, runtime_bytes, training_state_bytes(trained, trainer.optimizer)
+        ),
     )
 
 

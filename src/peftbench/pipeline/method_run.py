@@ -1,7 +1,6 @@
 """One method's run, as named stages that read top to bottom:
 
-    setup_model -> setup_data -> (the base model's latency) -> setup_method -> train_and_validate -> test
-    -> retain -> measure -> write
+    setup_model -> setup_data -> setup_method -> train_and_validate -> test -> retain -> measure -> write
 
 Each stage takes the few values it needs; `prepare` strings the setup stages together (run_method, tests and
 benchmarks call it instead of retyping the chain) and `run_method` the rest (a search's trial stops after
@@ -24,6 +23,8 @@ from peftbench import parallel
 from peftbench.config.run_config import RunConfig
 from peftbench.data.retention import HeldOut, TextSample
 from peftbench.data.splits import Example, Splits
+from peftbench.measure.latency import LatencyPlan
+from peftbench.measure.memory import memory_now_bytes
 from peftbench.measure.timing import PhaseTimer
 from peftbench.methods.apply import apply_method, build_optimizer, count_parameters, loss_term
 from peftbench.methods.registry import METHODS, Method, learning_rate
@@ -31,7 +32,7 @@ from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import Encoded, Layout, PromptOptions, TokenLimits
 from peftbench.model.load import LoadedModel, ModelSource
 from peftbench.pipeline.console import Console, quiet_libraries
-from peftbench.pipeline.costs import base_loader, measure_efficiency, merged_model, timed_generation
+from peftbench.pipeline.costs import base_loader, measure_efficiency, merged_model
 from peftbench.pipeline.recording import (
     environment,
     epoch_line,
@@ -194,7 +195,7 @@ def validation_epoch(
 @dataclass
 class Prepared:
     """A method set up for its run: the model (adapted), its data, trainer and evaluator, the result being filled,
-    and where and at what precision it computes."""
+    where and at what precision it computes, and the memory the process held before."""
 
     method: Method
     loaded: LoadedModel
@@ -204,6 +205,7 @@ class Prepared:
     result: MethodResult
     device: Any
     compute: AbstractContextManager
+    runtime_bytes: int  # what the process held before it loaded the model (measure.memory_account)
 
 
 def prepare(
@@ -211,27 +213,16 @@ def prepare(
     splits: Splits,
     config: RunConfig,
     timer: PhaseTimer,
-    progress: Progress | None = None,
     log: Callable[[dict], None] | None = None,
 ) -> Prepared:
-    """The setup stages, timed: the model and data, then (given progress: a run that starts afresh, before the method
-    touches the model) the base model's latency into progress, then the method and its trainer (log: where its steps
-    go). The one place that builds this chain: run_method, tests and benchmarks call it."""
+    """The setup stages, timed: the model and data, then the method and its trainer (log: where its steps go). The one
+    place that builds this chain: run_method, tests and benchmarks call it."""
     device, precision = parallel.state().device, mixed_precision(config.precision)
     compute = autocast(precision, device)  # every model call of the run computes at this one precision
+    runtime = memory_now_bytes() or 0  # the account of training memory starts from what the process holds already
     with timer.phase("model_load"):
         loaded = setup_model(ModelSource.from_config(config), PromptOptions.from_config(config), device)
         data = setup_data(loaded.layout, splits, token_limits(config))
-    if progress is not None and parallel.is_main():  # one request on one device: the main process measures it
-        with compute, timer.phase("latency"):
-            progress.base_latency_ms, progress.base_memory = timed_generation(
-                loaded.model,
-                data.test.items[: config.latency_prompts],
-                loaded.layout,
-                config.latency_new_tokens,
-                device,
-            )
-    with timer.phase("model_load"):  # applying the method counts with loading: setting up before training
         settings, lr = MethodSettings.from_config(config), learning_rate(method, config.lr)
         resolved = resolved_config(config, method, loaded, settings, lr, precision)  # targets: before peft wraps them
         trainer = setup_method(
@@ -241,7 +232,7 @@ def prepare(
     options = EvalOptions.from_config(config)
     evaluator = Evaluator(loaded.layout, options, device, show_progress(config.quiet), not method.prompt_learning)
     result = MethodResult(method.name, loaded.name, splits.description, trainable, total, resolved)
-    return Prepared(method, loaded, data, trainer, evaluator, result, device, compute)
+    return Prepared(method, loaded, data, trainer, evaluator, result, device, compute, runtime)
 
 
 def run_method(
@@ -265,7 +256,7 @@ def run_method(
     started, progress = time.perf_counter(), Progress()
     timer = PhaseTimer(progress.phase_seconds, progress.phase_other_cpu_seconds)
     log = directory.append_log if parallel.is_main() else None  # log.jsonl: the main process's
-    run = prepare(METHODS[name], splits, config, timer, None if resume else progress, log)
+    run = prepare(METHODS[name], splits, config, timer, log)
     trainer, result = run.trainer, run.result
     trackers = rundir.trackers_dir(directory.comparison)
     tracking.start(
@@ -332,18 +323,18 @@ def measure(
     phase times and wall time so far, into the result. It saves the adapter (into the method's directory)."""
     with timer.phase("merge_check"):
         final = merged_model(run.trainer, run.method)
-    latency_items = run.data.test.items[: config.latency_prompts]
+    plan = LatencyPlan(run.data.test.items[: config.latency_prompts], config.latency_rounds, config.latency_new_tokens)
     load_base = base_loader(ModelSource.from_config(config), run.device)
     with run.compute:
         efficiency = measure_efficiency(
             run.trainer,
-            progress,
+            run.runtime_bytes,
+            progress.generate_tokens_per_s,
             run.method,
-            run.loaded,
-            latency_items,
+            run.loaded.layout,
+            plan,
             directory,
             final,
-            config.latency_new_tokens,
             load_base,
             timer,
         )

@@ -1,5 +1,5 @@
 """The report's content as document blocks (document.py renders them): per model a header, the verdict, the results
-table, serving, figures, the search, examples and learning curves."""
+table, the costs with intervals, serving, figures, the search, examples and learning curves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from datetime import datetime
 
 from peftbench.methods.registry import METHODS
 from peftbench.report.analysis import Analysis
-from peftbench.report.decision import Verdict
+from peftbench.report.costs import ACCOUNT, MODELS, PARTS, MethodCosts, measured, method_costs
+from peftbench.report.decision import DEFAULT_COMPARATOR, Rule, Verdict
 from peftbench.report.document import (
     Block,
     Bullets,
@@ -27,6 +28,7 @@ from peftbench.report.plots import (
     searches,
     select_label,
 )
+from peftbench.report.stats import CONFIDENCE
 from peftbench.report.table import (
     MEANINGLESS,
     NO_DIFFERENCE,
@@ -37,16 +39,13 @@ from peftbench.report.table import (
     sig,
 )
 from peftbench.report.verdict import verdict_lines
-from peftbench.store.records import RANDOM_WEIGHTS, Efficiency, MethodResult
+from peftbench.store.records import RANDOM_WEIGHTS, WARM_STEPS, Efficiency, MethodResult
 from peftbench.task.metrics import METRICS
 
 EXAMPLES = 3
 
 
 SOURCE_EXCERPT = 300  # characters of each example's article shown
-
-
-LATENCY_SPREAD = 1.25  # base latencies further apart than this (max / min) are flagged as a busy machine
 
 
 def _predictions(run: Run | None) -> dict[str, dict]:
@@ -250,17 +249,103 @@ def how_to_read(several_seeds: bool) -> Paragraph:
     )
 
 
-def latency_caution(section: Section) -> Paragraph | None:
-    """A warning when the base model's latency, the same measurement in every method's process, disagrees with
-    itself by more than LATENCY_SPREAD: the machine was busy, and latency differences of that size are noise."""
-    base = [r.efficiency.latency_ms["base"] for r in section.results if r.efficiency and r.efficiency.latency_ms]
-    base = [value for value in base if value]
-    if len(base) < 2 or max(base) <= LATENCY_SPREAD * min(base):
-        return None
+def costs_blocks(section: Section, comparator: str) -> list[Block]:
+    """The cost ratios with their intervals (costs.py), one row per trained method: training speed against the
+    comparator's, inference time against the base model's, and the training memory account; none where no result
+    recorded what they come from (older results)."""
+    if not measured(section.results):
+        return []
+    trained = [runs for runs in section.trained if runs.results]
+    anchor = next((runs for runs in trained if runs.method == comparator), None)
+    figures = [method_costs(runs, anchor) for runs in trained]
+    speeds = Table(
+        ["method", f"training speed over {comparator}'s", "steady tokens/s (steps)"]
+        + [f"{model} {PARTS[part]} over base" for model in MODELS for part in PARTS],
+        [[c.method, _speed_cell(c, comparator), _steady_cell(c), *_latency_cells(c)] for c in figures],
+    )
+    memory = Table(
+        ["method", *(f"{part} (MiB)" for part in ACCOUNT), "peak (MiB)"],
+        [[c.method, *_memory_cells(c.memory)] for c in figures],
+    )
+    return [Heading(3, "Costs with intervals"), speeds, memory, *_inference_memory(trained), _costs_note(comparator)]
+
+
+INFERENCE_COLUMNS = ["method", "model", "weights (MiB)", "generation (MiB)", "weights + generation (MiB)", "peak (MiB)"]
+
+
+def _inference_memory(trained: list[MethodRuns]) -> list[Table]:
+    """Inference memory, accounted as training's is: per method and model, the weights it holds, its generation's
+    own working memory (the window's increase: activations, KV cache), their sum (what serving it alone needs beyond
+    the runtime) and the process's peak (everything it held: runtime, training state, the other models); one seed's
+    reading, the first result that measured it."""
+    rows = []
+    for runs in trained:
+        memory = next(
+            (r.efficiency.inference_memory for r in runs.results if r.efficiency and r.efficiency.inference_memory),
+            None,
+        )
+        for model, used in (memory or {}).items():
+            if used and used.get("increase_bytes") is not None:
+                parts = (used["weights_bytes"], used["increase_bytes"], used["weights_bytes"] + used["increase_bytes"])
+                rows.append([runs.method, model, *(sig(b / 2**20) for b in (*parts, used["peak_bytes"]))])
+    return [Table(INFERENCE_COLUMNS, rows)] if rows else []
+
+
+def _comparator(section: Section) -> str:
+    """The comparator the run declared (where there is no verdict to name it: a model with random weights)."""
+    return Rule().of(section).comparator or DEFAULT_COMPARATOR
+
+
+def _speed_cell(costs: MethodCosts, comparator: str) -> str:
+    if costs.speed is None:
+        return "(the comparator)" if costs.method == comparator else "-"
+    return costs.speed.text(note=f"{costs.speed.samples:,} {'paired' if costs.speed.paired else 'unpaired'} steps")
+
+
+def _steady_cell(costs: MethodCosts) -> str:
+    if costs.steady_tokens_per_s is None:
+        return "-"
+    return f"{sig(costs.steady_tokens_per_s)} ({_plural(costs.steady_steps, 'step')})"
+
+
+def _latency_cells(costs: MethodCosts) -> list[str]:
+    """Each model's (MODELS) time over the base model's, per part, with its rounds; the merged copy's flagged where
+    it differs measurably (costs.merged_problem)."""
+    cells = []
+    for model in MODELS:
+        for part in PARTS:
+            ratio = costs.latency.get(model, {}).get(part)
+            flagged = "; a measurement problem" if model == "merged" and part in costs.merged_problem else ""
+            cells.append(ratio.text(note=f"{_plural(ratio.samples, 'round')}{flagged}") if ratio else "-")
+    return cells
+
+
+def _memory_cells(account: dict[str, float] | None) -> list[str]:
+    return [sig(account[part] / 2**20) if account else "-" for part in (*ACCOUNT, "peak")]
+
+
+def _costs_note(comparator: str) -> Paragraph:
     return Paragraph(
-        f"Caution: the base model's latency, measured the same way before every method, ranged from "
-        f"{sig(min(base))} to {sig(max(base))} ms ({max(base) / min(base):.1f}x). Something else was running "
-        "during some measurements, so latency differences of that size are noise: rerun on an idle machine."
+        "How these were made. In each method's own process, after training, the base model (a fresh load of the "
+        "same pretrained weights), the trained model unmerged and its merged copy were timed in rounds, one after "
+        "another on the same prompt in each round (the order rotating), so that a round's readings share the "
+        "machine's state: each ratio over the base model is the geometric mean of the rounds' ratios (pooled over "
+        f"seeds) with the {CONFIDENCE:.0%} t-interval of its mean log, prefill (reading the prompt and making the "
+        "first token) and per-token decode apart. Training speed is real tokens per second at steady state (the "
+        f"first {WARM_STEPS} steps of each epoch left out); each step is paired with {comparator}'s on the same "
+        "batch of the same seed (unpaired, Welch's interval, where the batches differ). A difference is claimed "
+        'only where the interval excludes 1; "no measurable difference (within ±x%)" means it includes 1 and '
+        "rules out differences beyond x%. A merged copy has the base model's architecture, so its ratio cannot "
+        "differ from 1: where it does, the measurement differs in something besides the weights (where the copies "
+        "lie in memory, the machine's state within rounds). The memory account adds up to the "
+        "peak: weights, gradients and optimizer are counted from the model and the optimizer (exact); runtime is "
+        "what the process held before it loaded the model (on a CPU the interpreter and libraries, on a GPU "
+        "nothing); rest is everything else at the peak (activations, the data, caches, the allocator's held "
+        "memory). On a CPU the peak is the process's resident memory (RSS), one reading per seed. Inference memory, "
+        "per model, over one generation of the first latency prompt after a forward pass (one seed's reading): the "
+        "weights it holds, the generation's own working memory (activations, KV cache: how far the process's "
+        "memory rose in a fresh window), their sum (what serving that model alone needs beyond the runtime) and "
+        "the process's peak (everything it held, the training state and the other models included)."
     )
 
 
@@ -359,7 +444,8 @@ def section_blocks(section: Section, analysis: Analysis | None, verdict: Verdict
     ]
     rows = [([runs.method], runs) for runs in section.methods]
     blocks += results_tables(rows, ["method"], several, analysis)
-    blocks += filter(None, [random_note(section.results), latency_caution(section)])
+    blocks += filter(None, [random_note(section.results)])
+    blocks += costs_blocks(section, verdict.comparator if verdict else _comparator(section))
     blocks += [Heading(3, "Setup"), header(section)]
     blocks += serving_blocks(section)
     missing = failures(section)

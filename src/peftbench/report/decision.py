@@ -20,6 +20,7 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from peftbench.report.analysis import Analysis
+from peftbench.report.costs import method_costs
 from peftbench.report.forgetting import Forgetting
 from peftbench.report.load import MethodRuns, Section
 from peftbench.report.stats import CONFIDENCE, ONE_SIDED_ALPHA, Difference, Interval
@@ -113,6 +114,9 @@ class MethodDecision:
     peak_memory_bytes: float | None
     retention: Retained | None = None  # None where forgetting was not measured
     retention_task: Comparison | None = None  # its retention task score minus the base model's (primary metric)
+    # Its cost ratios with their intervals (costs.MethodCosts.to_json: training against the comparator, inference
+    # time against the base model, the training memory account); None where it recorded no efficiency.
+    costs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -154,6 +158,13 @@ def _cost(runs: MethodRuns) -> tuple[float, float]:
     """What "cheapest" orders by: trainable parameters, then peak training memory."""
     memories = [r.efficiency.peak_train_memory_bytes for r in runs.results if r.efficiency]
     return (runs.results[0].trainable_params, sum(memories) / len(memories) if memories else math.inf)
+
+
+def _costs(runs: MethodRuns, anchor: MethodRuns | None) -> dict[str, Any] | None:
+    """A method's cost ratios as verdict.json holds them (None where no result recorded its efficiency)."""
+    if not any(r.efficiency for r in runs.results):
+        return None
+    return method_costs(runs, anchor).to_json()
 
 
 def examples_needed(difference: Difference, examples: int, bound: float, tests: int) -> int | None:
@@ -209,9 +220,9 @@ def _decisions(
         non_inferior, inferior = (above[name].significant, below[name].significant) if versus else (None, None)
         cost = _cost(by_name[name])
         decision = _decision(name == comparator, eligible, non_inferior, inferior)
-        decisions.append(
-            MethodDecision(name, decision, eligible, non_inferior, inferior, passed, versus, int(cost[0]), cost[1])
-        )
+        costs = _costs(by_name[name], by_name.get(comparator) if comparator in methods else None)
+        found = (eligible, non_inferior, inferior, passed, versus, int(cost[0]), cost[1])
+        decisions.append(MethodDecision(name, decision, *found, costs=costs))
     return decisions
 
 

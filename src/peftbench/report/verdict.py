@@ -6,11 +6,12 @@ from __future__ import annotations
 import statistics
 
 from peftbench.report.analysis import MIN_EXAMPLES, Analysis
+from peftbench.report.costs import PARTS, MethodCosts, Ratio, latency_ratios, measured, merged_problem, method_costs
 from peftbench.report.decision import INCONCLUSIVE, Comparison, MethodDecision, Rule, Verdict, decide
 from peftbench.report.load import MethodRuns, Section
 from peftbench.report.stats import CONFIDENCE, Interval
 from peftbench.report.table import random_weights
-from peftbench.store.records import MethodResult
+from peftbench.store.records import WARM_STEPS, MethodResult
 from peftbench.store.rundir import LEAD_3, MAJORITY, ZERO_SHOT
 from peftbench.task.metrics import METRICS
 
@@ -18,22 +19,6 @@ from peftbench.task.metrics import METRICS
 def _mean(runs: MethodRuns, value) -> float | None:
     values = [v for v in (value(r) for r in runs.results) if v is not None]
     return statistics.fmean(values) if values else None
-
-
-def _memory(r: MethodResult) -> float | None:
-    return r.efficiency.peak_train_memory_bytes if r.efficiency else None
-
-
-def _speed(r: MethodResult) -> float | None:
-    return r.efficiency.train_tokens_per_s if r.efficiency else None
-
-
-def _deployed_over_base(r: MethodResult) -> float | None:
-    if r.efficiency is None or not r.efficiency.latency_ms.get("base"):
-        return None
-    latency = r.efficiency.latency_ms
-    deployed = latency["merged"] if latency.get("merged") is not None else latency["unmerged"]
-    return deployed / latency["base"]
 
 
 def _size(r: MethodResult) -> float | None:
@@ -53,18 +38,13 @@ def _span(metric: str, interval: Interval) -> str:
 
 
 def _cost_text(runs: MethodRuns, anchor: MethodRuns | None) -> str:
-    """What a method costs, against the anchor's figures where there is one."""
-    parts = []
+    """What a method costs: its share of trained parameters, its training against the anchor's, its inference time
+    against the base model's (each ratio with its interval, a difference claimed only where that excludes 1), its
+    adapter's size and serving many tasks."""
+    costs = method_costs(runs, anchor)
     result = runs.results[0]
-    parts.append(f"trains {100 * result.trainable_params / result.total_params:.3g}% of the parameters")
-    if anchor is not None and anchor is not runs:
-        for label, value, fmt in (("peak training memory", _memory, "{:.2f}x"), ("training speed", _speed, "{:.2f}x")):
-            mine, theirs = _mean(runs, value), _mean(anchor, value)
-            if mine and theirs:
-                parts.append(f"{label} {fmt.format(mine / theirs)} {anchor.method}'s")
-    ratio = _mean(runs, _deployed_over_base)
-    if ratio:
-        parts.append(f"inference latency {ratio:.2f}x the base model's ({'merged' if _merges(runs) else 'as trained'})")
+    parts = [f"trains {100 * result.trainable_params / result.total_params:.3g}% of the parameters"]
+    parts += _training_text(costs) + _latency_text(costs)
     size = _mean(runs, _size)
     if size:
         parts.append(f"adapter {size / 2**20:,.2f} MiB on disk")
@@ -77,6 +57,42 @@ def _cost_text(runs: MethodRuns, anchor: MethodRuns | None) -> str:
             "fine-tuned copies (derived from the measured sizes)"
         )
     return ", ".join(parts)
+
+
+def _training_text(costs: MethodCosts) -> list[str]:
+    """Training against the anchor: the steady-state speed ratio with its interval, the training state (counted, so
+    any difference is real) and the measured peak (one reading per seed: stated, not claimed)."""
+    parts, of = [], f"{costs.anchor}'s"
+    speed = costs.speed
+    if speed is not None:
+        steps = "paired steps" if speed.paired else "steps of both, unpaired: the batches differ"
+        said = speed.text(of, f"steady state, {speed.samples:,} {steps}")
+        parts.append(f"training speed {said}" if speed.measurable else f"training speed: {said}")
+    if costs.state is not None:
+        against = f" against {of} {_bytes_text(costs.anchor_state)}" if costs.anchor_state is not None else ""
+        parts.append(f"training state {_bytes_text(costs.state)}{against} (weights + gradients + optimizer, counted)")
+    if costs.peak_over_anchor is not None:
+        parts.append(f"measured peak training memory {costs.peak_over_anchor:.2f}x {of} (one reading per seed)")
+    return parts
+
+
+def _latency_text(costs: MethodCosts) -> list[str]:
+    """Inference time over the base model's as deployed (merged where the method merges; then the unmerged figures
+    too), prefill and per-token decode; nothing where no latency rounds were recorded (older results)."""
+    deployed = costs.latency.get(costs.deployed)
+    if not deployed:
+        return []
+    if costs.deployed != "merged":
+        return [f"inference time over the base model's, as trained: {_parts(deployed)}"]
+    said = f"inference time over the base model's, merged (as deployed): {_parts(deployed)}"
+    if costs.merged_problem:
+        said += " (a measurement problem: see the cautions)"
+    unmerged = costs.latency.get("unmerged")
+    return [said + (f" (unmerged: {_parts(unmerged)})" if unmerged else "")]
+
+
+def _parts(ratios: dict[str, Ratio]) -> str:
+    return ", ".join(f"{PARTS[part]} {ratio.text()}" for part, ratio in ratios.items())
 
 
 SERVED_TASKS = 100  # the verdict's serving figure: one base with this many adapters, against as many full copies
@@ -94,10 +110,6 @@ def _shared_base(runs: MethodRuns) -> tuple[int, int] | None:
 
 def _bytes_text(size: float) -> str:
     return f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.1f} MiB"
-
-
-def _merges(runs: MethodRuns) -> bool:
-    return any(r.efficiency and r.efficiency.latency_ms.get("merged") is not None for r in runs.results)
 
 
 _NAMES = {
@@ -170,7 +182,26 @@ def verdict_lines(section: Section, analysis: Analysis | None, verdict: Verdict 
         judged = _against_bars(m) + _against_comparator(verdict, m)
         cost = _cost_text(by_name[m.method], comparator if comparator is not by_name[m.method] else None)
         lines.append(f"{m.method} ({m.decision}): {score}{judged}; {cost}{_retention_text(verdict, m)}.")
-    return lines + _forgetting_lines(verdict) + cautions(section, analysis)
+    return lines + _costs_lines(section, verdict) + _forgetting_lines(verdict) + cautions(section, analysis)
+
+
+def _costs_lines(section: Section, verdict: Verdict) -> list[str]:
+    """How the cost ratios were made, where the results recorded what they come from (not in older results)."""
+    if not measured(section.results):
+        return []
+    training = (
+        f"training speed is real tokens per second at steady state (the first {WARM_STEPS} steps of each epoch left "
+        f"out), each step paired with {verdict.comparator}'s on the same batch of the same seed; "
+        if verdict.comparator_ran
+        else ""
+    )
+    return [
+        f"Costs: {training}inference time pairs each latency round's prefill (reading the prompt, making the first "
+        "token) and per-token decode with the base model's, timed one after the other in the same process. Brackets "
+        f'are {CONFIDENCE:.0%} t-intervals of the ratio; "no measurable difference (within ±x%)": the interval '
+        "includes 1 and rules out differences beyond x%. The training state is counted, not sampled; the peak is "
+        "one reading per seed."
+    ]
 
 
 def _nats(x: float) -> str:
@@ -335,9 +366,31 @@ def _trivial_cautions(analysis: Analysis) -> list[str]:
     return notes
 
 
+def _merged_cautions(section: Section) -> list[str]:
+    """A merged adapter whose time differs measurably from the base model's: its architecture rules that out, so the
+    measurement differs in something besides the weights' values (costs.merged_problem)."""
+    notes = []
+    for runs in section.trained:
+        problem = merged_problem(latency_ratios(runs.results))
+        if not problem:
+            continue
+        whose = ["the base model's"] + ["its"] * (len(problem) - 1)
+        pairs = zip(whose, problem.items(), strict=True)
+        said = " and ".join(f"{ratio.text()} {who} {PARTS[part]} time" for who, (part, ratio) in pairs)
+        faster = {ratio.value < 1 for ratio in problem.values()}
+        seeming = "speed-up" if faster == {True} else "slow-down" if faster == {False} else "difference"
+        notes.append(
+            f"Caution: {runs.method}'s merged copy measured {said}, which its architecture rules out (same weights' "
+            f"shapes): a measurement problem (the two copies' tensors lie differently in memory, or the machine's "
+            f"state changed within rounds), not a {seeming}; rerun on an idle machine."
+        )
+    return notes
+
+
 def cautions(section: Section, analysis: Analysis) -> list[str]:
     """What limits the verdict: a trivial reference that scores well, untuned learning rates (or tuned at a grid's
-    end), few examples, one seed; and what the literature's figures are computed with."""
+    end), a merged adapter timed unlike its base model, a busy machine, few examples, one seed; and what the
+    literature's figures are computed with."""
     primary, notes = analysis.primary, _trivial_cautions(analysis)
     label, trained = METRICS[primary].label, analysis.trained
     configs = [r.config for runs in section.trained for r in runs.results]
@@ -357,6 +410,7 @@ def cautions(section: Section, analysis: Analysis) -> list[str]:
             "that method's best may lie beyond it; widen --lr-grid to be sure each method is compared at "
             "its best."
         )
+    notes += _merged_cautions(section)
     busy = _contended(section)
     if busy:
         notes.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 3  # 3: retention and retention_task
+SCHEMA_VERSION = 4  # 3: retention and retention_task; 4: latency rounds, training steps, memory account
 # config["model_weights"]: a pretrained model's, or random ones of a config's shape (older files: pretrained).
 PRETRAINED = "pretrained"
 RANDOM_WEIGHTS = "random weights: speed and memory only"
@@ -51,7 +51,6 @@ class TestMetrics:
 # seed for every method, in its own process (method_run.run_zero_shot).
 PHASES = (
     "model_load",
-    "latency",
     "training",
     "validation_loss",
     "validation_generation",
@@ -59,9 +58,13 @@ PHASES = (
     "test_generation",
     "retention",
     "merge_check",
+    "latency",
     "saving",
     "serving",
 )
+
+
+WARM_STEPS = 2  # training steps at the start of each epoch left out of the steady-state throughput
 
 
 @dataclass
@@ -77,9 +80,9 @@ class Efficiency:
     train_tokens_per_s: float  # real (non-padding) tokens
     train_samples_per_s: float
     eval_generate_tokens_per_s: float  # new tokens/s in batched evaluation generation (the trained model, unmerged)
-    # Median ms per example at batch size 1, fixed new-token count: "base" is the pretrained model without adapter,
-    # "unmerged" the trained model as it trains (for full: the fine-tuned model), "merged" after merge_and_unload
-    # (None where the method cannot merge or has nothing to merge).
+    # Per model, the median over latency rounds of one generation's ms at batch size 1 (exactly latency_new_tokens new
+    # tokens): "base" is the pretrained model without adapter, "unmerged" the trained model as it trains (for full: the
+    # fine-tuned model), "merged" after merge_and_unload (None where the method cannot merge or has nothing to merge).
     latency_ms: dict[str, float | None]
     latency_new_tokens: int
     # Merged vs unmerged on the latency prompts: same greedy tokens, and the largest absolute logit difference.
@@ -106,6 +109,38 @@ class Efficiency:
     adapter_swap_ms: float | None = None
     merge_unmerge_ms: float | None = None
     adapter_memory_bytes: dict[str, int] | None = None  # what the "first" and the "next" loaded adapter add in memory
+    # The latency rounds (measure.latency.paired_latency) the intervals come from: per part, "prefill_ms" (reading the
+    # prompt and making the first token) and "decode_ms" (each later token, on average), per model keyed like
+    # latency_ms, each round's mean over its prompt. Within a round the models ran one after another (in an order that
+    # rotates from round to round) on the same prompt, so a round's figures share the machine's state and pair.
+    latency_rounds: dict[str, dict[str, list[float]]] | None = None
+    # Every optimizer step of training, in order: its "epoch", the real tokens it trained on ("tokens", all processes')
+    # and its wall "seconds" (steady_steps says which count as steady state).
+    train_steps: dict[str, list[float]] | None = None
+    # What training holds, in bytes (None in older results): "weights" (parameters and buffers), "gradients" (one per
+    # trainable parameter, its size), "optimizer" (every tensor the optimizer keeps), counted from the model and the
+    # optimizer; "runtime" (what the process held before it loaded the model: on CPU the interpreter and libraries'
+    # resident memory, on a GPU nothing); and "rest" = peak_train_memory_bytes minus all of those (activations, the
+    # data, caches, the allocator's held memory).
+    train_memory: dict[str, int] | None = None
+
+    def steady_steps(self) -> list[int]:
+        """The training steps that count as steady state: all but the first WARM_STEPS of each epoch (the first
+        steps of a run, and those after each validation, pay for cold caches and allocations)."""
+        if not self.train_steps:
+            return []
+        epochs = self.train_steps["epoch"]
+        firsts = {epoch: epochs.index(epoch) for epoch in set(epochs)}
+        return [i for i, epoch in enumerate(epochs) if i - firsts[epoch] >= WARM_STEPS]
+
+    @property
+    def steady_tokens_per_s(self) -> float | None:
+        """Training tokens per second over the steady steps (None where none were recorded)."""
+        steps = self.steady_steps()
+        if not steps:
+            return None
+        seconds = sum(self.train_steps["seconds"][i] for i in steps)
+        return sum(self.train_steps["tokens"][i] for i in steps) / seconds
 
     @property
     def deployed(self) -> str:
@@ -251,8 +286,6 @@ class Progress:
     """What a method has measured so far, saved with each checkpoint so that a resumed run continues it."""
 
     epochs: list[EpochMetrics] = field(default_factory=list)
-    base_latency_ms: float | None = None  # the pretrained model's, measured before any adapter existed
-    base_memory: dict[str, int | None] | None = None  # its inference memory (Efficiency.inference_memory's form)
     generated_tokens: int = 0  # batched evaluation generation so far: new tokens and seconds
     generation_seconds: float = 0.0
     log_lines: int = 0  # lines of the method's log.jsonl so far: a resumed run cuts the log back to them

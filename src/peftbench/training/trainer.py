@@ -94,11 +94,11 @@ class Trainer:
     the mean over every target token of all its micro-batches and processes, so accumulation changes memory, never
     the result. extra_loss (a method's regulariser, e.g. AdaLoRA's) is added once per step, inside clipping.
 
-    Keeps the training-only figures: seconds, real tokens, samples and peak memory (evaluation excluded); with
-    several processes, tokens and samples of all of them and the highest peak of any one. log, where given, receives
-    one record per optimizer step (epoch, step, loss, learning rate, gradient norm, tokens, seconds). Its state
-    (counters, optimizer, scheduler) goes to and from checkpoints through state_dict / load_state_dict, and the
-    trainable weights through trainable_weights / load_trainable_weights.
+    Keeps the training-only figures: seconds, real tokens, samples, peak memory (evaluation excluded) and each step's
+    tokens and seconds (steps); with several processes, tokens and samples of all of them and the highest peak of any
+    one. log, where given, receives one record per optimizer step (epoch, step, loss, learning rate, gradient norm,
+    tokens, seconds). Its state (counters, steps, optimizer, scheduler) goes to and from checkpoints through
+    state_dict / load_state_dict, and the trainable weights through trainable_weights / load_trainable_weights.
     """
 
     def __init__(
@@ -132,6 +132,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.epoch = 0
         self.seconds, self.tokens, self.samples, self.peak_memory = 0.0, 0, 0, 0
+        self.steps: dict[str, list] = {"epoch": [], "tokens": [], "seconds": []}  # Efficiency.train_steps
 
     @property
     def unwrapped(self):
@@ -157,7 +158,9 @@ class Trainer:
         reset_peak_memory()
         started = time.perf_counter()
         for index, step_batch in enumerate(bar):
+            step_started = time.perf_counter()
             step_tokens = sum(len(self.items[i].target) for i in step_batch)  # every process's share: no exchange
+            real_tokens = sum(self.items[i].length for i in step_batch)  # an item's length is its real tokens
             share = parallel.share(step_batch)
             micro_batches = [share[i : i + self.micro_batch] for i in range(0, len(share), self.micro_batch)]
             summed_total = torch.zeros((), device=self.accelerator.device)
@@ -203,10 +206,11 @@ class Trainer:
                         "loss": step_loss / step_tokens,
                         "learning_rate": lr,
                         "grad_norm": grad_norm,
-                        "tokens": sum(self.items[i].length for i in step_batch),
+                        "tokens": real_tokens,
                         "seconds": self.seconds + time.perf_counter() - started,
                     }
                 )
+            self._record_step(real_tokens, time.perf_counter() - step_started)
             loss_sum += step_loss
             token_count += step_tokens
             bar.set_postfix(loss=f"{step_loss / step_tokens:.3f}")
@@ -215,6 +219,11 @@ class Trainer:
         self.tokens, self.samples = self.tokens + int(tokens), self.samples + int(samples)
         self.peak_memory = max(self.peak_memory, int(parallel.highest(peak_memory_bytes())))
         return loss_sum / token_count
+
+    def _record_step(self, tokens: int, seconds: float) -> None:
+        """One optimizer step's real tokens (every process's) and wall seconds, under the current epoch."""
+        for key, value in zip(("epoch", "tokens", "seconds"), (self.epoch, tokens, seconds), strict=True):
+            self.steps[key].append(value)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, optimizer and scheduler: tensors, numbers and dicts (torch.load(weights_only=True)); the
@@ -225,6 +234,7 @@ class Trainer:
             "tokens": self.tokens,
             "samples": self.samples,
             "peak_memory": self.peak_memory,
+            "steps": self.steps,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
@@ -235,6 +245,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.seconds, self.tokens = state["seconds"], state["tokens"]
         self.samples, self.peak_memory = state["samples"], state["peak_memory"]
+        self.steps = state["steps"]
 
     def trainable_weights(self) -> dict[str, torch.Tensor]:
         """The weights that train (the adapter, or every weight for full fine-tuning), on the CPU."""
