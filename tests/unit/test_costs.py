@@ -230,8 +230,8 @@ def test_the_verdict_states_ratios_with_intervals_and_flags_a_merged_copy_that_d
     assert caution == (
         "Caution: lora's merged copy measured 0.95x [0.94, 0.96] the base model's per-token decode time, which its "
         "architecture rules out (same weights' shapes): a measurement problem (the two copies' tensors lie "
-        "differently in memory, or the machine's state changed within rounds), not a speed-up; rerun on an idle "
-        "machine."
+        "differently in memory, or the machine's state changed within rounds) or chance (a 95% interval misses in 1 "
+        "run of 20, and each merged copy has two), not a speed-up; rerun on an idle machine."
     )
     older = verdict._cost_text(_runs("lora", _result("lora")), _runs("full", _result("full")))
     assert "inference time" not in older and "training speed" not in older  # no rounds, no steps: nothing claimed

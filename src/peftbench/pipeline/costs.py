@@ -68,6 +68,9 @@ def serving_costs(
         return ServingCosts()
 
 
+MODELS = ("base", "unmerged", "merged")  # Efficiency.latency_ms's keys: what a method's inference is timed on
+
+
 def time_models(
     models: dict[str, nn.Module], plan: LatencyPlan, layout: Layout, device
 ) -> tuple[LatencyRounds, dict[str, dict[str, int | None]]]:
@@ -116,12 +119,12 @@ def measure_efficiency(
         train_tokens_per_s=trainer.tokens / trainer.seconds,
         train_samples_per_s=trainer.samples / trainer.seconds,
         eval_generate_tokens_per_s=generation_tokens_per_s,
-        latency_ms={"merged": None} | {name: rounds.median_ms(name, plan.new_tokens) for name in memory},
+        latency_ms={name: rounds.median_ms(name, plan.new_tokens) if name in memory else None for name in MODELS},
         latency_new_tokens=plan.new_tokens,
         merge_check=merge_check,
         adapter_size_bytes=sum(adapter_files.values()),
         adapter_files=sorted(adapter_files),
-        inference_memory={"merged": None} | memory,
+        inference_memory={name: memory.get(name) for name in MODELS},
         adapter_load_ms=serving.load_ms,
         adapter_swap_ms=serving.swap_ms,
         merge_unmerge_ms=serving.merge_unmerge_ms,

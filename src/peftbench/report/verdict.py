@@ -382,7 +382,8 @@ def _merged_cautions(section: Section) -> list[str]:
         notes.append(
             f"Caution: {runs.method}'s merged copy measured {said}, which its architecture rules out (same weights' "
             f"shapes): a measurement problem (the two copies' tensors lie differently in memory, or the machine's "
-            f"state changed within rounds), not a {seeming}; rerun on an idle machine."
+            f"state changed within rounds) or chance (a 95% interval misses in 1 run of 20, and each merged copy has "
+            f"two), not a {seeming}; rerun on an idle machine."
         )
     return notes
 
