@@ -26,9 +26,10 @@ FAST = ("--epochs", "1", "--in-process", "--latency-prompts", "1", "--latency-ne
 
 @pytest.fixture(scope="module")
 def gpt2_run(tmp_path_factory, tiny_models, articles):
-    """One seed, every method, on tiny GPT-2 (the report is written at the end of the run)."""
+    """One seed, every method, on tiny GPT-2 (the report is written at the end of the run); batches of 2, so that
+    the epoch's 4 steps leave 2 steady ones past the warm steps."""
     output = tmp_path_factory.mktemp("report") / "gpt2"
-    assert main(tiny_run_args(tiny_models["gpt2"], articles, output, *FAST)) == 0
+    assert main(tiny_run_args(tiny_models["gpt2"], articles, output, *FAST, "--batch-size", "2")) == 0
     return output
 
 
@@ -344,6 +345,10 @@ def test_costs_with_intervals(gpt2_run):
     memory = next(t for t in _tables(report) if t[0][:2] == ["method", "runtime (MiB)"])
     speed_rows, memory_rows = ({row[0]: dict(zip(t[0], row, strict=True)) for row in t[1:]} for t in (speeds, memory))
     assert speed_rows["full"]["training speed over full's"] == "(the comparator)"
+    assert all(row["steady tokens/s (steps)"].startswith(tuple("0123456789")) for row in speed_rows.values())
+    assert all("(2 steps; 10-90% of steps " in row["steady tokens/s (steps)"] for row in speed_rows.values())
+    for method in ("lora", "ia3"):  # each step paired with full's on the same batch
+        assert speed_rows[method]["training speed over full's"].endswith("2 paired steps)"), speed_rows[method]
     for method in ("full", "lora", "ia3"):
         efficiency = _metrics(gpt2_run / method)["efficiency"]
         rounds = efficiency["latency_rounds"]["decode_ms"]

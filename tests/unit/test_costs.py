@@ -200,6 +200,8 @@ def test_method_costs_account_for_memory_and_compare_training_with_the_anchor():
     assert found.anchor == "full" and found.state == 106 and found.anchor_state == 400
     assert found.memory["peak"] == 656 and found.peak_over_anchor == pytest.approx(656 / 980)
     assert found.steady_steps == len(STEADY) and found.deployed == "merged"
+    speeds = [TOKENS[i] / 1.0 for i in STEADY]  # the steady steps' tokens/s, each step one second
+    assert found.step_spread == pytest.approx(tuple(np.percentile(speeds, [10, 90])))
     figures = found.to_json()
     assert figures["training_speed"]["value"] == pytest.approx(1.0) and figures["training_speed"]["measurable"] is False
     assert figures["training_state_bytes"] == 106 and figures["merged_problem"] == []

@@ -305,7 +305,8 @@ def _speed_cell(costs: MethodCosts, comparator: str) -> str:
 def _steady_cell(costs: MethodCosts) -> str:
     if costs.steady_tokens_per_s is None:
         return "-"
-    return f"{sig(costs.steady_tokens_per_s)} ({_plural(costs.steady_steps, 'step')})"
+    spread = f"; 10-90% of steps {sig(costs.step_spread[0])}-{sig(costs.step_spread[1])}" if costs.step_spread else ""
+    return f"{sig(costs.steady_tokens_per_s)} ({_plural(costs.steady_steps, 'step')}{spread})"
 
 
 def _latency_cells(costs: MethodCosts) -> list[str]:

@@ -187,6 +187,7 @@ class MethodCosts:
     speed: Ratio | None  # steady tokens/s over the anchor's
     steady_tokens_per_s: float | None  # the mean over results of Efficiency.steady_tokens_per_s
     steady_steps: int  # steady-state steps over all results
+    step_spread: tuple[float, float] | None  # the 10th and 90th percentile of those steps' tokens/s
     latency: dict[str, dict[str, Ratio]]  # latency_ratios
     deployed: str  # "merged" where the method merges, else "unmerged"
     memory: dict[str, int] | None  # memory_account
@@ -213,6 +214,7 @@ class MethodCosts:
             "training_speed": self.speed.to_json() if self.speed else None,
             "steady_tokens_per_s": self.steady_tokens_per_s,
             "steady_steps": self.steady_steps,
+            "step_tokens_per_s_p10_p90": self.step_spread,
             "deployed": self.deployed,
             "latency_over_base": {
                 model: {part: ratio.to_json() for part, ratio in parts.items()} for model, parts in self.latency.items()
@@ -231,6 +233,7 @@ def method_costs(runs: MethodRuns, anchor: MethodRuns | None) -> MethodCosts:
     anchor = None if anchor is None or anchor is runs or not anchor.results else anchor
     speeds = [s for r in results if r.efficiency and (s := r.efficiency.steady_tokens_per_s) is not None]
     steps = sum(len(r.efficiency.steady_steps()) for r in results if r.efficiency)
+    per_step = [tokens / seconds for r in results for tokens, seconds in _steady_steps(r).values()]
     merges = any(r.efficiency and r.efficiency.deployed == "merged" for r in results)
     mine, theirs = _mean_peak(results), _mean_peak(anchor.results) if anchor else None
     return MethodCosts(
@@ -239,6 +242,7 @@ def method_costs(runs: MethodRuns, anchor: MethodRuns | None) -> MethodCosts:
         speed=throughput_ratio(results, anchor.results) if anchor else None,
         steady_tokens_per_s=float(np.mean(speeds)) if speeds else None,
         steady_steps=steps,
+        step_spread=tuple(float(x) for x in np.percentile(per_step, [10, 90])) if per_step else None,
         latency=latency_ratios(results),
         deployed="merged" if merges else "unmerged",
         memory=memory_account(results),
