@@ -15,7 +15,6 @@ batched throughput at least 5x per-example throughput at batch 16.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
@@ -31,14 +30,12 @@ from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import Layout, TokenLimits
 from peftbench.model.load import load_model
 from peftbench.pipeline.console import quiet_libraries
-from peftbench.report.costs import Ratio, one_sample_ratio
-
-PARTS = {"prefill_ms": "prefill", "decode_ms": "decode per token"}
+from peftbench.report.costs import PARTS, Ratio, log_ratios, one_sample_ratio
 
 
 def round_ratio(mine: list[float], base: list[float]) -> Ratio:
     """mine over base, paired by round (as report.costs.latency_ratio pairs a run's rounds)."""
-    return one_sample_ratio([math.log(m / b) for m, b in zip(mine, base, strict=True)])
+    return one_sample_ratio(log_ratios(mine, base))
 
 
 def parse_args() -> argparse.Namespace:

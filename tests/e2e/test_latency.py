@@ -5,7 +5,6 @@ prefill from decode."""
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 import time
 
@@ -14,7 +13,8 @@ import pytest
 from peftbench.measure.latency import LatencyPlan, paired_latency, prompt_batch, timed_generation
 from peftbench.model.layout import Encoded
 from peftbench.model.load import load_model
-from peftbench.report.costs import Ratio, one_sample_ratio
+from peftbench.report.costs import Ratio, log_ratios, one_sample_ratio
+from peftbench.store.records import LATENCY_PARTS as PARTS
 
 TEXTS = [
     "The council approved the new budget on Tuesday after a long debate about schools and roads.",
@@ -22,7 +22,6 @@ TEXTS = [
     "The museum reopened its east wing, closed for two years, with a show of early photographs.",
     "Heavy rain flooded several streets overnight and the river rose above its banks near the mill.",
 ]
-PARTS = ("prefill_ms", "decode_ms")
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +36,7 @@ def _ratios(models: dict, plan: LatencyPlan, layout) -> dict[str, Ratio]:
     """Each part's ratio of the second model's time to the first's, over the rounds."""
     rounds = paired_latency(models, plan, layout, "cpu")
     first, second = models
-    return {
-        part: one_sample_ratio(
-            [math.log(b / a) for a, b in zip(rounds.times[part][first], rounds.times[part][second], strict=True)]
-        )
-        for part in PARTS
-    }
+    return {part: one_sample_ratio(log_ratios(rounds.times[part][second], rounds.times[part][first])) for part in PARTS}
 
 
 def test_a_model_made_slower_is_measured_as_slower(gpt2):

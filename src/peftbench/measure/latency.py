@@ -19,6 +19,7 @@ from peftbench.data.splits import to_device
 from peftbench.measure.memory import in_memory_window, weights_bytes
 from peftbench.measure.timing import sync_device
 from peftbench.model.layout import Encoded, Layout
+from peftbench.store.records import LATENCY_PARTS
 
 
 def merged_copy(model):
@@ -124,7 +125,7 @@ def paired_latency(models: dict[str, torch.nn.Module], plan: LatencyPlan, layout
     names = list(models)
     for model in models.values():
         model.eval()
-    rounds = LatencyRounds({part: {name: [] for name in names} for part in ("prefill_ms", "decode_ms")}, {})
+    rounds = LatencyRounds({part: {name: [] for name in names} for part in LATENCY_PARTS}, {})
     with no_collection():
         for index in range(plan.rounds):
             batch = prompt_batch([plan.prompts[index % len(plan.prompts)]], layout, device)

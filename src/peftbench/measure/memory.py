@@ -108,7 +108,7 @@ def read_weights(model: nn.Module) -> nn.Module:
 def weights_bytes(model: nn.Module) -> int:
     """Bytes a model's parameters and buffers hold in memory, each tensor once (tied weights count once)."""
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    return _tensor_bytes(tensors.values())
 
 
 def _tensor_bytes(tensors) -> int:

@@ -27,7 +27,7 @@ from peftbench.methods.registry import Method
 from peftbench.model.layout import Layout
 from peftbench.model.load import ModelSource
 from peftbench.store import rundir
-from peftbench.store.records import Efficiency
+from peftbench.store.records import INFERENCE_MODELS, Efficiency
 from peftbench.store.rundir import MethodDir
 from peftbench.training.trainer import Trainer
 
@@ -66,9 +66,6 @@ def serving_costs(
             file=sys.stderr,
         )
         return ServingCosts()
-
-
-MODELS = ("base", "unmerged", "merged")  # Efficiency.latency_ms's keys: what a method's inference is timed on
 
 
 def time_models(
@@ -119,12 +116,14 @@ def measure_efficiency(
         train_tokens_per_s=trainer.tokens / trainer.seconds,
         train_samples_per_s=trainer.samples / trainer.seconds,
         eval_generate_tokens_per_s=generation_tokens_per_s,
-        latency_ms={name: rounds.median_ms(name, plan.new_tokens) if name in memory else None for name in MODELS},
+        latency_ms={
+            name: rounds.median_ms(name, plan.new_tokens) if name in memory else None for name in INFERENCE_MODELS
+        },
         latency_new_tokens=plan.new_tokens,
         merge_check=merge_check,
         adapter_size_bytes=sum(adapter_files.values()),
         adapter_files=sorted(adapter_files),
-        inference_memory={name: memory.get(name) for name in MODELS},
+        inference_memory={name: memory.get(name) for name in INFERENCE_MODELS},
         adapter_load_ms=serving.load_ms,
         adapter_swap_ms=serving.swap_ms,
         merge_unmerge_ms=serving.merge_unmerge_ms,

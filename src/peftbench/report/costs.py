@@ -15,10 +15,10 @@ from scipy import stats as scipy_stats
 
 from peftbench.report.load import MethodRuns
 from peftbench.report.stats import CONFIDENCE
-from peftbench.store.records import MethodResult
+from peftbench.store.records import INFERENCE_MODELS, LATENCY_PARTS, MethodResult
 
-MODELS = ("unmerged", "merged")  # the trained model as trained, and its merged copy: each timed against the base
-PARTS = {"prefill_ms": "prefill", "decode_ms": "per-token decode"}  # latency_rounds' parts, as the text names them
+MODELS = INFERENCE_MODELS[1:]  # the trained model as trained, and its merged copy: each timed against the base
+PARTS = dict(zip(LATENCY_PARTS, ("prefill", "per-token decode"), strict=True))  # latency_rounds' parts, as said
 STATE = ("weights", "gradients", "optimizer")  # the training state: counted from the model and optimizer, exact
 ACCOUNT = ("runtime", *STATE, "rest")  # train_memory's parts, which add up to the peak
 
@@ -100,6 +100,11 @@ def two_sample_ratio(over: Sequence[float], under: Sequence[float]) -> Ratio | N
     return _ratio(float(np.mean(over) - np.mean(under)), welch, len(over) + len(under), paired=False)
 
 
+def log_ratios(mine: Sequence[float], base: Sequence[float]) -> list[float]:
+    """Each pair's log(mine / base), paired by position (a round's two readings), where both are positive."""
+    return [math.log(m / b) for m, b in zip(mine, base, strict=True) if m > 0 and b > 0]
+
+
 def latency_ratio(results: Sequence[MethodResult], model: str, part: str) -> Ratio | None:
     """model's time over the base model's on one part of generation (PARTS), from every round of every result (seed):
     each round's log ratio pairs two models timed one after the other on the same prompt. None where fewer than two
@@ -108,8 +113,7 @@ def latency_ratio(results: Sequence[MethodResult], model: str, part: str) -> Rat
     for result in results:
         rounds = (result.efficiency.latency_rounds or {}).get(part, {}) if result.efficiency else {}
         if rounds.get(model) and rounds.get("base"):
-            pairs = zip(rounds[model], rounds["base"], strict=True)
-            logs += [math.log(mine / base) for mine, base in pairs if mine > 0 and base > 0]
+            logs += log_ratios(rounds[model], rounds["base"])
     return one_sample_ratio(logs)
 
 
@@ -172,7 +176,8 @@ def memory_account(results: Sequence[MethodResult]) -> dict[str, int] | None:
     return mean | {"peak": sum(mean.values())}
 
 
-def _mean_peak(results: Sequence[MethodResult]) -> float | None:
+def mean_peak(results: Sequence[MethodResult]) -> float | None:
+    """The measured peak training memory, bytes, mean over the results that recorded one (None: none did)."""
     peaks = [r.efficiency.peak_train_memory_bytes for r in results if r.efficiency]
     return float(np.mean(peaks)) if peaks else None
 
@@ -235,7 +240,7 @@ def method_costs(runs: MethodRuns, anchor: MethodRuns | None) -> MethodCosts:
     steps = sum(len(r.efficiency.steady_steps()) for r in results if r.efficiency)
     per_step = [tokens / seconds for r in results for tokens, seconds in _steady_steps(r).values()]
     merges = any(r.efficiency and r.efficiency.deployed == "merged" for r in results)
-    mine, theirs = _mean_peak(results), _mean_peak(anchor.results) if anchor else None
+    mine, theirs = mean_peak(results), mean_peak(anchor.results) if anchor else None
     return MethodCosts(
         method=runs.method,
         anchor=anchor.method if anchor else None,

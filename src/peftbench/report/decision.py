@@ -20,7 +20,7 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from peftbench.report.analysis import Analysis
-from peftbench.report.costs import method_costs
+from peftbench.report.costs import mean_peak, method_costs
 from peftbench.report.forgetting import Forgetting
 from peftbench.report.load import MethodRuns, Section
 from peftbench.report.stats import CONFIDENCE, ONE_SIDED_ALPHA, Difference, Interval
@@ -156,8 +156,8 @@ class Verdict:
 
 def _cost(runs: MethodRuns) -> tuple[float, float]:
     """What "cheapest" orders by: trainable parameters, then peak training memory."""
-    memories = [r.efficiency.peak_train_memory_bytes for r in runs.results if r.efficiency]
-    return (runs.results[0].trainable_params, sum(memories) / len(memories) if memories else math.inf)
+    peak = mean_peak(runs.results)
+    return (runs.results[0].trainable_params, math.inf if peak is None else peak)
 
 
 def _costs(runs: MethodRuns, anchor: MethodRuns | None) -> dict[str, Any] | None:

@@ -65,6 +65,8 @@ PHASES = (
 
 
 WARM_STEPS = 2  # training steps at the start of each epoch left out of the steady-state throughput
+INFERENCE_MODELS = ("base", "unmerged", "merged")  # Efficiency.latency_ms's and inference_memory's keys
+LATENCY_PARTS = ("prefill_ms", "decode_ms")  # Efficiency.latency_rounds' keys: the two parts of a generation
 
 
 @dataclass
