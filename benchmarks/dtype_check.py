@@ -29,10 +29,11 @@ from peftbench.model.layout import CausalLayout, Seq2SeqLayout
 from peftbench.pipeline import costs, method_run
 from peftbench.pipeline.console import quiet_libraries
 from peftbench.store import rundir
+from peftbench.store.records import INFERENCE_MODELS
 from peftbench.training.evaluate import Evaluator
 from peftbench.training.trainer import Trainer, mixed_precision
 
-LATENCIES = ("latency base", "latency unmerged", "latency merged")  # method_run times them in this order
+LATENCIES = tuple(f"latency {name}" for name in INFERENCE_MODELS)
 PHASES = ("train", "loss", "generate", *LATENCIES, "merge check")
 DTYPES = {"no": "float32", "bf16": "bfloat16", "fp16": "float16"}  # accelerate's mixed_precision -> compute dtype
 
@@ -43,30 +44,41 @@ class DtypeRecorder:
     def __init__(self):
         self.phase: str | None = None
         self.seen: dict[str, set[str]] = {}
-        self.latency_calls = 0
+        self.owners: dict[int, str] = {}  # while models are timed together: each layer's model's latency phase
 
     def start(self) -> None:
-        self.seen, self.latency_calls = {}, 0
+        self.seen = {}
 
     def record(self, module, _inputs, output) -> None:
         if self.phase and isinstance(module, torch.nn.Linear) and isinstance(output, torch.Tensor):
-            self.seen.setdefault(self.phase, set()).add(str(output.dtype).removeprefix("torch."))
+            phase = self.owners.get(id(module), self.phase)
+            self.seen.setdefault(phase, set()).add(str(output.dtype).removeprefix("torch."))
 
-    def latency_phase(self) -> str:
-        self.latency_calls += 1
-        return LATENCIES[min(self.latency_calls, len(LATENCIES)) - 1]
-
-    def during(self, function, phase):
-        """function, recording under phase (a name, or a callable giving one per call) while it runs."""
+    def during(self, function, phase: str):
+        """function, recording under phase while it runs."""
 
         @functools.wraps(function)
         def labelled(*args, **kwargs):
             outer = self.phase
-            self.phase = phase() if callable(phase) else phase
+            self.phase = phase
             try:
                 return function(*args, **kwargs)
             finally:
                 self.phase = outer
+
+        return labelled
+
+    def timing(self, time_models):
+        """time_models, recording each model's layers under that model's own latency phase: the models are timed
+        in interleaved rounds, so the phase cannot change between them."""
+
+        @functools.wraps(time_models)
+        def labelled(models, *args, **kwargs):
+            self.owners = {id(layer): f"latency {name}" for name, model in models.items() for layer in model.modules()}
+            try:
+                return self.during(time_models, "latency")(models, *args, **kwargs)
+            finally:
+                self.owners = {}
 
         return labelled
 
@@ -79,7 +91,7 @@ def instrument(recorder: DtypeRecorder) -> None:
     for layout in (CausalLayout, Seq2SeqLayout):  # the loss of generated examples, read with generation's prompts
         layout.prefilled_loss = recorder.during(layout.prefilled_loss, "loss")
     Evaluator.generate = recorder.during(Evaluator.generate, "generate")
-    costs.latency_ms = recorder.during(costs.latency_ms, recorder.latency_phase)
+    costs.time_models = recorder.timing(costs.time_models)
     costs.merge_agreement = recorder.during(costs.merge_agreement, "merge check")
 
 
