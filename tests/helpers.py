@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from peftbench.cli import main
 from peftbench.training.trainer import TrainOptions
 
 
@@ -105,6 +106,15 @@ def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[st
     sizes = [word for flag, value in TINY_RUN.items() for word in (f"--{flag}", str(value))]
     where = ["--model", str(model), "--dataset", str(data), "--output", str(output)]
     return ["run", *where, "--quiet", *sizes, *QUICK_LATENCY, *extra]
+
+
+def fails(capsys, args: list[str]) -> str:
+    """Run the CLI with args: it must exit 2 with `peftbench: error: ...` and no traceback; returns its stderr."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("peftbench: error:")
+    return err
 
 
 def train_options(**changes) -> TrainOptions:

@@ -13,6 +13,7 @@ from peftbench.config.run_config import ALIASES, FIELDS, TRACKERS, RunConfig, bu
 from peftbench.errors import ConfigError, UserError
 from peftbench.methods.registry import METHODS
 from peftbench.pipeline import lifecycle
+from peftbench.store import rundir
 from peftbench.task.metrics import METRICS
 
 DEFAULTS = RunConfig()
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("outputs", nargs="+", metavar="OUTPUT", help="output directory of peftbench run")
     report.add_argument("--output", metavar="DIR", help="where to write the report (default: the first OUTPUT)")
+    report.add_argument("--allow-other-files", action="store_true", help=help_of("allow_other_files"))
     report.add_argument(
         "--format",
         default="md,html",
@@ -147,8 +149,12 @@ def _report(args: argparse.Namespace) -> None:
     from peftbench.report.export import write_exports  # matplotlib and the statistics only when reporting
     from peftbench.report.write import analysed, write_report, write_verdict
 
-    outputs = [Path(p) for p in args.outputs]
+    outputs = _outputs(args.outputs)
     destination = Path(args.output) if args.output else outputs[0]
+    if destination.resolve() not in {output.resolve() for output in outputs}:  # a folder of the user's choosing
+        rundir.check_owner(destination, rundir.REPORT_NAMES, args.allow_other_files)
+    for folder in {*outputs, destination}:
+        rundir.sweep_if_idle(folder)  # what a killed report or run left half-written
     results = analysed(outputs, _rule(args))
     _check_comparator(args.comparator, results.sections)
     written = []
@@ -158,8 +164,29 @@ def _report(args: argparse.Namespace) -> None:
     exports = tuple(kind for kind in ("csv", "json") if kind in formats)
     if exports:
         written += write_exports(results.sections, destination, exports)
+    rundir.claim(destination)
     for path in written:
         print(path)
+    damaged = [line for section in results.sections for line in section.damaged]
+    if damaged:
+        raise ConfigError(
+            f"could not use {len(damaged)} result file(s); their runs are left out of the report and the verdict "
+            f"({'; '.join(damaged)}). `peftbench run` with the same settings and --output sets them aside and does "
+            "those runs again"
+        )
+
+
+def _outputs(given: list[str]) -> list[Path]:
+    """The OUTPUT folders to report on, each once (ConfigError naming one given twice)."""
+    outputs = [Path(path) for path in given]
+    seen: dict[Path, Path] = {}
+    for output in outputs:
+        if output.resolve() in seen:
+            raise ConfigError(
+                f"OUTPUT {str(output)!r} is given twice (as {str(seen[output.resolve()])!r} too): give each run once"
+            )
+        seen[output.resolve()] = output
+    return outputs
 
 
 def _rule(args: argparse.Namespace):

@@ -8,19 +8,11 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.store.rundir import LOCK_FILE
-from tests.helpers import tiny_run_args
-
-
-def _fails(capsys, args: list[str]) -> str:
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert err.startswith("peftbench: error:")
-    return err
+from tests.helpers import fails, tiny_run_args
 
 
 def test_missing_column_lists_existing_columns(capsys, tiny_models, articles, tmp_path):
-    err = _fails(
+    err = fails(
         capsys,
         tiny_run_args(
             tiny_models["gpt2"], articles, tmp_path / "o", "--source-column", "story", "--target-column", "highlights"
@@ -33,17 +25,17 @@ def test_missing_column_lists_existing_columns(capsys, tiny_models, articles, tm
 def test_unknown_columns_without_names_ask_for_them(capsys, tiny_models, tmp_path):
     data = tmp_path / "d.csv"
     data.write_text("body,gist\nan article,a summary\n")  # columns no task preset knows
-    err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], data, tmp_path / "o"))
+    err = fails(capsys, tiny_run_args(tiny_models["gpt2"], data, tmp_path / "o"))
     assert "--source-column" in err and "body" in err and "gist" in err
 
 
 def test_unknown_method_lists_valid_ones(capsys, tiny_models, articles, tmp_path):
-    err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--methods", "lora,qlora9"))
+    err = fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--methods", "lora,qlora9"))
     assert "qlora9" in err and "full" in err and "ia3" in err
 
 
 def test_unknown_target_lists_candidates(capsys, tiny_models, articles, tmp_path):
-    err = _fails(
+    err = fails(
         capsys,
         tiny_run_args(tiny_models["t5"], articles, tmp_path / "o", "--methods", "lora", "--lora-targets", "q_proj"),
     )
@@ -52,20 +44,20 @@ def test_unknown_target_lists_candidates(capsys, tiny_models, articles, tmp_path
 
 
 def test_sizes_larger_than_the_data(capsys, tiny_models, articles, tmp_path):
-    err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--train-size", "5000"))
+    err = fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--train-size", "5000"))
     assert "--train-size 5000" in err and "train split" in err
 
 
 def test_malformed_jsonl_names_the_line(capsys, tiny_models, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"article": "a", "highlights": "b"}) + "\n{not json\n")
-    err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], data, tmp_path / "o"))
+    err = fails(capsys, tiny_run_args(tiny_models["gpt2"], data, tmp_path / "o"))
     assert "line 2" in err
 
 
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--lr", "-1"), ("--batch-size", "four")])
 def test_bad_values_are_named(capsys, tiny_models, articles, tmp_path, flag, value):
-    err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", flag, value))
+    err = fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", flag, value))
     assert value in err
 
 
@@ -90,19 +82,19 @@ def test_nonsense_values_are_refused_before_loading(case, capsys, articles, tmp_
         config = tmp_path / "c.yaml"
         config.write_text(flags[1])
         flags = ["--config", str(config)]
-    err = _fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, tmp_path / "o", *flags))
+    err = fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, tmp_path / "o", *flags))
     assert message in err, err
 
 
 def test_unknown_yaml_key_suggests_the_nearest(capsys, tiny_models, articles, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("learning_rat: 1e-4\n")  # aliases count as names to suggest
-    err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--config", str(config)))
+    err = fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, tmp_path / "o", "--config", str(config)))
     assert "'learning_rat'" in err and "did you mean 'learning_rate'?" in err
 
 
 def test_mixed_precision_on_cpu_is_refused_before_loading(capsys, articles, tmp_path):
-    err = _fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, tmp_path / "o", "--precision", "bf16"))
+    err = fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, tmp_path / "o", "--precision", "bf16"))
     assert "--precision bf16" in err and "GPU" in err
 
 
@@ -162,7 +154,7 @@ def test_bad_input_keeps_finished_results(case, capsys, finished, tiny_models, a
         else:
             data = item(tmp_path)
     args = tiny_run_args(model, data, output, "--methods", "lora", "--epochs", "1", *flags)
-    err = _fails(capsys, args)
+    err = fails(capsys, args)
     for text in expected:
         assert text in err, (text, err)
     assert _snapshot(output) == before
@@ -175,7 +167,7 @@ def test_uninstalled_tracker_names_the_extra(capsys, finished, tiny_models, arti
     if missing is None:
         pytest.skip("every tracker is installed here")
     output, before = finished
-    err = _fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, output, "--report-to", missing))
+    err = fails(capsys, tiny_run_args(tiny_models["gpt2"], articles, output, "--report-to", missing))
     assert f"--report-to {missing}" in err and f"pip install 'peftbench[{missing}]'" in err
     assert _snapshot(output) == before
 
@@ -183,7 +175,7 @@ def test_uninstalled_tracker_names_the_extra(capsys, finished, tiny_models, arti
 def test_unwritable_output_is_refused_before_loading(capsys, articles, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    err = _fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, blocker / "out"))
+    err = fails(capsys, tiny_run_args(tmp_path / "no-model-needed", articles, blocker / "out"))
     assert "not writable" in err and str(blocker / "out") in err
 
 

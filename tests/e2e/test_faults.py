@@ -263,15 +263,15 @@ def test_an_unreadable_metrics_json_is_set_aside_and_the_method_reruns(tiny_mode
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "metrics.json of lora is unreadable" in err and "set aside as metrics.json.corrupt" in err
+    assert "lora/metrics.json (unreadable (JSONDecodeError" in err and "set aside as metrics.json.corrupt" in err
     assert "Traceback" not in err
     assert (output / "lora" / "metrics.json.corrupt").read_text() == whole[: len(whole) // 2]
     assert json.loads(metrics.read_text())["epochs"] == json.loads(whole)["epochs"]
 
 
-def test_predictions_read_back_whole_with_unicode_line_separators_and_damage(tiny_models, articles, tmp_path):
+def test_predictions_read_back_whole_with_unicode_line_separators_and_damage(tiny_models, articles, tmp_path, capsys):
     """Articles may hold U+2028 (valid in JSON): predictions.jsonl keeps it raw, and reading it back split there, so
-    the report at the end of a finished run failed. A damaged line is left out of the report."""
+    the report at the end of a finished run failed. A damaged line makes the file unusable: named, and exit 2."""
     rows = [json.loads(line) for line in articles.read_text().splitlines()]
     for row in rows:
         row["article"] = row["article"].replace(". ", ".\u2028", 1)
@@ -285,8 +285,8 @@ def test_predictions_read_back_whole_with_unicode_line_separators_and_damage(tin
     assert "\u2028" in (output / "report.md").read_text()  # the examples table shows the articles
     lines = predictions.read_text().split("\n")
     predictions.write_text("\n".join([lines[0][:20], *lines[1:]]))  # the first row cut short
-    assert main(["report", str(output)]) == 0
-    assert (output / "report.html").read_text().count("\u2028") >= 1
+    assert main(["report", str(output)]) == 2
+    assert f"{predictions}: changed since it was written" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- full disk

@@ -120,7 +120,7 @@ def test_whole_floats_and_boolean_words_coerce():
 
 
 def test_lists_are_comma_strings_or_yaml_lists():
-    assert build_config({}, {"--methods": "full, lora,,ia3"}).methods == ["full", "lora", "ia3"]
+    assert build_config({}, {"--methods": "full, lora, ia3"}).methods == ["full", "lora", "ia3"]
     assert build_config({"methods": ["lora", "ia3"]}, {}).methods == ["lora", "ia3"]
     assert build_config({}, {"--seeds": "0,1,2"}).seeds == [0, 1, 2]
     assert build_config({"lora_targets": "all"}, {}).lora_targets == ["all-linear"]  # LLaMA-Factory's spelling

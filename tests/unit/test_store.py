@@ -164,7 +164,7 @@ def test_an_empty_method_directory_is_not_finished(tmp_path):
     assert directory.name == "lora" and directory.comparison == tmp_path
     assert not directory.has_run() and not directory.finished() and not directory.finished_whole()
     assert not directory.holds_work()
-    assert directory.unreadable_result() is None
+    assert directory.damage() == {}
     assert directory.read_failure() == {} and directory.read_predictions() == [] and directory.read_log() == []
 
 
@@ -183,7 +183,69 @@ def test_a_garbled_result_is_finished_but_not_complete(tmp_path):
     text = directory.metrics.read_text()
     directory.metrics.write_text(text[: len(text) // 2])  # cut short
     assert directory.finished() and not directory.finished_whole()
-    assert directory.unreadable_result().startswith("JSONDecodeError")
+    assert directory.damage()["metrics.json"].startswith("unreadable (JSONDecodeError")
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "named"),
+    [
+        (("test", "rougeL"), "0.2", "test.scores['rougeL'] is '0.2', not float"),
+        (("trainable_params",), True, "trainable_params is True, not int"),
+        (("efficiency", "latency_ms"), [1.0], "efficiency.latency_ms is [1.0], not dict"),
+        (("epochs",), {"epoch": 0}, "epochs is {'epoch': 0}, not list"),
+    ],
+)
+def test_a_result_of_wrong_types_is_damaged_naming_the_field(where, value, named, tmp_path):
+    """A metrics.json that parses but holds a value of the wrong type reads as damaged, not as a traceback later."""
+    directory = MethodDir(tmp_path / "lora")
+    directory.write_result(_result())
+    data = json.loads(directory.metrics.read_text())
+    target = data
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    directory.metrics.write_text(json.dumps(data))
+    assert named in directory.damage()["metrics.json"]
+    with pytest.raises(TypeError, match=named.split(" is ")[0].replace("[", r"\[")):
+        directory.read_result()
+
+
+def test_the_files_a_result_stands_on_are_checked_against_its_checksums(tmp_path):
+    directory = MethodDir(tmp_path / "lora")
+    directory.write_predictions([{"id": "a", "source": "s", "reference": "r", "prediction": "p"}])
+    (directory.adapter).mkdir()
+    (directory.adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    directory.write_result(_result())
+    assert set(json.loads(directory.metrics.read_text())["files"]) == {
+        "predictions.jsonl",
+        "adapter/adapter_model.safetensors",
+    }
+    directory.card.write_text("a model card, rewritten by every report")
+    assert directory.damage() == {} and directory.finished_whole()
+    directory.predictions.write_text("{")  # a 1-byte file where the predictions were
+    (directory.adapter / "adapter_model.safetensors").unlink()
+    damaged = directory.damage()
+    assert damaged.keys() == {"predictions.jsonl", "adapter/adapter_model.safetensors"}
+    assert "checksum in metrics.json differs" in damaged["predictions.jsonl"]
+    assert damaged["adapter/adapter_model.safetensors"] == "missing"
+    assert directory.damage(("predictions.jsonl",)).keys() == {"predictions.jsonl"}
+    assert not directory.finished_whole()
+
+
+def test_remove_deletes_only_what_peftbench_wrote(tmp_path):
+    directory = MethodDir(tmp_path / "lora")
+    directory.write_result(_result())
+    directory.write_predictions([])
+    (directory.checkpoints / "epoch-1").mkdir(parents=True)
+    (directory.path / "metrics.json.corrupt").write_text("set aside earlier")
+    (directory.path / f"{rundir.STAGING_PREFIX}metrics.json.x1").write_text("a killed write")
+    (directory.path / "notes.txt").write_text("the user's")
+    directory.remove()
+    assert sorted(path.name for path in directory.path.iterdir()) == ["metrics.json.corrupt", "notes.txt"]
+    (directory.path / "notes.txt").unlink()
+    (directory.path / "metrics.json.corrupt").unlink()
+    directory.remove()
+    assert not directory.path.exists()  # nothing else was there: the directory goes too
 
 
 def test_a_failure_is_a_result_but_not_finished(tmp_path):
@@ -255,6 +317,43 @@ def test_remove_if_unused_keeps_an_output_with_results(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- records
+
+
+def test_temporaries_of_killed_writes_are_swept_only_by_the_lock_holder(tmp_path):
+    left = [tmp_path / "report_files" / f"{rundir.STAGING_PREFIX}a.png.k2", tmp_path / f"{rundir.STAGING_PREFIX}x"]
+    left[0].parent.mkdir()
+    left[0].write_text("half a figure")
+    (left[1] / "epoch-1").mkdir(parents=True)
+    (tmp_path / ".report.md.kept").write_text("not one of peftbench's temporaries")
+    rundir.sweep_if_idle(tmp_path)  # no lock file: not a peftbench run, nothing touched
+    assert all(path.exists() for path in left)
+    with rundir.locked(tmp_path):  # a run sweeps as it starts; a report while it runs does not
+        assert not any(path.exists() for path in left)
+        left[0].write_text("a live run's write")
+        rundir.sweep_if_idle(tmp_path)
+        assert left[0].exists()
+    rundir.sweep_if_idle(tmp_path)
+    assert not left[0].exists() and (tmp_path / ".report.md.kept").exists()
+
+
+def test_an_output_of_someone_else_is_refused_and_never_overwritten(tmp_path):
+    output = tmp_path / "mine"
+    output.mkdir()
+    names = rundir.layout_names([0], ["lora"])
+    rundir.check_owner(output, names, others_allowed=False)  # empty: fine
+    (output / "report.md").write_text("my own report")
+    (output / "data.csv").write_text("x")
+    with pytest.raises(ConfigError, match=r"not empty and holds no peftbench run \(data.csv, report.md\)"):
+        rundir.check_owner(output, names, others_allowed=False)
+    with pytest.raises(ConfigError, match="holds report.md, which peftbench did not write"):
+        rundir.check_owner(output, names, others_allowed=True)
+    (output / "report.md").unlink()
+    rundir.check_owner(output, names, others_allowed=True)  # beside data.csv, nothing of it touched
+    (output / "seed-1").mkdir()
+    with pytest.raises(ConfigError, match="holds seed-1"):
+        rundir.check_owner(output, rundir.layout_names([0, 1], ["lora"]), others_allowed=True)
+    rundir.claim(output)  # now peftbench's (as a run or a report leaves it)
+    rundir.check_owner(output, names, others_allowed=False)
 
 
 def test_method_result_round_trips_through_json():

@@ -240,6 +240,12 @@ SETTINGS: dict[str, Setting] = {
         fingerprinted=False,
         reproduced=False,
     ),
+    "allow_other_files": Setting(
+        "write into an --output that holds files peftbench did not write (by default refused), beside them: "
+        "peftbench never replaces or deletes a file it did not write, --force included",
+        fingerprinted=False,
+        reproduced=False,
+    ),
     "dry_run": Setting(
         "check everything, print the resolved config, trainable parameters per method, token counts and an "
         "estimated run time, then exit without training",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import stat
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,7 @@ class RunConfig:
     quiet: bool = False
     in_process: bool = False  # run methods in this process (debugging; memory peaks then share one process)
     force: bool = False  # rerun finished methods, and accept an OUTPUT holding another configuration's results
+    allow_other_files: bool = False  # write into an OUTPUT holding files peftbench did not write (never over them)
     dry_run: bool = False  # print the plan (config, trainable parameters, tokens, time estimate) and exit
     allow_pickle: bool = False  # load pickle-only weights (.bin): unpickling a file from elsewhere can run code
     report_to: list[str] | None = None  # trackers (TRACKERS); None: log only to the output directory
@@ -389,7 +392,7 @@ def _coerce(name: str, value: Any) -> Any:
         items = [value] if whole else value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list):
             raise ConfigError(f"{name} must be a comma list or a YAML list, got {value!r}")
-        items = [str(item).strip() for item in items if str(item).strip()]
+        items = _items(name, value, items)
         if name in TARGET_FIELDS:
             items = [TARGET_ALIASES.get(item.lower(), item) for item in items]
         return _numbers(name, items, NUMBER_LIST_FIELDS[name]) if name in NUMBER_LIST_FIELDS else items
@@ -412,6 +415,21 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
 
 
+def _items(name: str, value: Any, items: list) -> list[str]:
+    """A list's items as text. An empty item (`lora,,ia3`, a trailing comma, a YAML null) is an error: dropping it
+    would run something else than asked, and it is often a value left out. A value that is empty as a whole gives an
+    empty list, which validate() names."""
+    if isinstance(value, str) and not value.strip():
+        return []
+    texts = ["" if item is None else str(item).strip() for item in items]
+    if "" in texts:
+        raise ConfigError(
+            f"--{_flag(name)} {value!r} has an empty item (item {texts.index('') + 1}): remove it (an extra comma?), "
+            "or give the missing value"
+        )
+    return texts
+
+
 def _numbers(name: str, items: list[str], kind: type) -> list:
     values = []
     for item in items:
@@ -425,14 +443,78 @@ def _numbers(name: str, items: list[str], kind: type) -> list:
     return values
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a flat dict of its keys as written (build_config accepts hyphens or underscores,
-    and the aliases)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_file(path: Path, what: str) -> None:
+    """Raise ConfigError unless path is a regular file (what: how the message names it): a missing path, a folder, a
+    named pipe or a device each say which."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = next((k for test, k in FILE_KINDS if test(mode)), "a special file")
+    raise ConfigError(f"{what} {str(path)!r} is {kind}, not a regular file: give a regular file")
+
+
+class _DuplicateKey(Exception):
+    """A YAML mapping that gives a key twice, and the lines that give it."""
+
+    def __init__(self, key: Any, lines: tuple[int, int]):
+        super().__init__(key)
+        self.key, self.lines = key, lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of a key given twice; YAML forbids it, and here it is a value silently lost."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}  # key -> the line that gave it
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` and the keys that override it are not duplicates
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, Hashable):
+                    continue  # the base class names an unhashable key
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise _DuplicateKey(key, (first[key], line))
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (UTF-8) into a flat dict of its keys as written (build_config accepts hyphens or
+    underscores, and the aliases); a key given twice in a mapping is an error naming it and its lines."""
+    path = Path(path)
+    check_file(path, "config file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}): "
+            "give a YAML file of keys and values"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as exc:
+        first, again = exc.lines
+        raise ConfigError(
+            f"config file {str(path)!r} gives key {exc.key!r} twice (lines {first} and {again}): give it once"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

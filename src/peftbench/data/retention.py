@@ -8,7 +8,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftbench.config.run_config import AUTO, NONE, RunConfig
+from peftbench.config.run_config import AUTO, NONE, RunConfig, check_file
 from peftbench.data.splits import (
     EMBEDDED_DATA_PACKAGE,
     LOCAL_SUFFIXES,
@@ -71,8 +71,7 @@ def _text_sample(config: RunConfig) -> TextSample:
 def _file_texts(path: Path, column: str | None) -> list:
     """A .txt file's lines, or one column of a table file's rows."""
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise ConfigError(f"--retention-data file {str(path)!r} does not exist")
+        check_file(path, "--retention-data file")
         if column is not None:
             raise ConfigError(f"--retention-column {column!r}: a .txt file has no columns (each line is a text)")
         try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from peftbench.config.run_config import RunConfig
+from peftbench.config.run_config import RunConfig, check_file
 from peftbench.errors import ConfigError
 from peftbench.task.presets import TASKS, first_fitting, template_fields
 
@@ -45,6 +45,10 @@ SPLIT_NAMES = ("train", "validation", "test")
 # a wrong column or a field of another type, and the examples left no longer stand for the file.
 LOUD_DROP_SHARE = 0.05
 CSV_FIELD_LIMIT = 2**31 - 1  # the csv module refuses fields over 128 KiB by default; long documents are real data
+VALID_CELLS = (
+    "A prompt column holds a text or a number; an answer column a text, a number, a list of texts, or an object with "
+    "a 'text' list (as SQuAD's)"
+)
 SPLIT_FLAGS = {"train": "--train-split", "validation": "--validation-split", "test": "--test-split"}
 SIZE_FLAGS = {"train": "--train-size", "validation": "--eval-size", "test": "--test-size"}
 
@@ -81,15 +85,18 @@ class Rows:
         """As metrics.json records it (`data`)."""
         return {"rows": self.read, "dropped": dict(self.dropped)}
 
-    def describe(self) -> tuple[str | None, bool]:
-        """What was dropped, for the console (None where nothing was), and whether it is more than LOUD_DROP_SHARE."""
+    def summary(self) -> str | None:
+        """What was dropped, by reason (None where nothing was)."""
         count = sum(self.dropped.values())
         if not count:
-            return None, False
-        share = count / self.read
+            return None
         reasons = ", ".join(f"{number} with {reason}" for reason, number in self.dropped.items())
-        note = f"{count} of {self.read} rows ({share:.1%}) of {self.source} dropped: {reasons}"
-        if share <= LOUD_DROP_SHARE:
+        return f"{count} of {self.read} rows ({count / self.read:.1%}) of {self.source} dropped: {reasons}"
+
+    def describe(self) -> tuple[str | None, bool]:
+        """What was dropped, for the console (None where nothing was), and whether it is more than LOUD_DROP_SHARE."""
+        note = self.summary()
+        if note is None or sum(self.dropped.values()) / self.read <= LOUD_DROP_SHARE:
             return note, False
         return f"{note}. That is more than {LOUD_DROP_SHARE:.0%} of the data: check the file and the columns", True
 
@@ -132,39 +139,17 @@ def embedded_data_path(name: str = "embedded") -> Path:
 
 def read_rows(path: Path, what: str = "dataset file") -> list[dict]:
     """Read rows from a UTF-8 .jsonl, .json or .csv file (a byte-order mark is fine) or a .parquet file, naming the
-    line of any malformed row (what: how errors name the file)."""
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    line of any malformed row (what: how errors name the file). A column or key given twice is an error: readers
+    keep the last one, and the other's values would be lost unseen."""
+    check_file(path, what)
     if path.suffix == ".parquet":
         return _read_parquet(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")  # line ends untouched: inside CSV fields they are data
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what} {str(path)!r}: {exc}") from None
-    rows: list = []
-    if path.suffix == ".jsonl":
-        for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in a string is valid
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
-        rows = data.get("data", data) if isinstance(data, dict) else data
-        if not isinstance(rows, list):
-            raise ConfigError(f"{path}: expected a list of objects (or {{'data': [...]}})")
-    else:
-        csv.field_size_limit(CSV_FIELD_LIMIT)
-        reader = csv.DictReader(io.StringIO(text, newline=""))  # the reader finds the rows: fields may hold newlines
-        try:
-            rows = list(reader)
-        except csv.Error as exc:
-            raise ConfigError(f"{path}: line {reader.line_num} is not valid CSV ({exc})") from None
+    read = {".jsonl": _read_jsonl, ".json": _read_json}.get(path.suffix, _read_csv)
+    rows = read(text, path)
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise ConfigError(f"{path}: row {number} is not an object with named fields")
@@ -173,14 +158,79 @@ def read_rows(path: Path, what: str = "dataset file") -> list[dict]:
     return rows
 
 
+class _DuplicateKey(Exception):
+    """A JSON object that gives a key twice (json.loads would keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        raise _DuplicateKey(next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1))
+    return obj
+
+
+def _read_jsonl(text: str, path: Path) -> list:
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in a string is valid
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line, object_pairs_hook=_unique_keys))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+        except _DuplicateKey as exc:
+            raise ConfigError(f"{path}: line {number} gives key {exc.args[0]!r} twice; give each key once") from None
+    return rows
+
+
+def _read_json(text: str, path: Path) -> list:
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: an object gives key {exc.args[0]!r} twice; give each key once") from None
+    rows = data.get("data", data) if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise ConfigError(f"{path}: expected a list of objects (or {{'data': [...]}})")
+    return rows
+
+
+def _read_csv(text: str, path: Path) -> list:
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # the reader finds the rows: fields may hold newlines
+    try:
+        columns = reader.fieldnames or []  # reads the header
+        _check_columns(columns, f"{path}: the header (line {reader.line_num})")
+        return list(reader)
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: line {reader.line_num} is not valid CSV ({exc})") from None
+
+
+def _check_columns(columns: list[str], where: str) -> None:
+    """A column name given twice is an error naming it (where: the file and the place of its column names)."""
+    counts = Counter(columns)
+    twice = next((name for name, count in counts.items() if count > 1), None)
+    if twice is not None:
+        raise ConfigError(
+            f"{where} names column {twice!r} {counts[twice]} times (columns: {', '.join(columns)}); give each column "
+            "its own name"
+        )
+
+
 def _read_parquet(path: Path) -> list[dict]:
     try:
         import pyarrow.parquet as parquet  # comes with the hub extra (datasets)
     except ImportError:
         raise ConfigError("parquet files need pyarrow: pip install 'peftbench[hub]'") from None
     try:
-        rows = parquet.read_table(path).to_pylist()
+        columns = parquet.read_schema(path).names  # the footer alone
     except Exception as exc:  # pyarrow raises its own errors for files it cannot read
+        raise ConfigError(f"cannot read parquet file {str(path)!r}: {exc}") from None
+    _check_columns(columns, f"parquet file {str(path)!r}")  # before read_table, whose error names neither
+    try:
+        rows = parquet.read_table(path).to_pylist()
+    except Exception as exc:
         raise ConfigError(f"cannot read parquet file {str(path)!r}: {exc}") from None
     if not rows:
         raise ConfigError(f"dataset file {str(path)!r} holds no rows")
@@ -336,13 +386,32 @@ def _why_dropped(row: dict, recipe: Recipe) -> str:
     value = row.get(column)
     if value is None or isinstance(value, str | bool | int | float):
         return f"no {column!r}"
+    if isinstance(value, dict) and column == recipe.target and "text" not in value:  # answers are read from 'text'
+        return f"{column!r} not text (dict without 'text')"
     return f"{column!r} not text ({type(value).__name__})"
+
+
+def _check_answers(cell: list, row: str, column: str) -> None:
+    """A list of answers holds texts (or numbers): one holding lists or objects, or no text at all, is an error naming
+    the row (row: how to name it)."""
+    nested = next((item for item in cell if isinstance(item, list | dict)), None)
+    if nested is not None:
+        shown = repr(cell)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ConfigError(
+            f"{row} has a list of {type(nested).__name__}s in column {column!r} ({shown}): an answer column holds a "
+            "text, or a list of texts (the acceptable answers)"
+        )
+    if not any(map(_text, cell)):
+        raise ConfigError(
+            f"{row} has an empty list of answers in column {column!r}: give at least one, or drop the row"
+        )
 
 
 def to_examples(rows: list[dict], recipe: Recipe, id_prefix: str, counted: Rows) -> list[Example]:
     """Examples from rows; rows with an empty column the template or the target needs carry nothing to learn and
-    are left out, counted by reason in counted. A target given as an empty list of answers is an error naming the
-    row."""
+    are left out, counted by reason in counted. A target given as an empty list of answers, or a list of lists, is an
+    error naming the row."""
     examples, seen = [], set()
     counted.read += len(rows)
     for index, row in enumerate(rows):
@@ -350,11 +419,8 @@ def to_examples(rows: list[dict], recipe: Recipe, id_prefix: str, counted: Rows)
         name = name if name not in seen else f"{name}#{index}"  # ids pair examples across methods: keep them unique
         seen.add(name)
         cell = row.get(recipe.target)
-        if isinstance(cell, list) and not any(map(_text, cell)):
-            raise ConfigError(
-                f"row {name} (number {index + 1}) has an empty list of answers in column "
-                f"{recipe.target!r}: give at least one, or drop the row"
-            )
+        if isinstance(cell, list):
+            _check_answers(cell, f"row {name} (number {index + 1})", recipe.target)
         choices = recipe.choices
         if recipe.choices_column is not None:
             options = row.get(recipe.choices_column)
@@ -480,9 +546,22 @@ def load_splits(config: RunConfig) -> Splits:
     for name in SPLIT_NAMES:
         wanted, available = _wanted(config, name), len(split_map[name])
         if wanted > available:
-            raise ConfigError(f"{SIZE_FLAGS[name]} {wanted} is more than the {available} examples in the {name} split")
+            raise ConfigError(
+                f"{SIZE_FLAGS[name]} {wanted} is more than the {available} examples in the {name} split"
+                + _dropped_note(counted)
+            )
         chosen[name] = split_map[name][:wanted]
     return Splits(chosen["train"], chosen["validation"], chosen["test"], description, counted, provenance)
+
+
+def _dropped_note(counted: Rows) -> str:
+    """Why a split may be short: the rows reading dropped, by reason, and what a cell must hold where some were not
+    text; empty where none were dropped."""
+    note = counted.summary()
+    if note is None:
+        return ""
+    valid = any("not text" in reason for reason in counted.dropped)
+    return f"; {note}" + (f". {VALID_CELLS}" if valid else "")
 
 
 def _read(config: RunConfig) -> tuple[list[dict] | dict[str, Any], str, dict[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from peftbench.config.embedded import EMBEDDED_MODEL_FILE, EMBEDDED_MODEL_NAME, EMBEDDED_MODEL_PACKAGE
-from peftbench.config.run_config import EMBEDDED, RunConfig
+from peftbench.config.run_config import EMBEDDED, RunConfig, check_file
 from peftbench.data.splits import file_hash
 from peftbench.errors import ConfigError, no_space
 from peftbench.model.families import Family, family_of
@@ -158,6 +159,84 @@ def check_safetensors(path: str, allow_pickle: bool) -> None:
         raise ConfigError(f"model {path!r} keeps its weights only in pickle files ({listed}); {CONVERT_HINT}")
 
 
+SAFETENSORS_HEADER_LIMIT = 100_000_000  # bytes; safetensors itself refuses a larger header
+SHARD_INDEX = "model.safetensors.index.json"
+
+
+def check_weights(name: str, trust_remote_code: bool = False) -> None:
+    """For a local model directory: every safetensors file transformers would load is whole (its size what its header
+    says) and holds each tensor in the shape the model its config.json describes expects. Headers only, no tensor
+    data: weights cut short or of another model fail in a second, before the data is read or any method trains.
+
+    Tensors the model does not have, and those it has that the files lack (a tied output head), are transformers'
+    to handle; a quantized checkpoint packs its tensors in shapes of its own and is checked for size alone."""
+    if name == EMBEDDED or not Path(name).is_dir():
+        return  # the hub and the embedded model's conversion check their own files; a .json has no weights
+    shapes = {file: _safetensors_shapes(file) for file in _weight_files(Path(name))}
+    if not shapes:
+        return  # a config alone (random weights), or pickles: check_safetensors' and the loader's
+    model = skeleton(name, trust_remote_code).model
+    if getattr(model.config, "quantization_config", None) is not None:
+        return
+    expected = {key: list(tensor.shape) for key, tensor in model.state_dict().items()}
+    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else ""
+    for file, tensors in shapes.items():
+        for key, shape in tensors.items():
+            # A checkpoint of the base model names its tensors without the prefix; transformers adds it.
+            known = next((k for k in (key, prefix + key, key.removeprefix(prefix)) if k in expected), None)
+            if known is not None and shape != expected[known]:
+                raise ConfigError(
+                    f"model {name!r}: tensor {key!r} in {file.name} has shape {shape}, and the "
+                    f"model its config.json describes expects {expected[known]}: the weights and config.json are "
+                    "of different models (or sizes); put the config.json saved with these weights beside them"
+                )
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    """The safetensors files transformers loads from a directory: the shards its index names, else model.safetensors
+    (other files there are not read)."""
+    index = directory / SHARD_INDEX
+    if not index.is_file():
+        single = directory / "model.safetensors"
+        return [single] if single.is_file() else []
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"cannot read {str(index)!r}, the model's list of weight files: {exc}") from None
+    for shard in shards:
+        check_file(directory / shard, f"weight file (named in {SHARD_INDEX})")
+    return [directory / shard for shard in shards]
+
+
+def _safetensors_shapes(file: Path) -> dict[str, list[int]]:
+    """A safetensors file's tensors and their shapes, from its header; ConfigError where the file is not whole: its
+    size is not the 8 bytes of the header's length, the header and the data the header describes."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as stream:
+            length = int.from_bytes(stream.read(8), "little")
+            header = stream.read(length) if size >= 8 and length <= SAFETENSORS_HEADER_LIMIT else b""
+    except OSError as exc:
+        raise ConfigError(f"cannot read model weights {str(file)!r}: {exc.strerror or exc}") from None
+    try:
+        tensors = json.loads(header)
+        tensors.pop("__metadata__", None)
+        end = 8 + length + max((entry["data_offsets"][1] for entry in tensors.values()), default=0)
+        shapes = {key: [int(dim) for dim in entry["shape"]] for key, entry in tensors.items()}
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # bad JSON, or entries not as specified
+        raise ConfigError(
+            f"model weights {str(file)!r} ({size:,} bytes) are not a safetensors file, or are cut short inside its "
+            "header: download or save them again"
+        ) from None
+    if size != end:
+        how = "cut short" if size < end else "longer than that"
+        raise ConfigError(
+            f"model weights {str(file)!r} are damaged: the file holds {size:,} bytes, and its header describes "
+            f"{end:,} ({how}; an interrupted download or copy?): download or save them again"
+        )
+    return shapes
+
+
 def quantization_config(quantize: str | None):
     """bitsandbytes settings for --quantize: NF4 with double quantization (4bit) or LLM.int8 (8bit); None for None."""
     if quantize is None:
@@ -204,9 +283,22 @@ class _Opened(NamedTuple):
     trust_remote_code: bool  # never for a config alone
 
 
+def _check_local(name: str) -> None:
+    """A name written as a path (./m, /m, ~/m, a/b/c) that names nothing here is a missing local model: the hub's
+    own error would only say that it is not a repo id. Other names (gpt2, owner/name) are hub ids."""
+    if name == EMBEDDED or Path(name).exists():
+        return
+    if name.startswith((".", "/", "~")) or name.replace(os.sep, "/").count("/") > 1:
+        raise ConfigError(
+            f"model {name!r} does not exist: there is no local directory or file of that path (a hub id is "
+            f"name or owner/name)\n{LOAD_HINT}"
+        )
+
+
 def _open(name: str, trust_remote_code: bool, allow_pickle: bool, prompt: PromptOptions | None) -> _Opened:
     """Config, tokenizer, layout (prompted as `prompt` says) and family of a model; for a config alone, the tokenizer
     beside it, and never code."""
+    _check_local(name)
     path = _path(name)
     check_safetensors(path, allow_pickle)
     config_file = config_only(path)

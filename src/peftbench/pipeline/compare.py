@@ -41,7 +41,7 @@ def references_recorded(
     units = []
     for config in configs:
         zero_shot = rundir.reference_dir(Path(config.output), ZERO_SHOT)
-        if config.force or not (zero_shot.finished_whole() and fingerprints.matches(zero_shot, config)):
+        if not reusable(ZERO_SHOT, zero_shot, config, console):
             _start_reference(zero_shot, config)
             name = _unit_name(ZERO_SHOT, config, configs)
             units.append(Unit(name, zero_shot, zero_shot_unit, (splits, held_out, config)))
@@ -60,7 +60,7 @@ def references_recorded(
                 console.say(
                     f"[{ZERO_SHOT}] {epoch_line(result.epochs[0])}; test {primary} {result.test.scores[primary]:.4f}"
                 )
-            _trivial_recorded(splits, config, result.model)
+            _trivial_recorded(splits, config, result.model, console)
             bases[config.seed] = result
         except Exception as exc:  # reported as each pending method's failure
             bases[config.seed] = exc
@@ -68,14 +68,14 @@ def references_recorded(
     return bases
 
 
-def _trivial_recorded(splits: Splits, config: RunConfig, model: str) -> None:
+def _trivial_recorded(splits: Splits, config: RunConfig, model: str, console: Console) -> None:
     """The task's trivial reference row, where its preset names one (no model: built here, by its builder in
     references.REFERENCE_ROWS), unless already written."""
     name = TASKS[config.task].trivial_reference
     if name is None:
         return
     directory = rundir.reference_dir(Path(config.output), name)
-    if config.force or not (directory.finished_whole() and fingerprints.matches(directory, config)):
+    if not reusable(name, directory, config, console):
         _start_reference(directory, config)
         if parallel.is_main():
             write_records(directory, *REFERENCE_ROWS[name](splits, model, config), None)
@@ -92,16 +92,26 @@ def _unit_name(name: str, config: RunConfig, configs: list[RunConfig]) -> str:
     return f"{name} (seed {config.seed})" if len(configs) > 1 else name
 
 
+def reusable(name: str, directory: MethodDir, config: RunConfig, console: Console) -> bool:
+    """Whether directory holds this configuration's finished work, whole: never with --force. Whatever of it is
+    damaged (fingerprints.damage) is set aside first by the main process, with a warning naming each file: the work
+    is then done again, the same way for methods, references and their every record."""
+    if config.force:
+        return False
+    damaged = fingerprints.damage(directory)
+    if damaged and parallel.is_main():
+        lines = fingerprints.set_aside(directory, damaged)
+        console.warn(f"warning: {name} is done again: " + "; ".join(lines))
+    return not damaged and directory.finished() and fingerprints.matches(directory, config)
+
+
 def prepare_method(name: str, config: RunConfig, directory: MethodDir, console: Console) -> bool:
-    """Ready a method's directory for this run, and say whether the method runs: not when it already finished
+    """Ready a method's directory for this run, and say whether the method runs: not when it already finished whole
     (check_output made sure it is this config's) with --search over the grid asked for; then its checkpoints (left by
-    a run killed after metrics.json) go. A method that runs gets its directory emptied with --force, an unreadable
-    metrics.json set aside, and its fingerprint written."""
+    a run killed after metrics.json) go. A method that runs gets peftbench's files in its directory removed with
+    --force, and its fingerprint written."""
     main = parallel.is_main()  # the one process that writes; the others read what it wrote (a shared filesystem)
-    unreadable = None if config.force else directory.unreadable_result()
-    finished = (
-        not config.force and directory.finished() and unreadable is None and settled(config, directory.read_result())
-    )  # a grown grid runs the search again
+    finished = reusable(name, directory, config, console) and settled(config, directory.read_result())
     parallel.wait_for_everyone()  # every process decided before the main one changes the directory
     if finished:
         if main:
@@ -111,12 +121,6 @@ def prepare_method(name: str, config: RunConfig, directory: MethodDir, console: 
     if main:
         if config.force:
             directory.remove()  # start over: no checkpoint, result or failure of before
-        elif unreadable:  # truncated or garbled: counts as not finished, and is kept for a look
-            aside = rundir.set_aside(directory.metrics)
-            console.warn(
-                f"warning: metrics.json of {name} is unreadable ({unreadable}); set aside as {aside.name}; "
-                f"{name} runs again"
-            )
         fingerprints.write_fingerprint(directory, config)
     parallel.wait_for_everyone()  # and before the others look for a checkpoint to resume from
     return True

@@ -33,10 +33,10 @@ from peftbench.methods.registry import METHODS, check_method_names, learning_rat
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.families import position_limit
 from peftbench.model.layout import PromptOptions, TokenLimits
-from peftbench.model.load import fresh_skeleton, quantization_config, skeleton
+from peftbench.model.load import check_weights, fresh_skeleton, quantization_config, skeleton
 from peftbench.pipeline import search
 from peftbench.pipeline.executor import ExecutorOptions, check_executor
-from peftbench.store import rundir
+from peftbench.store import fingerprints, rundir
 from peftbench.training import checkpoint
 from peftbench.training.tracking import check_trackers
 from peftbench.training.trainer import mixed_precision
@@ -47,12 +47,16 @@ ASSUMED_UTILIZATION = 0.6  # calibrated: the default run estimated 29 min at 0.3
 def resolve_output(config: RunConfig) -> Path:
     """The output directory (default runs/<timestamp>), created and checked writable before any work (a dry run
     only names it). With several processes, the main process's --output must be given: their clocks differ."""
+    if config.output is not None and not config.output.strip():
+        raise ConfigError(f"--output {config.output!r} is empty: name a folder, or leave --output out for runs/<time>")
     output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {str(output)!r} is a file, not a folder: name a new or empty folder")
     if config.dry_run:
         return output
     try:
         output.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-"):  # every process checks: each would fail
+        with tempfile.NamedTemporaryFile(dir=output, prefix=rundir.STAGING_PREFIX):  # every process checks
             pass
     except OSError as exc:
         raise ConfigError(f"output directory {str(output)!r} is not writable: {exc.strerror or exc}") from None
@@ -82,7 +86,8 @@ def check_processes(config: RunConfig) -> None:
 
 
 def check_before_loading(config: RunConfig) -> Path:
-    """Every check that needs neither data nor a model; returns the output directory (created unless --dry-run)."""
+    """Every check that needs neither data nor a model's weights (a local model's are checked from their headers);
+    returns the output directory (created unless --dry-run)."""
     check_method_names(config.methods)
     mixed_precision(config.precision)  # an impossible --precision fails now, not after loading a model
     quantization_config(config.quantize)  # --quantize without CUDA and bitsandbytes
@@ -90,8 +95,11 @@ def check_before_loading(config: RunConfig) -> Path:
     check_executor(ExecutorOptions.from_config(config))
     check_trackers(config.report_to)
     search.check(config)
+    check_weights(config.model, config.trust_remote_code)  # weights cut short or of another shape: before the data
     output = resolve_output(config)
-    rundir.check_paths(output, config.seeds or [config.seed], config.methods)
+    seeds = config.seeds or [config.seed]
+    rundir.check_paths(output, seeds, config.methods)
+    rundir.check_owner(output, rundir.layout_names(seeds, config.methods), config.allow_other_files)
     return output
 
 
@@ -216,8 +224,9 @@ def _method_state(config: RunConfig, directory: rundir.MethodDir) -> str:
     """What the same command would do with a method's directory."""
     if config.force:
         return "runs from the start (--force)"
-    if directory.unreadable_result():
-        return "runs again (its metrics.json is unreadable: set aside when it runs)"
+    damaged = fingerprints.damage(directory)
+    if damaged:
+        return f"runs again (damaged, set aside when it runs: {', '.join(sorted(damaged))})"
     if directory.finished():
         if search.settled(config, directory.read_result()):
             return "already finished: skipped"

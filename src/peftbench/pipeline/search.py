@@ -252,8 +252,13 @@ def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner
 
 
 def _train_trial(config: RunConfig, place: TrialDir, rung: int, train: Runner) -> Exception | None:
-    """Train one trial up to epoch rung unless it got there already (in this configuration); the exception that
-    stopped it, if one did."""
+    """Train one trial up to epoch rung unless it got there already (in this configuration; what of it is damaged
+    set aside first, with a warning); the exception that stopped it, if one did."""
+    damaged = fingerprints.damage(place) if parallel.is_main() else {}
+    if damaged:
+        lines = fingerprints.set_aside(place, damaged)
+        Console(config.quiet).warn(f"warning: trial {place.name} trains again: " + "; ".join(lines))
+    parallel.wait_for_everyone()  # the others look once it is set aside
     if reached(place, config) >= rung:
         return None
     if parallel.is_main():

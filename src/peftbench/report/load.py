@@ -4,7 +4,7 @@ reference: the zero-shot base model, Lead-3), each over the seeds run, with ever
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -67,6 +67,7 @@ class Run:
     result: MethodResult | None = None
     directory: MethodDir | None = None
     error: str | None = None
+    damaged: dict[str, str] = field(default_factory=dict)  # file -> why it cannot be used (MethodDir.damage)
 
     @cached_property
     def examples(self) -> ExampleScores | None:
@@ -138,19 +139,36 @@ class Section:
         return [result for runs in self.methods for result in runs.results]
 
     @property
+    def damaged(self) -> list[str]:
+        """Each file the report could not use, with its path and why."""
+        return [
+            f"{run.directory.path / name}: {why}"
+            for runs in self.methods
+            for run in runs.runs
+            if run.directory is not None
+            for name, why in run.damaged.items()
+        ]
+
+    @property
     def trained(self) -> list[MethodRuns]:
         """The methods (rows that trained), without the references."""
         return [runs for runs in self.methods if not runs.reference]
 
 
+# The files of a finished result that the report reads (and checks against their checksums: MethodDir.damage).
+READ = (rundir.METRICS_FILE, rundir.PREDICTIONS_FILE, rundir.RETENTION_TASK_FILE, rundir.LOG_FILE)
+
+
 def _load_run(directory: MethodDir) -> Run:
-    """A method directory: its metrics.json, else what failed.json says, else 'failed or missing'."""
+    """A method directory: its metrics.json, else what failed.json says, else 'failed or missing'. A result whose
+    files the report reads are damaged is left out, each damaged file named in damaged."""
     if directory.finished():
-        try:
-            result = directory.read_result()
-            return Run(result.method, result.config.get("seed"), result.model, result, directory)
-        except rundir.UNREADABLE as exc:
-            return Run(directory.name, None, None, None, directory, f"failed: unreadable metrics.json ({exc})")
+        damaged = directory.damage(READ)
+        if damaged:
+            named = "; ".join(f"{name} {why}" for name, why in damaged.items())
+            return Run(directory.name, None, None, None, directory, f"damaged: {named}", damaged)
+        result = directory.read_result()
+        return Run(result.method, result.config.get("seed"), result.model, result, directory)
     failure = directory.read_failure()
     error = failure.get("error", "no metrics.json (the run failed or was interrupted)")
     return Run(directory.name, failure.get("seed"), failure.get("model"), None, directory, f"failed: {error}")

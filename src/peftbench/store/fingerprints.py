@@ -14,7 +14,7 @@ from peftbench.config.fields import NOT_FINGERPRINTED as SETTINGS_NOT_FINGERPRIN
 from peftbench.config.run_config import RunConfig
 from peftbench.errors import ConfigError
 from peftbench.store import rundir
-from peftbench.store.rundir import MethodDir
+from peftbench.store.rundir import FINGERPRINT_FILE, MethodDir
 
 # What a method's results do not depend on: the settings config/fields.py marks so, and how the batch size was given
 # (`batch_size` holds the global figure either way).
@@ -46,10 +46,44 @@ def matches(directory: MethodDir, config: RunConfig) -> bool:
 
 
 def _stored_settings(directory: MethodDir) -> dict[str, Any] | None:
+    """The settings directory's fingerprint.json holds (None where it is missing, unreadable or of another shape)."""
     try:
-        return json.loads(directory.fingerprint.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
+        stored = json.loads(directory.fingerprint.read_text())
+    except (OSError, ValueError):
         return None
+    settings = stored.get("settings") if isinstance(stored, dict) else None
+    fine = isinstance(settings, dict) and stored.get("fingerprint") == fingerprint(settings)
+    return settings if fine else None
+
+
+def damage(directory: MethodDir) -> dict[str, str]:
+    """What of directory's work cannot be used again, by file, and why: its result's damage (MethodDir.damage) and a
+    fingerprint.json that is unreadable, or missing beside finished work (it says which configuration the work is
+    of). {} where all is whole."""
+    found = directory.damage()
+    if directory.holds_work() and _stored_settings(directory) is None:
+        there = directory.fingerprint.exists()
+        found[FINGERPRINT_FILE] = "unreadable, or not a fingerprint" if there else "missing beside finished work"
+    return found
+
+
+def set_aside(directory: MethodDir, damaged: dict[str, str]) -> list[str]:
+    """Set aside (as <name>.corrupt, for a look) each damaged file of directory, and its result with them, so that its
+    work is done again; without a fingerprint its checkpoints go too (they may be another configuration's). Returns
+    one line per file, saying why."""
+    lines = []
+    for name in sorted(damaged):
+        path = directory.path / name
+        there = path.exists() or path.is_symlink()
+        aside = f": set aside as {rundir.set_aside(path).name}" if there else ""
+        lines.append(f"{directory.name}/{name} ({damaged[name]}){aside}")
+    record = directory.path / directory.RESULT_FILE
+    if directory.RESULT_FILE not in damaged and record.exists():
+        aside = rundir.set_aside(record).name
+        lines.append(f"{directory.name}/{directory.RESULT_FILE} (it stands on the files above): set aside as {aside}")
+    if FINGERPRINT_FILE in damaged:
+        rundir.remove(directory.checkpoints)
+    return lines
 
 
 def check_output(output: Path, config: RunConfig) -> None:
@@ -65,13 +99,10 @@ def check_output(output: Path, config: RunConfig) -> None:
         this = replace(config, seed=single if seed is None else seed)
         expected = json.loads(json.dumps(fingerprinted(this)))  # as stored: lists, not tuples
         stored = _stored_settings(directory)
-        if stored == expected:
-            continue
-        if stored is None:
-            what = "no readable fingerprint.json (an older peftbench, or not a peftbench run)"
-        else:
-            keys = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
-            what = "; ".join(f"{k}: {stored.get(k)!r} there, {expected.get(k)!r} now" for k in keys[:5])
+        if stored is None or stored == expected:
+            continue  # a damaged fingerprint's work is set aside and done again (damage), never mixed in
+        keys = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
+        what = "; ".join(f"{k}: {stored.get(k)!r} there, {expected.get(k)!r} now" for k in keys[:5])
         where = directory.path.relative_to(output)
         raise ConfigError(
             f"{str(output)!r} holds results of a different configuration ({where}: {what}). "

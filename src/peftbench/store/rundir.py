@@ -19,8 +19,10 @@ and directory is written atomically, a write that fails on a full disk says so, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -31,10 +33,10 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from peftbench.errors import ConfigError, no_space
-from peftbench.store.records import MethodResult
+from peftbench.store.records import MethodResult, check_types
 from peftbench.task.presets import LEAD_3, MAJORITY  # the trivial references' names, owned by the tasks
 
 SUMMARY_FILE = "summary.md"
@@ -71,10 +73,14 @@ METHOD_FILES = (
     LOG_FILE,
     TRIALS_DIR,
 )
+FOLDERS = (CHECKPOINT_DIR, ADAPTER_DIR, TRIALS_DIR)  # METHOD_FILES that are folders
 # What makes a directory a method's results, finished or failed.
 METHOD_MARKERS = (METRICS_FILE, FAILED_FILE, PREDICTIONS_FILE, ADAPTER_DIR)
 CORRUPT_SUFFIX = ".corrupt"  # an unreadable file or checkpoint, set aside under its name plus this
-STAGING_PREFIX = ".tmp-"  # directories being written (write_directory); never read
+# Files and directories being written (write_files, write_directory); never read, and what a killed write leaves is
+# removed by the next run or report (sweep_temporaries).
+STAGING_PREFIX = ".peftbench-tmp-"
+FILES_KEY = "files"  # metrics.json's checksums of the files its result stands on (MethodDir.write_result)
 # What reading a result file that is truncated, garbled or of another shape raises.
 UNREADABLE = (OSError, ValueError, TypeError, KeyError, AttributeError)
 
@@ -96,7 +102,7 @@ def write_files(files: dict[Path, str | bytes]) -> None:
         for path, content in files.items():
             with writing(path):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+                handle, temp = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{path.name}.", dir=path.parent)
                 staged.append((temp, path))
                 with os.fdopen(handle, "wb") as stream:
                     stream.write(content.encode("utf-8") if isinstance(content, str) else content)
@@ -220,9 +226,81 @@ def locked(output: Path) -> Iterator[None]:
         with writing(path):
             os.ftruncate(handle, 0)
             os.pwrite(handle, json.dumps({"pid": os.getpid(), "started": started}).encode(), 0)
+        sweep_temporaries(output)
         yield
     finally:
         os.close(handle)  # releases the lock
+
+
+def sweep_temporaries(output: Path) -> list[Path]:
+    """Remove what writes that were killed midway left under OUTPUT (STAGING_PREFIX files and folders), and return
+    it. Only while holding OUTPUT: a live run's temporaries are in use."""
+    left = []
+    for folder, names, files in os.walk(output):  # never through a symlink
+        left += [Path(folder) / name for name in names + files if name.startswith(STAGING_PREFIX)]
+        names[:] = [name for name in names if not name.startswith(STAGING_PREFIX)]
+    for path in left:
+        remove(path)
+    return left
+
+
+def sweep_if_idle(output: Path) -> None:
+    """sweep_temporaries where no run holds OUTPUT now (peftbench report, which needs no lock to read); nothing in a
+    folder without peftbench's lock file."""
+    path = output / LOCK_FILE
+    if path.is_symlink() or not path.is_file():
+        return
+    handle = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        sweep_temporaries(output)
+    except BlockingIOError:
+        pass  # a run holds it, and sweeps when it starts
+    finally:
+        os.close(handle)
+
+
+REPORT_NAMES = {VERDICT_FILE, REPORT_MARKDOWN, REPORT_HTML, REPORT_FILES, LOCK_FILE, *EXPORTS.values()}
+
+
+def layout_names(seeds: list[int], methods: list[str]) -> set[str]:
+    """The names a run of methods at seeds writes directly into OUTPUT (peftbench report: REPORT_NAMES)."""
+    top = {SUMMARY_FILE, *REPORT_NAMES}
+    if len(seeds) > 1:
+        return top | {f"seed-{seed}" for seed in seeds}
+    return top | {TRACKERS_DIR, *REFERENCES, *methods}
+
+
+def check_owner(output: Path, names: set[str], others_allowed: bool) -> None:
+    """Refuse (ConfigError) an OUTPUT holding files that peftbench did not write, where writing names (layout_names)
+    could touch them: a folder that is not empty and holds nothing of peftbench's (its lock file, which every run
+    and report leaves: claim), unless others_allowed; even then, one holding any of names (peftbench replaces and
+    deletes only what it wrote)."""
+    if not output.is_dir() or (output / LOCK_FILE).exists():
+        return
+    present = sorted(path.name for path in output.iterdir())
+    if not present:
+        return
+    shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+    if not others_allowed:
+        raise ConfigError(
+            f"--output {str(output)!r} is not empty and holds no peftbench run ({shown}); peftbench never writes "
+            "among files it did not write: give a new or empty folder, or --allow-other-files to write beside them"
+        )
+    clash = sorted(set(present) & names)
+    if clash:
+        raise ConfigError(
+            f"--output {str(output)!r} holds {', '.join(clash)}, which peftbench did not write and would write: "
+            "with --allow-other-files it still replaces nothing of yours; move them, or use another --output"
+        )
+
+
+def claim(output: Path) -> None:
+    """Mark OUTPUT as peftbench's (its lock file), as a run does by holding it: a report written into a folder of its
+    own may be written there again."""
+    with writing(output / LOCK_FILE):
+        output.mkdir(parents=True, exist_ok=True)
+        inside(output, LOCK_FILE, "lock file").touch()
 
 
 def remove_if_unused(output: Path) -> None:
@@ -240,11 +318,22 @@ def _inside_method(name: str) -> property:
     return property(lambda self: inside(self.path, name, f"{self.name}'s"), doc=f"the method's {name}")
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class MethodDir:
     """One method's directory at one seed, and the files in it."""
 
     path: Path
+    RESULT_FILE: ClassVar[str] = METRICS_FILE  # the record whose presence means the work is finished
+    OWN: ClassVar[tuple[str, ...]] = METHOD_FILES  # what peftbench writes here: all that --force may delete
+    NAMED: ClassVar[bool] = True  # named after its result's method (a trial is named after its settings)
 
     @property
     def name(self) -> str:
@@ -271,41 +360,76 @@ class MethodDir:
         return self.adapter / CARD_FILE
 
     def check(self) -> None:
-        """Refuse (ConfigError) a directory where a file or folder this method writes would lead out of it."""
-        for name in METHOD_FILES:
-            inside(self.path, name, f"{self.name}'s")
+        """Refuse (ConfigError) a directory where a file or folder this method writes would lead out of it, or holds
+        the other kind of thing."""
+        for name in self.OWN:
+            expect(inside(self.path, name, f"{self.name}'s"), folder=name in FOLDERS)
 
     def has_run(self) -> bool:
         """Whether a method ran here: it finished or failed (its results, failure, predictions or adapter are there)."""
         return any((self.path / marker).exists() for marker in METHOD_MARKERS)
 
     def finished(self) -> bool:
-        """Whether the method's results are written (metrics.json is written last)."""
-        return self.metrics.is_file()
+        """Whether the method's results are written (metrics.json is written last; damage says if they are whole)."""
+        return self.metrics.exists()
 
     def finished_whole(self) -> bool:
-        """Whether its results are written and read back whole: an unreadable metrics.json is work to do again."""
-        return self.finished() and self.unreadable_result() is None
+        """Whether its results are written and whole (damage): a damaged result is work to do again."""
+        return self.finished() and not self.damage()
 
     def holds_work(self) -> bool:
         """Whether it holds something a rerun could lose: finished results, a checkpoint or a search's trials."""
-        return self.finished() or self.checkpoints.is_dir() or self.trials.is_dir()
+        return (self.path / self.RESULT_FILE).is_file() or self.checkpoints.is_dir() or self.trials.is_dir()
 
     def read_result(self) -> MethodResult:
-        return MethodResult.from_dict(json.loads(self.metrics.read_text()))
-
-    def unreadable_result(self) -> str | None:
-        """Why metrics.json does not read as a result (truncated, garbled); None where it does, or there is none."""
-        if not self.metrics.is_file():
-            return None
-        try:
-            self.read_result()
-        except UNREADABLE as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
+        """metrics.json as its record, every value of its declared type (else one of UNREADABLE)."""
+        return _typed(MethodResult.from_dict(json.loads(self.metrics.read_text())))
 
     def write_result(self, result: MethodResult) -> None:
-        write_atomic(self.metrics, json.dumps(result.to_dict(), indent=2) + "\n")
+        """metrics.json, with the checksums of the files the result stands on (checksums), which damage verifies."""
+        data = result.to_dict() | {FILES_KEY: self.checksums()}
+        write_atomic(self.metrics, json.dumps(data, indent=2) + "\n")
+
+    def checksums(self) -> dict[str, str]:
+        """The sha256 of each file a finished result stands on, by its path here: its predictions, its log and its
+        adapter (the model card aside: every report rewrites it)."""
+        paths = [self.predictions, self.retention_task, self.log]
+        if self.adapter.is_dir():
+            paths += sorted(path for path in self.adapter.rglob("*") if path != self.card)
+        return {
+            path.relative_to(self.path).as_posix(): _sha256(path)
+            for path in paths
+            if path.is_file() and not path.is_symlink()
+        }
+
+    def damage(self, files: tuple[str, ...] | None = None) -> dict[str, str]:
+        """What of a finished result here cannot be used, by file, and why: its record (RESULT_FILE) where it does
+        not read back as one, types included; each file the record's checksums name (of files, by their first path
+        component; default all) that is gone or changed since. {} where the result is whole, or there is none."""
+        record = self.path / self.RESULT_FILE
+        if not record.exists():
+            return {}
+        try:
+            data = json.loads(record.read_text())
+            result = _typed(MethodResult.from_dict(data))
+            recorded = data.get(FILES_KEY) or {}
+            _typed_checksums(recorded)
+        except UNREADABLE as exc:
+            return {self.RESULT_FILE: f"unreadable ({type(exc).__name__}: {exc})"}
+        if self.NAMED and result.method != self.name:
+            return {self.RESULT_FILE: f"holds {result.method!r}'s result, not {self.name!r}'s"}
+        damage = {}
+        for name, digest in recorded.items():
+            path = self.path / name
+            if files is not None and Path(name).parts[0] not in files:
+                continue
+            if not path.resolve().is_relative_to(self.path.resolve()):
+                damage[name] = f"leads out of {str(self.path)!r}"
+            elif not path.is_file():
+                damage[name] = "missing"
+            elif _sha256(path) != digest:
+                damage[name] = f"changed since it was written (its checksum in {self.RESULT_FILE} differs)"
+        return damage
 
     def read_failure(self) -> dict[str, Any]:
         """What failed.json says ({} where there is none, or it cannot be read)."""
@@ -369,14 +493,32 @@ class MethodDir:
         write_atomic(self.card, text)
 
     def remove(self) -> None:
-        """Everything of an earlier run of this method here (--force starts over)."""
-        remove(self.path)
+        """What an earlier run of this method wrote here (--force starts over): its own files (OWN) and unfinished
+        writes, never a file of someone else's (nor a damaged one set aside for a look); the directory too, where
+        nothing else is left."""
+        if not self.path.is_dir() or self.path.is_symlink():
+            return remove(self.path)
+        for path in self.path.iterdir():
+            if path.name in self.OWN or path.name.startswith(STAGING_PREFIX):
+                remove(path)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()  # only where empty
 
     def search_state(self) -> dict[str, bytes]:
         """What a search goes on from, by path in this directory: its trials' files (no checkpoints: the trials that
         can still win keep theirs where they ran) and metrics.json (the trial tested so far)."""
         files = {f"{TRIALS_DIR}/{name}": content for name, content in read_tree(self.trials).items()}
         return files | ({METRICS_FILE: self.metrics.read_bytes()} if self.metrics.is_file() else {})
+
+
+def _typed(result: MethodResult) -> MethodResult:
+    check_types(result)
+    return result
+
+
+def _typed_checksums(recorded: Any) -> None:
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise TypeError(f"{FILES_KEY} is not a mapping of paths to checksums")
 
 
 def read_tree(folder: Path) -> dict[str, bytes]:
@@ -408,6 +550,9 @@ class TrialDir(MethodDir):
     """One trial of a method's search: its directory holds what a method's does while it trains, and trial.json
     (its validation figures so far, no test) instead of metrics.json."""
 
+    RESULT_FILE: ClassVar[str] = TRIAL_FILE
+    OWN: ClassVar[tuple[str, ...]] = (*METHOD_FILES, TRIAL_FILE)
+    NAMED: ClassVar[bool] = False
     record = _inside_method(TRIAL_FILE)
 
     @property
@@ -417,7 +562,7 @@ class TrialDir(MethodDir):
     def read_record(self) -> MethodResult | None:
         """What the trial has trained and validated so far (None before its first stint ended, or unreadable)."""
         try:
-            return MethodResult.from_dict(json.loads(self.record.read_text()))
+            return _typed(MethodResult.from_dict(json.loads(self.record.read_text())))
         except UNREADABLE:
             return None
 
@@ -493,19 +638,33 @@ def report_paths(destination: Path) -> tuple[Path, Path, Path]:
 
 
 def check_paths(output: Path, seeds: list[int], methods: list[str]) -> None:
-    """Refuse, before any work, an OUTPUT where a path this run writes would lead out of it (ConfigError)."""
+    """Refuse, before any work, an OUTPUT where a path this run writes would lead out of it, or holds the other kind
+    of thing (a folder where peftbench writes a file, or a file where it keeps a folder): ConfigError."""
     several = len(seeds) > 1
     for seed in seeds:
         comparison = seed_dir(output, seed, several)
-        summary_path(comparison)
-        verdict_path(comparison)
-        trackers_dir(comparison)
-        for reference in reference_dirs(comparison):
-            reference.check()
-        for name in methods:
-            method_dir(comparison, name).check()
-    summary_path(output)
-    verdict_path(output)
-    report_paths(output)
-    for kind in EXPORTS:
-        export_path(output, kind)
+        expect(comparison, folder=True)
+        expect(summary_path(comparison), folder=False)
+        expect(verdict_path(comparison), folder=False)
+        expect(trackers_dir(comparison), folder=True)
+        for directory in [*reference_dirs(comparison), *(method_dir(comparison, name) for name in methods)]:
+            expect(directory.path, folder=True)
+            directory.check()
+    expect(summary_path(output), folder=False)
+    expect(verdict_path(output), folder=False)
+    markdown, html, figures = report_paths(output)
+    for path in (markdown, html, *(export_path(output, kind) for kind in EXPORTS)):
+        expect(path, folder=False)
+    expect(figures, folder=True)
+
+
+def expect(path: Path, folder: bool) -> Path:
+    """path, refused (ConfigError) where it holds the other kind of thing than peftbench writes there (folder: a
+    folder): that is not peftbench's to replace."""
+    if path.exists() and path.is_dir() != folder:
+        found, wanted = ("a folder", "a file") if path.is_dir() else ("a file", "a folder")
+        raise ConfigError(
+            f"{str(path)!r} is {found} where peftbench writes {wanted}; it is not peftbench's to replace: move it, "
+            "or use another --output"
+        )
+    return path
