@@ -86,6 +86,46 @@ def test_force_deletes_only_what_peftbench_wrote(run_copy, tiny_models, articles
     assert (run_copy / "lora" / "metrics.json").is_file()
 
 
+def test_an_output_that_is_a_file_is_named(tiny_models, articles, tmp_path, capsys):
+    given = tmp_path / "results"
+    given.write_text("a file of the user's")
+    assert main(_args(tiny_models, articles, given)) == 2
+    assert f"--output '{given}' is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"), [("ia3", "a file"), ("summary.md", "a folder"), ("lora/fingerprint.json", "a folder")]
+)
+def test_the_other_kind_of_thing_where_peftbench_writes_is_refused(path, kind, run_copy, tiny_models, articles, capsys):
+    """A folder where peftbench writes a file, or a file where it keeps a folder, is not peftbench's to replace."""
+    target = run_copy / path
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    target.write_text("the user's") if kind == "a file" else target.mkdir()
+    capsys.readouterr()
+    assert main(_args(tiny_models, articles, run_copy, "--in-process")) == 2
+    err = capsys.readouterr().err
+    assert f"'{target}' is {kind} where peftbench writes" in err and "Traceback" not in err
+
+
+def test_report_writes_into_a_folder_of_someone_else_only_beside_its_files(run_copy, tmp_path, capsys):
+    destination = tmp_path / "shared"
+    destination.mkdir()
+    (destination / "report.md").write_text("my report")
+    for extra in ([], ["--allow-other-files"]):
+        assert main(["report", str(run_copy), "--output", str(destination), *extra]) == 2
+    assert "holds report.md, which peftbench did not write" in capsys.readouterr().err
+    assert (destination / "report.md").read_text() == "my report"
+    (destination / "report.md").rename(destination / "mine.md")
+    assert main(["report", str(run_copy), "--output", str(destination), "--allow-other-files"]) == 0
+    assert main(["report", str(run_copy), "--output", str(destination)]) == 0  # now peftbench's folder too
+    assert (destination / "mine.md").read_text() == "my report" and (destination / "report.md").is_file()
+
+
+def test_report_refuses_an_output_given_twice(run_copy, capsys):
+    assert main(["report", str(run_copy), str(run_copy / ".")]) == 2
+    assert "is given twice" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- damaged records
 
 
@@ -144,6 +184,15 @@ def test_a_damaged_fingerprint_redoes_that_method_alone(fingerprint, run_copy, t
         assert (run_copy / name / "metrics.json.corrupt").is_file()
     assert "different configuration" not in err
     assert (run_copy / "ia3" / "metrics.json").read_bytes() == kept
+
+
+def test_a_result_that_is_a_folder_is_named_by_report(run_copy, capsys):
+    metrics = run_copy / "ia3" / "metrics.json"
+    metrics.unlink()
+    metrics.mkdir()
+    capsys.readouterr()
+    assert main(["report", str(run_copy)]) == 2
+    assert f"{metrics}: unreadable (IsADirectoryError" in capsys.readouterr().err
 
 
 def test_a_record_linked_out_of_its_folder_is_not_read(run_copy, tmp_path, tiny_models, articles, capsys):

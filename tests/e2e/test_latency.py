@@ -43,7 +43,12 @@ def test_a_model_made_slower_is_measured_as_slower(gpt2):
     loaded, plan = gpt2
     slowed = copy.deepcopy(loaded.model)
     slowed.register_forward_hook(lambda *_: time.sleep(0.003))  # 3 ms more per forward pass: prefill and each token
-    ratios = _ratios({"base": loaded.model, "slowed": slowed}, plan, loaded.layout)
+    # A busy machine can stretch one round enough to widen an interval of 8 rounds below 1.2: a second and a third
+    # measurement make that rare, while a model not measured as slower fails all three.
+    for _ in range(3):
+        ratios = _ratios({"base": loaded.model, "slowed": slowed}, plan, loaded.layout)
+        if all(ratio.low > 1.2 for ratio in ratios.values()):
+            break
     for part, ratio in ratios.items():
         assert ratio.measurable and ratio.low > 1.2, (part, ratio)
         assert "no measurable difference" not in ratio.text() and ratio.text().startswith(f"{ratio.value:.2f}x")

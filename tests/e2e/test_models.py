@@ -71,7 +71,7 @@ def test_embedded_model_converts_once_and_loads_from_cache(tmp_path, monkeypatch
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot load model"):
+    with pytest.raises(ConfigError, match=f"model '{tmp_path / 'nowhere'}' does not exist"):
         load_model(str(tmp_path / "nowhere"))
 
 

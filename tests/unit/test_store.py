@@ -193,6 +193,7 @@ def test_a_garbled_result_is_finished_but_not_complete(tmp_path):
         (("trainable_params",), True, "trainable_params is True, not int"),
         (("efficiency", "latency_ms"), [1.0], "efficiency.latency_ms is [1.0], not dict"),
         (("epochs",), {"epoch": 0}, "epochs is {'epoch': 0}, not list"),
+        ((), [], "metrics is [], not dict"),
     ],
 )
 def test_a_result_of_wrong_types_is_damaged_naming_the_field(where, value, named, tmp_path):
@@ -200,11 +201,12 @@ def test_a_result_of_wrong_types_is_damaged_naming_the_field(where, value, named
     directory = MethodDir(tmp_path / "lora")
     directory.write_result(_result())
     data = json.loads(directory.metrics.read_text())
-    target = data
-    for key in where[:-1]:
-        target = target[key]
-    target[where[-1]] = value
-    directory.metrics.write_text(json.dumps(data))
+    if where:
+        target = data
+        for key in where[:-1]:
+            target = target[key]
+        target[where[-1]] = value
+    directory.metrics.write_text(json.dumps(data if where else value))
     assert named in directory.damage()["metrics.json"]
     with pytest.raises(TypeError, match=named.split(" is ")[0].replace("[", r"\[")):
         directory.read_result()
