@@ -1,4 +1,5 @@
-"""Every method end to end on tiny GPT-2 and T5, `peftbench methods`, and clear errors for what cannot run."""
+"""The original methods end to end on tiny GPT-2 and T5 (test_zoo.py runs every method, cheaply), `peftbench
+methods`, and clear errors for what cannot run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftType
 
 from peftbench.cli import main
 from peftbench.config.run_config import RunConfig
@@ -22,26 +24,25 @@ from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model, skeleton
 from peftbench.pipeline.method_run import setup_method
 from peftbench.training.trainer import Trainer, TrainOptions
+from tests.e2e.test_zoo import SETTINGS, applies
 from tests.helpers import tiny_run_args
 
-# peft's LoHa, LoKr and OFT wrap nn.Linear layers only; GPT-2's projections are Conv1D.
-UNSUPPORTED = {"gpt2": {"loha", "lokr", "oft"}, "t5": set()}
-NOT_MERGEABLE = {"full", "prefix", "prompt"}
-PEFT_TYPE = {
-    "lora": "LORA",
-    "dora": "LORA",
-    "rslora": "LORA",
-    "pissa": "LORA",
-    "loraplus": "LORA",
-    "adalora": "ADALORA",
-    "loha": "LOHA",
-    "lokr": "LOKR",
-    "vera": "VERA",
-    "oft": "OFT",
-    "ia3": "IA3",
-    "prefix": "PREFIX_TUNING",
-    "prompt": "PROMPT_TUNING",
-}
+# The methods the whole pipeline runs here; test_zoo.py covers every method, cheaply.
+END_TO_END = [
+    "lora",
+    "dora",
+    "rslora",
+    "pissa",
+    "loraplus",
+    "adalora",
+    "loha",
+    "lokr",
+    "vera",
+    "oft",
+    "ia3",
+    "prefix",
+    "prompt",
+]
 DEFAULT = MethodSettings.from_config(RunConfig())
 
 
@@ -80,14 +81,27 @@ EXAMPLES = [
 ]
 
 
-def test_registry_covers_the_issue():
-    assert set(PEFT_TYPE) | {"full"} == set(METHODS)
-    assert {name for name, m in METHODS.items() if not m.mergeable} == NOT_MERGEABLE
+def refused_on(arch: str) -> set[str]:
+    """The methods peftbench refuses on this tiny model (test_zoo.applies)."""
+    return {name for name, method in METHODS.items() if method.peft_config and not applies(method, arch)}
+
+
+def test_registry_names_real_peft_types_and_rate_sources():
+    for name, method in METHODS.items():
+        assert (method.peft_type is None) == (name == "full"), name
+        assert method.peft_type is None or method.peft_type in PeftType.__members__, name
+        assert method.lr_source, name
+        scaled = re.match(r"peft MetaMathQA experiment \(([\d.e-]+) x (\d+),", method.lr_source)
+        if scaled:  # the rate is peft's, times this registry's scale
+            assert method.default_lr == pytest.approx(float(scaled[1]) * int(scaled[2])), name
+    assert refused_on("gpt2") >= {"loha", "lokr", "oft", "adaption_prompt"}  # Conv1D projections; no llama
+    assert refused_on("t5") == {"adaption_prompt"}
+    assert {name for name, m in METHODS.items() if not m.mergeable} >= {"full", "prefix", "prompt", "lily"}
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_every_method_runs_end_to_end(arch, tiny_models, articles, tmp_path):
-    names = [name for name in PEFT_TYPE if name not in UNSUPPORTED[arch]]  # full: see test_cli
+    names = [name for name in END_TO_END if applies(METHODS[name], arch)]  # full: see test_cli
     output = tmp_path / "out"
     assert main(tiny_run_args(tiny_models[arch], articles, output, "--methods", ",".join(names), *SMALL)) == 0
     for name in names:
@@ -96,7 +110,7 @@ def test_every_method_runs_end_to_end(arch, tiny_models, articles, tmp_path):
         assert 0 < metrics["trainable_params"] < metrics["total_params"]
         assert metrics["test"]["loss"] > 0 and len(metrics["epochs"]) == 2
         efficiency = metrics["efficiency"]
-        if name in NOT_MERGEABLE:  # reported as not mergeable, not skipped
+        if not METHODS[name].mergeable:  # reported as not mergeable, not skipped
             assert efficiency["latency_ms"]["merged"] is None and efficiency["merge_check"] is None
             assert efficiency["merge_unmerge_ms"] is None
         else:
@@ -107,7 +121,7 @@ def test_every_method_runs_end_to_end(arch, tiny_models, articles, tmp_path):
         assert efficiency["adapter_load_ms"] > 0 and efficiency["adapter_swap_ms"] > 0, name
         assert efficiency["adapter_memory_bytes"]["first"] > 0 and efficiency["adapter_memory_bytes"]["next"] > 0
         adapter = json.loads((output / name / "adapter" / "adapter_config.json").read_text())
-        assert adapter["peft_type"] == PEFT_TYPE[name]
+        assert adapter["peft_type"] == METHODS[name].peft_type
     configs = {name: json.loads((output / name / "adapter" / "adapter_config.json").read_text()) for name in names}
     assert configs["dora"]["use_dora"] and configs["rslora"]["use_rslora"]
     assert configs["pissa"]["init_lora_weights"] == "pissa"
@@ -119,13 +133,16 @@ def test_every_method_runs_end_to_end(arch, tiny_models, articles, tmp_path):
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_trainable_counts_match_peft(arch, tiny_models):
     loaded = load_model(str(tiny_models[arch]))
-    for name in PEFT_TYPE:
-        fresh = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-        if name in UNSUPPORTED[arch]:
-            with pytest.raises(ConfigError, match=f"{name} does not support {arch} models.*Conv1D"):
-                apply_method(METHODS[name], fresh, DEFAULT)
+    for name, method in METHODS.items():  # at sizes that fit the tiny models
+        if method.peft_config is None:
             continue
-        model = apply_method(METHODS[name], fresh, DEFAULT)
+        fresh = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+        if name in refused_on(arch):
+            conv1d = ".*Conv1D" if method.adapts_layers else ""
+            with pytest.raises(ConfigError, match=f"{name} does not support {arch} models{conv1d}"):
+                apply_method(method, fresh, SETTINGS)
+            continue
+        model = apply_method(method, fresh, SETTINGS)
         assert count_parameters(model) == tuple(model.get_nb_trainable_parameters()), name
 
 
@@ -185,8 +202,8 @@ def test_methods_command_lists_every_method(capsys, tiny_models):
     lora = apply_method(METHODS["lora"], load_model(str(tiny_models["gpt2"])), DEFAULT)
     assert f"{count_parameters(lora)[0]:,}" in rows["lora"].split()
     assert re.search(r"\d\.\d{3}%", rows["prompt"])
-    for name in UNSUPPORTED["gpt2"]:
-        assert "unsupported:" in rows[name] and "Conv1D" in rows[name]
+    for name in refused_on("gpt2"):
+        assert "unsupported:" in rows[name] and ("Conv1D" in rows[name] or not METHODS[name].adapts_layers)
 
 
 def _fails(capsys, args: list[str]) -> str:
@@ -259,7 +276,7 @@ def _next_logits(model, prompts: dict, seq2seq: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
-@pytest.mark.parametrize("name", ["prefix", "prompt"])
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.patch == "generation_cache_by_both_names"])
 def test_generation_uses_the_virtual_tokens(name, arch, tiny_models):
     """peft 0.21 and transformers 5 disagree on the cache's name; generate must still see the virtual tokens."""
     loaded = load_model(str(tiny_models[arch]))

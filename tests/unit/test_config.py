@@ -230,3 +230,16 @@ def test_the_retention_task_is_scored_as_its_own_task_on_this_runs_model_and_bud
     )
     assert (other.test_size, other.train_size, other.max_new_tokens, other.model) == (40, 0, 12, config.model)
     assert other.retention == "none" and other.retention_task is None
+
+
+def test_method_args_from_a_flag_read_each_value_as_yaml():
+    given = "lora.r=16,lora.init_lora_weights=olora,lora.layers_to_transform=[0, 1],vera.d_initial=0.1"
+    assert build_config({}, {"--method-args": given}).method_args == {
+        "lora": {"r": 16, "init_lora_weights": "olora", "layers_to_transform": [0, 1]},
+        "vera": {"d_initial": 0.1},
+    }
+    assert build_config({"method_args": {"oft": {"r": 0}}}, {}).method_args == {"oft": {"r": 0}}
+    with pytest.raises(ConfigError, match="a bracket is not closed"):
+        build_config({}, {"--method-args": "lora.layers_to_transform=[0,"})
+    with pytest.raises(ConfigError, match="does not read as YAML"):
+        build_config({}, {"--method-args": "lora.init_lora_weights=: x"})

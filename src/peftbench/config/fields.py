@@ -225,6 +225,13 @@ SETTINGS: dict[str, Setting] = {
         "4bit (NF4, double quantization) or 8bit: load the base model with bitsandbytes and train a LoRA-family "
         "method on it; needs a CUDA GPU and pip install 'peftbench[qlora]'",
     ),
+    "method_args": Setting(
+        "any field of a method's own peft config: comma list of method.field=value (lora.r=16,vera.r=256,"
+        "oft.oft_block_size=16; values as YAML reads them), or in YAML method_args: {lora: {r: 16}}; checked against "
+        "peft's config class, and over the shorthand flags (--lora-r, ...). Targets stay --lora-targets and "
+        "--ia3-targets, so that methods differ in how they adapt, not where",
+        metavar="METHOD.FIELD=VALUE,...",
+    ),
     "trust_remote_code": Setting("allow a hub model's own Python code to run (off unless given)"),
     "output": Setting("output directory (default: runs/<timestamp>)", fingerprinted=False, reproduced=False),
     "quiet": Setting("print nothing but errors", fingerprinted=False, reproduced=False),

@@ -123,6 +123,9 @@ class RunConfig:
     ia3_feedforward: list[str] | None = None
     loraplus_lr_ratio: float = 16.0  # LoRA+: the B matrices' learning rate over the A matrices'
     num_virtual_tokens: int = 20  # prefix and prompt tuning
+    # Any field of a method's own peft config, by method: {"lora": {"r": 16}} (flag: lora.r=16,vera.r=256); over the
+    # flags above, which are shorthands for some of them. Checked against peft's config class (methods.method_args).
+    method_args: dict[str, dict[str, Any]] | None = None
     quantize: str | None = None  # "4bit" (NF4) or "8bit": a bitsandbytes base on CUDA, for LoRA-family methods
 
     trust_remote_code: bool = False
@@ -385,6 +388,8 @@ def _coerce(name: str, value: Any) -> Any:
             shown = getattr(RunConfig(), name)
             raise ConfigError(f"{name} has no value; give one, or leave the key out for the default ({shown!r})")
         return None
+    if name == "method_args":
+        return _method_args(value)
     if name in GRIDS and isinstance(value, dict):  # YAML: a grid per method
         return {str(method): _coerce(name, values) for method, values in value.items()}
     if name in LIST_FIELDS:
@@ -413,6 +418,49 @@ def _coerce(name: str, value: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
+
+
+def _method_args(value: Any) -> dict[str, dict[str, Any]]:
+    """--method-args lora.r=16,vera.r=256 (each value read as YAML reads it: 16 a number, true a boolean, [a, b] a
+    list) or YAML's {lora: {r: 16}}, as {method: {field: value}}; ConfigError naming what is not of that form."""
+    form = "give method.field=value items (lora.r=16,vera.r=256), or a YAML mapping {lora: {r: 16}}"
+    if isinstance(value, str):
+        parsed: dict[str, dict[str, Any]] = {}
+        for item in _top_level_items(value):
+            key, equals, text = item.partition("=")
+            method, dot, name = key.strip().partition(".")
+            if not (equals and dot and method and name.strip()):
+                raise ConfigError(f"--method-args {value!r}: {item!r} is not method.field=value; {form}")
+            if name.strip() in parsed.setdefault(method, {}):
+                raise ConfigError(f"--method-args {value!r} gives {method}.{name.strip()} twice: give it once")
+            parsed[method][name.strip()] = _yaml_value(key.strip(), text)
+        return parsed
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError(f"method_args {value!r} is not a mapping of methods to their fields; {form}")
+    return {str(method): {str(k): v for k, v in args.items()} for method, args in value.items()}
+
+
+def _yaml_value(key: str, text: str) -> Any:
+    """One --method-args value as YAML reads it (None where it is empty)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--method-args: the value of {key} ({text.strip()!r}) does not read as YAML") from None
+
+
+def _top_level_items(text: str) -> list[str]:
+    """text split at the commas outside brackets (a list value keeps its own), an empty item an error."""
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(text + ","):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            items.append(text[start:index].strip())
+            start = index + 1
+    if depth:
+        raise ConfigError(f"--method-args {text!r}: a bracket is not closed")
+    if "" in items:
+        raise ConfigError(f"--method-args {text!r} has an empty item (item {items.index('') + 1}): remove it")
+    return items
 
 
 def _items(name: str, value: Any, items: list) -> list[str]:

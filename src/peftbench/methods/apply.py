@@ -17,6 +17,7 @@ from torch import nn
 from peftbench.config.run_config import ALL_LINEAR, is_pattern
 from peftbench.errors import ConfigError
 from peftbench.methods import optimizers, peft_configs
+from peftbench.methods.method_args import with_method_args
 from peftbench.methods.registry import LAYER_KINDS, METHODS, Method
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.load import LoadedModel
@@ -166,11 +167,12 @@ def check_method(method: Method, loaded: LoadedModel, settings: MethodSettings) 
     options = module_options(method, loaded, settings)  # resolved and checked against the model's layers
     check_layer_kinds(method, loaded, options.get("targets", []))
     try:
-        return getattr(peft_configs, method.peft_config)(loaded, settings, options)
+        built = getattr(peft_configs, method.peft_config)(loaded, settings, options)
     except ConfigError:
         raise
     except ValueError as exc:  # peft validates its configs as it builds them
         raise ConfigError(f"peft refuses {method.name} with these settings: {exc}") from None
+    return with_method_args(method, built, settings.method_args.get(method.name, {}))
 
 
 def apply_method(method: Method, loaded: LoadedModel, settings: MethodSettings) -> nn.Module:

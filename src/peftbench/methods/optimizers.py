@@ -1,13 +1,13 @@
 """Optimizers and what some methods add to the training loop: AdamW over the trainable parameters for most methods;
-LoRA+'s learning-rate groups; AdaLoRA's rank allocation as optimizer hooks and its orthogonal regulariser as a loss
-term, so the training loop is the same for every method."""
+LoRA+'s learning-rate groups; LoRA-FA's frozen A and projected B; AdaLoRA's rank allocation as optimizer hooks and its
+orthogonal regulariser as a loss term, so the training loop is the same for every method."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import torch
-from peft.optimizers import create_loraplus_optimizer
+from peft.optimizers import create_lorafa_optimizer, create_loraplus_optimizer
 from torch import nn
 
 if TYPE_CHECKING:
@@ -29,6 +29,16 @@ def loraplus(model: nn.Module, lr: float, settings: MethodSettings) -> torch.opt
         lr=lr,
         loraplus_lr_ratio=settings.loraplus_lr_ratio,
         loraplus_weight_decay=settings.weight_decay,
+    )
+
+
+def lorafa(model: nn.Module, lr: float, settings: MethodSettings) -> torch.optim.Optimizer:
+    """LoRA-FA (peft's create_lorafa_optimizer): the A matrices stay as initialised (it freezes them) and B's
+    gradient is projected onto A's row space; its scaling from the built config, so that --method-args lorafa.r=...
+    holds for the optimizer too."""
+    config = model.peft_config[model.active_adapter]
+    return create_lorafa_optimizer(
+        model, r=config.r, lora_alpha=config.lora_alpha, lr=lr, weight_decay=settings.weight_decay
     )
 
 

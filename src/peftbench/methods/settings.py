@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from peftbench import parallel
 from peftbench.config.run_config import RunConfig
@@ -27,6 +28,7 @@ class MethodSettings:
     quantize: str | None
     total_steps: int  # optimizer steps of the whole run (AdaLoRA schedules its rank budget over them)
     overrides: dict[str, Options] = field(default_factory=dict)  # target owner -> the user's --<owner>-targets etc.
+    method_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> its peft fields (--method-args)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> MethodSettings:
@@ -46,4 +48,5 @@ class MethodSettings:
             quantize=config.quantize,
             total_steps=per_epoch * config.epochs,
             overrides=overrides,
+            method_args=config.method_args or {},
         )

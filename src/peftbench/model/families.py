@@ -21,7 +21,8 @@ class Family:
     """What a method or a prompt needs to know about one architecture family."""
 
     name: str  # "gpt2", "t5", "llama", or the raw model_type of a model peftbench has no record for
-    # Default module options per method whose targets depend on the architecture (LoRA's are shared by its variants).
+    # Default module options per method whose targets depend on the architecture (LoRA's are shared by its variants;
+    # LN tuning's are the norm layers, adaption prompt's the attention blocks).
     defaults: dict[str, Options] = field(default_factory=dict)
     task_prefixes: dict[str, str] = field(default_factory=dict)  # task -> text before every source (T5's training)
     conv1d: bool = False  # projections stored as Conv1D (transposed): peft's fan_in_fan_out
@@ -40,13 +41,18 @@ GPT2 = Family(
     defaults={
         "lora": {"targets": ["c_attn", "c_proj"]},
         "ia3": {"targets": ["c_attn", "mlp.c_proj"], "feedforward": ["mlp.c_proj"]},
+        "ln_tuning": {"targets": ["ln_1", "ln_2", "ln_f"]},
     },
     conv1d=True,
     position_limit="n_positions",
 )
 T5 = Family(
     "t5",
-    defaults={"lora": {"targets": ["q", "v"]}, "ia3": {"targets": ["k", "v", "wo"], "feedforward": ["wo"]}},
+    defaults={
+        "lora": {"targets": ["q", "v"]},
+        "ia3": {"targets": ["k", "v", "wo"], "feedforward": ["wo"]},
+        "ln_tuning": {"targets": ["layer_norm", "final_layer_norm"]},
+    },
     task_prefixes={"summarization": "summarize: "},
     position_limit=None,  # relative position buckets: no fixed limit
     attention_width=_t5_attention_width,
@@ -56,6 +62,9 @@ LLAMA = Family(
     defaults={
         "lora": {"targets": ["q_proj", "v_proj"]},
         "ia3": {"targets": ["k_proj", "v_proj", "down_proj"], "feedforward": ["down_proj"]},
+        "ln_tuning": {"targets": ["input_layernorm", "post_attention_layernorm", "norm"]},
+        # peft's adaption prompt knows only the llama and mistral attention among this family's model types.
+        "adaption_prompt": {"targets": ["self_attn"]},
     },
 )
 FAMILIES = {"gpt2": GPT2, "t5": T5, "mt5": T5, "umt5": T5}

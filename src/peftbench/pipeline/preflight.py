@@ -29,6 +29,7 @@ from peftbench.methods.apply import (
     module_options,
     targeted_layers,
 )
+from peftbench.methods.method_args import check_method_args
 from peftbench.methods.registry import METHODS, check_method_names, learning_rate
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.families import position_limit
@@ -89,6 +90,7 @@ def check_before_loading(config: RunConfig) -> Path:
     """Every check that needs neither data nor a model's weights (a local model's are checked from their headers);
     returns the output directory (created unless --dry-run)."""
     check_method_names(config.methods)
+    check_method_args(config.method_args)
     mixed_precision(config.precision)  # an impossible --precision fails now, not after loading a model
     quantization_config(config.quantize)  # --quantize without CUDA and bitsandbytes
     check_processes(config)

@@ -191,11 +191,14 @@ def _value(value) -> str:
 
 def method_settings(result: MethodResult) -> str:
     """What one method actually trained with, from its recorded config: learning rate, its own settings (the
-    registry's list for it) and its module options (targets, feed-forward modules)."""
+    registry's list for it), its module options (targets, feed-forward modules) and the peft fields given by name
+    (--method-args), which take precedence over the settings."""
     config, method = result.config, METHODS.get(result.method)
     names = list(method.settings) if method else []
     names += [key for key in config if key.startswith(f"{result.method}_") and key not in names]
     shown = [f"lr {config['lr']:g}"] + [f"{name} {_value(config[name])}" for name in names if name in config]
+    given = (config.get("method_args") or {}).get(result.method, {})
+    shown += [f"peft {field}={_value(value)}" for field, value in given.items()]
     return ", ".join(shown)
 
 

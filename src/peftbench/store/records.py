@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from peftbench.config.typecheck import check_value
 
 SCHEMA_VERSION = 4  # 3: retention and retention_task; 4: latency rounds, training steps, memory account
 # config["model_weights"]: a pretrained model's, or random ones of a config's shape (older files: pretrained).
@@ -275,12 +275,12 @@ class MethodResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodResult:
-        """The record metrics.json holds (TypeError where its parts are not of their JSON shape; check_types checks
+        """The record metrics.json holds (TypeError where its parts are not of their JSON shape; check_fields checks
         every value after)."""
-        _check(data, dict[str, Any], "metrics")
+        check_value(data, dict[str, Any], "metrics")
         for part, shape in PARTS.items():
             if data.get(part):
-                _check(data[part], shape, part)
+                check_value(data[part], shape, part)
         data = dict(data)
         data["epochs"] = [EpochMetrics.from_dict(e) for e in data.get("epochs", [])]
         data["test"] = TestMetrics.from_dict(data["test"]) if data.get("test") else None
@@ -358,51 +358,3 @@ def prediction_rows(
         row |= {"likely_choice_norm": likely_choices_norm[index]} if likely_choices_norm else {}
         rows.append(row | {name: values[index] for name, values in per_example.items()})
     return rows
-
-
-def check_types(record: Any, where: str = "") -> None:
-    """Raise TypeError naming the first field of record (a dataclass, nested ones included) whose value is not of its
-    declared type: a file that parses but holds, say, a string where a number belongs is as unusable as a garbled
-    one, and is caught when read, not as a traceback in the report."""
-    hints = typing.get_type_hints(type(record))
-    for item in fields(record):
-        _check(getattr(record, item.name), hints[item.name], f"{where}{item.name}")
-
-
-def _check(value: Any, hint: Any, where: str) -> None:
-    """value against the type hint (Any, None, int, float, str, bool, unions, lists, dicts, dataclasses)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return
-    if origin in (typing.Union, types.UnionType):
-        options = [option for option in args if not (value is not None and option is type(None))]
-        for option in options[:-1]:
-            try:
-                return _check(value, option, where)
-            except TypeError:
-                continue
-        return _check(value, options[-1], where)  # its message names what is wrong inside the value
-    if is_dataclass(hint) and isinstance(value, hint):
-        return check_types(value, f"{where}.")
-    elif origin is list and isinstance(value, list):
-        for index, item in enumerate(value):
-            _check(item, args[0], f"{where}[{index}]")
-        return
-    elif origin is dict and isinstance(value, dict):
-        for key, item in value.items():
-            _check(key, args[0], f"{where} key")
-            _check(item, args[1], f"{where}[{key!r}]")
-        return
-    elif _plain(value, hint):
-        return
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    raise TypeError(f"{where} is {shown}, not {getattr(hint, '__name__', hint)}")
-
-
-def _plain(value: Any, hint: Any) -> bool:
-    """Whether value is of a plain JSON type hint; JSON's true and false are not numbers, and an integer is a float."""
-    if hint is type(None):
-        return value is None
-    if hint in (int, float) and isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float) if hint is float else hint) if isinstance(hint, type) else False

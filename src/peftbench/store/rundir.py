@@ -35,8 +35,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+from peftbench.config.typecheck import check_fields
 from peftbench.errors import ConfigError, no_space
-from peftbench.store.records import MethodResult, check_types
+from peftbench.store.records import MethodResult
 from peftbench.task.presets import LEAD_3, MAJORITY  # the trivial references' names, owned by the tasks
 
 SUMMARY_FILE = "summary.md"
@@ -512,7 +513,7 @@ class MethodDir:
 
 
 def _typed(result: MethodResult) -> MethodResult:
-    check_types(result)
+    check_fields(result)
     return result
 
 
