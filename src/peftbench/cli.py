@@ -90,8 +90,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peftbench",
-        description=f"Compare full fine-tuning and {len(METHODS) - 1} PEFT methods (LoRA and its variants, LoHa, LoKr, "
-        "VeRA, OFT, IA3, prefix and prompt tuning) on the same model, data and budget.",
+        description=f"Compare full fine-tuning and {len(METHODS) - 1} PEFT methods (LoRA and its variants, the "
+        "low-rank, orthogonal, sparse, spectral and scaling families, IA3, prompt learning: `peftbench methods` lists "
+        "them) on the same model, data and budget.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(

@@ -103,7 +103,8 @@ def test_help_lists_aliases_with_their_option_and_the_true_batch_size():
     assert "(per device)" not in text and "across all processes (the global batch, not per device)" in text
     assert "--per_device_train_batch_size" in text
     top = subprocess.run([sys.executable, "-m", "peftbench", "--help"], capture_output=True, text=True, timeout=120)
-    assert "(LoRA, IA3)" not in top.stdout and "13 PEFT methods" in " ".join(top.stdout.split())
+    count = f"{len(METHODS) - 1} PEFT methods"
+    assert "(LoRA, IA3)" not in top.stdout and count in " ".join(top.stdout.split())
 
 
 # ---------------------------------------------------------------------------------------------- targets
