@@ -18,7 +18,7 @@ from peftbench.config.run_config import RunConfig
 from peftbench.data.splits import Example
 from peftbench.errors import ConfigError
 from peftbench.methods.apply import apply_method, check_method, count_parameters
-from peftbench.methods.registry import METHODS
+from peftbench.methods.registry import METHODS, NOT_OFFERED
 from peftbench.methods.settings import MethodSettings
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import load_model, skeleton
@@ -246,6 +246,22 @@ def test_docs_document_every_method():
         row = next((line for line in section.splitlines() if line.startswith(f"| `{name}` |")), None)
         assert row is not None, name
         assert f"{method.default_lr:g}" in row, name
+
+
+def test_every_peft_method_type_is_offered_or_refused_with_its_reason(capsys):
+    """The installed peft's method types are each a registry entry or in NOT_OFFERED, whose reasons the docs table
+    shows word for word and `run --methods` gives (exit 2)."""
+    offered = {m.peft_type for m in METHODS.values()}
+    refused = {m.peft_type for m in NOT_OFFERED.values()}
+    assert {t for t in PeftType.__members__ if t not in offered and t not in refused} == set()
+    assert not set(NOT_OFFERED) & set(METHODS)
+    page = Path(__file__).parents[2].joinpath("docs", "methods.md").read_text()
+    table = page.split("## Not offered, and why")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`)" in line.split("|")[1]]
+    assert rows == [f"| {m.title} (`{m.name}`) | {m.peft_type} | {m.reason} |" for m in NOT_OFFERED.values()]
+    assert main(["run", "--methods", "lora,osf,xlora", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"osf (OSF) is not offered: {NOT_OFFERED['osf'].reason}" in err and "xlora (X-LoRA) is not offered" in err
 
 
 def _greedy_without_cache(model, prompts: dict, seq2seq: bool, steps: int, eos: int) -> list[list[int]]:

@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from accelerate.utils import set_seed
 from peft import PeftModel
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -22,6 +23,9 @@ from peftbench.model.families import family_of
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import LoadedModel, load_model
 from peftbench.pipeline.method_run import setup_method
+from peftbench.store.records import Progress
+from peftbench.store.rundir import MethodDir
+from peftbench.training import checkpoint
 from tests.helpers import train_options
 
 ARCHS = ("gpt2", "t5", "llama")
@@ -36,6 +40,7 @@ TINY = {
     "psoft": {"r": 8},
     "fourierft": {"n_frequency": 100},
     "waveft": {"n_frequency": 100},
+    "eva": {"r": 4},  # EVA's 2r components need as many decoder tokens per batch: T5's two targets hold 15
 }
 SETTINGS = MethodSettings.from_config(RunConfig(method_args=TINY))
 EXAMPLES = [
@@ -128,3 +133,64 @@ def test_adaption_prompt_is_refused_on_llama_family_models_peft_does_not_know(ba
     assert qwen2.family is family_of("qwen2") is bases["llama"].family
     with pytest.raises(ConfigError, match="adaption_prompt does not support qwen2 models: .* on llama, mistral models"):
         check_method(METHODS["adaption_prompt"], qwen2, SETTINGS)
+
+
+def test_eva_starts_from_the_training_inputs_singular_vectors(bases):
+    """EVA's A matrices are the top right singular vectors of each layer's inputs on the training examples
+    (orthonormal rows), where peft's plain wrap leaves them random; its B starts at zero, so the model is the base."""
+    loaded = _copy(bases["llama"])
+    items = loaded.layout.encode(EXAMPLES, TokenLimits(24, 8))
+    base_logits = _logits(loaded.model, loaded)
+    model = apply_method(METHODS["eva"], loaded, SETTINGS, items)
+    a_matrices = [p for name, p in model.named_parameters() if "lora_A" in name]
+    assert a_matrices
+    for a in a_matrices:
+        assert torch.allclose(a @ a.T, torch.eye(len(a)), atol=1e-4)
+    assert torch.allclose(_logits(model, loaded), base_logits, atol=1e-6)
+
+
+def test_eva_that_cannot_settle_is_a_clear_error(bases):
+    """At r 8, EVA needs 16 decoder tokens per batch; T5's two 8-token targets never give them."""
+    loaded = _copy(bases["t5"])
+    items = loaded.layout.encode(EXAMPLES, TokenLimits(24, 8))
+    plain = MethodSettings.from_config(RunConfig())
+    with pytest.raises(
+        ConfigError, match=r"eva's components did not settle within 200 passes over 2 training examples"
+    ):
+        apply_method(METHODS["eva"], loaded, plain, items)
+
+
+def _resume_arch(method: Method) -> str:
+    return next(arch for arch in ("llama", "t5", "gpt2") if applies(method, arch))
+
+
+def _trainer(method: Method, loaded: LoadedModel, epochs: int):
+    set_seed(0)  # as each method process does before it builds the model: frozen random parts come out the same
+    items = loaded.layout.encode(EXAMPLES, TokenLimits(24, 8))
+    return setup_method(method, loaded, SETTINGS, method.default_lr, items, train_options(epochs=epochs))
+
+
+@pytest.mark.parametrize("name", [name for name, method in METHODS.items()])
+def test_method_resumes_from_its_checkpoint_exactly(name, bases, tmp_path):
+    """Three epochs straight, against one epoch, a checkpoint, a freshly built model and trainer restored from it
+    (as a process started after a kill builds them), and two more: the same trainable weights. What peftbench saves
+    (trainable weights, optimizer, scheduler and the method's own state, RNG) must be all a method needs."""
+    method = METHODS[name]
+    arch = _resume_arch(method)
+    straight = _trainer(method, _copy(bases[arch]), epochs=3)
+    for _ in range(3):
+        straight.train_epoch()
+    directory = MethodDir(tmp_path)
+    first = _trainer(method, _copy(bases[arch]), epochs=3)
+    first.train_epoch()
+    after_one = {key: weight.clone() for key, weight in first.trainable_weights().items()}
+    checkpoint.save(directory, first, Progress())
+    resumed = _trainer(method, _copy(bases[arch]), epochs=3)
+    checkpoint.restore(checkpoint.load_latest(directory), resumed)
+    for _ in range(2):
+        resumed.train_epoch()
+    expected, got = straight.trainable_weights(), resumed.trainable_weights()
+    assert got.keys() == expected.keys()
+    assert any(not torch.equal(expected[key], after_one[key]) for key in expected), "nothing trained after epoch 1"
+    for key, weight in expected.items():
+        assert torch.allclose(got[key], weight, atol=1e-6, rtol=0), key

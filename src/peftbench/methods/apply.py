@@ -16,10 +16,11 @@ from torch import nn
 
 from peftbench.config.run_config import ALL_LINEAR, is_pattern
 from peftbench.errors import ConfigError
-from peftbench.methods import optimizers, peft_configs
+from peftbench.methods import data_init, optimizers, peft_configs
 from peftbench.methods.method_args import with_method_args
 from peftbench.methods.registry import LAYER_KINDS, METHODS, Method
 from peftbench.methods.settings import MethodSettings
+from peftbench.model.layout import Encoded
 from peftbench.model.load import LoadedModel
 
 
@@ -175,14 +176,25 @@ def check_method(method: Method, loaded: LoadedModel, settings: MethodSettings) 
     return with_method_args(method, built, settings.method_args.get(method.name, {}))
 
 
-def apply_method(method: Method, loaded: LoadedModel, settings: MethodSettings) -> nn.Module:
-    """Return the model to train: the base model itself for `full`, else a PeftModel wrapping it (in place)."""
+def apply_method(
+    method: Method, loaded: LoadedModel, settings: MethodSettings, train: list[Encoded] | None = None
+) -> nn.Module:
+    """Return the model to train: the base model itself for `full`, else a PeftModel wrapping it (in place). A method
+    initialised from data (the registry's init_from_data: EVA) reads the training examples `train`; without them (to
+    count or check) it is wrapped as peft builds it, before that initialisation."""
     peft_config = check_method(method, loaded, settings)
     if peft_config is None:
         loaded.model.requires_grad_(True)
         return loaded.model
     try:
-        model = get_peft_model(loaded.model, peft_config)
+        if method.init_from_data and train:
+            device = next(loaded.model.parameters()).device
+            initialise = getattr(data_init, method.init_from_data)
+            model = initialise(loaded.model, peft_config, data_init.calibration(loaded.layout, train, device))
+        else:
+            model = get_peft_model(loaded.model, peft_config)
+    except ConfigError:
+        raise
     except (ValueError, TypeError, NotImplementedError) as exc:  # peft's way of saying "not on this model"
         raise ConfigError(f"peft cannot apply {method.name} to this {loaded.family.name} model: {exc}") from None
     if method.patch is not None:

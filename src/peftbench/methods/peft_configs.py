@@ -8,6 +8,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
+import peft.import_utils
 from peft import (
     AdaLoraConfig,
     AdaptionPromptConfig,
@@ -16,6 +17,7 @@ from peft import (
     C3AConfig,
     DeftConfig,
     DeloraConfig,
+    EvaConfig,
     FourierFTConfig,
     FrodConfig,
     GloraConfig,
@@ -30,6 +32,7 @@ from peft import (
     LoraConfig,
     MissConfig,
     OFTConfig,
+    PacaConfig,
     PeanutConfig,
     PeftConfig,
     PrefixTuningConfig,
@@ -82,6 +85,9 @@ rslora = lora_variant(use_rslora=True)
 pissa = lora_variant(init_lora_weights="pissa")
 olora = lora_variant(init_lora_weights="olora")
 ortholora = lora_variant(init_lora_weights="orthogonal")
+eva = lora_variant(init_lora_weights="eva", eva_config=EvaConfig())  # data_init.eva initialises it
+mica = lora_variant(init_lora_weights="mica")
+nora = lora_variant(init_lora_weights="nora")
 
 
 def adalora(loaded: LoadedModel, settings: MethodSettings, options: Options) -> PeftConfig:
@@ -142,6 +148,7 @@ vblora = tuner(VBLoRAConfig)
 randlora = tuner(RandLoraConfig)
 c3a = tuner(C3AConfig)
 shira = tuner(ShiraConfig)
+paca = tuner(PacaConfig)
 lily = tuner(LilyConfig)
 hira = tuner(HiraConfig)
 gralora = tuner(GraloraConfig)
@@ -236,8 +243,12 @@ def generation_cache_by_both_names(model: nn.Module) -> None:
     `past_key_values`, which transformers (5.x) renamed `cache`. peft then takes every step for the first one:
     prompt tuning puts its virtual tokens in again at every step, and prefix tuning hands its prefix over under the
     old name, which the model ignores in favour of generate's own, empty cache. So peft is shown the cache under the
-    old name too, and what it hands back under that name becomes the cache. A no-op where the names do not clash.
+    old name too, and what it hands back under that name becomes the cache. A no-op where the names do not clash,
+    and where peft asks transformers for the name itself (0.22 on), since renaming again would hand it back the
+    empty cache.
     """
+    if hasattr(peft.import_utils, "get_transformers_cache_name"):
+        return
     base_prepare, prepare = model.base_model_prepare_inputs_for_generation, model.prepare_inputs_for_generation
 
     def base_prepare_with_old_name(*args, **kwargs):

@@ -45,6 +45,7 @@ class Method:
     optimizer: str = "adamw"  # the optimizer builder in optimizers.py
     patch: str | None = None  # a function of peft_configs.py that adjusts the built peft model: library workarounds
     loss_term: str | None = None  # a function of optimizers.py whose value is added to each step's loss (a regulariser)
+    init_from_data: str | None = None  # a function of data_init.py that wraps and initialises from training examples
     settings: tuple[str, ...] = ()  # the RunConfig fields it uses besides lr and targets (recorded, and reported)
 
     @property
@@ -151,6 +152,33 @@ METHODS: dict[str, Method] = {
             "PiSSA's rate here: both start from the weights' leading part (peft's OLoRA example: 3e-4)",
             "LORA",
             layer_kinds=LINEAR,  # peft's OLoRA ignores fan_in_fan_out: on Conv1D it fails or silently changes the model
+            settings=LORA,
+        ),
+        on_lora_targets(
+            "eva",
+            "EVA: LoRA whose A starts from the top singular vectors of each layer's inputs on training examples, "
+            "ranks redistributed by explained variance",
+            5e-4,
+            "LoRA's (same parametrisation; B starts at zero, the base stays as it is)",
+            "LORA",
+            init_from_data="eva",
+            settings=LORA,
+        ),
+        on_lora_targets(
+            "mica",
+            "MiCA: LoRA with B fixed to each weight's r minor singular directions, only A trains",
+            5e-4,
+            peft_experiment(1e-4),
+            "LORA",
+            layer_kinds=LINEAR,
+            settings=LORA,
+        ),
+        on_lora_targets(
+            "nora",
+            "NoRA: LoRA with each column of A normalised to unit length at the start",
+            5e-4,
+            "LoRA's (only A's starting scale differs)",
+            "LORA",
             settings=LORA,
         ),
         on_lora_targets(
@@ -398,6 +426,14 @@ METHODS: dict[str, Method] = {
             layer_kinds=LINEAR,
         ),
         on_lora_targets(
+            "paca",
+            "PaCA: r randomly chosen input columns of each target weight train directly (no added matrices)",
+            1.5e-3,
+            peft_experiment(3e-4),
+            "PACA",
+            layer_kinds=LINEAR,
+        ),
+        on_lora_targets(
             "supertuning",
             "Supertuning: the largest 1% of each target weight's entries (by magnitude) train directly",
             1.5e-3,
@@ -483,8 +519,169 @@ METHODS: dict[str, Method] = {
 }
 
 
+@dataclass(frozen=True)
+class NotOffered:
+    """A peft method (or LoRA option) that peftbench refuses, and why: docs/methods.md's "Not offered" table."""
+
+    name: str  # how users would name it in --methods
+    title: str
+    peft_type: str  # peft's PeftType, and for LoRA options the LoraConfig field that selects it
+    reason: str
+
+
+# Every method type of the installed peft is in METHODS or here (a test checks it, and the docs table against this).
+NOT_OFFERED: dict[str, NotOffered] = {
+    m.name: m
+    for m in [
+        NotOffered(
+            "xlora",
+            "X-LoRA",
+            "XLORA",
+            "it mixes already-trained LoRA experts (`adapters`: name -> path) with a learned per-token classifier: "
+            "nothing to train from one task; it also fails at once (`use_cache` must be False)",
+        ),
+        NotOffered(
+            "poly",
+            "Poly",
+            "POLY",
+            "multi-task routing over several LoRAs: every forward and generate needs `task_ids`; with one task it "
+            "is a fixed mixture of LoRAs, and it does not merge",
+        ),
+        NotOffered(
+            "multitask_prompt_tuning",
+            "multitask prompt tuning",
+            "MULTITASK_PROMPT_TUNING",
+            "its point is a prompt distilled over many source tasks, with `task_ids` in every forward; with one task "
+            "it is prompt tuning (`prompt`)",
+        ),
+        NotOffered(
+            "cpt",
+            "CPT",
+            "CPT",
+            "it needs in-context demonstrations as token ids with per-token type masks in the config and in every "
+            "forward, and computes its own loss; causal models only",
+        ),
+        NotOffered(
+            "cartridge",
+            "Cartridge",
+            "CARTRIDGE",
+            "it is trained by self-study context distillation; on plain labels it is prefix tuning (`prefix`) with "
+            "the first virtual token frozen",
+        ),
+        NotOffered(
+            "shadow",
+            "Shadow",
+            "SHADOW",
+            "it adds an auxiliary loss only when labels reach the forward (peftbench computes its own loss: it would "
+            "need a loss term), wraps whole decoder blocks, causal models only",
+        ),
+        NotOffered(
+            "osf",
+            "OSF",
+            "OSF",
+            "it merges but cannot unmerge (peftbench's serving costs merge and unmerge every mergeable adapter); a "
+            "continual-learning method that trains half of each weight's singular subspace by default",
+        ),
+        NotOffered(
+            "adamss", "AdaMSS", "ADAMSS", "it needs scikit-learn (its KMeans), which peftbench does not depend on"
+        ),
+        NotOffered(
+            "trainable_tokens",
+            "trainable tokens",
+            "TRAINABLE_TOKENS",
+            "it trains the embeddings of chosen token ids, for tokens a run adds: a single-task run adds none, and "
+            "which existing tokens to train is a choice of its own, not a method to compare",
+        ),
+        NotOffered(
+            "corda",
+            "CorDA",
+            'LORA (init_lora_weights="corda")',
+            "not yet: it rewrites the base weights from calibration examples before peft wraps the model, so its "
+            "saved adapter loads back only once peft converts it to plain LoRA against the initial adapter "
+            "(`path_initial_model_for_weight_conversion`), which peftbench's save does not keep yet",
+        ),
+        NotOffered(
+            "astra",
+            "ASTRA",
+            'LORA (init_lora_weights="astra")',
+            "not yet: as CorDA, it rewrites the base weights from calibration examples before peft wraps the model",
+        ),
+        NotOffered(
+            "loraga",
+            "LoRA-GA",
+            'LORA (init_lora_weights="lora_ga")',
+            "not yet: as CorDA, from gradients of training batches (`preprocess_loraga`), and the base weights change",
+        ),
+        NotOffered(
+            "velora",
+            "VeLoRA",
+            "LORA (velora_config)",
+            "not yet: a memory-saving backward for LoRA (compressed activations), one more entry to add",
+        ),
+        NotOffered(
+            "riemannian",
+            "Riemannian LoRA",
+            "LORA (peft.optimizers riemannian)",
+            "not yet: a preconditioned optimizer for LoRA, one more optimizer entry to add",
+        ),
+        NotOffered(
+            "gaussian",
+            "Gaussian init",
+            'LORA (init_lora_weights="gaussian")',
+            "LoRA with A drawn from a normal distribution instead of Kaiming-uniform: the same method as `lora` "
+            "but for the scale of A's start",
+        ),
+        NotOffered(
+            "lora_bias",
+            "LoRA bias",
+            "LORA (lora_bias)",
+            "an option for LoRA extracted from full fine-tunes; it merges only into layers with a bias",
+        ),
+        NotOffered(
+            "loftq",
+            "LoftQ",
+            'LORA (init_lora_weights="loftq")',
+            "it needs bitsandbytes and a CUDA device: it initialises LoRA for a quantized base, which a "
+            "full-precision comparison does not have",
+        ),
+        NotOffered(
+            "kasa",
+            "KaSA",
+            "LORA (kasa_config)",
+            "its regulariser is a loss the user adds each step (`_get_kasa_loss`); it also changes the model at "
+            "initialisation and refuses Conv1D",
+        ),
+        NotOffered(
+            "monteclora",
+            "MonteCLoRA",
+            "LORA (monteclora_config)",
+            "its regulariser is a loss the user adds each step (`_get_monteclora_loss`)",
+        ),
+        NotOffered(
+            "bdlora",
+            "BD-LoRA",
+            "LORA (use_bdlora)",
+            "a serving optimisation for tensor parallelism (block-diagonal factors); it needs its targets split in "
+            "two lists and fails on Conv1D",
+        ),
+        NotOffered(
+            "alora",
+            "aLoRA",
+            "LORA (alora_invocation_tokens)",
+            "it acts only after an invocation token sequence that every input must contain; it does not merge",
+        ),
+        NotOffered("qalora", "QA-LoRA", "LORA (use_qalora)", "it adapts GPTQ-quantized models only"),
+        NotOffered("arrow", "Arrow", "LORA (arrow_config)", "a router over already-trained LoRA adapters"),
+    ]
+}
+
+
 def check_method_names(names: list[str]) -> None:
-    """Raise ConfigError for a method name that is not registered, or listed twice."""
+    """Raise ConfigError for a method name that is not registered (with the reason where peftbench refuses a peft
+    method on purpose), or listed twice."""
+    refused = [NOT_OFFERED[name] for name in names if name in NOT_OFFERED]
+    if refused:
+        raise ConfigError("; ".join(f"{m.name} ({m.title}) is not offered: {m.reason}" for m in refused))
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")

@@ -179,6 +179,11 @@ class Layout:
         """Every token slot the model processes for a padded training batch, padding included."""
         raise NotImplementedError
 
+    def real_positions(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """For a collated training batch, each sequence length a layer's inputs can have (batch x length) and which
+        of those positions hold real tokens, not padding (what a layer sees of the data, for EVA's SVD)."""
+        raise NotImplementedError
+
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Non-padding tokens the model processes for a collated training batch."""
         raise NotImplementedError
@@ -389,6 +394,9 @@ class CausalLayout(Layout):
     def padded_positions(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].numel()
 
+    def real_positions(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return {batch["input_ids"].shape[1]: batch["attention_mask"].bool()}  # every layer reads the one sequence
+
     def logit_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return {k: v for k, v in batch.items() if k != "labels"}, batch["attention_mask"].bool()
 
@@ -470,6 +478,15 @@ class Seq2SeqLayout(Layout):
 
     def padded_positions(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].numel() + batch["labels"].numel()  # encoder input and decoder positions
+
+    def real_positions(self, batch: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        # Encoder layers (and cross-attention's keys and values) read the source, the decoder's the shifted labels:
+        # right padding, so the decoder's real positions are the labels' real ones. Where the two lengths coincide,
+        # a position real in either counts (the few padding rows that lets in do not sway an SVD of thousands).
+        source, decoder = batch["attention_mask"].bool(), batch["labels"] != IGNORE_INDEX
+        if source.shape == decoder.shape:
+            return {source.shape[1]: source | decoder}
+        return {source.shape[1]: source, decoder.shape[1]: decoder}
 
     def logit_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return batch, batch["labels"] != IGNORE_INDEX  # the model builds its decoder input from the labels

@@ -130,7 +130,7 @@ def setup_method(
     log: Callable[[dict], None] | None = None,
 ) -> Trainer:
     """The method applied to the loaded model (in place), its optimizer, and the trainer over the training split."""
-    model = apply_method(method, loaded, settings)
+    model = apply_method(method, loaded, settings, train)
     optimizer = build_optimizer(method, model, lr, settings)
     return Trainer(model, optimizer, train, loaded.layout, options, loss_term(method), log)
 
