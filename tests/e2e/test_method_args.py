@@ -61,3 +61,15 @@ def test_method_args_from_yaml(tiny_models, articles, tmp_path, capsys):
     assert "oft" in capsys.readouterr().out
     config.write_text("method_args: {oft: [8]}\n")
     assert "not a mapping of methods to their fields" in fails(capsys, ["run", "--config", str(config), *args[1:]])
+
+
+def test_a_default_size_the_model_cannot_take_is_refused_before_anything_trains(
+    tiny_models, articles, tmp_path, capsys
+):
+    """C3A's default block of 256 does not divide the tiny model's width of 32: pre-flight says so, naming the sizes,
+    before any method trains; --method-args gives a size that fits."""
+    args = tiny_run_args(tiny_models["t5"], articles, tmp_path / "o", "--methods", "lora,c3a", "--in-process")
+    err = fails(capsys, args)
+    assert "peft cannot apply c3a" in err and "the input size is 32 and the block size is 256" in err
+    assert not (tmp_path / "o" / "lora").exists()
+    assert main([*args, "--method-args", "c3a.block_size=8", "--dry-run"]) == 0

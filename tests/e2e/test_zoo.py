@@ -22,6 +22,7 @@ from peftbench.methods.settings import MethodSettings
 from peftbench.model.families import family_of
 from peftbench.model.layout import TokenLimits
 from peftbench.model.load import LoadedModel, load_model
+from peftbench.pipeline.costs import save_adapter
 from peftbench.pipeline.method_run import setup_method
 from peftbench.store.records import Progress
 from peftbench.store.rundir import MethodDir
@@ -110,8 +111,8 @@ def test_method_trains_saves_reloads_and_merges(arch, name, bases, tmp_path):
     assert any(not torch.equal(after[key], weight) for key, weight in before.items()), "nothing trained"
 
     trained = _logits(model, loaded)
-    model.save_pretrained(tmp_path)
-    reloaded = PeftModel.from_pretrained(_copy(bases[arch]).model, tmp_path)
+    save_adapter(model, method, loaded.layout, tmp_path / "adapter")  # as a run saves it
+    reloaded = PeftModel.from_pretrained(_copy(bases[arch]).model, tmp_path / "adapter")
     assert torch.allclose(_logits(reloaded, loaded), trained, atol=1e-5, rtol=0), "reloaded adapter differs"
     if method.mergeable:
         merged = copy.deepcopy(model).merge_and_unload()

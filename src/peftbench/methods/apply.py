@@ -191,6 +191,8 @@ def apply_method(
             device = next(loaded.model.parameters()).device
             initialise = getattr(data_init, method.init_from_data)
             model = initialise(loaded.model, peft_config, data_init.calibration(loaded.layout, train, device))
+        elif method.init_from_data:
+            model = get_peft_model(loaded.model, data_init.before_data(peft_config))
         else:
             model = get_peft_model(loaded.model, peft_config)
     except ConfigError:

@@ -30,6 +30,7 @@ from peft import (
     LoHaConfig,
     LoKrConfig,
     LoraConfig,
+    LoraGAConfig,
     MissConfig,
     OFTConfig,
     PacaConfig,
@@ -51,6 +52,7 @@ from peft import (
     WaveFTConfig,
 )
 from peft.tuners.adaption_prompt.config import TRANSFORMERS_MODEL_CONFIG
+from peft.tuners.lora.config import AstraConfig, CordaConfig  # not exported by peft's top level
 from torch import nn
 
 from peftbench.errors import ConfigError
@@ -86,6 +88,9 @@ pissa = lora_variant(init_lora_weights="pissa")
 olora = lora_variant(init_lora_weights="olora")
 ortholora = lora_variant(init_lora_weights="orthogonal")
 eva = lora_variant(init_lora_weights="eva", eva_config=EvaConfig())  # data_init.eva initialises it
+corda = lora_variant(init_lora_weights="corda", corda_config=CordaConfig())  # data_init.corda prepares the layers
+astra = lora_variant(init_lora_weights="astra", astra_config=AstraConfig())
+loraga = lora_variant(init_lora_weights="lora_ga", lora_ga_config=LoraGAConfig())
 mica = lora_variant(init_lora_weights="mica")
 nora = lora_variant(init_lora_weights="nora")
 

@@ -165,6 +165,36 @@ METHODS: dict[str, Method] = {
             settings=LORA,
         ),
         on_lora_targets(
+            "corda",
+            "CorDA: LoRA started from each weight's top singular components once weighted by the covariance of its "
+            "inputs on training examples; the residual stays frozen",
+            2e-4,
+            "PiSSA's, for the same reason (its start moves the model as PiSSA's does)",
+            "LORA",
+            init_from_data="corda",
+            settings=LORA,
+        ),
+        on_lora_targets(
+            "astra",
+            "ASTRA: LoRA started from each weight's projection on the tail eigenvectors of its outputs' covariance on "
+            "training examples; the residual stays frozen",
+            2e-4,
+            "PiSSA's, for the same reason",
+            "LORA",
+            init_from_data="astra",
+            settings=LORA,
+        ),
+        on_lora_targets(
+            "loraga",
+            "LoRA-GA: LoRA started from the SVD of each weight's gradient on training batches; the residual stays "
+            "frozen",
+            2e-4,
+            "PiSSA's, for the same reason",
+            "LORA",
+            init_from_data="loraga",
+            settings=LORA,
+        ),
+        on_lora_targets(
             "mica",
             "MiCA: LoRA with B fixed to each weight's r minor singular directions, only A trains",
             5e-4,
@@ -591,26 +621,6 @@ NOT_OFFERED: dict[str, NotOffered] = {
             "TRAINABLE_TOKENS",
             "it trains the embeddings of chosen token ids, for tokens a run adds: a single-task run adds none, and "
             "which existing tokens to train is a choice of its own, not a method to compare",
-        ),
-        NotOffered(
-            "corda",
-            "CorDA",
-            'LORA (init_lora_weights="corda")',
-            "not yet: it rewrites the base weights from calibration examples before peft wraps the model, so its "
-            "saved adapter loads back only once peft converts it to plain LoRA against the initial adapter "
-            "(`path_initial_model_for_weight_conversion`), which peftbench's save does not keep yet",
-        ),
-        NotOffered(
-            "astra",
-            "ASTRA",
-            'LORA (init_lora_weights="astra")',
-            "not yet: as CorDA, it rewrites the base weights from calibration examples before peft wraps the model",
-        ),
-        NotOffered(
-            "loraga",
-            "LoRA-GA",
-            'LORA (init_lora_weights="lora_ga")',
-            "not yet: as CorDA, from gradients of training batches (`preprocess_loraga`), and the base weights change",
         ),
         NotOffered(
             "velora",

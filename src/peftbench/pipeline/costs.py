@@ -22,6 +22,7 @@ from peftbench.measure.latency import (
 from peftbench.measure.memory import memory_account, read_weights, training_state_bytes
 from peftbench.measure.serving import ServingCosts, adapter_costs, model_load_costs
 from peftbench.measure.timing import PhaseTimer
+from peftbench.methods import data_init
 from peftbench.methods.apply import count_parameters
 from peftbench.methods.registry import Method
 from peftbench.model.layout import Layout
@@ -146,7 +147,7 @@ def save_adapter(model, method: Method, layout: Layout, path: Path) -> dict[str,
     counted: dict[str, int] = {}
 
     def fill(staging: Path) -> None:
-        model.save_pretrained(staging, safe_serialization=True)
+        data_init.save_pretrained(model, staging)
         counted.update(
             {
                 f.name: f.stat().st_size

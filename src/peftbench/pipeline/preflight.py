@@ -140,6 +140,10 @@ def preflight(config: RunConfig, splits: Splits) -> Plan:
         method = METHODS[name]
         try:
             model = apply_method(method, fresh_skeleton(loaded, config.trust_remote_code), settings)
+        except ConfigError as exc:
+            if "meta" not in str(exc):  # peft refuses these settings on this model (C3A's block size, ...)
+                raise
+            continue  # a start computed from the weights (SHiRA, FRoD), which the meta device does not hold
         except Exception:  # noqa: BLE001 - e.g. a quantized base, which the meta device cannot hold: counted when run
             continue
         trainable, total = count_parameters(model)
