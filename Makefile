@@ -29,8 +29,11 @@ check: setup
 	$(BIN)/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
+# The tests on both cores (pytest-xdist), then those marked serial (timings, a Ray head, torchrun) with the machine
+# to themselves.
 test: check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 test-fast: check
 	$(BIN)/python -m pytest -q -m fast

@@ -58,6 +58,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     peftbench's own processes must end with their parent."""
     if not Path("/proc/self/environ").exists():
         return  # no /proc to look in (not Linux)
+    if getattr(session.config.option, "numprocesses", None) and not hasattr(session.config, "workerinput"):
+        return  # pytest-xdist's controller: its only processes are the workers, and each worker checks its own tests'
     deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
     while (leftovers := leftover_processes()) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -16,6 +16,9 @@ from peftbench.model.load import load_model
 from peftbench.report.costs import Ratio, log_ratios, one_sample_ratio
 from peftbench.store.records import LATENCY_PARTS as PARTS
 
+# Timings: nothing else may share the cores (make test runs serial tests after the parallel rest).
+pytestmark = pytest.mark.serial
+
 TEXTS = [
     "The council approved the new budget on Tuesday after a long debate about schools and roads.",
     "Scientists said the comet would pass close to Earth next spring, visible without a telescope.",

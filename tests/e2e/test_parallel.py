@@ -29,6 +29,10 @@ from tests.helpers import (
     without_dropout,
 )
 
+# torchrun's rendezvous ports and two processes on the two cores: one at a time (make test runs serial tests after
+# the parallel rest).
+pytestmark = pytest.mark.serial
+
 # With dropout off, two processes compute the same gradients as one, summed in another order: the losses agree to
 # float32 rounding (at most 7e-7 measured). Summaries of varied length (up to 64 tokens) give the processes' shares
 # different target counts, so the classic mistake, each process's own mean loss averaged by DDP, moves the losses

@@ -28,6 +28,9 @@ from peftbench.store.rundir import REPORT_FILES, read_tree, write_tree
 from tests.e2e import ray_faults
 from tests.helpers import tiny_run_args
 
+# A Ray head on 127.0.0.1 and its ports: one at a time (make test runs serial tests after the parallel rest).
+pytestmark = pytest.mark.serial
+
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="the Ray executor tests need Ray: pip install 'peftbench[ray]'"
 )
