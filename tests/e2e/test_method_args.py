@@ -45,6 +45,8 @@ def test_method_args_reach_peft_and_every_record(tiny_models, articles, tmp_path
         ("loar.r=4", "unknown method 'loar'; choose from full, lora"),
         ("lora.r", "'lora.r' is not method.field=value"),
         ("lora.r=4,lora.r=8", "gives lora.r twice"),
+        ("lora.init_lora_weights=eva", "which lora does not run: use --methods eva"),
+        ("dora.init_lora_weights=loftq", "LoftQ is not offered"),
     ],
 )
 def test_bad_method_args_are_refused_before_anything_loads(given, said, tiny_models, articles, tmp_path, capsys):

@@ -29,6 +29,22 @@ OWN_FIELDS = {
 }
 
 
+# LoRA starts that need a step before or after peft wraps the model: only their own method runs it (with the start
+# alone, lora.init_lora_weights=eva would train a LoRA that merely looks like EVA's).
+PREPARED_STARTS = {"eva": "eva", "corda": "corda", "astra": "astra", "lora_ga": "loraga", "loftq": None}
+
+
+def _check_start(name: str, value: Any) -> None:
+    if not isinstance(value, str) or value not in PREPARED_STARTS or PREPARED_STARTS[value] == name:
+        return
+    method = PREPARED_STARTS[value]
+    instead = f"use --methods {method}" if method else "LoftQ is not offered (docs/methods.md)"
+    raise ConfigError(
+        f"--method-args {name}.init_lora_weights={value!r}: that start is computed by its own method's "
+        f"preparation, which {name} does not run: {instead}"
+    )
+
+
 def config_class(method: Method) -> type[PeftConfig] | None:
     """The peft config class a method is built with (None for full fine-tuning)."""
     return PEFT_TYPE_TO_CONFIG_MAPPING[method.peft_type] if method.peft_type else None
@@ -58,6 +74,8 @@ def check_method_args(method_args: dict[str, dict[str, Any]] | None) -> None:
                     f"--method-args {name}.{field}: {config.__name__} has no field {field!r}; valid fields: "
                     f"{', '.join(sorted(valid))}"
                 )
+            if field == "init_lora_weights":
+                _check_start(name, value)
             try:
                 check_value(value, valid[field], f"{name}.{field}")
             except TypeError:
