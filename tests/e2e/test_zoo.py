@@ -195,3 +195,10 @@ def test_method_resumes_from_its_checkpoint_exactly(name, bases, tmp_path):
     assert any(not torch.equal(expected[key], after_one[key]) for key in expected), "nothing trained after epoch 1"
     for key, weight in expected.items():
         assert torch.allclose(got[key], weight, atol=1e-6, rtol=0), key
+
+
+def test_a_refusal_names_only_methods_that_work_on_the_model(bases):
+    with pytest.raises(ConfigError, match="Methods that work on this model: ") as refused:
+        check_method(METHODS["loha"], _copy(bases["gpt2"]), SETTINGS)
+    working = set(str(refused.value).split("Methods that work on this model: ")[1].split(", "))
+    assert working == {name for name, method in METHODS.items() if applies(method, "gpt2")}

@@ -111,6 +111,16 @@ def _within_targets(model: nn.Module, options: dict[str, list[str]], flag: str) 
     return options | {"targets": list(dict.fromkeys([*options["targets"], *named]))}
 
 
+def _wraps(method: Method, loaded: LoadedModel, kinds: set[str]) -> bool:
+    """Whether a method works on this model for all that its layers' kinds say: full fine-tuning and prompt learning
+    always, methods on modules their family names (norms, attention) where the family names them."""
+    if method.peft_config is None or method.prompt_learning:
+        return True
+    if not method.adapts_layers:
+        return method.name in loaded.family.defaults
+    return kinds <= set(method.layer_kinds)
+
+
 def check_layer_kinds(method: Method, loaded: LoadedModel, targets: list[str]) -> None:
     """Every targeted layer must be of a kind the method's peft tuner wraps (LoHa, LoKr, OFT: Linear, not Conv1D)."""
     unsupported: dict[str, set[str]] = {}
@@ -122,7 +132,7 @@ def check_layer_kinds(method: Method, loaded: LoadedModel, targets: list[str]) -
     if not unsupported:
         return
     found = "; ".join(f"{', '.join(sorted(names))} are {kind} layers" for kind, names in unsupported.items())
-    working = [m.name for m in METHODS.values() if not m.adapts_layers or set(unsupported) <= set(m.layer_kinds)]
+    working = [m.name for m in METHODS.values() if _wraps(m, loaded, set(unsupported))]
     raise ConfigError(
         f"{method.name} does not support {loaded.family.name} models: peft's {method.name} wraps only "
         f"{', '.join(method.layer_kinds)} layers, and here {found}. "
