@@ -209,8 +209,6 @@ def apply_method(
         raise
     except (ValueError, TypeError, NotImplementedError) as exc:  # peft's way of saying "not on this model"
         raise ConfigError(f"peft cannot apply {method.name} to this {loaded.family.name} model: {exc}") from None
-    if method.patch is not None:
-        getattr(peft_configs, method.patch)(model)
     return model
 
 

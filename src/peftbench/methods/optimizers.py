@@ -36,10 +36,7 @@ def lorafa(model: nn.Module, lr: float, settings: MethodSettings) -> torch.optim
     """LoRA-FA (peft's create_lorafa_optimizer): the A matrices stay as initialised (it freezes them) and B's
     gradient is projected onto A's row space; its scaling from the built config, so that --method-args lorafa.r=...
     holds for the optimizer too."""
-    config = model.peft_config[model.active_adapter]
-    return create_lorafa_optimizer(
-        model, r=config.r, lora_alpha=config.lora_alpha, lr=lr, weight_decay=settings.weight_decay
-    )
+    return create_lorafa_optimizer(model, lr=lr, weight_decay=settings.weight_decay)
 
 
 def _orthogonality(tuner) -> torch.Tensor:

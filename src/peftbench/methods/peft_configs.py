@@ -8,7 +8,6 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-import peft.import_utils
 from peft import (
     AdaLoraConfig,
     AdaptionPromptConfig,
@@ -53,7 +52,6 @@ from peft import (
 )
 from peft.tuners.adaption_prompt.config import TRANSFORMERS_MODEL_CONFIG
 from peft.tuners.lora.config import AstraConfig, CordaConfig  # not exported by peft's top level
-from torch import nn
 
 from peftbench.errors import ConfigError
 from peftbench.model.families import Options, family_of
@@ -241,32 +239,3 @@ def adaption_prompt(loaded: LoadedModel, settings: MethodSettings, options: Opti
         adapter_len=settings.num_virtual_tokens,
         adapter_layers=loaded.model.config.num_hidden_layers,
     )
-
-
-def generation_cache_by_both_names(model: nn.Module) -> None:
-    """Make generation with virtual tokens right again: peft (0.21) looks for the generation cache under the name
-    `past_key_values`, which transformers (5.x) renamed `cache`. peft then takes every step for the first one:
-    prompt tuning puts its virtual tokens in again at every step, and prefix tuning hands its prefix over under the
-    old name, which the model ignores in favour of generate's own, empty cache. So peft is shown the cache under the
-    old name too, and what it hands back under that name becomes the cache. A no-op where the names do not clash,
-    and where peft asks transformers for the name itself (0.22 on), since renaming again would hand it back the
-    empty cache.
-    """
-    if hasattr(peft.import_utils, "get_transformers_cache_name"):
-        return
-    base_prepare, prepare = model.base_model_prepare_inputs_for_generation, model.prepare_inputs_for_generation
-
-    def base_prepare_with_old_name(*args, **kwargs):
-        inputs = base_prepare(*args, **kwargs)
-        if "cache" in inputs and "past_key_values" not in inputs:
-            inputs["past_key_values"] = inputs["cache"]
-        return inputs
-
-    def prepare_with_new_name(*args, **kwargs):
-        inputs = prepare(*args, **kwargs)
-        if "cache" in inputs and "past_key_values" in inputs:
-            inputs["cache"] = inputs.pop("past_key_values")
-        return inputs
-
-    model.base_model_prepare_inputs_for_generation = base_prepare_with_old_name
-    model.prepare_inputs_for_generation = prepare_with_new_name

@@ -43,7 +43,6 @@ class Method:
     prompt_learning: bool = False  # adds virtual tokens instead of adapting layers: no targets
     quantizable: bool = False  # trains on a 4-bit or 8-bit base (--quantize)
     optimizer: str = "adamw"  # the optimizer builder in optimizers.py
-    patch: str | None = None  # a function of peft_configs.py that adjusts the built peft model: library workarounds
     loss_term: str | None = None  # a function of optimizers.py whose value is added to each step's loss (a regulariser)
     init_from_data: str | None = None  # a function of data_init.py that wraps and initialises from training examples
     settings: tuple[str, ...] = ()  # the RunConfig fields it uses besides lr and targets (recorded, and reported)
@@ -518,7 +517,6 @@ METHODS: dict[str, Method] = {
             peft_type="PREFIX_TUNING",
             mergeable=False,
             prompt_learning=True,
-            patch="generation_cache_by_both_names",
             settings=("num_virtual_tokens",),
         ),
         Method(
@@ -530,7 +528,6 @@ METHODS: dict[str, Method] = {
             peft_type="PROMPT_TUNING",
             mergeable=False,
             prompt_learning=True,
-            patch="generation_cache_by_both_names",
             settings=("num_virtual_tokens",),
         ),
         Method(
@@ -542,7 +539,6 @@ METHODS: dict[str, Method] = {
             peft_type="P_TUNING",
             mergeable=False,
             prompt_learning=True,
-            patch="generation_cache_by_both_names",
             settings=("num_virtual_tokens",),
         ),
     ]
