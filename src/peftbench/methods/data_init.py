@@ -78,8 +78,9 @@ def calibration(layout: Layout, train: list[Encoded], device: torch.device) -> C
 
 
 def before_data(config: PeftConfig) -> PeftConfig:
-    """The config as peft wraps a model before a data-driven start (plain LoRA's): for counting and checking where
-    no training examples are at hand (CorDA's and ASTRA's own starts need theirs)."""
+    """The config as peft wraps a model before a data-driven start (plain LoRA's, without the start's own config,
+    which peft would warn is unused): for counting and checking where no training examples are at hand (CorDA's and
+    ASTRA's own starts need theirs), and for the start that save_pretrained's conversion reads."""
     plain = copy.deepcopy(config)
     plain.init_lora_weights = True
     plain.eva_config = plain.corda_config = plain.astra_config = plain.lora_ga_config = None
@@ -165,10 +166,8 @@ def save_pretrained(model: nn.Module, directory: Path) -> None:
         model.save_pretrained(directory, safe_serialization=True)
         return
     initial = directory / "initial-adapter"
-    config = copy.deepcopy(model.peft_config["default"])
-    config.init_lora_weights = True  # peft's conversion loads the start as a plain LoRA, not subtracting it again
-    config.corda_config = config.astra_config = config.lora_ga_config = None  # which it would warn are unused
-    config.save_pretrained(initial)
+    # peft's conversion loads the start as a plain LoRA, not subtracting it again
+    before_data(model.peft_config["default"]).save_pretrained(initial)
     save_file(start, str(initial / "adapter_model.safetensors"))
     try:
         with warnings.catch_warnings():  # peft advises the very conversion this is
