@@ -108,6 +108,12 @@ def tiny_run_args(model: Path, data: Path, output: Path, *extra: str) -> list[st
     return ["run", *where, "--quiet", *sizes, *QUICK_LATENCY, *extra]
 
 
+def grid_search(method: str, grid: str) -> list[str]:
+    """Flags for a one-epoch learning-rate search of one method over exactly this grid (no point placed beyond it)."""
+    points = str(len(grid.split(",")))
+    return ["--methods", method, "--epochs", "1", "--search", "lr", "--lr-grid", grid, "--search-trials", points]
+
+
 def fails(capsys, args: list[str]) -> str:
     """Run the CLI with args: it must exit 2 with `peftbench: error: ...` and no traceback; returns its stderr."""
     assert main(args) == 2

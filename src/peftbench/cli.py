@@ -52,9 +52,10 @@ class _Given(argparse.Action):
     one setting (an alias and its flag) agree. The same spelling twice: the last one counts, as usual."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values if self.nargs != 0 else True)
+        value = values if self.nargs != 0 else self.const  # a switch: True, or False for --no-<flag>
+        setattr(namespace, self.dest, value)
         given = dict(getattr(namespace, "given", None) or {})
-        given[option_string] = values if self.nargs != 0 else True
+        given[option_string.replace("--no-", "--", 1) if value is False else option_string] = value
         namespace.given = given
 
 
@@ -77,7 +78,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         flags = option_strings(name)
         default = getattr(DEFAULTS, name)
         if isinstance(default, bool):
-            parser.add_argument(*flags, dest=name, action=_Given, nargs=0, default=None, help=help_of(name))
+            parser.add_argument(*flags, dest=name, action=_Given, nargs=0, const=True, default=None, help=help_of(name))
+            if default:  # a setting on by default is turned off with --no-<flag>
+                negative = [flag.replace("--", "--no-", 1) for flag in flags]
+                parser.add_argument(*negative, dest=name, action=_Given, nargs=0, const=False, default=None)
             continue
         shown = ",".join(default) if isinstance(default, list) else default
         suffix = f" (default: {shown})" if default is not None and SETTINGS[name].default_shown else ""

@@ -12,7 +12,7 @@ import pytest
 
 from peftbench.cli import main
 from peftbench.store.rundir import STAGING_PREFIX
-from tests.helpers import tiny_run_args
+from tests.helpers import grid_search, tiny_run_args
 
 
 def _args(tiny_models, articles, output: Path, *extra: str) -> list[str]:
@@ -216,8 +216,7 @@ def test_report_removes_what_a_killed_write_left(run_copy, capsys):
 
 def test_a_damaged_trial_record_trains_that_trial_again(tiny_models, articles, tmp_path, capsys):
     output = tmp_path / "search"
-    grid = ("--search", "lr", "--lr-grid", "1e-4,3e-3", "--in-process")
-    args = tiny_run_args(tiny_models["gpt2"], articles, output, "--methods", "lora", "--epochs", "1", *grid)
+    args = tiny_run_args(tiny_models["gpt2"], articles, output, *grid_search("lora", "1e-4,3e-3"), "--in-process")
     assert main(args) == 0
     trial = sorted((output / "lora" / "trials").iterdir())[0]
     _write_json(trial / "trial.json", json.loads((trial / "trial.json").read_text()) | {"epochs": "none"})

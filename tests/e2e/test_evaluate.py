@@ -95,9 +95,10 @@ def test_a_model_with_a_cache_kind_of_its_own_reads_prompt_and_target_together(t
     prompts = loaded.layout.collate(items, with_targets=False)
     with torch.inference_mode():
         prefilled = loaded.layout.prefill(model, prompts)
-        expected, expected_count = loaded.layout.token_loss(model, loaded.layout.collate(items))
+        expected, expected_counts = loaded.layout.token_loss(model, loaded.layout.collate(items))
     # One batch: its loss in one pass is then prompt and target read together.
-    _, (summed, count) = Evaluator(loaded.layout, OPTIONS, torch.device("cpu"), one_pass=True).generate(model, items)
-    assert prefilled == {} and count == expected_count and summed == pytest.approx(expected.item(), rel=1e-6)
+    _, losses = Evaluator(loaded.layout, OPTIONS, torch.device("cpu"), one_pass=True).generate(model, items)
+    assert prefilled == {} and [losses[i][1] for i in range(len(items))] == expected_counts.tolist()
+    assert [losses[i][0] for i in range(len(items))] == pytest.approx(expected.tolist(), rel=1e-6)
     runs, _ = _both_ways(model, loaded.layout, model)
     assert runs[True][1].predictions == runs[False][1].predictions

@@ -100,6 +100,8 @@ def test_a_terminated_search_takes_its_unit_and_trial_processes_along(tiny_model
         "lr",
         "--lr-grid",
         "1e-3,1e-2",
+        "--search-trials",
+        "2",
     ]
     with launched(command, stderr=subprocess.PIPE, text=True) as run:
         trial = output / "ia3" / "trials" / "lr-1e-03" / "checkpoint"

@@ -26,7 +26,7 @@ from peftbench.errors import ConfigError
 from peftbench.pipeline.executor import progress_line
 from peftbench.store.rundir import REPORT_FILES, read_tree, write_tree
 from tests.e2e import ray_faults
-from tests.helpers import tiny_run_args
+from tests.helpers import grid_search, tiny_run_args
 
 # A Ray head on 127.0.0.1 and its ports: one at a time (make test runs serial tests after the parallel rest).
 pytestmark = pytest.mark.serial
@@ -313,23 +313,8 @@ def test_progress_line():
 @needs_ray
 def test_a_search_on_ray_goes_on_from_the_trials_in_output(tiny_gpt2, articles, tmp_path, ray_head):
     def args(grid):
-        return tiny_run_args(
-            tiny_gpt2,
-            articles,
-            tmp_path / "ray",
-            "--methods",
-            "ia3",
-            "--epochs",
-            "1",
-            "--search",
-            "lr",
-            "--lr-grid",
-            grid,
-            "--executor",
-            "ray",
-            "--ray-address",
-            ray_head,
-        )
+        where = ("--executor", "ray", "--ray-address", ray_head)
+        return tiny_run_args(tiny_gpt2, articles, tmp_path / "ray", *grid_search("ia3", grid), *where)
 
     assert main(args("1e-3,3e-2")) == 0
     trials = tmp_path / "ray" / "ia3" / "trials"

@@ -14,11 +14,16 @@ pytestmark = pytest.mark.fast
 
 
 def _values(flags: list[str]) -> dict[str, object]:
-    """flags_for's output read back as build_config's flag values: a boolean field's flag stands alone."""
+    """flags_for's output read back as build_config's flag values: a boolean field's flag stands alone (--no-<flag>
+    turns off one that is on by default)."""
     values, tokens = {}, iter(flags)
     for flag in tokens:
         assert flag.startswith("--"), flags
         name = flag[2:].replace("-", "_")
+        if name.startswith("no_") and name not in FIELDS:
+            assert FIELDS[name[3:]].default is True
+            values["--" + flag[5:]] = False
+            continue
         values[flag] = True if isinstance(FIELDS[name].default, bool) else next(tokens)
     return values
 
@@ -185,11 +190,14 @@ def test_flags_for_round_trips_through_build_config():
             "max_grad_norm": 0.5,
             "search": ["lr"],
             "lr_grid": [1e-4, 3e-4],
+            "search_halving": False,
+            "search_trials": 4,
         },
         {},
     )
     flags = flags_for(config.to_dict())
     assert "--quiet" in flags and "--lr" in flags and "--epochs" in flags
+    assert "--no-search-halving" in flags and RunConfig().search_halving  # halving is on unless turned off
     assert "--force" not in flags  # a boolean at its default gives no flag
     assert build_config({}, _values(flags)) == config
 

@@ -116,8 +116,9 @@ def test_causal_token_loss_is_the_examples_summed_target_cross_entropy(gpt2):
     layout, model = gpt2.layout, gpt2.model
     items = layout.encode(EXAMPLES, LIMITS)
     with torch.no_grad():
-        loss, count = layout.token_loss(model, layout.collate(items))
+        sums, counts = layout.token_loss(model, layout.collate(items))
         rows = layout.row_losses(model, layout.collate(items))
+    loss, count = sums.sum(), int(counts.sum())
     by_hand = _causal_losses_by_hand(model, items)
     assert count == sum(len(item.target) for item in items)
     assert loss.item() == pytest.approx(sum(by_hand).item(), rel=1e-4)
@@ -189,7 +190,8 @@ def test_seq2seq_token_loss_is_the_examples_summed_target_cross_entropy(t5):
     layout, model = t5.layout, t5.model
     items = layout.encode(EXAMPLES, LIMITS)
     with torch.no_grad():
-        loss, count = layout.token_loss(model, layout.collate(items))
+        sums, counts = layout.token_loss(model, layout.collate(items))
+        loss, count = sums.sum(), int(counts.sum())
         by_hand = []
         for item in items:
             target = torch.tensor([item.target])
@@ -197,6 +199,8 @@ def test_seq2seq_token_loss_is_the_examples_summed_target_cross_entropy(t5):
             by_hand.append(F.cross_entropy(logits, target[0], reduction="sum").item())
     assert count == sum(len(item.target) for item in items)
     assert loss.item() == pytest.approx(sum(by_hand), rel=1e-4)
+    assert sums.tolist() == pytest.approx(by_hand, rel=1e-4)  # each example's own
+    assert counts.tolist() == [len(item.target) for item in items]
 
 
 def test_seq2seq_real_tokens_count_encoder_and_decoder_without_padding(t5):

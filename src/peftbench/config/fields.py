@@ -318,8 +318,25 @@ SETTINGS: dict[str, Setting] = {
         "validation (higher is better)",
     ),
     "search_halving": Setting(
-        "successive halving: every trial trains one epoch, then only the better half goes on, epoch by epoch",
+        "successive halving (on; --no-search-halving trains every trial every epoch): every trial trains one epoch, "
+        "where the search also shapes its grid, then a third of the trials (at least two) go on, epoch by epoch",
         fingerprinted=False,
+    ),
+    "search_trials": Setting(
+        "trials each method's search gets, the same for every method (so that none is favoured by a larger "
+        "search): the starting grid, then points past its best while that lies at an end, then between the best "
+        "and its better neighbour; default: the largest starting grid + 2",
+        valid=Range(1),
+        fingerprinted=False,
+        default_shown=False,
+        metavar="N",
+    ),
+    "search_limit": Setting(
+        "how far a search may extend a grid: a factor of the method's own value either way (its learning rate or "
+        "--lr; --lora-r for ranks); a selected value at that limit is reported as such",
+        valid=Range(1, low_open=True),
+        fingerprinted=False,
+        metavar="FACTOR",
     ),
 }
 RANGES = {name: setting.valid for name, setting in SETTINGS.items() if setting.valid is not None}

@@ -148,7 +148,9 @@ class RunConfig:
     lr_grid: list[float] | dict[str, list[float]] | None = None  # one grid, or one per method; None: default x 1/3,1,3
     rank_grid: list[int] | dict[str, list[int]] | None = None  # lora_r values, for methods that have a rank
     select_by: str = "loss"  # validation loss (lower is better) or a validation metric of --metrics (higher is better)
-    search_halving: bool = False  # successive halving: after each epoch only the better half of the trials continues
+    search_halving: bool = True  # successive halving: after each epoch a third of the trials (at least two) go on
+    search_trials: int | None = None  # trials per method, the same for all; None: largest starting grid + 2
+    search_limit: float = 100.0  # how far a search may go from a method's own value, as a factor either way
 
     def __post_init__(self) -> None:
         # What the task decides unless given: every RunConfig (a default one too) is complete from here on.
@@ -316,9 +318,8 @@ class RunConfig:
                 f"--select-by {self.select_by!r} is not computed on validation; choose from "
                 f"{', '.join(valid)} (loss: validation loss; a metric of --metrics)"
             )
-        if self.search is None and (self.search_halving or self.select_by != "loss"):
-            flag = "--search-halving" if self.search_halving else "--select-by"
-            raise ConfigError(f"{flag} needs a search: add --search lr (or lr,lora_r)")
+        if self.search is None and self.select_by != "loss":
+            raise ConfigError("--select-by needs a search: add --search lr (or lr,lora_r)")
 
     def _validate_seeds(self) -> None:
         if not self.seeds:
@@ -631,8 +632,8 @@ def flags_for(values: dict[str, Any]) -> list[str]:
             continue
         if name == "batch_size" and values.get("per_device_batch_size") is not None:
             continue  # the user gave it per device: batch_size is derived from that
-        if isinstance(value, bool):
-            flags += [f"--{_flag(name)}"] if value else []
+        if isinstance(value, bool):  # a switch on by default is turned off as --no-<flag>
+            flags.append(f"--{_flag(name)}" if value else f"--no-{_flag(name)}")
         else:
             flags += [f"--{_flag(name)}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     return flags

@@ -68,10 +68,11 @@ class TokenLimits:
     target: int
 
 
-def _summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy (in fp32) of logits against labels, over the labels that count, and their count."""
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((labels != IGNORE_INDEX).sum())
+def _row_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's summed cross-entropy (in fp32) of logits against labels, over the labels that count, and each
+    row's count of them: per example, so that a validation figure can carry its uncertainty over examples."""
+    losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return losses.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1)
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
@@ -143,9 +144,9 @@ class Layout:
         """The logits at the target positions of a collated batch and the labels they predict."""
         raise NotImplementedError
 
-    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Summed cross-entropy over the target tokens of a collated batch, and their count."""
-        return _summed_loss(*self._logits_and_labels(model, batch))
+    def token_loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's summed cross-entropy over the target tokens of a collated batch, and each row's count of them."""
+        return _row_sums(*self._logits_and_labels(model, batch))
 
     def prefill(self, model, prompts: dict[str, torch.Tensor]) -> dict[str, object]:
         """Read a generation batch's prompts once, for prefilled_loss and then generate to go on from: what generate
@@ -154,18 +155,16 @@ class Layout:
 
     def prefilled_loss(
         self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]], prefilled: dict[str, object]
-    ) -> tuple[torch.Tensor, int]:
-        """Summed cross-entropy over targets (one per prompt row) after the prompts that prefill read (prefilled: its
-        non-empty state), and their count: the same figure as token_loss on the collated items, without reading the
-        prompts again. Leaves prefilled as generate needs it (emptied where it cannot be, which makes generate read
-        the prompts itself)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's summed cross-entropy over its target after its prompt that prefill read (prefilled: its
+        non-empty state), and each row's count of target tokens: the same figures as token_loss on the collated
+        items, without reading the prompts again. Leaves prefilled as generate needs it (emptied where it cannot be,
+        which makes generate read the prompts itself)."""
         raise NotImplementedError
 
     def row_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each row's summed cross-entropy over its target tokens: minus its target's log-likelihood."""
-        logits, labels = self._logits_and_labels(model, batch)
-        losses = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        return losses.sum(dim=1)
+        return self.token_loss(model, batch)[0]
 
     def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
         """Pad a batch to its own longest example; generation batches (with_targets=False) hold the prompt only."""
@@ -367,7 +366,7 @@ class CausalLayout(Layout):
 
     def prefilled_loss(
         self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]], prefilled: dict[str, object]
-    ) -> tuple[torch.Tensor, int]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cache, device = prefilled[_CACHE], prompts["input_ids"].device
         # The prompts' last column (left padding: a real token in every row), then each target but its last token,
         # right-padded: every target position sees its whole prompt, and no real position sees the padding.
@@ -386,7 +385,7 @@ class CausalLayout(Layout):
             cache.crop(-width)  # back to the prompts less their last column
         except (NotImplementedError, RuntimeError, ValueError):  # one that cannot, once it holds a sliding window
             prefilled.pop(_CACHE)
-        return _summed_loss(logits, _pad(targets, IGNORE_INDEX, left=False).to(device))
+        return _row_sums(logits, _pad(targets, IGNORE_INDEX, left=False).to(device))
 
     def real_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())  # prompt and target are one sequence
@@ -468,7 +467,7 @@ class Seq2SeqLayout(Layout):
 
     def prefilled_loss(
         self, model, prompts: dict[str, torch.Tensor], targets: list[list[int]], prefilled: dict[str, object]
-    ) -> tuple[torch.Tensor, int]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         labels = _pad(targets, IGNORE_INDEX, left=False).to(prompts["input_ids"].device)
         # With the encoder's outputs given, the model skips its encoder.
         return self.token_loss(model, prompts | {"labels": labels, "encoder_outputs": prefilled["encoder_outputs"]})

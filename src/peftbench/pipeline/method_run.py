@@ -184,7 +184,8 @@ def validation_epoch(
     s, generation = evaluator.evaluate(
         trainer.unwrapped, split.items, split.examples, generate_size, f"validate epoch {epoch}", timer, "validation"
     )
-    progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.metrics))
+    per_example = {name: [float(value) for value in values] for name, values in s.per_example.items()}
+    progress.epochs.append(EpochMetrics(epoch, train_loss, s.loss, s.metrics, per_example))
     progress.add_generation(generation.new_tokens, generation.seconds)
     trainer.accelerator.log(validation_figures(progress.epochs[-1]), step=epoch * trainer.steps_per_epoch)
 

@@ -195,12 +195,12 @@ def describe(config: RunConfig, plan: Plan) -> str:
         f"Methods ({seeds} seed{'s' if seeds > 1 else ''} each; time: rough compute estimate at "
         f"{ASSUMED_UTILIZATION:.0%} of this machine's {flops_per_s / 1e9:,.0f} GFLOP/s):"
     )
-    total = 0.0
+    total = untuned = 0.0
     for method in plan.methods:
-        trials = search.trials_of(config, METHODS[method.name]) if config.search else []
-        trained = search.trial_epochs(len(trials), config.epochs, config.search_halving) if trials else None
+        searched = search.plan_of(config, METHODS[method.name]) if config.search else None
+        trained = search.trial_epochs(searched.budget, config.epochs, config.search_halving) if searched else None
         seconds = seeds * estimate_seconds(config, plan, method, flops_per_s, trained)
-        total += seconds
+        total, untuned = total + seconds, untuned + seeds * estimate_seconds(config, plan, method, flops_per_s)
         lines.append(
             f"  {method.name:<8} {method.trainable:>14,} of {method.total:,} parameters trainable "
             f"({100 * method.trainable / method.total:.3f}%), lr {method.lr:g}, ~{_duration(seconds)}"
@@ -209,13 +209,8 @@ def describe(config: RunConfig, plan: Plan) -> str:
             given = f" from {','.join(method.given[key])}" if key in method.given else ""
             layers = f" ({method.layers} layers{given})" if key == "targets" else given and f" ({given.strip()})"
             lines.append(f"  {'':<8} {key}: {', '.join(names)}{layers}")
-        if trials:
-            halving = f", halving: {trained} trial-epochs in all" if config.search_halving else ""
-            lines.append(
-                f"  {'':<8} {len(trials)} trials ({', '.join(t.name for t in trials)}), "
-                f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} each{halving}; the one selected "
-                f"on validation {config.select_by} is tested"
-            )
+        if searched:
+            lines += _search_lines(searched, config.epochs, trained, config.select_by)
     counted = {method.name for method in plan.methods}
     lines += [
         f"  {name:<8} (cannot be built without weights: counted when it runs)"
@@ -223,6 +218,8 @@ def describe(config: RunConfig, plan: Plan) -> str:
         if name not in counted
     ]
     lines.append(f"Estimated total: ~{_duration(total)} (model loading and latency timing not included)")
+    if config.search and untuned:
+        lines.append(f"  without the search: ~{_duration(untuned)}; the search costs about {total / untuned:.1f}x that")
     return "\n".join(lines)
 
 
@@ -240,12 +237,32 @@ def _method_state(config: RunConfig, directory: rundir.MethodDir) -> str:
     return _resumes(directory)
 
 
+def _search_lines(plan: search.Plan, epochs: int, trained: int, select_by: str) -> list[str]:
+    """What a method's search will do: its trials (the starting grid, and how many the search places), their
+    epochs in all, and the limits it may extend to."""
+    placed = plan.budget - len(plan.start)
+    more = f", then {placed} placed by the search" if placed else ""
+    schedule = (
+        f"halving: all train 1 epoch, {search.survivors(plan.budget)} go on"
+        if plan.halving and epochs > 1
+        else f"{epochs} epoch{'s' if epochs > 1 else ''} each"
+    )
+    limits = ", ".join(f"{setting} {low:.3g} to {high:.3g}" for setting, (low, high) in plan.bounds.items())
+    return [
+        f"  {'':<8} {plan.budget} trials ({', '.join(t.name for t in plan.start)}{more}), {schedule}: "
+        f"{trained} trial-epochs in all; limits: {limits}; the one selected on validation {select_by} is tested"
+    ]
+
+
 def _trial_state(config: RunConfig, place: rundir.TrialDir, trial: search.Trial) -> str:
     """What the same command would do with a search's trial."""
     if config.force:
         return "runs from the start (--force)"
-    if search.reached(place, trial.config(config)) >= config.epochs:
+    reached = search.reached(place, trial.config(config))
+    if reached >= config.epochs:
         return "trained: skipped"
+    if reached and config.search_halving:  # halving may have stopped it there: the search decides again
+        return f"trained to epoch {reached}: goes on only where halving keeps it"
     return _resumes(place)
 
 
@@ -263,7 +280,7 @@ def dry_run(config: RunConfig, plan: Plan, output: Path) -> None:
         for name in config.methods:
             directory = rundir.method_dir(comparison, name)
             print(f"  {directory.path}: {_method_state(config, directory)}")
-            for trial in search.trials_of(config, METHODS[name]) if config.search else []:
+            for trial in search.start_of(config, METHODS[name]) if config.search else []:
                 place = rundir.trial_dir(directory, trial.name)
                 print(f"  {place.path}: {_trial_state(config, place, trial)}")
     print("Dry run: nothing trained or written.")

@@ -1,15 +1,21 @@
-"""The per-method search (--search): each method's grid of learning rates (and ranks) as trials, each trained and
-validated like a method of its own (its directory, fingerprint, checkpoints, process), the best on validation
-selected, and that one alone tested: its result becomes the method's. With --search-halving, successive halving over
-epochs: after each epoch only the better half of the trials goes on.
+"""The per-method search (--search): each method's trials (learning rates, and ranks) trained and validated like a
+method of its own (its directory, fingerprint, checkpoints, process), the best on validation selected, and that one
+alone tested: its result becomes the method's.
 
-Everything the search decides follows from the trials' records (trial.json), so a rerun redoes no finished trial, a
-grid point added later runs alone, and the method's result is recomputed only when the selection changes.
+The search brackets: it starts from a log-spaced grid around the method's own value and, while the best trial lies at
+an end of the points tried, goes a step beyond it (up to --search-limit); with trials of its budget left, it refines
+between the best and its better neighbour. Every method gets the same budget (--search-trials), so that none is
+favoured by a larger search. With successive halving (the default), the grid is shaped on one epoch, and after each
+epoch only a third of the trials (at least two) go on, so that the final choice is still made at the full budget.
+
+Everything the search decides follows from the trials' records (trial.json), so a rerun redoes no finished trial,
+reaches the same decisions, and recomputes the method's result only when the selection changes.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -25,11 +31,21 @@ from peftbench.store.records import EpochMetrics, MethodResult
 from peftbench.store.rundir import MethodDir, TrialDir
 from peftbench.training import checkpoint
 
-# The default grid around a method's own value: its learning rate (or --lr) x 1/3, 1, 3; its rank (--lora-r) x 1/2,
-# 1, 2.
-DEFAULT_FACTORS = {"lr": (1 / 3, 1.0, 3.0), "lora_r": (0.5, 1.0, 2.0)}
+
+@dataclass(frozen=True)
+class Axis:
+    """A searched setting: the factor between neighbouring points of its default grid (log-spaced; also one step of
+    an extension beyond a grid of one point), and whether its values are whole numbers."""
+
+    step: float
+    whole: bool
+
+
+AXES = {"lr": Axis(3.0, whole=False), "lora_r": Axis(2.0, whole=True)}
 GRID_OF = {setting: grid for grid, setting in GRIDS.items()}
 LOSS = "loss"  # --select-by's validation loss (lower is better); any other choice is a metric (higher is better)
+ROOM = 2  # the default budget: the largest starting grid, and room to extend it twice
+KEEP = 3  # successive halving keeps a third of the trials after each epoch (Hyperband's eta = 3), at least two
 
 
 def searched(method: Method, search: list[str] | None) -> list[str]:
@@ -51,7 +67,7 @@ def trial_name(lr: float, rank: int | None) -> str:
 
 @dataclass(frozen=True)
 class Trial:
-    """One grid point of one method: its learning rate, and its rank where the rank is searched."""
+    """One point of one method's search: its learning rate, and its rank where the rank is searched."""
 
     lr: float
     lora_r: int | None = None
@@ -60,30 +76,153 @@ class Trial:
     def name(self) -> str:
         return trial_name(self.lr, self.lora_r)
 
+    def value(self, setting: str) -> float:
+        return getattr(self, setting)
+
+    def moved(self, setting: str, value: float) -> Trial:
+        """The same point with one setting changed (rounded as trials are: three digits, or a whole number)."""
+        return replace(self, **{setting: int(value) if AXES[setting].whole else _round(value)})
+
     def config(self, config: RunConfig) -> RunConfig:
         """The configuration the trial runs with: the method's, at this point (--force acts on the whole search)."""
         return replace(config, lr=self.lr, lora_r=self.lora_r or config.lora_r, force=False)
 
 
+def _own_value(config: RunConfig, method: Method, setting: str) -> float:
+    """The method's own value of a setting: its learning rate (or --lr), or --lora-r."""
+    return learning_rate(method, config.lr) if setting == "lr" else config.lora_r
+
+
 def grid(config: RunConfig, method: Method, setting: str) -> list[float] | list[int]:
-    """One setting's grid for a method: the one given for it (YAML: per method), the one given for all, or the
-    default factors around the method's own value."""
+    """One setting's starting grid for a method: the one given for it (YAML: per method), the one given for all, or
+    the method's own value and one step either way (lr x 1/3, 1, 3; rank x 1/2, 1, 2)."""
     given = getattr(config, GRID_OF[setting])
     if isinstance(given, dict):
         given = given.get(method.name)
-    if setting == "lr":
-        values = given or [learning_rate(method, config.lr) * f for f in DEFAULT_FACTORS["lr"]]
-        return sorted({_round(value) for value in values})
-    values = given or [max(1, round(config.lora_r * f)) for f in DEFAULT_FACTORS["lora_r"]]
-    return sorted({int(value) for value in values})
+    own, axis = _own_value(config, method, setting), AXES[setting]
+    values = given or [own / axis.step, own, own * axis.step]
+    if axis.whole:
+        return sorted({max(1, round(value)) for value in values})
+    return sorted({_round(value) for value in values})
 
 
-def trials_of(config: RunConfig, method: Method) -> list[Trial]:
-    """Every grid point of a method, by learning rate, then rank."""
+def start_of(config: RunConfig, method: Method) -> list[Trial]:
+    """The trials a method's search starts from: every point of its starting grids, by learning rate, then rank."""
     settings = searched(method, config.search)
     rates = grid(config, method, "lr") if "lr" in settings else [_round(learning_rate(method, config.lr))]
     ranks = grid(config, method, "lora_r") if "lora_r" in settings else [None]
     return [Trial(lr, rank) for lr in rates for rank in ranks]
+
+
+def budget(config: RunConfig) -> int:
+    """The trials every method's search gets: --search-trials, or the largest starting grid among the methods with
+    room to extend it twice."""
+    largest = max(len(start_of(config, METHODS[name])) for name in config.methods)
+    return config.search_trials or largest + ROOM
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a method's search will do: its starting trials, its budget of trials, how far each searched setting may
+    go (low, high) and whether it halves."""
+
+    settings: list[str]
+    start: list[Trial]
+    budget: int
+    bounds: dict[str, tuple[float, float]]
+    halving: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        bounds = {setting: list(limits) for setting, limits in self.bounds.items()}
+        return {"start": [t.name for t in self.start], "budget": self.budget, "bounds": bounds, "halving": self.halving}
+
+
+def plan_of(config: RunConfig, method: Method) -> Plan:
+    """A method's search plan: its starting grid, the common budget, and each setting's limit, --search-limit times
+    the method's own value either way (widened to hold a grid given beyond it; ranks from 1)."""
+    start, settings = start_of(config, method), searched(method, config.search)
+    bounds = {}
+    for setting in settings:
+        own, values = _own_value(config, method, setting), [t.value(setting) for t in start]
+        low, high = min(own / config.search_limit, *values), max(own * config.search_limit, *values)
+        bounds[setting] = (max(1, low) if AXES[setting].whole else low, high)
+    return Plan(settings, start, budget(config), bounds, config.search_halving)
+
+
+def _line(best: Trial, tried: list[Trial], setting: str, settings: list[str]) -> list[Trial]:
+    """The trials tried that differ from best in setting alone (best included), by that setting's value."""
+    others = [other for other in settings if other != setting]
+    same = [t for t in tried if all(t.value(other) == best.value(other) for other in others)]
+    return sorted(set(same) | {best}, key=lambda t: t.value(setting))
+
+
+def _beyond(best: Trial, line: list[Trial], setting: str, upward: bool) -> Trial:
+    """One step past best along setting: the widest spacing of the points on its line, at least the axis's own step
+    (so that refined points between do not shorten it)."""
+    value, axis = best.value(setting), AXES[setting]
+    values = [t.value(setting) for t in line]
+    step = max([axis.step, *(high / low for low, high in zip(values, values[1:], strict=False))])
+    moved = value * step if upward else value / step
+    if axis.whole:  # a whole step at least, so that the point is new
+        moved = max(value + 1, round(moved)) if upward else min(value - 1, round(moved))
+    return best.moved(setting, moved)
+
+
+def _ends(best: Trial, line: list[Trial]) -> list[bool]:
+    """Which ends of its line best lies at: [True] the upper, [False] the lower, both where it is alone."""
+    return [upward for upward in (True, False) if best == (line[-1] if upward else line[0])]
+
+
+def edges(best: Trial, tried: list[Trial], plan: Plan) -> dict[str, str]:
+    """For each searched setting, where best lies among the trials tried: "interior" (a point tried on either side),
+    "limit" (at an end, and a step beyond would cross the search's limit) or "end" (at an end the search could still
+    have gone past, had its budget allowed)."""
+    found = {}
+    for setting in plan.settings:
+        line = _line(best, tried, setting, plan.settings)
+        beyond = [_beyond(best, line, setting, upward) for upward in _ends(best, line)]
+        low, high = plan.bounds[setting]
+        inside = any(low <= step.value(setting) <= high for step in beyond)
+        found[setting] = "end" if inside else "limit" if beyond else "interior"
+    return found
+
+
+def _extension(best: Trial, tried: list[Trial], plan: Plan) -> Trial | None:
+    """A step past best along a setting where it lies at an end of the points tried, within the limit; None where it
+    is bracketed (or at the limit) along every setting."""
+    for setting in plan.settings:
+        line = _line(best, tried, setting, plan.settings)
+        low, high = plan.bounds[setting]
+        for upward in _ends(best, line):
+            step = _beyond(best, line, setting, upward)
+            if low <= step.value(setting) <= high and step not in tried:
+                return step
+    return None
+
+
+def _refinement(
+    best: Trial, tried: list[Trial], plan: Plan, figures: dict[Trial, float], select_by: str
+) -> Trial | None:
+    """A point between best and a neighbour on its line (the log midpoint), the better neighbour first, along the
+    first setting where one is new; None where none is."""
+    key = _ranking(select_by)
+    for setting in plan.settings:
+        line = _line(best, tried, setting, plan.settings)
+        at = line.index(best)
+        neighbours = [t for t in (line[at - 1] if at else None, line[at + 1] if at + 1 < len(line) else None) if t]
+        for neighbour in sorted(neighbours, key=lambda t: key(figures.get(t, math.nan))):
+            middle = best.moved(setting, math.sqrt(best.value(setting) * neighbour.value(setting)))
+            if middle not in tried and middle.value(setting) not in (best.value(setting), neighbour.value(setting)):
+                return middle
+    return None
+
+
+def next_trial(figures: dict[Trial, float], plan: Plan, select_by: str) -> Trial | None:
+    """Where the search goes after the trials of figures: past its best where that lies at an end of the points tried
+    (bracketing), else between the best and its better neighbour (refining); None where neither finds a new point."""
+    tried = list(figures)
+    best = best_first(figures, select_by)[0]
+    return _extension(best, tried, plan) or _refinement(best, tried, plan, figures, select_by)
 
 
 def check(config: RunConfig) -> None:
@@ -106,6 +245,13 @@ def check(config: RunConfig) -> None:
                 raise ConfigError(
                     f"{grid_name} gives a grid for {name!r}, which {what}; choose from {', '.join(valid)}"
                 )
+    largest = max(config.methods, key=lambda name: len(start_of(config, METHODS[name])))
+    count = len(start_of(config, METHODS[largest]))
+    if config.search_trials is not None and config.search_trials < count:
+        raise ConfigError(
+            f"--search-trials {config.search_trials} is fewer than the {count} trials of {largest}'s starting grid; "
+            f"give at least {count} (every method gets the same number of trials)"
+        )
 
 
 def figure(epoch: EpochMetrics, select_by: str) -> float:
@@ -126,8 +272,9 @@ def best_first(figures: dict[Trial, float], select_by: str) -> list[Trial]:
 
 
 def survivors(count: int) -> int:
-    """How many of count trials go on after a halving rung: the better half, rounded up."""
-    return math.ceil(count / 2)
+    """How many of count trials go on after a halving rung: a third, rounded up, and at least two (so that the final
+    choice is made at the full budget between trials that got there)."""
+    return min(count, max(2, math.ceil(count / KEEP)))
 
 
 def trial_epochs(trials: int, epochs: int, halving: bool) -> int:
@@ -137,13 +284,14 @@ def trial_epochs(trials: int, epochs: int, halving: bool) -> int:
     total = 0
     for _ in range(epochs):
         total += trials
-        trials = survivors(trials) if trials > 1 else trials
+        trials = survivors(trials)
     return total
 
 
 @dataclass
 class TrialOutcome:
-    """One trial as the search left it: its validations, and when it stopped (halving) or why it failed."""
+    """One trial as the search left it: its validations, when it stopped (halving) or why it failed, and the wall
+    time of its stints (each a process of its own: start, model load, training and validation)."""
 
     name: str
     lr: float
@@ -151,11 +299,14 @@ class TrialOutcome:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # EpochMetrics.to_dict() of each validation
     stopped_after: int | None = None  # halving stopped it after this epoch
     error: str | None = None
+    seconds: float = 0.0
 
 
 @dataclass
 class SearchRecord:
-    """What metrics.json keeps of a method's search (MethodResult.search)."""
+    """What metrics.json keeps of a method's search (MethodResult.search): its plan, the selected trial and where it
+    lies in the points tried (edges), every trial, and what the search cost: trial-epochs and wall seconds (the
+    trials', and the selected trial's test and measurement)."""
 
     settings: list[str]
     select_by: str
@@ -164,6 +315,11 @@ class SearchRecord:
     lr: float
     lora_r: int | None
     trials: list[TrialOutcome]
+    plan: dict[str, Any]
+    edges: dict[str, str]
+    trial_epochs: int
+    trial_seconds: float
+    finish_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,14 +331,11 @@ Runner = Callable[[RunConfig, MethodDir, Stage], None]
 
 
 def settled(config: RunConfig, result: MethodResult) -> bool:
-    """Whether a method's finished result already holds the search config asks for (every trial of its grid, the
-    same halving rule), so that nothing is left to run; True without a search."""
+    """Whether a method's finished result already holds the search config asks for (the same plan: starting grid,
+    budget, limits, halving), so that nothing is left to run; True without a search."""
     if not config.search:
         return True
-    if not result.search or result.search["halving"] != config.search_halving:
-        return False
-    grid = {trial.name for trial in trials_of(config, METHODS[result.method])}
-    return grid == {trial["name"] for trial in result.search["trials"]}
+    return bool(result.search) and result.search.get("plan") == plan_of(config, METHODS[result.method]).to_dict()
 
 
 def reached(directory: TrialDir, config: RunConfig) -> int:
@@ -198,57 +351,133 @@ def _validation_at(record: MethodResult, epoch: int) -> EpochMetrics:
     return [validation for validation in record.epochs if validation.epoch <= epoch][-1]
 
 
+class Trials:
+    """A method's trials as its search trains them: their directories, outcomes and the errors of those that failed.
+    Each stint is timed from outside its process, so that a trial's cost includes starting it."""
+
+    def __init__(self, name: str, config: RunConfig, directory: MethodDir, train: Runner) -> None:
+        self.name, self.config, self.directory, self.train = name, config, directory, train
+        self.console = Console(config.quiet)
+        self.outcomes: dict[Trial, TrialOutcome] = {}
+        self.errors: list[Exception] = []
+        earlier = directory.read_result() if directory.finished() else None
+        self.earlier = {
+            t["name"]: t.get("seconds", 0.0) for t in ((earlier.search or {}).get("trials", []) if earlier else [])
+        }
+
+    def place(self, trial: Trial) -> TrialDir:
+        return rundir.trial_dir(self.directory, trial.name)
+
+    def run(self, trial: Trial, rung: int) -> bool:
+        """Train trial up to epoch rung (unless it got there already); whether it has, or failed (recorded)."""
+        outcome = self.outcomes.setdefault(
+            trial, TrialOutcome(trial.name, trial.lr, trial.lora_r, seconds=self.earlier.get(trial.name, 0.0))
+        )
+        if outcome.error is not None:
+            return False
+        started = time.perf_counter()
+        error = _train_trial(trial.config(self.config), self.place(trial), rung, self.train)
+        outcome.seconds += time.perf_counter() - started
+        if error is not None:  # one trial's failure (a diverging learning rate) must not end the search
+            self.errors.append(error)
+            outcome.error = self.place(trial).read_failure().get("error") or f"{type(error).__name__}: {error}"
+            self.console.warn(f"{self.name} {trial.name} failed: {outcome.error}")
+        return error is None
+
+    def figures(self, trials: list[Trial], rung: int) -> dict[Trial, float]:
+        """Each trial's validation figure at epoch rung (NaN for one that failed)."""
+        select_by = self.config.select_by
+        return {
+            t: math.nan
+            if self.outcomes[t].error
+            else figure(_validation_at(self.place(t).read_record(), rung), select_by)
+            for t in trials
+        }
+
+
 def run_search(name: str, config: RunConfig, directory: MethodDir, train: Runner) -> None:
-    """Search one method at one seed: train each trial (skipping what is done), select on validation, and finish the
-    selected trial into directory: its test, costs and files, with the search's record, as the method's result.
+    """Search one method at one seed: shape its grid on the first rung (bracketing, then refining, up to the budget),
+    halve on to the last epoch, select on validation, and finish the selected trial into directory: its test, costs
+    and files, with the search's record, as the method's result.
 
     A trial that fails is recorded and left out; the method fails only when every trial does.
     """
-    method, main, console = METHODS[name], parallel.is_main(), Console(config.quiet)
-    trials = trials_of(config, method)
-    dirs = {trial: rundir.trial_dir(directory, trial.name) for trial in trials}
-    active, outcomes = list(trials), {t: TrialOutcome(t.name, t.lr, t.lora_r) for t in trials}
-    errors: list[Exception] = []
-    console.say(
-        f"[{name}] search over {', '.join(searched(method, config.search))}: "
-        f"{len(trials)} trials ({', '.join(t.name for t in trials)})",
+    method, main = METHODS[name], parallel.is_main()
+    plan, trials = plan_of(config, method), Trials(name, config, directory, train)
+    trials.console.say(
+        f"[{name}] search over {', '.join(plan.settings)}: {plan.budget} trials, from "
+        f"{', '.join(t.name for t in plan.start)}"
     )
-    rungs = range(1, config.epochs + 1) if config.search_halving else [config.epochs]
-    for rung in rungs:
-        for trial in list(active):
-            error = _train_trial(trial.config(config), dirs[trial], rung, train)
-            if error is not None:  # one trial's failure (a diverging learning rate) must not end the search
-                errors.append(error)
-                outcomes[trial].error = dirs[trial].read_failure().get("error") or f"{type(error).__name__}: {error}"
-                active.remove(trial)
-                console.warn(f"{name} {trial.name} failed: {outcomes[trial].error}")
-        if rung < config.epochs and len(active) > 1:
-            active = _halve(active, dirs, rung, config.select_by, outcomes)
-    records = {t: dirs[t].read_record() for t in trials if outcomes[t].error is None}
-    for trial, record in records.items():
-        outcomes[trial].epochs = [epoch.to_dict() for epoch in record.epochs] if record else []
+    rungs = list(range(1, config.epochs + 1)) if plan.halving else [config.epochs]
+    active = _shape(trials, plan, rungs[0])
+    for before, rung in zip(rungs, rungs[1:], strict=False):
+        active = _halve(active, trials.figures(active, before), config.select_by, trials.outcomes, before)
+        active = [t for t in active if trials.run(t, rung)]
     if not active:
         if main:
-            first = next(outcome.error for outcome in outcomes.values() if outcome.error)
+            first = next(outcome.error for outcome in trials.outcomes.values() if outcome.error)
             directory.write_failure(name, config.model, config.seed, f"every trial failed (first: {first})")
-        raise errors[0]
-    figures = {t: figure(records[t].epochs[-1], config.select_by) for t in active}
+        raise trials.errors[0]
+    figures = trials.figures(active, rungs[-1])
     chosen = best_first(figures, config.select_by)[0]
-    search = SearchRecord(
-        searched(method, config.search),
-        config.select_by,
-        config.search_halving,
-        chosen.name,
-        chosen.lr,
-        chosen.lora_r,
-        [outcomes[t] for t in trials],
-    ).to_dict()
-    console.say(f"[{name}] selected {chosen.name} on validation {config.select_by} {figures[chosen]:.4f}")
-    _finish(name, config, directory, train, chosen, dirs[chosen], search, console)
+    record = _record(trials, plan, chosen, config)
+    trials.console.say(f"[{name}] selected {chosen.name} on validation {config.select_by} {figures[chosen]:.4f}")
+    _finish(name, config, directory, train, chosen, trials.place(chosen), record, trials.console)
     if main:  # trained trials that lost can never be selected again (a new point can only win over them)
         for trial in active:
             if trial != chosen:
-                checkpoint.remove(dirs[trial])
+                checkpoint.remove(trials.place(trial))
+
+
+def _shape(trials: Trials, plan: Plan, rung: int) -> list[Trial]:
+    """The first rung: the starting grid, then the points next_trial places, until the budget is spent or no new
+    point is left; the trials that did not fail."""
+    for trial in plan.start:
+        trials.run(trial, rung)
+    while len(trials.outcomes) < plan.budget:
+        tried = list(trials.outcomes)
+        if all(trials.outcomes[t].error for t in tried):
+            break
+        new = next_trial(trials.figures(tried, rung), plan, trials.config.select_by)
+        if new is None:
+            break
+        trials.console.say(f"[{trials.name}] the search goes on at {new.name}")
+        trials.run(new, rung)
+    return [t for t, outcome in trials.outcomes.items() if outcome.error is None]
+
+
+def _halve(
+    active: list[Trial], figures: dict[Trial, float], select_by: str, outcomes: dict[Trial, TrialOutcome], rung: int
+) -> list[Trial]:
+    """Successive halving's rung: the better trials on their validation at epoch rung go on (survivors); the others'
+    outcomes say where they stopped."""
+    kept = best_first(figures, select_by)[: survivors(len(active))]
+    for trial in active:
+        if trial not in kept:
+            outcomes[trial].stopped_after = rung
+    return [t for t in active if t in kept]
+
+
+def _record(trials: Trials, plan: Plan, chosen: Trial, config: RunConfig) -> dict[str, Any]:
+    """The search's record (SearchRecord) once it has selected, every trial's validations read from its directory."""
+    for trial, outcome in trials.outcomes.items():
+        record = trials.place(trial).read_record() if outcome.error is None else None
+        outcome.epochs = [epoch.to_dict() for epoch in record.epochs] if record else []
+    outcomes = sorted(trials.outcomes.values(), key=lambda o: (o.lr, o.lora_r or 0))
+    trained = sum(max((e["epoch"] for e in o.epochs), default=0) for o in outcomes)
+    return SearchRecord(
+        plan.settings,
+        config.select_by,
+        plan.halving,
+        chosen.name,
+        chosen.lr,
+        chosen.lora_r,
+        outcomes,
+        plan.to_dict(),
+        edges(chosen, list(trials.outcomes), plan),
+        trained,
+        sum(o.seconds for o in outcomes),
+    ).to_dict()
 
 
 def _train_trial(config: RunConfig, place: TrialDir, rung: int, train: Runner) -> Exception | None:
@@ -273,19 +502,6 @@ def _train_trial(config: RunConfig, place: TrialDir, rung: int, train: Runner) -
     return None
 
 
-def _halve(
-    active: list[Trial], dirs: dict[Trial, TrialDir], rung: int, select_by: str, outcomes: dict[Trial, TrialOutcome]
-) -> list[Trial]:
-    """Successive halving's rung: the better half of the active trials on their validation at epoch rung goes on;
-    the others' outcomes say where they stopped."""
-    figures = {t: figure(_validation_at(dirs[t].read_record(), rung), select_by) for t in active}
-    kept = best_first(figures, select_by)[: survivors(len(active))]
-    for trial in active:
-        if trial not in kept:
-            outcomes[trial].stopped_after = rung
-    return [t for t in active if t in kept]
-
-
 def _finish(
     name: str,
     config: RunConfig,
@@ -300,14 +516,19 @@ def _finish(
     it (then only the search's record is brought up to date)."""
     done = directory.read_result() if directory.finished() else None
     if done is not None and done.search and done.search["selected"] == chosen.name:
+        search["finish_seconds"] = done.search.get("finish_seconds", 0.0)
         if done.search != search and parallel.is_main():
             done.search = search
             directory.write_result(done)
         console.say(f"[{name}] {chosen.name} already tested in {directory.path}; skipped (--force reruns it)")
         return
-    trial_config = chosen.config(config)
+    trial_config, started = chosen.config(config), time.perf_counter()
     if checkpoint.latest(place) is None:  # tested for an earlier selection, then left behind: train it again
         train(trial_config, place, Stage(until_epoch=config.epochs))
     if parallel.is_main():
         directory.metrics.unlink(missing_ok=True)  # an earlier selection's result is no longer the method's
     train(trial_config, directory, Stage(resume_from=place, search=search))
+    finished = directory.read_result() if parallel.is_main() else None
+    if finished is not None and finished.search is not None:  # the finishing stage's own wall time, once known
+        finished.search["finish_seconds"] = time.perf_counter() - started
+        directory.write_result(finished)

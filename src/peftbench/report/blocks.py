@@ -28,6 +28,7 @@ from peftbench.report.plots import (
     searches,
     select_label,
 )
+from peftbench.report.selection import certainty
 from peftbench.report.stats import CONFIDENCE
 from peftbench.report.table import (
     MEANINGLESS,
@@ -138,7 +139,8 @@ def _score(metric: str, value: float | None) -> str:
 
 
 def search_blocks(section: Section, stem: str) -> list[Block]:
-    """The search's section: what was searched and how chosen, the sensitivity plot and every trial."""
+    """The search's section: what was searched and how chosen, what each method's search cost and how sure its
+    selection is, the sensitivity plot and every trial."""
     searched = searches(section)
     if not searched:
         return []
@@ -146,23 +148,59 @@ def search_blocks(section: Section, stem: str) -> list[Block]:
     seeds = {run.seed for _, run in searched}
     shown = f" (seed {min(seeds)}; each seed searched on its own)" if len(section.seeds) > 1 else ""
     halving = (
-        "; successive halving: after each epoch only the better half of the trials went on" if search["halving"] else ""
+        "; successive halving: every trial trained one epoch, on which the grid was shaped, then after each epoch "
+        "a third of the trials (at least two) went on"
+        if search["halving"]
+        else ""
     )
     return [
         Heading(3, "Search"),
         Paragraph(
-            f"Each method was trained at every point of its grid ({', '.join(search['settings'])}), each "
-            f"trial on the training split; the one with the best {select_label(search['select_by'])} after "
-            f"the last epoch was selected and alone evaluated on the test split{halving}{shown}."
+            f"Each method's search ({', '.join(search['settings'])}) started from a log-spaced grid around its own "
+            "value, went a step past its best trial while that lay at an end of the points tried (up to the "
+            "search's limit), then placed its remaining trials between the best and its better neighbour; every "
+            f"method got the same number of trials. The one with the best {select_label(search['select_by'])} "
+            f"after the last epoch was selected and alone evaluated on the test split{halving}{shown}."
         ),
+        Bullets([_search_summary(runs.method, run.result.search) for runs, run in searched]),
         Figure(
             f"{stem}-sensitivity.png",
             plot_sensitivity(section),
-            f"{select_label(search['select_by'])} after "
-            "the last epoch against learning rate, per method (and rank); ringed: the selected trial",
+            f"{select_label(search['select_by'])} against learning rate, per method (and rank): on the epoch the "
+            "grid was shaped on (circles) and, for the trials that went on, after the last (squares); ringed: the "
+            f"selected trial. Bars: each figure's own {CONFIDENCE:.0%} interval over the validation examples; trials "
+            "are compared paired, on the same examples, which is much tighter (above)",
         ),
         search_table(section),
     ]
+
+
+EDGE_WORDS = {
+    "interior": "interior (a worse trial on either side)",
+    "limit": "at the search's limit: the best may lie beyond it",
+    "end": "at an end of the points tried (the budget ran out): the best may lie beyond it",
+}
+
+
+def _search_summary(method: str, search: dict) -> str:
+    """One method's search in a sentence: its trials and cost, where the selection lies and how sure it is."""
+    if "plan" not in search:  # a record of an earlier version: its trials alone
+        return f"{method}: {_plural(len(search['trials']), 'trial')}, selected {search['selected']}"
+    minutes = (search["trial_seconds"] + search["finish_seconds"]) / 60
+    where = "; ".join(f"{setting} {EDGE_WORDS[edge]}" for setting, edge in search["edges"].items())
+    text = (
+        f"{method}: {_plural(len(search['trials']), 'trial')} ({search['trial_epochs']} trial-epochs; "
+        f"{minutes:.1f} min with the selected trial's test), selected {search['selected']}: {where}"
+    )
+    sure = certainty(search)
+    if sure is None:
+        return text + "."
+    gap = sure.difference
+    judged = "distinguishable" if sure.distinguishable else "not distinguishable: either could be the better one"
+    return (
+        f"{text}. Against the runner-up {sure.runner_up.name}: {gap.value:+.4f} ({CONFIDENCE:.0%} interval "
+        f"{gap.low:+.4f} to {gap.high:+.4f}, p = {sure.p:.2f}) on {sure.examples} validation examples, {judged}."
+    )
 
 
 def _plural(count: int, word: str) -> str:

@@ -16,6 +16,7 @@ from matplotlib.ticker import NullFormatter
 from peftbench.report.analysis import Analysis
 from peftbench.report.curves import png
 from peftbench.report.load import MethodRuns, Run, Section
+from peftbench.report.selection import TrialFigure, trial_figures
 from peftbench.report.stats import Estimate, Interval, estimate
 from peftbench.report.table import (
     deployed_latency,
@@ -276,43 +277,29 @@ def select_label(select_by: str) -> str:
     return "validation loss" if select_by == "loss" else f"validation {METRICS[select_by].label}"
 
 
-def _final_figure(trial: dict, select_by: str) -> float | None:
-    """A trial's selection figure after its last epoch (None where it failed, or halving stopped it earlier)."""
-    if trial["error"] or trial["stopped_after"] is not None or not trial["epochs"]:
-        return None
-    last = trial["epochs"][-1]
-    return last["val_loss"] if select_by == "loss" else last.get(select_by)
-
-
 def plot_sensitivity(section: Section) -> bytes:
-    """The search's selection figure against learning rate (log axis), one line per method and rank searched, the
-    selected trial ringed: how forgiving each method is of its learning rate."""
+    """The search's selection figure against learning rate (log axis), one line per method and rank searched, each
+    point with its interval over the validation examples: on the epoch the grid was shaped on (the first, with
+    halving), and for the trials that went on, after the last epoch (squares); the selected trial ringed."""
     figure, ax = plt.subplots(figsize=(6.4, 4.2))
     colors, styles = _colors(section), ["-", "--", ":", "-."]
     select_by = ""
     for runs, run in searches(section):
         search = run.result.search
-        select_by = search["select_by"]
-        ranks = list(dict.fromkeys(trial["lora_r"] for trial in search["trials"]))
-        for index, rank in enumerate(ranks):
-            points = sorted(
-                (t["lr"], y, t["name"] == search["selected"])
-                for t in search["trials"]
-                if t["lora_r"] == rank and (y := _final_figure(t, select_by)) is not None
-            )
-            if not points:
-                continue
+        select_by, last = search["select_by"], max(e["epoch"] for t in search["trials"] for e in t["epochs"])
+        shaped = 1 if search["halving"] else last
+        for index, rank in enumerate(dict.fromkeys(trial["lora_r"] for trial in search["trials"])):
             label = runs.method + (f", r {rank}" if rank is not None else "")
+            style = dict(color=colors[runs.method], capsize=2, elinewidth=0.8)
+            points = sorted((f for f in trial_figures(search, shaped) if f.lora_r == rank), key=lambda f: f.lr)
+            _error_bars(ax, points, "o" + styles[index % len(styles)], label + f" (epoch {shaped})", style)
+            if shaped != last:
+                final = sorted((f for f in trial_figures(search, last) if f.lora_r == rank), key=lambda f: f.lr)
+                _error_bars(ax, final, "s", label + f" (epoch {last})", style)
+            chosen = [f for f in trial_figures(search, last) if f.name == search["selected"] and f.lora_r == rank]
             ax.plot(
-                [p[0] for p in points],
-                [p[1] for p in points],
-                "o" + styles[index % len(styles)],
-                color=colors[runs.method],
-                label=label,
-            )
-            ax.plot(
-                [p[0] for p in points if p[2]],
-                [p[1] for p in points if p[2]],
+                [f.lr for f in chosen],
+                [f.value for f in chosen],
                 "o",
                 markersize=14,
                 markerfacecolor="none",
@@ -323,3 +310,12 @@ def plot_sensitivity(section: Section) -> bytes:
     ax.legend(fontsize="small")
     figure.suptitle(f"Learning-rate sensitivity (ringed: selected)\n{section.label}", fontsize="medium")
     return png(figure)
+
+
+def _error_bars(ax, points: list[TrialFigure], marker: str, label: str, style: dict) -> None:
+    """Trials' figures against learning rate, each with its interval where it has one."""
+    if not points:
+        return
+    low = [f.value - (f.figure.low if f.figure else f.value) for f in points]
+    high = [(f.figure.high if f.figure else f.value) - f.value for f in points]
+    ax.errorbar([f.lr for f in points], [f.value for f in points], yerr=[low, high], fmt=marker, label=label, **style)

@@ -9,6 +9,7 @@ from peftbench.report.analysis import MIN_EXAMPLES, Analysis
 from peftbench.report.costs import PARTS, MethodCosts, Ratio, latency_ratios, measured, merged_problem, method_costs
 from peftbench.report.decision import INCONCLUSIVE, Comparison, MethodDecision, Rule, Verdict, decide
 from peftbench.report.load import MethodRuns, Section
+from peftbench.report.selection import certainty
 from peftbench.report.stats import CONFIDENCE, Interval
 from peftbench.report.table import random_weights
 from peftbench.store.records import WARM_STEPS, MethodResult
@@ -310,14 +311,27 @@ def _needed(m: MethodDecision) -> str:
     return f"{m.method}, about {needed:,} test examples would decide" if needed else m.method
 
 
-def _lr_edge(search: dict | None) -> str | None:
-    """ "largest" or "smallest" where a search selected the learning rate at that end of a grid of several."""
-    if not search or "lr" not in search["settings"]:
+EDGES = {"limit": "at the search's limit", "end": "at an end of the points tried"}
+
+
+def _edge(search: dict | None) -> str | None:
+    """Why a search's selection may not be the method's best: a setting at the search's limit, or at an end of the
+    points tried (older records: the learning rate at an end of a grid of several)."""
+    if not search:
         return None
+    if "edges" in search:
+        found = [f"{setting} {EDGES[edge]}" for setting, edge in search["edges"].items() if edge in EDGES]
+        return "; ".join(found) or None
     rates = {trial["lr"] for trial in search["trials"] if trial["error"] is None}
-    if len(rates) < 2:
+    if "lr" not in search["settings"] or len(rates) < 2:
         return None
     return "largest" if search["lr"] == max(rates) else "smallest" if search["lr"] == min(rates) else None
+
+
+def _uncertain(search: dict | None) -> bool:
+    """Whether a search's selected trial could not be told apart from its runner-up on validation."""
+    sure = certainty(search) if search else None
+    return sure is not None and not sure.distinguishable
 
 
 CONTENDED = 0.25  # other processes' share of the machine's CPU time beyond which a phase's times are not the method's
@@ -401,15 +415,20 @@ def cautions(section: Section, analysis: Analysis) -> list[str]:
             f"Caution: learning rates were not tuned per method ({rates}); a method's ranking may reflect "
             "how well its default suits this task."
         )
-    edges = {
-        runs.method: edge for runs in section.trained for edge in {_lr_edge(r.search) for r in runs.results} if edge
-    }
+    edges = {runs.method: edge for runs in section.trained for edge in {_edge(r.search) for r in runs.results} if edge}
     if edges:
         listed = ", ".join(f"{method} ({edge})" for method, edge in edges.items())
         notes.append(
-            f"Caution: the learning rate selected on validation lies at an end of its grid for {listed}: "
-            "that method's best may lie beyond it; widen --lr-grid to be sure each method is compared at "
-            "its best."
+            f"Caution: the setting selected on validation lies at an end of its grid for {listed}: that "
+            "method's best may lie beyond it; raise --search-trials or --search-limit (or widen the grid) to be "
+            "sure each method is compared at its best."
+        )
+    close = [runs.method for runs in section.trained if any(_uncertain(r.search) for r in runs.results)]
+    if close:
+        notes.append(
+            f"Note: the selected trial is not distinguishable from the runner-up on validation for "
+            f"{', '.join(close)} (see the search section): its test figure stands for a setting near the best, "
+            "and a larger validation split would tell them apart."
         )
     notes += _merged_cautions(section)
     busy = _contended(section)

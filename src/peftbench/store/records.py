@@ -18,20 +18,26 @@ GIVEN = "_given"
 
 @dataclass
 class EpochMetrics:
-    """One validation: its losses and its task metrics (metrics.METRICS name -> value), stored flat in JSON."""
+    """One validation: its losses and its task metrics (metrics.METRICS name -> value), stored flat in JSON, and what
+    each validation example contributed (evaluate.Scores.per_example: "loss" and "tokens", each example's summed
+    target loss and target tokens, and its score on each mean metric), from which a search's selection gets its
+    uncertainty."""
 
     epoch: int  # 0 is the base model before any training
     train_loss: float | None
     val_loss: float
     scores: dict[str, float] = field(default_factory=dict)
+    per_example: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss, **self.scores}
+        own = {"epoch": self.epoch, "train_loss": self.train_loss, "val_loss": self.val_loss}
+        return own | self.scores | ({"per_example": self.per_example} if self.per_example else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochMetrics:
-        own = ("epoch", "train_loss", "val_loss")
-        return cls(*(data[key] for key in own), {k: v for k, v in data.items() if k not in own})
+        own = ("epoch", "train_loss", "val_loss", "per_example")
+        scores = {k: v for k, v in data.items() if k not in own}
+        return cls(data["epoch"], data["train_loss"], data["val_loss"], scores, data.get("per_example") or {})
 
 
 @dataclass

@@ -3,7 +3,7 @@ each example's model finds likeliest (plain and length-normalised, for the likel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -20,10 +20,21 @@ from peftbench.task.presets import TASKS
 
 @dataclass
 class Scores:
-    """Quality of one split: its loss per target token and its task metrics (metrics.METRICS name -> value)."""
+    """Quality of one split: its loss per target token and its task metrics (metrics.METRICS name -> value), and what
+    each example contributed: its summed target loss and target tokens (the loss is their ratio of sums), its scores
+    on the mean metrics of the examples generated."""
 
     loss: float
     metrics: dict[str, float]
+    per_example: dict[str, list[float]] = field(default_factory=dict)
+
+
+# This process's share of examples' target losses: item index -> (summed cross-entropy, target tokens).
+ItemLosses = dict[int, tuple[float, int]]
+
+
+def _item_losses(indices: list[int], sums: torch.Tensor, counts: torch.Tensor) -> ItemLosses:
+    return {i: (s, int(c)) for i, s, c in zip(indices, sums.tolist(), counts.tolist(), strict=True)}
 
 
 def _batches_by_length(items: list[Encoded], size: int, key) -> list[list[int]]:
@@ -83,16 +94,16 @@ class Evaluator:
         self.one_pass = one_pass and options.num_beams == 1
 
     @torch.inference_mode()
-    def loss_sums(self, model, items: list[Encoded]) -> tuple[float, int]:
-        """Summed cross-entropy over the target tokens of this process's share of items' batches, and their count."""
+    def loss_sums(self, model, items: list[Encoded], offset: int = 0) -> ItemLosses:
+        """Each target's summed cross-entropy and token count, for this process's share of items' batches, by index
+        in items (plus offset)."""
         model.eval()
-        total, count = 0.0, 0
+        losses: ItemLosses = {}
         for indices in parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: it.length)):
             batch = self.layout.collate([items[i] for i in indices])
-            summed, n_tokens = self.layout.token_loss(model, to_device(batch, self.device))
-            total += summed.item()
-            count += n_tokens
-        return total, count
+            sums, counts = self.layout.token_loss(model, to_device(batch, self.device))
+            losses |= _item_losses([offset + i for i in indices], sums, counts)
+        return losses
 
     @torch.inference_mode()
     def generate(
@@ -102,10 +113,10 @@ class Evaluator:
         desc: str = "generate",
         timer: PhaseTimer | None = None,
         phase: str = "evaluation",
-    ) -> tuple[Generation, tuple[float, int]]:
+    ) -> tuple[Generation, ItemLosses]:
         """Batched generation (KV cache on, left padding for causal models); predictions in the items' order. With
-        one_pass, also the items' target loss from the same reading of the prompts: as loss_sums, this process's
-        summed loss and token count ((0.0, 0) without one_pass).
+        one_pass, also the items' target losses from the same reading of the prompts: as loss_sums, this process's
+        share (empty without one_pass).
 
         Each process generates its share of the batches; every process returns all predictions. timer, when given,
         records the prompts' reading and the decoding as <phase>_generation and the targets' loss as <phase>_loss;
@@ -119,12 +130,12 @@ class Evaluator:
         timer, generation = timer or PhaseTimer(), f"{phase}_generation"
         before = timer.seconds.get(generation, 0.0)
         new: dict[int, list[int]] = {}
-        total, count = 0.0, 0
+        losses: ItemLosses = {}
         batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: len(it.prompt)))
         for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
-            rows, (summed, n_tokens) = self._read_batch(model, [items[i] for i in indices], timer, phase)
+            rows, read = self._read_batch(model, [items[i] for i in indices], timer, phase)
             new |= dict(zip(indices, rows, strict=True))
-            total, count = total + summed, count + n_tokens
+            losses |= {indices[row]: loss for row, loss in read.items()}
         with timer.phase(generation):  # the text, and waiting for the slowest process's share
             decode, stops = self.layout.tokenizer.decode, self.layout.stop_ids
             if self.options.one_line:  # a row stopped at its line break is padded from there on
@@ -135,27 +146,27 @@ class Evaluator:
             for shares in parallel.everyone(predictions):
                 predictions |= shares
         seconds = parallel.highest(timer.seconds[generation] - before)
-        return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds), (total, count)
+        return Generation([predictions[i] for i in range(len(items))], new_tokens, seconds), losses
 
     def _read_batch(
         self, model, items: list[Encoded], timer: PhaseTimer, phase: str
-    ) -> tuple[list[list[int]], tuple[float, int]]:
-        """One batch's new tokens, and with one_pass its targets' summed loss and count from generation's own reading
-        of the prompts ((0.0, 0) without)."""
+    ) -> tuple[list[list[int]], ItemLosses]:
+        """One batch's new tokens, and with one_pass each target's summed loss and count from generation's own reading
+        of the prompts, by row (empty without)."""
         options, layout = self.options, self.layout
         prompts = prompt_batch(items, layout, self.device)
         tokens, one_line = options.max_new_tokens, options.one_line
         if not self.one_pass:
             with timer.phase(f"{phase}_generation"):
-                return layout.generate(model, prompts, tokens, options.num_beams, one_line=one_line), (0.0, 0)
+                return layout.generate(model, prompts, tokens, options.num_beams, one_line=one_line), {}
         with timer.phase(f"{phase}_generation"):
             prefilled = layout.prefill(model, prompts)
         with timer.phase(f"{phase}_loss"):
             if prefilled:
-                summed, count = layout.prefilled_loss(model, prompts, [item.target for item in items], prefilled)
+                sums, counts = layout.prefilled_loss(model, prompts, [item.target for item in items], prefilled)
             else:  # nothing to go on from (generate reads the prompts itself): prompt and target read together
-                summed, count = layout.token_loss(model, to_device(layout.collate(items), self.device))
-            loss = (summed.item(), count)
+                sums, counts = layout.token_loss(model, to_device(layout.collate(items), self.device))
+            loss = _item_losses(list(range(len(items))), sums, counts)
         with timer.phase(f"{phase}_generation"):
             return layout.generate(model, prompts, tokens, prefilled=prefilled, one_line=one_line), loss
 
@@ -220,10 +231,12 @@ class Evaluator:
         timer = timer or PhaseTimer()
         count = len(items) if generate_count is None else min(generate_count, len(items))
         shown = examples[:count]
-        generation, (total, tokens) = self.generate(model, items[:count], desc, timer, phase)
+        generation, losses = self.generate(model, items[:count], desc, timer, phase)
         with timer.phase(f"{phase}_loss"):
-            rest = self.loss_sums(model, items[count:] if self.one_pass else items)
-            total, tokens = parallel.totals(total + rest[0], tokens + rest[1])
+            losses |= self.loss_sums(model, items[count:], count) if self.one_pass else self.loss_sums(model, items)
+            for shares in parallel.everyone(losses):
+                losses |= shares
+            summed, tokens = ([losses[i][part] for i in range(len(items))] for part in (0, 1))
         with timer.phase(f"{phase}_generation"):
             choices = [ex.choices for ex in shown] if all(ex.choices for ex in shown) else None
             metrics, generation.per_example = score(
@@ -237,4 +250,6 @@ class Evaluator:
                         continue
                     right = [same_choice(choice, ex.references[0]) for choice, ex in zip(choices, shown, strict=True)]
                     metrics[name], generation.per_example[name] = sum(right) / len(right), right
-        return Scores(total / max(tokens, 1), {name: metrics[name] for name in self.options.metrics}), generation
+        loss = sum(summed) / max(sum(tokens), 1)
+        per_example = {"loss": summed, "tokens": tokens} | (generation.per_example or {})
+        return Scores(loss, {name: metrics[name] for name in self.options.metrics}, per_example), generation

@@ -168,7 +168,7 @@ class Trainer:
                 batch = to_device(self.layout.collate([self.items[i] for i in indices]), self.accelerator.device)
                 last = position == len(micro_batches) - 1
                 with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
-                    summed, _ = self.layout.token_loss(self.model, batch)
+                    summed = self.layout.token_loss(self.model, batch)[0].sum()
                     # Per target token of the whole step: DDP averages the processes' gradients, hence the factor.
                     loss = summed * parallel.processes() / step_tokens
                     if last and self.extra_loss is not None:
