@@ -110,8 +110,11 @@ def test_run_all_methods_writes_documented_outputs(arch, tiny_models, articles, 
         assert [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2]
         assert metrics["epochs"][0]["train_loss"] is None
         for epoch in metrics["epochs"]:
+            parts = epoch.pop("per_example", None)
             assert set(epoch) == EPOCH_KEYS
             _check_scores(epoch)
+            if epoch["epoch"]:  # each validation example's part: the validation loss is their ratio of sums
+                assert sum(parts["loss"]) / sum(parts["tokens"]) == pytest.approx(epoch["val_loss"])
         assert all(e["train_loss"] > 0 for e in metrics["epochs"][1:])
         assert set(metrics["test"]) == TEST_KEYS
         _check_scores(metrics["test"])

@@ -385,3 +385,6 @@ def test_the_selection_says_when_the_runner_up_cannot_be_told_apart():
     figures = {f.name: f for f in trial_figures(record)}
     assert figures["a"].figure.low < figures["a"].value < figures["a"].figure.high
     assert figures["b"].value == pytest.approx(sum(far) / 80)
+    # A figure its examples' parts do not give (a record edited by hand): no interval, no comparison claimed.
+    record["trials"][1]["epochs"][-1]["val_loss"] = 99.0
+    assert {f.name: f.figure for f in trial_figures(record)}["b"] is None and certainty(record) is None

@@ -36,13 +36,13 @@ MAX_PASSES = 200
 @dataclass(frozen=True)
 class Calibration:
     """Training examples to initialise from, as the layout collates them (on device), the forward pass it runs on a
-    batch (summed loss, tokens), and which positions of a layer's inputs are real tokens (by the inputs' length: a
-    decoder's differs from its encoder's)."""
+    batch (each example's summed loss and target tokens), and which positions of a layer's inputs are real tokens
+    (by the inputs' length: a decoder's differs from its encoder's)."""
 
     items: list[Encoded]
     collate: Callable[[list[Encoded]], dict[str, torch.Tensor]]
     device: torch.device
-    forward: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, int]]
+    forward: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
     real_positions: Callable[[dict[str, torch.Tensor]], dict[int, torch.Tensor]]
 
     def batches(self, size: int = CALIBRATION_BATCH) -> list[dict[str, torch.Tensor]]:
@@ -68,8 +68,8 @@ class Calibration:
         """Gradients of the mean per-token loss of the examples' batches, accumulated (for LoRA-GA's estimate)."""
         batches = self.batches()
         for batch in batches:
-            loss, count = self.forward(model, batch)
-            (loss / max(count, 1) / len(batches)).backward()
+            sums, counts = self.forward(model, batch)  # per example: summed loss and target tokens
+            (sums.sum() / max(int(counts.sum()), 1) / len(batches)).backward()
 
 
 def calibration(layout: Layout, train: list[Encoded], device: torch.device) -> Calibration:

@@ -4,6 +4,7 @@ far). Read from the search's record (MethodResult.search) alone."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,39 +88,26 @@ def trial_figures(search: dict[str, Any], epoch: int | None = None) -> list[Tria
         if rows is not None and len(rows[0]) > 1:
             full, distribution = bootstrap_distribution(_statistic([rows]), 1, len(rows[0]))
             interval = intervals(full, distribution)[0]
+            if not math.isclose(interval.value, value, rel_tol=1e-6):  # its parts do not give the figure recorded
+                interval = None
         shown.append(TrialFigure(trial["name"], trial["lr"], trial["lora_r"], last["epoch"], interval, value))
     return shown
 
 
 def certainty(search: dict[str, Any]) -> Certainty | None:
     """The selected trial against the best other trial validated at the same epoch, paired over the same validation
-    examples; None where there is no such trial or no per-example values."""
+    examples; None where there is no such trial, or no per-example values that give the figures recorded."""
     select_by, trials = search["select_by"], {t["name"]: t for t in search["trials"]}
-    chosen = _last(trials[search["selected"]])
-    if chosen is None:
-        return None
-    rivals = [
-        t
-        for t in search["trials"]
-        if t["name"] != search["selected"] and (last := _last(t)) and last["epoch"] == chosen["epoch"]
-    ]
-    sign = 1 if select_by == LOSS else -1
-    key = lambda t: sign * (_last(t)["val_loss"] if select_by == LOSS else _last(t).get(select_by, np.nan))  # noqa: E731
-    rivals = [t for t in rivals if np.isfinite(key(t))]
+    shown = {f.name: f for f in trial_figures(search) if f.figure is not None}
+    chosen = shown.get(search["selected"])
+    rivals = [f for f in shown.values() if chosen and f.name != chosen.name and f.epoch == chosen.epoch]
     if not rivals:
         return None
-    runner_up = min(rivals, key=key)
-    rows = [_values(chosen, select_by), _values(_last(runner_up), select_by)]
-    if any(row is None for row in rows) or len(rows[0][0]) != len(rows[1][0]) or len(rows[0][0]) < 2:
+    runner_up = min(rivals, key=lambda f: f.value if select_by == LOSS else -f.value)
+    rows = [_values(_last(trials[f.name]), select_by) for f in (chosen, runner_up)]
+    if len(rows[0][0]) != len(rows[1][0]):
         return None
     full, distribution = bootstrap_distribution(_statistic(rows), 1, len(rows[0][0]))
     differences = distribution[0:1] - distribution[1:2]
     difference = intervals(full[0:1] - full[1:2], differences)[0]
-    figures = {f.name: f for f in trial_figures(search)}
-    return Certainty(
-        figures[search["selected"]],
-        figures[runner_up["name"]],
-        difference,
-        float(bootstrap_p(differences)[0]),
-        len(rows[0][0]),
-    )
+    return Certainty(chosen, runner_up, difference, float(bootstrap_p(differences)[0]), len(rows[0][0]))
