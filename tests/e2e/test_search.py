@@ -172,6 +172,15 @@ def test_halving_stops_the_worse_half_after_each_epoch(tiny_gpt2, articles, tmp_
     assert "stopped after epoch 1 (halving)" in (output / "report.md").read_text()
 
 
+def test_without_halving_every_trial_trains_every_epoch(tiny_gpt2, articles, tmp_path, counted):
+    output = tmp_path / "whole"
+    assert main(_args(tiny_gpt2, articles, output, "--epochs", "2", "--no-search-halving")) == 0
+    search = json.loads((output / "lora" / "metrics.json").read_text())["search"]
+    assert not search["halving"] and search["trial_epochs"] == 6
+    assert all(t["stopped_after"] is None and t["epochs"][-1]["epoch"] == 2 for t in search["trials"])
+    assert sorted(counted["epochs"]) == [1, 1, 1, 2, 2, 2]
+
+
 def test_selection_is_on_the_validation_figure_lower_loss_higher_metric():
     trials = [search.Trial(1e-4), search.Trial(1e-3), search.Trial(1e-2)]
     epochs = [
