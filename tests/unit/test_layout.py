@@ -116,9 +116,8 @@ def test_causal_token_loss_is_the_examples_summed_target_cross_entropy(gpt2):
     layout, model = gpt2.layout, gpt2.model
     items = layout.encode(EXAMPLES, LIMITS)
     with torch.no_grad():
-        sums, counts = layout.token_loss(model, layout.collate(items))
-        rows = layout.row_losses(model, layout.collate(items))
-    loss, count = sums.sum(), int(counts.sum())
+        rows, counts = layout.token_loss(model, layout.collate(items))  # each example's own
+    loss, count = rows.sum(), int(counts.sum())
     by_hand = _causal_losses_by_hand(model, items)
     assert count == sum(len(item.target) for item in items)
     assert loss.item() == pytest.approx(sum(by_hand).item(), rel=1e-4)

@@ -162,10 +162,6 @@ class Layout:
         which makes generate read the prompts itself)."""
         raise NotImplementedError
 
-    def row_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Each row's summed cross-entropy over its target tokens: minus its target's log-likelihood."""
-        return self.token_loss(model, batch)[0]
-
     def collate(self, items: list[Encoded], with_targets: bool = True) -> dict[str, torch.Tensor]:
         """Pad a batch to its own longest example; generation batches (with_targets=False) hold the prompt only."""
         raise NotImplementedError

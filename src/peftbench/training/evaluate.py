@@ -37,6 +37,13 @@ def _item_losses(indices: list[int], sums: torch.Tensor, counts: torch.Tensor) -
     return {i: (s, int(c)) for i, s, c in zip(indices, sums.tolist(), counts.tolist(), strict=True)}
 
 
+def _gathered(losses: ItemLosses, count: int) -> tuple[list[float], list[int]]:
+    """Every process's shares of count items' losses, in the items' order: summed losses, and target tokens."""
+    for shares in parallel.everyone(losses):
+        losses |= shares
+    return [losses[i][0] for i in range(count)], [losses[i][1] for i in range(count)]
+
+
 def _batches_by_length(items: list[Encoded], size: int, key) -> list[list[int]]:
     """Index batches of similar length (less padding); callers put results back in the original order."""
     order = sorted(range(len(items)), key=lambda i: key(items[i]))
@@ -94,12 +101,13 @@ class Evaluator:
         self.one_pass = one_pass and options.num_beams == 1
 
     @torch.inference_mode()
-    def loss_sums(self, model, items: list[Encoded], offset: int = 0) -> ItemLosses:
+    def loss_sums(self, model, items: list[Encoded], offset: int = 0, desc: str | None = None) -> ItemLosses:
         """Each target's summed cross-entropy and token count, for this process's share of items' batches, by index
-        in items (plus offset)."""
+        in items (plus offset); desc: a progress bar's label, where evaluation shows progress."""
         model.eval()
         losses: ItemLosses = {}
-        for indices in parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: it.length)):
+        batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: it.length))
+        for indices in tqdm(batches, desc=desc, unit="batch", disable=not (self.progress and desc), leave=False):
             batch = self.layout.collate([items[i] for i in indices])
             sums, counts = self.layout.token_loss(model, to_device(batch, self.device))
             losses |= _item_losses([offset + i for i in indices], sums, counts)
@@ -175,17 +183,7 @@ class Evaluator:
         """Each item's summed cross-entropy over its target tokens (nats: minus its target's log-likelihood), in the
         items' order, every process's share gathered: the loss forgetting compares (Layout.text_items), and each
         choice's score (likely_choices)."""
-        model.eval()
-        losses: dict[int, float] = {}
-        batches = parallel.share(_batches_by_length(items, self.options.batch_size, lambda it: it.length))
-        for indices in tqdm(batches, desc=desc, unit="batch", disable=not self.progress, leave=False):
-            batch = self.layout.collate([items[i] for i in indices])
-            losses |= dict(
-                zip(indices, self.layout.row_losses(model, to_device(batch, self.device)).tolist(), strict=True)
-            )
-        for shares in parallel.everyone(losses):
-            losses |= shares
-        return [losses[i] for i in range(len(items))]
+        return _gathered(self.loss_sums(model, items, desc=desc), len(items))[0]
 
     @torch.inference_mode()
     def likely_choices(
@@ -234,9 +232,7 @@ class Evaluator:
         generation, losses = self.generate(model, items[:count], desc, timer, phase)
         with timer.phase(f"{phase}_loss"):
             losses |= self.loss_sums(model, items[count:], count) if self.one_pass else self.loss_sums(model, items)
-            for shares in parallel.everyone(losses):
-                losses |= shares
-            summed, tokens = ([losses[i][part] for i in range(len(items))] for part in (0, 1))
+            summed, tokens = _gathered(losses, len(items))
         with timer.phase(f"{phase}_generation"):
             choices = [ex.choices for ex in shown] if all(ex.choices for ex in shown) else None
             metrics, generation.per_example = score(
