@@ -114,11 +114,17 @@ def start_of(config: RunConfig, method: Method) -> list[Trial]:
     return [Trial(lr, rank) for lr in rates for rank in ranks]
 
 
+def _largest_start(config: RunConfig) -> tuple[str, int]:
+    """The method with the largest starting grid among config's methods, and that grid's trials."""
+    sizes = {name: len(start_of(config, METHODS[name])) for name in config.methods}
+    largest = max(sizes, key=sizes.get)
+    return largest, sizes[largest]
+
+
 def budget(config: RunConfig) -> int:
     """The trials every method's search gets: --search-trials, or the largest starting grid among the methods with
     room to extend it twice."""
-    largest = max(len(start_of(config, METHODS[name])) for name in config.methods)
-    return config.search_trials or largest + ROOM
+    return config.search_trials or _largest_start(config)[1] + ROOM
 
 
 @dataclass(frozen=True)
@@ -245,8 +251,7 @@ def check(config: RunConfig) -> None:
                 raise ConfigError(
                     f"{grid_name} gives a grid for {name!r}, which {what}; choose from {', '.join(valid)}"
                 )
-    largest = max(config.methods, key=lambda name: len(start_of(config, METHODS[name])))
-    count = len(start_of(config, METHODS[largest]))
+    largest, count = _largest_start(config)
     if config.search_trials is not None and config.search_trials < count:
         raise ConfigError(
             f"--search-trials {config.search_trials} is fewer than the {count} trials of {largest}'s starting grid; "

@@ -28,7 +28,7 @@ from peftbench.report.plots import (
     searches,
     select_label,
 )
-from peftbench.report.selection import certainty
+from peftbench.report.selection import EDGES, certainty
 from peftbench.report.stats import CONFIDENCE
 from peftbench.report.table import (
     MEANINGLESS,
@@ -175,19 +175,15 @@ def search_blocks(section: Section, stem: str) -> list[Block]:
     ]
 
 
-EDGE_WORDS = {
-    "interior": "interior (a worse trial on either side)",
-    "limit": "at the search's limit: the best may lie beyond it",
-    "end": "at an end of the points tried (the budget ran out): the best may lie beyond it",
-}
-
-
 def _search_summary(method: str, search: dict) -> str:
     """One method's search in a sentence: its trials and cost, where the selection lies and how sure it is."""
     if "plan" not in search:  # a record of an earlier version: its trials alone
         return f"{method}: {_plural(len(search['trials']), 'trial')}, selected {search['selected']}"
     minutes = (search["trial_seconds"] + search["finish_seconds"]) / 60
-    where = "; ".join(f"{setting} {EDGE_WORDS[edge]}" for setting, edge in search["edges"].items())
+    where = "; ".join(
+        f"{setting} {EDGES[edge]}" + ("" if edge == "interior" else ": the best may lie beyond it")
+        for setting, edge in search["edges"].items()
+    )
     text = (
         f"{method}: {_plural(len(search['trials']), 'trial')} ({search['trial_epochs']} trial-epochs; "
         f"{minutes:.1f} min with the selected trial's test), selected {search['selected']}: {where}"

@@ -288,15 +288,16 @@ def plot_sensitivity(section: Section) -> bytes:
         search = run.result.search
         select_by, last = search["select_by"], max(e["epoch"] for t in search["trials"] for e in t["epochs"])
         shaped = 1 if search["halving"] else last
+        on_shaped, on_last = trial_figures(search, shaped), trial_figures(search, last)  # each bootstrapped once
         for index, rank in enumerate(dict.fromkeys(trial["lora_r"] for trial in search["trials"])):
             label = runs.method + (f", r {rank}" if rank is not None else "")
             style = dict(color=colors[runs.method], capsize=2, elinewidth=0.8)
-            points = sorted((f for f in trial_figures(search, shaped) if f.lora_r == rank), key=lambda f: f.lr)
+            points = sorted((f for f in on_shaped if f.lora_r == rank), key=lambda f: f.lr)
             _error_bars(ax, points, "o" + styles[index % len(styles)], label + f" (epoch {shaped})", style)
             if shaped != last:
-                final = sorted((f for f in trial_figures(search, last) if f.lora_r == rank), key=lambda f: f.lr)
+                final = sorted((f for f in on_last if f.lora_r == rank), key=lambda f: f.lr)
                 _error_bars(ax, final, "s", label + f" (epoch {last})", style)
-            chosen = [f for f in trial_figures(search, last) if f.name == search["selected"] and f.lora_r == rank]
+            chosen = [f for f in on_last if f.name == search["selected"] and f.lora_r == rank]
             ax.plot(
                 [f.lr for f in chosen],
                 [f.value for f in chosen],

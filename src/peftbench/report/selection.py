@@ -14,6 +14,12 @@ from peftbench.report.stats import CONFIDENCE, Interval, bootstrap_distribution,
 from peftbench.task.metrics import METRICS
 
 LOSS = "loss"
+# Where a selection lies among the points tried (the search record's "edges"), as the report and the verdict say it.
+EDGES = {
+    "interior": "interior (a worse trial on either side)",
+    "limit": "at the search's limit",
+    "end": "at an end of the points tried (the budget ran out)",
+}
 
 
 @dataclass(frozen=True)

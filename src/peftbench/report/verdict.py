@@ -9,7 +9,7 @@ from peftbench.report.analysis import MIN_EXAMPLES, Analysis
 from peftbench.report.costs import PARTS, MethodCosts, Ratio, latency_ratios, measured, merged_problem, method_costs
 from peftbench.report.decision import INCONCLUSIVE, Comparison, MethodDecision, Rule, Verdict, decide
 from peftbench.report.load import MethodRuns, Section
-from peftbench.report.selection import certainty
+from peftbench.report.selection import EDGES, certainty
 from peftbench.report.stats import CONFIDENCE, Interval
 from peftbench.report.table import random_weights
 from peftbench.store.records import WARM_STEPS, MethodResult
@@ -311,16 +311,13 @@ def _needed(m: MethodDecision) -> str:
     return f"{m.method}, about {needed:,} test examples would decide" if needed else m.method
 
 
-EDGES = {"limit": "at the search's limit", "end": "at an end of the points tried"}
-
-
 def _edge(search: dict | None) -> str | None:
     """Why a search's selection may not be the method's best: a setting at the search's limit, or at an end of the
     points tried (older records: the learning rate at an end of a grid of several)."""
     if not search:
         return None
     if "edges" in search:
-        found = [f"{setting} {EDGES[edge]}" for setting, edge in search["edges"].items() if edge in EDGES]
+        found = [f"{setting} {EDGES[edge]}" for setting, edge in search["edges"].items() if edge != "interior"]
         return "; ".join(found) or None
     rates = {trial["lr"] for trial in search["trials"] if trial["error"] is None}
     if "lr" not in search["settings"] or len(rates) < 2:
